@@ -194,11 +194,14 @@ class RLConfig:
 
 @dataclass
 class SFTConfig:
-    epochs: float = _f(0, "SFT epochs before RL (sft: 3; sft_then_rft: 3; 0 = no SFT phase).")
+    epochs: float = _f(0.0, "SFT epochs before RL (sft: 3; sft_then_rft: 3; 0 = no SFT phase).")
     batch_size: int = _f(64, "Demonstrations per optimizer step (paper: 64).")
     micro_batch_size: int = _f(8, "Demonstrations per forward/backward.")
     max_len: int = _f(8192, "Demonstrations are truncated to this many tokens.")
-    optim: OptimConfig = _sub(OptimConfig, "SFT optimizer (paper: lr 5e-5, warm-up 0.1, cosine).")
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=5e-5, warmup_ratio=0.1, lr_schedule="cosine"),
+        metadata={"help": "SFT optimizer (paper: lr 5e-5, warm-up 0.1, cosine)."},
+    )
 
 
 @dataclass
@@ -206,7 +209,10 @@ class ReliftConfig:
     enabled: bool = _f(False, "ReLIFT: SFT on prompts where every sample failed.")
     buffer_size: int = _f(128, "Run one SFT step when the buffer holds this many prompts.")
     micro_batch_size: int = _f(8, "Demonstrations per forward/backward of the ReLIFT SFT step.")
-    optim: OptimConfig = _sub(OptimConfig, "ReLIFT's own SFT optimizer (our default lr 5e-6).")
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=5e-6),
+        metadata={"help": "ReLIFT's own SFT optimizer (our default: lr 5e-6, constant)."},
+    )
 
 
 @dataclass
@@ -333,10 +339,18 @@ def _build(cls, data: dict, prefix: str, where: str):
         if f.name in data:
             kwargs[f.name] = _coerce(data[f.name], hints[f.name], prefix + f.name, where)
     obj = cls(**kwargs)
-    for f in dataclasses.fields(cls):
-        if getattr(obj, f.name) is REQUIRED:
-            raise UserError(f"{where}missing required key '{prefix}{f.name}': {f.metadata['help']}")
+    _check_required(obj, prefix, where)
     return obj
+
+
+def _check_required(obj, prefix: str, where: str) -> None:
+    """Every REQUIRED leaf must be set, also in sections absent from the input."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if value is REQUIRED:
+            raise UserError(f"{where}missing required key '{prefix}{f.name}': {f.metadata['help']}")
+        if dataclasses.is_dataclass(value):
+            _check_required(value, f"{prefix}{f.name}.", where)
 
 
 def deep_merge(base: dict, over: dict) -> dict:

@@ -9,6 +9,8 @@ Numbers in brackets are the paper's Qwen2.5-Math-7B math averages (ALGORITHM.md 
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 
 from prefix_rft.errors import UserError
@@ -48,7 +50,7 @@ _PRESETS = [
            _merge(_NO_PREFIX, _SFT_PHASE), 48.2),
     Preset("rl_sft_loss", "RFT on G-1 samples + 0.1 x NLL on the demo (outside the group).",
            {"rollout": {"n_prefixed": 0, "n_full_demo": 1, "demo_in_group": False},
-            "loss": {"demo_rule": "nll", "demo_nll_coef": 0.1}}, 40.1),
+            "loss": {"demo_rule": "nll", "demo_nll_coef": 0.1, "entropy_selection": "all"}}, 40.1),
     Preset("luffy", "LUFFY: G-1 samples + the whole demo as a group member (pi_old = 1, shaping "
            "pi/(pi+0.1), no clip on it).",
            {"rollout": {"n_prefixed": 0, "n_full_demo": 1, "demo_in_group": True},
@@ -105,4 +107,4 @@ def preset_values(name: str) -> dict:
         raise UserError(
             f"unknown preset '{name}'{hint}; known presets: {', '.join(PRESETS)}"
         )
-    return _merge(PRESETS[name].values, {"method": name})
+    return copy.deepcopy(_merge(PRESETS[name].values, {"method": name}))

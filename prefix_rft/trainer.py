@@ -419,11 +419,14 @@ class Trainer:
         return scope & (t.rule != L.RULE_NONE)
 
     def prepare_minibatch(
-        self, trajs: Sequence[Trajectory], generator: torch.Generator, aggregation: str
+        self, trajs: Sequence[Trajectory], generator: torch.Generator, aggregation: str,
+        select: bool = True,
     ) -> dict:
-        """Entropy selection over the whole mini-batch and the exact aggregation norms."""
+        """Entropy selection over the whole mini-batch (`select`: RL updates only; SFT trains
+        every demo token) and the exact aggregation norms."""
         lc = self.cfg.loss
-        cands = [self._candidates(t) for t in trajs]
+        cands = [self._candidates(t) if select else torch.zeros(len(t.response_ids), dtype=torch.bool)
+                 for t in trajs]
         n_cand = sum(int(c.sum()) for c in cands)
         metrics: dict = {}
         for t in trajs:
@@ -505,10 +508,10 @@ class Trainer:
 
     def update(self, trajs: list[Trajectory], *, micro: int, minibatches: int, epochs: int,
                opt, sched, optim_cfg: OptimConfig, nll_coef: float, aggregation: str,
-               temperature: float, seed_key: tuple) -> dict:
+               temperature: float, seed_key: tuple, select: bool = True) -> dict:
         """Old log-probs (and entropy where it ranks tokens), then `epochs` x `minibatches`
         optimizer steps over mini-batches of whole groups. Every trajectory has its `rule`."""
-        need_entropy = self.cfg.loss.entropy_selection != "all" and any(
+        need_entropy = select and self.cfg.loss.entropy_selection != "all" and any(
             bool(self._candidates(t).any()) for t in trajs
         )
         old, ents = self._score(trajs, need_entropy, micro, temperature)
@@ -533,7 +536,7 @@ class Trainer:
                 gen = torch.Generator().manual_seed(
                     _rng(self.cfg.seed, "select", *seed_key, ep, b).getrandbits(62)
                 )
-                m = self.prepare_minibatch(batch, gen, aggregation)
+                m = self.prepare_minibatch(batch, gen, aggregation, select)
                 m.update(self.backward_minibatch(batch, micro, nll_coef, temperature))
                 m["grad_norm"] = self._optimizer_step(opt, sched, optim_cfg.grad_clip)
                 m["lr"] = sched.get_last_lr()[0]
@@ -566,7 +569,7 @@ class Trainer:
         trajs = self._sft_trajectories(pairs, c.sft.max_len)
         m = self.update(trajs, micro=c.sft.micro_batch_size, minibatches=1, epochs=1, opt=self.opt,
                         sched=self.sched, optim_cfg=c.sft.optim, nll_coef=1.0,
-                        aggregation="token_mean", temperature=1.0,
+                        aggregation="token_mean", temperature=1.0, select=False,
                         seed_key=("sft", self.state.sft_step))
         self.state.sft_step += 1
         m.update({"phase": "sft", "step": self.state.sft_step, "time/step": time.perf_counter() - t0,
@@ -672,7 +675,7 @@ class Trainer:
         trajs = self._sft_trajectories(pairs, self.cfg.sft.max_len)
         upd = self.update(trajs, micro=c.micro_batch_size, minibatches=1, epochs=1,
                           opt=self.relift_opt, sched=self.relift_sched, optim_cfg=c.optim,
-                          nll_coef=1.0, aggregation="token_mean", temperature=1.0,
+                          nll_coef=1.0, aggregation="token_mean", temperature=1.0, select=False,
                           seed_key=("relift", self.state.relift_steps))
         self.state.relift_steps += 1
         m.update({"relift/sft_loss": upd["loss"], "relift/steps": self.state.relift_steps,
