@@ -10,7 +10,6 @@ Numbers in brackets are the paper's Qwen2.5-Math-7B math averages (ALGORITHM.md 
 from __future__ import annotations
 
 import copy
-
 from dataclasses import dataclass
 
 from prefix_rft.errors import UserError

@@ -514,7 +514,9 @@ class Trainer:
         need_entropy = select and self.cfg.loss.entropy_selection != "all" and any(
             bool(self._candidates(t).any()) for t in trajs
         )
+        t0 = time.perf_counter()
         old, ents = self._score(trajs, need_entropy, micro, temperature)
+        old_logprob_seconds = time.perf_counter() - t0
         for t, o, e in zip(trajs, old, ents or [None] * len(trajs)):
             t.old_logp = torch.where(t.rule == L.RULE_SHAPED, torch.zeros_like(o), o)  # pi_old = 1
             t.entropy = e
@@ -547,6 +549,7 @@ class Trainer:
         out["clip_ratio/low_mean"] = sum(agg.get("clip_low", [0])) / n_ppo if n_ppo else 0.0
         out["clip_ratio/high_mean"] = sum(agg.get("clip_high", [0])) / n_ppo if n_ppo else 0.0
         out["loss"] = sum(agg.get("loss", [0.0]))
+        out["time/old_logprobs"] = old_logprob_seconds
         return out
 
     def _sft_trajectories(self, pairs: Sequence[tuple[int, int]], max_len: int) -> list[Trajectory]:
@@ -609,7 +612,8 @@ class Trainer:
         n_tokens = sum(len(t.response_ids) for t in trajs)
         metrics.update({
             "phase": "rl", "step": self.state.global_step,
-            "time/generation": t1 - t0, "time/reward": t2 - t1, "time/update": t4 - t3,
+            "time/generation": t1 - t0, "time/reward": t2 - t1,
+            "time/update": t4 - t3 - upd["time/old_logprobs"],
             "time/step": t5 - t0, "tokens/per_second": n_tokens / (t5 - t0),
         })
         return self._record(metrics)

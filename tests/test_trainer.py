@@ -174,3 +174,29 @@ def test_relift_buffer_and_optimizer_survive_resume(smol_tokenizer, tmp_path):
     assert back.state.relift_buffer == tr.state.relift_buffer
     assert back.relift_opt.state_dict()["state"].keys() == tr.relift_opt.state_dict()["state"].keys()
     assert float(back.relift_opt.state_dict()["state"][0]["step"]) == 1.0
+
+
+def test_luffy_full_demo_member_is_not_generated(smol_tokenizer):
+    tr = _trainer(_cfg("luffy", rollout={"max_response_len": 48}), smol_tokenizer)
+    tr.engine = RecordingEngine(tr.model, smol_tokenizer, tr.stop_ids)
+    trajs, _ = tr.plan_and_generate([0, 1, 2, 3])
+    # 3 on-policy samples per prompt are generated; the 4th member is the whole demo, not generated
+    assert len(tr.engine.requests) == 12
+    assert all(len(r.prefix_ids) == 0 for r in tr.engine.requests)
+    demos = [t for t in trajs if t.kind == "demo"]
+    assert len(demos) == 4
+    for t in demos:
+        assert t.in_group and t.demo_len == len(t.response_ids)
+        assert t.response_ids in [tr.demo_ids(t.problem, d) for d in range(2)]
+        assert bool((rule_for_tokens(t, tr.cfg.loss) == L.RULE_SHAPED).all())
+    # pi_old = 1 for the off-policy tokens: their old log-prob is 0 after the scoring pass
+    for t in trajs:
+        t.reward = 1.0 if t.kind == "demo" else 0.0
+        t.rule = rule_for_tokens(t, tr.cfg.loss)
+    tr.assign_advantages(trajs)
+    assert [t.advantage for t in trajs if t.group == 0] == [-0.25, -0.25, -0.25, 0.75]
+    tr.update(trajs, micro=4, minibatches=1, epochs=1, opt=tr.opt, sched=tr.sched,
+              optim_cfg=tr.cfg.rl.optim, nll_coef=0.1, aggregation="dr_grpo", temperature=1.0,
+              seed_key=("t",))
+    for t in demos:
+        assert torch.count_nonzero(t.old_logp) == 0

@@ -1,0 +1,120 @@
+"""The `prefix-rft` command line: listings, resolved configs, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prefix_rft.presets import PRESETS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd=None, env_extra=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "prefix_rft.cli", *args], capture_output=True,
+                          text=True, cwd=cwd or ROOT, env=env, timeout=300)
+
+
+def assert_user_error(proc, *needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    for n in needles:
+        assert n in errors[0], (n, errors[0])
+    return errors[0]
+
+
+def test_presets_lists_every_preset_one_line_each():
+    proc = run_cli("presets")
+    assert proc.returncode == 0
+    lines = proc.stdout.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == list(PRESETS)
+
+
+def test_config_show_resolves_a_preset():
+    import yaml
+
+    proc = run_cli("config", "show", "--preset", "luffy", "--set", "rl.steps=7")
+    assert proc.returncode == 0, proc.stderr
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["method"] == "luffy"
+    assert cfg["rollout"]["n_full_demo"] == 1 and cfg["loss"]["demo_rule"] == "shaped"
+    assert cfg["rl"]["steps"] == 7
+
+
+def test_help_explains_commands():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for word in ("presets", "config", "train", "filter-data", "examples:"):
+        assert word in proc.stdout
+    proc = run_cli("train", "--help")
+    assert "--resume" in proc.stdout and "--set" in proc.stdout
+
+
+def test_unknown_preset_names_it(tmp_path):
+    proc = run_cli("config", "show", "--preset", "prefix_rtf")
+    assert_user_error(proc, "unknown preset 'prefix_rtf'", "did you mean 'prefix_rft'")
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: prefix_rft\nmodel:\n  name_or_path: [unclosed\n")
+    proc = run_cli("train", "--config", str(bad), "--output", str(tmp_path / "out"))
+    assert_user_error(proc, str(bad), "line", "malformed YAML")
+
+
+def test_unknown_key_names_it(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("method: rft\nmodel: {name_or_path: x}\ndata: {train: x}\nrollout: {grup_size: 4}\n")
+    proc = run_cli("train", "--config", str(cfg), "--output", str(tmp_path / "out"))
+    assert_user_error(proc, str(cfg), "unknown key 'rollout.grup_size'", "rollout.group_size")
+
+
+def _write_cfg(tmp_path, train_path, method="prefix_rft"):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"method: {method}\nmodel: {{name_or_path: smollm2-135m-instruct}}\n"
+        f"data: {{train: '{train_path}'}}\n"
+    )
+    return cfg
+
+
+@pytest.fixture
+def smol_env(smollm2_cache_root, smollm2_dir):
+    return {"PREFIX_RFT_CACHE": str(smollm2_cache_root)}
+
+
+def test_missing_data_file_names_it(tmp_path, smol_env):
+    missing = tmp_path / "nope.jsonl"
+    proc = run_cli("train", "--config", str(_write_cfg(tmp_path, missing)), "--output",
+                   str(tmp_path / "out"), env_extra=smol_env)
+    assert_user_error(proc, str(missing))
+
+
+def test_row_without_answer_names_file_row_field(tmp_path, smol_env):
+    data = tmp_path / "train.jsonl"
+    rows = [{"problem": "What is 1 + 1?", "answer": "2", "solution": "1 + 1 = \\boxed{2}"},
+            {"problem": "What is 2 + 2?", "solution": "2 + 2 = \\boxed{4}"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run_cli("train", "--config", str(_write_cfg(tmp_path, data)), "--output",
+                   str(tmp_path / "out"), env_extra=smol_env)
+    assert_user_error(proc, str(data), "row 2", "answer")
+
+
+def test_row_without_demo_names_file_row_field(tmp_path, smol_env):
+    data = tmp_path / "train.jsonl"
+    rows = [{"problem": "What is 1 + 1?", "answer": "2", "solution": "1 + 1 = \\boxed{2}"},
+            {"problem": "What is 2 + 2?", "answer": "4"},
+            {"problem": "What is 3 + 3?", "answer": "6", "solution": "\\boxed{6}"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = run_cli("train", "--config", str(_write_cfg(tmp_path, data)), "--output",
+                   str(tmp_path / "out"), env_extra=smol_env)
+    assert_user_error(proc, str(data), "row 2")
