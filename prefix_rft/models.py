@@ -449,35 +449,3 @@ def qwen2_5_math_1_5b_config() -> PretrainedConfig:
         dtype="bfloat16",
     )
 
-
-CHAR_TOKENIZER_SPECIALS = ("<|pad|>", "<|unk|>", "<|user|>", "<|assistant|>", "<|end|>")
-_CHAR_TEMPLATE = (
-    "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
-
-
-def tiny_char_tokenizer() -> PreTrainedTokenizerBase:
-    """A character-level tokenizer (printable ASCII + 5 special tokens) with a chat template.
-
-    With a vocabulary of ~100 instead of ~50k, a tiny model trains and generates fast enough to
-    run whole RL loops in unit tests; everything else (chat template, stop ids, token ids in and
-    out) behaves as with a real tokenizer. `<|end|>` ends a turn (eos); `<|pad|>` pads.
-    """
-    import string
-
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = [c for c in string.printable if c not in "\x0b\x0c\r"]
-    vocab = {tok: i for i, tok in enumerate(list(CHAR_TOKENIZER_SPECIALS) + chars)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<|pad|>", unk_token="<|unk|>", eos_token="<|end|>",
-        additional_special_tokens=["<|user|>", "<|assistant|>"],
-    )
-    tok.chat_template = _CHAR_TEMPLATE
-    tok.padding_side = "left"
-    return tok
