@@ -135,9 +135,7 @@ def cmd_train(args) -> int:
         t0 = time.time()
         trainer.fit(max_steps=args.max_steps)
         summary["train_seconds"] = summary.get("train_seconds", 0) + time.time() - t0
-        final = trainer.save(out / "checkpoints" / f"step-{trainer.state.global_step:06d}"
-                             if trainer.state.phase != "sft" else
-                             out / "checkpoints" / f"sft-{trainer.state.sft_step:06d}")
+        final = trainer.save(out / "checkpoints" / trainer.checkpoint_name())
         summary["checkpoint"] = str(final)
         summary["state"] = {"phase": trainer.state.phase, "global_step": trainer.state.global_step,
                             "sft_step": trainer.state.sft_step}
@@ -173,7 +171,7 @@ def cmd_filter_data(args) -> int:
         for n, row in enumerate(iter_rows(args.input)):
             if args.limit is not None and n >= args.limit:
                 return
-            yield row.data
+            yield row.fields
 
     def count_tokens(text: str) -> int:
         return len(tok(text, add_special_tokens=False)["input_ids"])

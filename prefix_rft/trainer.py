@@ -297,6 +297,8 @@ class Trainer:
                 done += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{m['loss']:.3f}")
+                if self.cfg.save_every and self.output_dir and self.state.sft_step % self.cfg.save_every == 0:
+                    self.save(self.output_dir / "checkpoints" / self.checkpoint_name())
             bar.close()
             if self.state.sft_step >= total:
                 self.state.phase = "rl" if self.cfg.rl.steps > 0 else "done"
@@ -312,7 +314,7 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(reward=f"{m['reward/mean']:.3f}")
                 if self.cfg.save_every and self.output_dir and self.state.global_step % self.cfg.save_every == 0:
-                    self.save(self.output_dir / "checkpoints" / f"step-{self.state.global_step:06d}")
+                    self.save(self.output_dir / "checkpoints" / self.checkpoint_name())
             bar.close()
             if self.state.global_step >= total:
                 self.state.phase = "done"
@@ -701,6 +703,13 @@ class Trainer:
         from prefix_rft.checkpoint import save_checkpoint
 
         return save_checkpoint(self, path)
+
+    def checkpoint_name(self) -> str:
+        """`step-000012` in the RL phase, `step-000000-sft000034` during SFT: sorts in order."""
+        name = f"step-{self.state.global_step:06d}"
+        if self.state.phase == "sft":
+            name += f"-sft{self.state.sft_step:06d}"
+        return name
 
     def load(self, path: str | Path) -> None:
         from prefix_rft.checkpoint import load_checkpoint

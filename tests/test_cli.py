@@ -118,3 +118,60 @@ def test_row_without_demo_names_file_row_field(tmp_path, smol_env):
     proc = run_cli("train", "--config", str(_write_cfg(tmp_path, data)), "--output",
                    str(tmp_path / "out"), env_extra=smol_env)
     assert_user_error(proc, str(data), "row 2")
+
+
+def test_filter_data_writes_problems_and_counts(tmp_path, smol_env, smol_tokenizer, smollm2_dir):
+    from prefix_rft.data import filter_openr1, read_problems
+    from prefix_rft.data.readers import iter_rows
+    from prefix_rft.reward import gold_is_parseable
+
+    raw = ROOT / "tests" / "data" / "openr1_raw.jsonl"
+    out = tmp_path / "filtered.jsonl"
+    proc = run_cli("filter-data", "--input", str(raw), "--output", str(out), "--tokenizer",
+                   str(smollm2_dir), "--max-tokens", "30", env_extra=smol_env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts = json.loads(proc.stdout[: proc.stdout.rindex("}") + 1])
+
+    def n_tokens(text):
+        return len(smol_tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    expected, stats = filter_openr1((r.fields for r in iter_rows(raw)), count_tokens=n_tokens,
+                                    gold_ok=gold_is_parseable, max_trace_tokens=30)
+    assert counts == stats.as_dict() and counts["input_rows"] == 12
+    assert counts["kept"] + sum(v for k, v in counts.items() if k not in ("input_rows", "kept")) == 12
+    written = read_problems(out, schema="problems")
+    assert [p.id for p in written] == [p.id for p in expected] and len(written) == counts["kept"]
+
+
+def test_train_stops_and_resumes_from_latest(tmp_path, smol_env, smollm2_dir):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        "method: prefix_rft\n"
+        f"model: {{name_or_path: '{smollm2_dir}', device: cpu,\n"
+        "        random_init: {hidden_size: 32, num_layers: 2, num_heads: 2}}\n"
+        "data: {train: 'synthetic:tiny', test: 'synthetic:tiny', synthetic_train_size: 8,\n"
+        "       synthetic_test_size: 4}\n"
+        "rollout: {num_prompts: 2, group_size: 2, max_response_len: 16}\n"
+        "rl: {steps: 3, num_minibatches: 1, micro_batch_size: 4, demo_nll_prompts: 2}\n"
+        "reward: {num_workers: 0}\n"
+        "eval: {num_problems: 4, max_new_tokens: 8}\n"
+        "save_every: 1\nkeep_last: 2\n"
+    )
+    out = tmp_path / "run"
+    first = run_cli("train", "--config", str(cfg), "--output", str(out), "--max-steps", "2",
+                    "--quiet", env_extra=smol_env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["state"]["global_step"] == 2 and "eval_after" not in summary
+    second = run_cli("train", "--config", str(cfg), "--output", str(out), "--resume", "latest",
+                     "--quiet", env_extra=smol_env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resumed from" in second.stderr and "step 2" in second.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["state"] == {"phase": "done", "global_step": 3, "sft_step": 0}
+    assert "eval_before" in summary and "eval_after" in summary
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    # keep_last: 2 -> the oldest checkpoint was pruned
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
