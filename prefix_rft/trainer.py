@@ -315,6 +315,10 @@ class Trainer:
                 bar.set_postfix(reward=f"{m['reward/mean']:.3f}")
                 if self.cfg.save_every and self.output_dir and self.state.global_step % self.cfg.save_every == 0:
                     self.save(self.output_dir / "checkpoints" / self.checkpoint_name())
+                every = self.cfg.eval.every_steps
+                if every and self.test_set and self.state.global_step % every == 0:
+                    ev = {k: v for k, v in self.evaluate().items() if k != "samples"}
+                    self._record({"phase": "eval", "step": self.state.global_step, **ev})
             bar.close()
             if self.state.global_step >= total:
                 self.state.phase = "done"

@@ -200,3 +200,12 @@ def test_luffy_full_demo_member_is_not_generated(smol_tokenizer):
               seed_key=("t",))
     for t in demos:
         assert torch.count_nonzero(t.old_logp) == 0
+
+
+def test_periodic_evaluation_is_recorded(smol_tokenizer):
+    cfg = _cfg(rl={"steps": 2}, eval={"num_problems": 2, "every_steps": 1, "max_new_tokens": 4})
+    tr = Trainer(cfg, tokenizer=smol_tokenizer, train=_problems(), test=_problems()[:2], progress=False)
+    tr.fit()
+    evals = [m for m in tr.history if m["phase"] == "eval"]
+    assert [m["step"] for m in evals] == [1, 2]
+    assert all(m["eval/num_problems"] == 2 and 0.0 <= m["eval/accuracy"] <= 1.0 for m in evals)
