@@ -20,7 +20,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -719,6 +719,3 @@ class Trainer:
         from prefix_rft.checkpoint import load_checkpoint
 
         load_checkpoint(self, path)
-
-    def state_dict_extra(self) -> dict:
-        return {"state": asdict(self.state)}
