@@ -23,7 +23,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
-demo: setup
+demo: setup  # starts from scratch: an earlier $(OUT) is removed
+	rm -rf $(OUT)
 	$(VENV)/bin/prefix-rft train --config configs/demo.yaml --output $(OUT)
 
 test: setup

@@ -114,6 +114,9 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.set)
     out = Path(args.output)
+    if not args.resume and ((out / "metrics.jsonl").exists() or latest_checkpoint(out / "checkpoints")):
+        raise UserError(f"{out}: holds an earlier run (metrics.jsonl/checkpoints); continue it with "
+                        "--resume latest, or choose another --output")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(cfg.to_yaml())
     trainer = Trainer(cfg, output_dir=out, progress=not args.quiet)

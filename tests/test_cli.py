@@ -164,6 +164,8 @@ def test_train_stops_and_resumes_from_latest(tmp_path, smol_env, smollm2_dir):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["state"]["global_step"] == 2 and "eval_after" not in summary
+    again = run_cli("train", "--config", str(cfg), "--output", str(out), env_extra=smol_env)
+    assert_user_error(again, str(out), "--resume latest")  # never overwrites an earlier run
     second = run_cli("train", "--config", str(cfg), "--output", str(out), "--resume", "latest",
                      "--quiet", env_extra=smol_env)
     assert second.returncode == 0, second.stderr[-2000:]
