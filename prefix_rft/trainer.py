@@ -520,8 +520,15 @@ class Trainer:
         need_entropy = select and self.cfg.loss.entropy_selection != "all" and any(
             bool(self._candidates(t).any()) for t in trajs
         )
+        # pi_old is needed only by PPO-rule tokens (SFT/ReLIFT batches are all NLL: no pass)
+        needs_old = any(
+            bool(((t.rule == L.RULE_PPO) | (t.rule == L.RULE_PPO_NOCLIP)).any()) for t in trajs
+        )
         t0 = time.perf_counter()
-        old, ents = self._score(trajs, need_entropy, micro, temperature)
+        if needs_old or need_entropy:
+            old, ents = self._score(trajs, need_entropy, micro, temperature)
+        else:
+            old, ents = [torch.zeros(len(t.response_ids)) for t in trajs], None
         old_logprob_seconds = time.perf_counter() - t0
         for t, o, e in zip(trajs, old, ents or [None] * len(trajs)):
             t.old_logp = torch.where(t.rule == L.RULE_SHAPED, torch.zeros_like(o), o)  # pi_old = 1
