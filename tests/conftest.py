@@ -46,3 +46,30 @@ def smol_tokenizer(smollm2_dir):
     from prefix_rft.models import load_tokenizer
 
     return load_tokenizer(str(smollm2_dir))
+
+
+@pytest.fixture(scope="session")
+def local_servers(tmp_path_factory):
+    """A real MLflow server (sqlite, S3 artifacts) and a real moto S3 server on free loopback
+    ports, started once per session by ``infra/local/servers.py`` and stopped at the end.
+    Yields a ``Servers`` record: ``.mlflow_uri``, ``.s3_endpoint``, ``.bucket``, ``.env()``."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "infra" / "local" / "servers.py"
+    spec = importlib.util.spec_from_file_location("local_servers", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    root = tmp_path_factory.mktemp("servers")
+    servers = mod.start(root)
+    try:
+        yield servers
+    finally:
+        mod.stop(root)
+
+
+@pytest.fixture
+def s3_env(local_servers, monkeypatch):
+    """Point boto3 (and MLflow/Metaflow) at the session's moto server for one test."""
+    for k, v in local_servers.env().items():
+        monkeypatch.setenv(k, v)
+    return local_servers
