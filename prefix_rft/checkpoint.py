@@ -5,7 +5,8 @@ Layout of a checkpoint directory:
     trainer_state.pt    optimizer(s), LR scheduler(s), TrainState (phase, steps, data position,
                         ReLIFT buffer), RNG states (python, torch CPU/CUDA)
     config.yaml         the resolved config
-    state.json          human-readable summary (step, phase, config hash) - written last
+    state.json          human-readable summary (step, phase, config hash)
+    MANIFEST.json       sha256 + size of every file (`prefix_rft.store`) - written last
 A checkpoint is written into a temporary sibling directory and renamed into place, so an
 interrupted save never leaves a directory that looks complete. Local directories only for now;
 S3 URIs come with the pipeline.
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 from prefix_rft.errors import UserError
+from prefix_rft.store import write_manifest
 
 STATE_FILE = "state.json"
 
@@ -55,6 +57,9 @@ def save_checkpoint(trainer, path: str | Path) -> Path:
             "method": trainer.cfg.method, "config_hash": trainer.cfg.config_hash(),
         }
         (tmp / STATE_FILE).write_text(json.dumps(summary, indent=1))
+        write_manifest(tmp, step=trainer.state.global_step, epoch=None,
+                       config_hash=trainer.cfg.config_hash(),
+                       meta={k: summary[k] for k in ("phase", "sft_step", "optimizer_steps", "method")})
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -22,6 +22,7 @@ import yaml
 
 from prefix_rft.errors import UserError
 
+NON_TRAINING_SECTIONS = ("pipeline", "tracking")
 REQUIRED: Any = "???"  # marker for keys that have no default and must be given
 
 
@@ -235,6 +236,65 @@ class EvalConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    cpus: int = _f(2, "CPU cores requested for the task (@resources).")
+    gpus: int = _f(0, "GPUs requested for the task (@resources; ignored by local runs).")
+    memory_mb: int = _f(8000, "Memory requested for the task, in MB (@resources).")
+    timeout_minutes: int = _f(240, "Kill the task after this long (@timeout).")
+
+
+@dataclass
+class PipelineConfig:
+    epochs: int = _f(
+        2,
+        "Training epochs of the pipeline: one `train_epoch` task each, a checkpoint at its end. "
+        "An epoch is `steps_per_epoch` training steps (SFT and RL steps both count).",
+    )
+    steps_per_epoch: int | None = _f(
+        None, "Training steps per epoch (null = the method's total steps split evenly over epochs)."
+    )
+    checkpoint_root: str = _f(
+        "runs/pipeline/checkpoints",
+        "Where checkpoints go: a local directory or s3://bucket/prefix. Each training lineage "
+        "writes under ROOT/<flow>/<lineage run id>/<run id>/step-NNNNNN.",
+    )
+    keep_epochs: Literal["all", "best_and_last"] = _f(
+        "all", "Epoch-end checkpoints kept after evaluation (in-epoch ones follow `keep_last`)."
+    )
+    benchmarks: list = _f(
+        ["heldout"],
+        "Evaluated after training, each checkpoint x benchmark in its own task: 'heldout' (data.test) "
+        "or a problems file (.jsonl/.json/.parquet).",
+    )
+    eval_base: bool = _f(True, "Also evaluate the starting model (reported as epoch 0).")
+    eval_epochs: Literal["all", "last"] = _f("all", "Which epoch-end checkpoints are evaluated.")
+    train_retries: int = _f(
+        1, "@retry of train_epoch: a retried task resumes from its latest in-epoch checkpoint."
+    )
+    train: ResourcesConfig = _sub(ResourcesConfig, "Resources of each train_epoch task.")
+    eval: ResourcesConfig = _sub(ResourcesConfig, "Resources of each eval_task.")
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = _f(
+        None,
+        "MLflow tracking URI. null = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working "
+        "directory (no server needed; open it with `mlflow ui --backend-store-uri sqlite:///mlflow.db`).",
+    )
+    experiment: str = _f("prefix-rft", "MLflow experiment of the pipeline's runs.")
+    run_name: str | None = _f(None, "MLflow run name (null = <method>-<metaflow run id>).")
+    registered_model: str | None = _f(
+        "prefix-rft-{method}",
+        "Model-registry name for the best checkpoint (alias 'best'); {method} is filled in; "
+        "null = do not register.",
+    )
+    system_metrics: bool = _f(True, "Log CPU/GPU/memory as system/* metrics during training.")
+    log_samples: int = _f(16, "Sample completions per evaluation logged as an MLflow table.")
+    timeout_s: int = _f(10, "Seconds a tracking-server request may take before it fails.")
+
+
+@dataclass
 class Config:
     method: str = _f(REQUIRED, "Method preset (see `prefix-rft presets`).")
     seed: int = _f(42, "Seed of data order, rollouts, sampling and initialisation.")
@@ -250,6 +310,9 @@ class Config:
     log_every: int = _f(1, "Print a metrics line every N steps.")
     save_every: int = _f(0, "Save a checkpoint every N training steps (0 = only at the end).")
     keep_last: int = _f(2, "Checkpoints kept in the output directory (the final one always).")
+    pipeline: PipelineConfig = _sub(PipelineConfig, "The Metaflow pipeline (flows/): epochs, "
+                                    "checkpoints, evaluation, resources.")
+    tracking: TrackingConfig = _sub(TrackingConfig, "MLflow tracking of pipeline runs.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -258,7 +321,12 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def config_hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Identifies the training configuration: `pipeline` and `tracking` (where and how a run
+        is executed and logged) do not change it."""
+        d = self.to_dict()
+        for section in NON_TRAINING_SECTIONS:
+            d.pop(section)
+        blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -461,6 +529,15 @@ def validate(cfg: Config, where: str = "") -> None:
         bad("data.fraction", "must be in (0, 1]")
     if cfg.rl.steps < 0 or cfg.sft.epochs < 0:
         bad("rl.steps", "rl.steps and sft.epochs must be >= 0")
+    pl = cfg.pipeline
+    if pl.epochs < 1:
+        bad("pipeline.epochs", "must be >= 1")
+    if pl.steps_per_epoch is not None and pl.steps_per_epoch < 1:
+        bad("pipeline.steps_per_epoch", "must be >= 1 (or null)")
+    if not pl.benchmarks:
+        bad("pipeline.benchmarks", "give at least one benchmark")
+    if cfg.tracking.timeout_s < 1:
+        bad("tracking.timeout_s", "must be >= 1")
     for name, opt in (("rl", cfg.rl.optim), ("sft", cfg.sft.optim), ("relift", cfg.relift.optim)):
         if len(opt.betas) != 2:
             bad(f"{name}.optim.betas", "expected two numbers")
@@ -493,3 +570,36 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def flow_config_parser(text: str) -> dict:
+    """Metaflow `Config` parser of the pipeline flow: the YAML mapping with the `pipeline`
+    defaults filled in, so decorators (@resources, @timeout, @retry) can read them from any
+    config. It never rejects a config: the flow's `start` step validates it fully and fails
+    with a message naming the key (a parser error would surface as a Metaflow traceback)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        data = {"__invalid_yaml__": str(e)}
+    if not isinstance(data, dict):
+        data = {"__not_a_mapping__": repr(data)[:200]}
+    defaults = {"pipeline": dataclasses.asdict(PipelineConfig())}
+    user_pipeline = data.get("pipeline")
+    if user_pipeline is not None and not isinstance(user_pipeline, dict):
+        return {**data, "pipeline": defaults["pipeline"], BAD_PIPELINE: repr(user_pipeline)[:200]}
+    return deep_merge(defaults, data)
+
+
+BAD_PIPELINE = "__bad_pipeline__"
+
+
+def check_flow_config(data: dict, source: str) -> dict:
+    """Turn the markers `flow_config_parser` leaves for a broken file into one-line errors."""
+    if "__invalid_yaml__" in data:
+        raise UserError(f"{source}: malformed YAML: {data['__invalid_yaml__']}")
+    if "__not_a_mapping__" in data:
+        raise UserError(f"{source}: expected a mapping of config keys at the top level, got "
+                        f"{data['__not_a_mapping__']}")
+    if BAD_PIPELINE in data:
+        raise UserError(f"{source}: key 'pipeline': expected a mapping, got {data[BAD_PIPELINE]}")
+    return data

@@ -199,6 +199,8 @@ class Trainer:
         self.relift_opt = self.relift_sched = None
         self._make_phase_optimizer()
         self.history: list[dict] = []
+        # Called with every step's metrics dict (the pipeline logs them to MLflow live).
+        self.listeners: list = []
 
     # ------------------------------------------------------------------ setup helpers
     @staticmethod
@@ -284,8 +286,20 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------ main entry
-    def fit(self, max_steps: int | None = None) -> list[dict]:
-        """Run the remaining phases (or at most `max_steps` steps of them); return metrics."""
+    @property
+    def train_steps(self) -> int:
+        """Training steps done so far, SFT and RL together (the pipeline's step axis)."""
+        return self.state.sft_step + self.state.global_step
+
+    def total_train_steps(self) -> int:
+        """SFT steps + RL steps of the whole run."""
+        sft = self.sft_total_steps() if self.cfg.sft.epochs > 0 else 0
+        return sft + self.cfg.rl.steps
+
+    def fit(self, max_steps: int | None = None, autosave: bool = True) -> list[dict]:
+        """Run the remaining phases (or at most `max_steps` steps of them); return metrics.
+        `autosave`: save every `save_every` steps under output_dir/checkpoints (the pipeline
+        turns this off and commits checkpoints to its own store)."""
         from tqdm.auto import tqdm
 
         done = 0
@@ -297,7 +311,7 @@ class Trainer:
                 done += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{m['loss']:.3f}")
-                if self.cfg.save_every and self.output_dir and self.state.sft_step % self.cfg.save_every == 0:
+                if autosave and self.cfg.save_every and self.output_dir and self.state.sft_step % self.cfg.save_every == 0:
                     self.save(self.output_dir / "checkpoints" / self.checkpoint_name())
             bar.close()
             if self.state.sft_step >= total:
@@ -313,7 +327,7 @@ class Trainer:
                 done += 1
                 bar.update(1)
                 bar.set_postfix(reward=f"{m['reward/mean']:.3f}")
-                if self.cfg.save_every and self.output_dir and self.state.global_step % self.cfg.save_every == 0:
+                if autosave and self.cfg.save_every and self.output_dir and self.state.global_step % self.cfg.save_every == 0:
                     self.save(self.output_dir / "checkpoints" / self.checkpoint_name())
                 every = self.cfg.eval.every_steps
                 if every and self.test_set and self.state.global_step % every == 0:
@@ -326,6 +340,8 @@ class Trainer:
 
     def _record(self, metrics: dict) -> dict:
         self.history.append(metrics)
+        for listener in self.listeners:
+            listener(metrics)
         if self.output_dir:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with open(self.output_dir / "metrics.jsonl", "a") as f:

@@ -13,6 +13,7 @@ with ``load_tokenizer(str(smollm2_dir))`` to change it).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,7 @@ def local_servers(tmp_path_factory):
     path = Path(__file__).resolve().parents[1] / "infra" / "local" / "servers.py"
     spec = importlib.util.spec_from_file_location("local_servers", path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     root = tmp_path_factory.mktemp("servers")
     servers = mod.start(root)

@@ -1,0 +1,186 @@
+"""The Prefix-RFT training pipeline (Metaflow).
+
+    start -> filter_data -> train_epoch (loops to itself, one task per epoch) -> plan_eval
+          -> eval_task (foreach epoch x benchmark, @catch) -> join_eval -> end
+
+Only wiring, decorators and resources live here; each step's work is a plain function in
+`steps/` (runnable and testable without Metaflow). Everything a run does is logged to one MLflow
+parent run per training lineage.
+
+    python flows/prefix_rft_flow.py run                                   # embedded demo config
+    python flows/prefix_rft_flow.py --config config configs/paper/qwen2.5-math-1.5b.yaml run
+    python flows/prefix_rft_flow.py run --max-problems 64 --epochs 1      # smoke run
+    python flows/prefix_rft_flow.py resume --origin-run-id R              # continue a failed run
+    python flows/prefix_rft_flow.py resume plan_eval --origin-run-id R    # re-run evaluation only
+    python flows/prefix_rft_flow.py run --warm-start s3://.../step-000200 # new lineage from a checkpoint
+"""
+
+from __future__ import annotations
+
+import os
+
+from metaflow import (
+    Config,
+    FlowSpec,
+    Parameter,
+    catch,
+    config_expr,
+    current,
+    exit_hook,
+    resources,
+    retry,
+    step,
+    timeout,
+)
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "demo.yaml")
+
+
+def _ctx():
+    from steps.common import RunContext
+
+    return RunContext(
+        flow_name=current.flow_name, run_id=current.run_id, user=current.username,
+        origin_run_id=current.origin_run_id, task_id=current.task_id,
+        retry_count=current.retry_count, project=getattr(current, "project_name", None),
+        branch=getattr(current, "branch_name", None), flow_file=os.path.abspath(__file__),
+    )
+
+
+@exit_hook(on_error=["steps.finish.exit_hook_mark_failed"])
+class PrefixRFTFlow(FlowSpec):
+    """Train a policy with a method preset (Prefix-RFT by default), checkpoint every epoch,
+    evaluate every checkpoint, and log it all to MLflow."""
+
+    config = Config("config", default=DEFAULT_CONFIG, parser="prefix_rft.config.flow_config_parser",
+                    help="YAML training config (see `prefix-rft config keys`); default: the "
+                    "embedded demo (SmolLM2-135M, synthetic arithmetic, CPU).")
+    seed = Parameter("seed", type=int, default=None, help="Override the config's seed.")
+    epochs = Parameter("epochs", type=int, default=None, help="Override pipeline.epochs.")
+    max_problems = Parameter("max-problems", type=int, default=None,
+                             help="Train on at most this many problems (smoke runs).")
+    warm_start = Parameter("warm-start", type=str, default="",
+                           help="Start from this checkpoint's weights (URI: a local directory or "
+                           "s3://...; fresh optimizer, new lineage).")
+
+    def _open(self):
+        """The resolved config and a tracker on the lineage's MLflow run (reopened on resume)."""
+        from steps.common import config_from_dict, mark_resumed, tracker_for
+
+        tracker = tracker_for(self.tracking)
+        mark_resumed(tracker, self.tracking, _ctx())
+        return config_from_dict(self.cfg), tracker
+
+    @step
+    def start(self):
+        """Validate the config, Parameters and warm start; open the MLflow parent run."""
+        from steps.start import start
+
+        m = start(self.config.to_dict(), _ctx(), seed=self.seed, epochs=self.epochs,
+                  max_problems=self.max_problems, warm_start=self.warm_start or None,
+                  source="flow config")
+        self.cfg = m["config"]
+        self.tracking = m["tracking"]
+        self.lineage = m["lineage"]
+        self.lineage_prefix = m["lineage_prefix"]
+        self.warm_start_ref = m["warm_start"]
+        print(f"MLflow run {self.tracking['run_id']} at {self.tracking['uri']}")
+        self.next(self.filter_data)
+
+    @resources(cpu=config_expr("config.pipeline.train.cpus"),
+               memory=config_expr("config.pipeline.train.memory_mb"))
+    @step
+    def filter_data(self):
+        """Filter the raw data into this lineage's training/held-out sets; plan the epochs."""
+        from steps.data import filter_data
+
+        cfg, tracker = self._open()
+        m = filter_data(cfg, lineage_prefix=self.lineage_prefix, tracker=tracker,
+                        tracking=self.tracking)
+        self.data_ref, self.data_stats, self.plan = m["data"], m["stats"], m["plan"]
+        self.epoch = 1
+        self.epochs_done = []
+        self.start_ref = None
+        self.next(self.train_epoch)
+
+    @retry(times=config_expr("config.pipeline.train_retries"))
+    @timeout(minutes=config_expr("config.pipeline.train.timeout_minutes"))
+    @resources(cpu=config_expr("config.pipeline.train.cpus"),
+               gpu=config_expr("config.pipeline.train.gpus"),
+               memory=config_expr("config.pipeline.train.memory_mb"))
+    @step
+    def train_epoch(self):
+        """One epoch of training; loops to itself until pipeline.epochs are done."""
+        from steps.train import train_epoch
+
+        cfg, tracker = self._open()
+        m = train_epoch(cfg, epoch=self.epoch, plan=self.plan, data_ref=self.data_ref,
+                        start_ref=self.start_ref, warm_start=self.warm_start_ref,
+                        lineage_prefix=self.lineage_prefix, ctx=_ctx(), tracker=tracker,
+                        tracking=self.tracking)
+        self.epoch_result = m
+        self.trained_epoch = m["epoch"]
+        self.checkpoint = m["checkpoint"]  # the small reference; the weights live in the store
+        self.epochs_done = self.epochs_done + [m]
+        self.start_ref = m["checkpoint"]
+        self.route = "again" if self.epoch < self.plan["epochs"] else "done"
+        self.epoch += 1
+        self.next({"again": self.train_epoch, "done": self.plan_eval}, condition="route")
+
+    @step
+    def plan_eval(self):
+        """One evaluation task per (epoch, benchmark)."""
+        from steps.evaluate import plan_eval
+
+        cfg, _ = self._open()
+        self.eval_items = plan_eval(cfg, self.epochs_done, self.warm_start_ref)
+        self.next(self.eval_task, foreach="eval_items")
+
+    @catch(var="eval_error", print_exception=True)
+    @timeout(minutes=config_expr("config.pipeline.eval.timeout_minutes"))
+    @resources(cpu=config_expr("config.pipeline.eval.cpus"),
+               gpu=config_expr("config.pipeline.eval.gpus"),
+               memory=config_expr("config.pipeline.eval.memory_mb"))
+    @step
+    def eval_task(self):
+        """Evaluate one checkpoint on one benchmark (a failure loses only this cell)."""
+        from steps.evaluate import eval_task
+
+        self.item = self.input
+        self.eval_result = None
+        cfg, tracker = self._open()
+        self.eval_result = eval_task(cfg, self.item, data_ref=self.data_ref, tracker=tracker,
+                                     tracking=self.tracking)
+        self.next(self.join_eval)
+
+    @step
+    def join_eval(self, inputs):
+        """Score table, best epoch, learning curves, model registry."""
+        from steps.evaluate import join_eval
+
+        results, failures = [], []
+        for inp in inputs:
+            err = getattr(inp, "eval_error", None)
+            if err is None and inp.eval_result is not None:
+                results.append(inp.eval_result)
+            else:
+                failures.append({"epoch": inp.item["epoch"], "benchmark": inp.item["benchmark"],
+                                 "error": str(err).strip().splitlines()[-1] if err else "no result"})
+        self.merge_artifacts(inputs, exclude=["item", "eval_result", "eval_error"])
+        cfg, tracker = self._open()
+        self.eval_summary = join_eval(cfg, results, failures, self.epochs_done,
+                                      lineage_prefix=self.lineage_prefix, tracker=tracker,
+                                      tracking=self.tracking)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        """Mark the MLflow run FINISHED and say where to look."""
+        from steps.finish import end
+
+        self._open()
+        print(end(self.tracking, self.eval_summary))
+
+
+if __name__ == "__main__":
+    PrefixRFTFlow()

@@ -1,0 +1,212 @@
+"""MLflow tracking: the only module of the library that imports `mlflow`.
+
+The pipeline keeps one MLflow *parent run* per training lineage (created by the flow's `start`
+step, reopened by every later step and by resumed Metaflow runs), logs
+
+    params                   the flattened resolved config (`rl.optim.lr`, `method`, ...)
+    training metrics         step = training step (SFT + RL steps), names as the trainer emits them
+    eval/<bench>/avg_at_<n>  step = epoch (0 = the starting model)
+    system/*                 CPU/GPU/memory while training (MLflow's system-metrics monitor)
+    tags                     metaflow.* (flow, run id, user, resumes), git commit, checkpoint URIs
+
+and one nested child run per (epoch, benchmark) evaluation with its sample table. Every call
+goes through `Tracker`, which talks to the server with an explicit run id (no global "active
+run"), so steps in separate processes and machines can log to the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from prefix_rft.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PARAM_MAX_CHARS = 6000  # MLflow's limit on a param value
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def resolve_uri(configured: str | None) -> str:
+    """config `tracking.uri` > $MLFLOW_TRACKING_URI > sqlite:///<cwd>/mlflow.db."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def _limit_http_retries(timeout_s: int) -> None:
+    """Fail in seconds, not minutes: MLflow retries a dead server 7 times with back-off and a
+    120 s timeout by default. Users who set these variables keep their values."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+
+
+def check_reachable(uri: str, timeout_s: float = 10) -> None:
+    """Raise a `UserError` naming `uri` unless an http(s) tracking server answers /health."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            if r.status == 200:
+                return
+            problem = f"HTTP {r.status}"
+    except urllib.error.HTTPError as e:
+        problem = f"HTTP {e.code}"
+    except (OSError, ValueError) as e:
+        problem = str(getattr(e, "reason", e))
+    raise UserError(
+        f"MLflow tracking server {uri} is unreachable ({problem}). Start one "
+        "(`python infra/local/servers.py start` for a local one), or set tracking.uri / "
+        "MLFLOW_TRACKING_URI (unset both to log to a local sqlite file)."
+    )
+
+
+def _numeric(metrics: dict) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool):
+            v = int(v)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
+
+
+class Tracker:
+    """A thin, explicit-run-id wrapper over `MlflowClient`."""
+
+    def __init__(self, uri: str, timeout_s: int = 10, check: bool = True):
+        _limit_http_retries(timeout_s)
+        if check:
+            check_reachable(uri, timeout_s)
+        if uri.startswith("sqlite:///"):
+            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+
+    # ------------------------------------------------------------------ runs
+    def experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        return self.client.create_experiment(name)
+
+    def create_run(self, experiment: str, run_name: str, tags: dict[str, str],
+                   parent_run_id: str | None = None) -> str:
+        tags = {k: str(v) for k, v in tags.items() if v is not None}
+        if parent_run_id:
+            tags[PARENT_TAG] = parent_run_id
+        run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)
+        return run.info.run_id
+
+    def run_info(self, run_id: str):
+        return self.client.get_run(run_id)
+
+    def reopen(self, run_id: str) -> None:
+        """Mark a finished/failed run RUNNING again (a resumed pipeline continues it)."""
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+
+    def terminate(self, run_id: str, status: str) -> None:
+        """status: FINISHED | FAILED | KILLED."""
+        self.client.set_terminated(run_id, status=status)
+
+    # ------------------------------------------------------------------ values
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = []
+        for k, v in params.items():
+            s = "null" if v is None else str(v)
+            items.append(Param(k, s[: PARAM_MAX_CHARS]))
+        for i in range(0, len(items), 100):  # the server's batch limit
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, v, now, step) for k, v in _numeric(metrics).items() if not math.isnan(v)]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i : i + 1000])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
+        if items:
+            self.client.log_batch(run_id, tags=items)
+
+    def log_table(self, run_id: str, rows: list[dict], artifact_file: str) -> None:
+        if not rows:
+            return
+        cols = {k: [r.get(k) for r in rows] for k in rows[0]}
+        self.client.log_table(run_id, data=cols, artifact_file=artifact_file)
+
+    def log_figure(self, run_id: str, figure, artifact_file: str) -> None:
+        self.client.log_figure(run_id, figure, artifact_file)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
+
+    # ------------------------------------------------------------------ registry
+    def register(self, name: str, source: str, run_id: str, alias: str | None = None,
+                 tags: dict[str, str] | None = None) -> str:
+        """Register `source` (a checkpoint's model directory URI) as a new version of `name`."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as e:
+            if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+                raise
+        mv = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags or {})
+        if alias:
+            self.client.set_registered_model_alias(name, alias, mv.version)
+        return mv.version
+
+    # ------------------------------------------------------------------ system metrics
+    @contextlib.contextmanager
+    def system_metrics(self, run_id: str, enabled: bool = True):
+        """CPU/GPU/memory/disk as `system/*` metrics while the block runs (continuing the step
+        count of earlier tasks of the same run)."""
+        if not enabled:
+            yield
+            return
+        monitor = None
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=self.uri)
+            monitor.start()
+        except Exception as e:  # never lose training over monitoring
+            log.warning("system metrics disabled: %s", e)
+            monitor = None
+        try:
+            yield
+        finally:
+            if monitor is not None:
+                monitor.finish()

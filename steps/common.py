@@ -1,0 +1,120 @@
+"""What every step function shares: the run context, config round-trips, the lineage layout.
+
+Layout of a training lineage (one MLflow parent run, one `start` task; resumes continue it):
+
+    <pipeline.checkpoint_root>/<flow>/<lineage>/data/                 filtered train/test sets
+    <pipeline.checkpoint_root>/<flow>/<lineage>/<run id>/step-NNNNNN  checkpoints of one run
+    <pipeline.checkpoint_root>/<flow>/<lineage>/<run id>/eval/...     per-sample eval results
+
+`lineage` is the Metaflow run id of the run that created it (its `start`); a resumed run writes
+its own `<run id>/` beside the origin's, so nothing a finished task referenced is overwritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefix_rft.config import Config, resolve
+from prefix_rft.errors import UserError
+
+log = logging.getLogger("prefix_rft.pipeline")
+
+# Test/chaos hook: PREFIX_RFT_FAIL_AT="epoch=2,step=6" makes train_epoch raise right after the
+# checkpoint of that training step is committed (how the resume tests kill an epoch).
+FAIL_AT_ENV = "PREFIX_RFT_FAIL_AT"
+
+
+@dataclass
+class RunContext:
+    """Who is running: filled from `metaflow.current` by the flow, by hand in tests."""
+
+    flow_name: str = "PrefixRFTFlow"
+    run_id: str = "local"
+    user: str = "unknown"
+    origin_run_id: str | None = None  # set in a resumed run
+    task_id: str | None = None
+    retry_count: int = 0
+    project: str | None = None
+    branch: str | None = None
+    flow_file: str | None = None
+    extra_tags: dict = field(default_factory=dict)
+
+    def tags(self) -> dict[str, str]:
+        t = {
+            "metaflow.flow_name": self.flow_name,
+            "metaflow.run_id": self.run_id,
+            "metaflow.user": self.user,
+            "metaflow.project": self.project,
+            "metaflow.branch": self.branch,
+            "mlflow.user": self.user,
+            "mlflow.source.name": self.flow_file,
+            "mlflow.source.type": "JOB",
+        }
+        t.update(git_tags(Path(self.flow_file).parent if self.flow_file else Path.cwd()))
+        t.update(self.extra_tags)
+        return {k: v for k, v in t.items() if v}
+
+
+def git_tags(where: Path) -> dict[str, str]:
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=where, capture_output=True, text=True,
+                                  timeout=10).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {}
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"mlflow.source.git.commit": commit, "mlflow.source.git.branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+            "git.dirty": str(dirty).lower()}
+
+
+def config_from_dict(data: dict) -> Config:
+    """The resolved config a step received (already validated by `start`)."""
+    return resolve(data, source="pipeline config")
+
+
+def lineage_prefix(cfg: Config, flow_name: str, lineage: str) -> str:
+    root = cfg.pipeline.checkpoint_root
+    if not root.startswith("s3://"):
+        root = str(Path(root).expanduser().resolve())
+    return f"{root.rstrip('/')}/{flow_name}/{lineage}"
+
+
+def injected_failure(epoch: int, step: int) -> None:
+    spec = os.environ.get(FAIL_AT_ENV)
+    if not spec:
+        return
+    try:
+        want = dict(kv.split("=", 1) for kv in spec.split(","))
+        hit = int(want["epoch"]) == epoch and int(want["step"]) == step
+    except (KeyError, ValueError) as e:
+        raise UserError(f"{FAIL_AT_ENV}={spec!r}: expected 'epoch=E,step=S'") from e
+    if hit:
+        raise RuntimeError(f"injected failure ({FAIL_AT_ENV}={spec}) in epoch {epoch} after step {step}")
+
+
+def tracker_for(tracking: dict):
+    """A `Tracker` for the `tracking` record that `start` produced (uri, run id, timeout)."""
+    from prefix_rft.tracking import Tracker
+
+    return Tracker(tracking["uri"], timeout_s=tracking.get("timeout_s", 10))
+
+
+def mark_resumed(tracker, tracking: dict, ctx: RunContext) -> None:
+    """A resumed Metaflow run continues the lineage's MLflow run: reopen it and say so."""
+    if not ctx.origin_run_id:
+        return
+    run_id = tracking["run_id"]
+    tracker.reopen(run_id)
+    tracker.set_tags(run_id, {
+        "metaflow.resumed": "true",
+        "metaflow.latest_run_id": ctx.run_id,
+        f"metaflow.resume.{ctx.run_id}": f"origin={ctx.origin_run_id}",
+    })

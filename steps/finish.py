@@ -1,0 +1,58 @@
+"""end and the exit hook: close the lineage's MLflow run as FINISHED or FAILED, and say where
+the results are."""
+
+from __future__ import annotations
+
+from steps.common import tracker_for
+
+
+def where_to_look(tracking: dict) -> str:
+    uri = tracking["uri"]
+    lines = [f"MLflow tracking URI: {uri}",
+             f"MLflow run: {tracking['run_id']} (experiment '{tracking['experiment']}', "
+             f"id {tracking['experiment_id']})"]
+    if uri.startswith(("http://", "https://")):
+        lines.append(f"open: {uri.rstrip('/')}/#/experiments/{tracking['experiment_id']}/runs/"
+                     f"{tracking['run_id']}")
+    elif uri.startswith("sqlite:///"):
+        lines.append(f"open the UI with: mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)")
+    return "\n".join(lines)
+
+
+def end(tracking: dict, summary: dict | None = None) -> str:
+    tracker = tracker_for(tracking)
+    tracker.terminate(tracking["run_id"], "FINISHED")
+    text = [where_to_look(tracking)]
+    if summary:
+        if summary.get("table"):
+            text.append(summary["table"].rstrip())
+        if summary.get("best_epoch") is not None:
+            text.append(f"best epoch: {summary['best_epoch']} (macro {summary['best_score']:.4f}) "
+                        f"-> {summary['best_checkpoint']}")
+        if summary.get("registered"):
+            r = summary["registered"]
+            text.append(f"registered model: models:/{r['name']}@{r['alias']} (version {r['version']})")
+        if summary.get("failures"):
+            text.append(f"WARNING: {len(summary['failures'])} evaluation task(s) failed; the run "
+                        "finished with the others (see the table above)")
+    return "\n".join(text)
+
+
+def mark_failed(tracking: dict | None) -> None:
+    """For the exit hook: a run that did not reach `end` is FAILED in MLflow."""
+    if not tracking:
+        return
+    tracker_for(tracking).terminate(tracking["run_id"], "FAILED")
+
+
+def exit_hook_mark_failed(run=None) -> None:
+    """Metaflow exit hook (on error): the lineage's MLflow run is FAILED when the Metaflow run
+    did not finish. `run` is the Client API's Run; named by its import path in the flow so the
+    hook also works when the flow file was given by a relative path."""
+    try:
+        tracking = run["start"].task.data.tracking
+    except Exception:  # the run failed before `start` created the MLflow run
+        print("no MLflow run to mark (the run failed before `start` finished)")
+        return
+    mark_failed(tracking)
+    print(f"MLflow run {tracking['run_id']} marked FAILED ({tracking['uri']})")

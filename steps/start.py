@@ -1,0 +1,67 @@
+"""start: validate everything that can be validated before a GPU is requested, then open the
+lineage's MLflow parent run.
+
+Fails with one line naming the key for a bad config, naming the URI for an unreachable tracking
+server or a warm-start checkpoint that is missing, incomplete or corrupt.
+"""
+
+from __future__ import annotations
+
+from prefix_rft.config import check_flow_config, deep_merge, flatten, resolve
+from prefix_rft.errors import UserError
+from prefix_rft.store import CheckpointRef, open_checkpoint
+from prefix_rft.tracking import Tracker, resolve_uri
+from steps.common import RunContext, lineage_prefix, log
+
+
+def resolve_flow_config(config_data: dict, *, seed: int | None = None, epochs: int | None = None,
+                        max_problems: int | None = None, source: str = "flow config"):
+    """The flow's Config (a YAML mapping) + the run's Parameters -> a validated `Config`."""
+    config_data = check_flow_config(dict(config_data), source)
+    over: dict = {}
+    if seed is not None:
+        over["seed"] = seed
+    if epochs is not None:
+        over.setdefault("pipeline", {})["epochs"] = epochs
+    if max_problems is not None:
+        over.setdefault("data", {})["max_problems"] = max_problems
+    return resolve(deep_merge(dict(config_data), over), source=source)
+
+
+def start(config_data: dict, ctx: RunContext, *, seed: int | None = None, epochs: int | None = None,
+          max_problems: int | None = None, warm_start: str | None = None,
+          source: str = "flow config") -> dict:
+    cfg = resolve_flow_config(config_data, seed=seed, epochs=epochs, max_problems=max_problems,
+                              source=source)
+    warm: CheckpointRef | None = None
+    if warm_start:
+        warm = open_checkpoint(warm_start)  # raises naming the URI if absent/incomplete
+        if warm.meta.get("kind", "checkpoint") != "checkpoint":
+            raise UserError(f"--warm-start {warm_start}: not a training checkpoint")
+    uri = resolve_uri(cfg.tracking.uri)
+    tracker = Tracker(uri, timeout_s=cfg.tracking.timeout_s)
+    tags = ctx.tags() | {"method": cfg.method, "config_hash": cfg.config_hash()}
+    if warm:
+        tags |= {"warm_start.uri": warm.uri, "warm_start.step": warm.step}
+    run_name = cfg.tracking.run_name or f"{cfg.method}-{ctx.run_id}"
+    run_id = tracker.create_run(cfg.tracking.experiment, run_name, tags)
+    tracker.log_params(run_id, flatten(cfg.to_dict()))
+    tracker.log_text(run_id, cfg.to_yaml(), "config.yaml")
+    prefix = lineage_prefix(cfg, ctx.flow_name, ctx.run_id)
+    tracker.set_tags(run_id, {"checkpoint.prefix": prefix})
+    info = tracker.run_info(run_id).info
+    log.info("MLflow run %s (experiment %s) at %s", run_id, cfg.tracking.experiment, uri)
+    return {
+        "config": cfg.to_dict(),
+        "config_hash": cfg.config_hash(),
+        "tracking": {"uri": uri, "run_id": run_id, "experiment_id": info.experiment_id,
+                     "experiment": cfg.tracking.experiment, "timeout_s": cfg.tracking.timeout_s},
+        "lineage": ctx.run_id,
+        "lineage_prefix": prefix,
+        "warm_start": warm.to_dict() if warm else None,
+    }
+
+
+def resolve_only(config_data: dict, **kw):
+    """For `--help`-style checks and tests: the resolved config without side effects."""
+    return resolve_flow_config(config_data, **kw)

@@ -1,0 +1,149 @@
+"""train_epoch: train one pipeline epoch, committing checkpoints to the lineage's store.
+
+Where an epoch starts (first match wins):
+  1. the newest committed checkpoint *of this epoch* that started from the same state as this
+     task - what a retried task (`@retry`) or a resumed run (`resume`) left behind when it failed;
+  2. the previous epoch's final checkpoint;
+  3. the warm-start checkpoint's weights (fresh optimizer and schedule; a new lineage);
+  4. the base model of the config.
+"The same state" is the manifest hash of the epoch's starting checkpoint (or "base"/the warm-start
+hash), so a `resume train_epoch` that re-trains earlier epochs never picks up checkpoints made on
+top of the old ones. A checkpoint is committed every `save_every` training steps and at the end
+of the epoch; in-epoch checkpoints beyond `keep_last` are pruned, epoch-end ones are kept for
+evaluation. Training metrics go to the MLflow parent run live, with `step` = training step.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from prefix_rft.config import Config
+from prefix_rft.store import CheckpointRef, fetch_checkpoint, open_store
+from steps.common import RunContext, injected_failure, log
+from steps.data import read_data
+
+
+def _start_id(start_ref: dict | None, warm_start: dict | None) -> str:
+    if start_ref:
+        return start_ref["manifest_sha256"]
+    if warm_start:
+        return "warm:" + warm_start["manifest_sha256"]
+    return "base"
+
+
+def build_trainer(cfg: Config, train, test, *, weights_from: Path | None, output_dir: Path,
+                  progress: bool):
+    """A `Trainer` on the config's model, or on the weights of a checkpoint's model/ dir."""
+    from prefix_rft import models
+    from prefix_rft.trainer import Trainer
+
+    model = tokenizer = None
+    if weights_from is not None:
+        tokenizer = models.load_tokenizer(str(weights_from))
+        model = models.load_policy(str(weights_from), dtype=cfg.model.dtype,
+                                   attn_implementation=cfg.model.attn_implementation)
+    return Trainer(cfg, model=model, tokenizer=tokenizer, train=train, test=test,
+                   output_dir=output_dir, progress=progress)
+
+
+def train_epoch(cfg: Config, *, epoch: int, plan: dict, data_ref: dict, start_ref: dict | None,
+                warm_start: dict | None, lineage_prefix: str, ctx: RunContext, tracker=None,
+                tracking: dict | None = None, progress: bool = True) -> dict:
+    store = open_store(lineage_prefix)
+    start_id = _start_id(start_ref, warm_start)
+    target = min(epoch * plan["steps_per_epoch"], plan["total_steps"])
+
+    def same_epoch(r: CheckpointRef) -> bool:
+        return (r.meta.get("kind") == "checkpoint" and r.epoch == epoch
+                and r.meta.get("start_id") == start_id)
+
+    previous = store.latest(where=same_epoch)
+    if previous is not None and previous.meta.get("end_of_epoch"):
+        log.info("epoch %d: already complete in %s (committed by a failed task)", epoch, previous.uri)
+        return {"epoch": epoch, "checkpoint": previous.to_dict(), "resumed_from": previous.uri,
+                "steps": [previous.step, previous.step]}
+
+    train, test = read_data(data_ref)
+    run_id = tracking["run_id"] if tracking else None
+    scratch = Path(tempfile.mkdtemp(prefix=f"prefix-rft-epoch{epoch}-"))
+    try:
+        weights_from = None
+        if start_ref is None and warm_start is not None:
+            weights_from = fetch_checkpoint(CheckpointRef.from_dict(warm_start)) / "model"
+        trainer = build_trainer(cfg, train, test, weights_from=weights_from,
+                                output_dir=scratch / "trainer", progress=progress)
+        resume_from = previous or (CheckpointRef.from_dict(start_ref) if start_ref else None)
+        if resume_from is not None:
+            trainer.load(fetch_checkpoint(resume_from))
+            if previous is not None:
+                log.info("epoch %d: resuming from %s (step %d)", epoch, previous.uri, previous.step)
+        first = trainer.train_steps
+        if tracker is not None:
+            trainer.listeners.append(
+                lambda m: tracker.log_metrics(
+                    run_id, {k: v for k, v in m.items() if k != "step"}, step=trainer.train_steps))
+            if previous is not None:
+                tracker.set_tags(run_id, {f"epoch_{epoch}.resumed_from": previous.uri})
+
+        def commit(end_of_epoch: bool) -> CheckpointRef:
+            name = trainer.checkpoint_name()
+            local = trainer.save(scratch / "ckpt" / name)
+            ref = store.commit(local, f"{ctx.run_id}/{name}", step=trainer.train_steps, epoch=epoch,
+                               config_hash=cfg.config_hash(), meta={
+                                   "kind": "checkpoint", "end_of_epoch": end_of_epoch,
+                                   "start_id": start_id, "run_id": ctx.run_id,
+                                   "task_id": ctx.task_id, "phase": trainer.state.phase,
+                                   "global_step": trainer.state.global_step,
+                                   "sft_step": trainer.state.sft_step, "method": cfg.method})
+            shutil.rmtree(local, ignore_errors=True)
+            if cfg.keep_last > 0:
+                store.prune(cfg.keep_last, prefix=ctx.run_id, where=lambda r: (
+                    r.meta.get("kind") == "checkpoint" and not r.meta.get("end_of_epoch")))
+            log.info("epoch %d: checkpoint %s", epoch, ref.uri)
+            return ref
+
+        cm = tracker.system_metrics(run_id, cfg.tracking.system_metrics) if tracker else _null()
+        with cm, _closing(trainer):
+            while trainer.train_steps < target and trainer.state.phase != "done":
+                n = target - trainer.train_steps
+                if cfg.save_every:
+                    n = min(n, cfg.save_every - trainer.train_steps % cfg.save_every)
+                trainer.fit(max_steps=n, autosave=False)
+                if trainer.train_steps < target and trainer.state.phase != "done":
+                    commit(end_of_epoch=False)
+                    injected_failure(epoch, trainer.train_steps)
+            ref = commit(end_of_epoch=True)
+        last = trainer.history[-1] if trainer.history else {}
+        if tracker is not None:
+            tracker.set_tags(run_id, {f"checkpoint.epoch_{epoch}": ref.uri,
+                                      "checkpoint.latest": ref.uri})
+        return {"epoch": epoch, "checkpoint": ref.to_dict(),
+                "resumed_from": previous.uri if previous else None,
+                "steps": [first, trainer.train_steps],
+                "last_metrics": {k: v for k, v in last.items() if isinstance(v, (int, float))}}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+class _closing:
+    """Stop the trainer's grader processes however the epoch ends."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def __enter__(self):
+        return self.trainer
+
+    def __exit__(self, *exc):
+        self.trainer.close()
+        return False
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
