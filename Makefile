@@ -1,6 +1,9 @@
 # prefix-rft: everything a newcomer runs.
-#   make demo   set up and train SmolLM2-135M with Prefix-RFT on the synthetic task (CPU, <15 min)
+#   make demo   set up and run the pipeline (flows/prefix_rft_flow.py) on the embedded default:
+#               SmolLM2-135M, Prefix-RFT, synthetic task, 2 epochs, evaluation, MLflow (CPU)
 #   make test   set up and run the test suite
+#   make servers / servers-stop   a local MLflow server + S3 (moto) for the UI and S3 runs
+#   make ui     the MLflow UI on ./mlflow.db (what `make demo` logs to)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -10,8 +13,9 @@ TORCH  ?= torch==2.13.0
 OUT    ?= runs/demo
 export HF_HUB_OFFLINE ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
+export METAFLOW_USER ?= $(shell id -un 2>/dev/null || echo user)
 
-.PHONY: setup demo test test-fast lint format clean
+.PHONY: setup demo train-demo test test-fast lint format clean servers servers-stop ui
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,9 +27,21 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
-demo: setup  # starts from scratch: an earlier $(OUT) is removed
+demo: setup  # the pipeline on the embedded default; logs to ./mlflow.db, checkpoints in runs/demo
+	$(PY) flows/prefix_rft_flow.py --config config configs/demo.yaml run
+
+train-demo: setup  # the same training in one process, without Metaflow/MLflow (replaces $(OUT))
 	rm -rf $(OUT)
 	$(VENV)/bin/prefix-rft train --config configs/demo.yaml --output $(OUT)
+
+servers: setup
+	$(PY) infra/local/servers.py start
+
+servers-stop:
+	$(PY) infra/local/servers.py stop
+
+ui: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
 
 test: setup
 	$(PY) -m pytest -q --durations=15
@@ -34,10 +50,10 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
-	$(VENV)/bin/ruff check prefix_rft tests
+	$(VENV)/bin/ruff check prefix_rft steps flows infra tests
 
 format: setup
-	$(VENV)/bin/ruff format prefix_rft tests
+	$(VENV)/bin/ruff format prefix_rft steps flows infra tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache runs
+	rm -rf $(VENV) .pytest_cache runs .metaflow

@@ -10,6 +10,7 @@ parent run per training lineage.
     python flows/prefix_rft_flow.py run                                   # embedded demo config
     python flows/prefix_rft_flow.py --config config configs/paper/qwen2.5-math-1.5b.yaml run
     python flows/prefix_rft_flow.py run --max-problems 64 --epochs 1      # smoke run
+    python flows/prefix_rft_flow.py run --set "pipeline.checkpoint_root=s3://bucket/ckpt"
     python flows/prefix_rft_flow.py resume --origin-run-id R              # continue a failed run
     python flows/prefix_rft_flow.py resume plan_eval --origin-run-id R    # re-run evaluation only
     python flows/prefix_rft_flow.py run --warm-start s3://.../step-000200 # new lineage from a checkpoint
@@ -59,14 +60,18 @@ class PrefixRFTFlow(FlowSpec):
     epochs = Parameter("epochs", type=int, default=None, help="Override pipeline.epochs.")
     max_problems = Parameter("max-problems", type=int, default=None,
                              help="Train on at most this many problems (smoke runs).")
+    overrides = Parameter("set", type=str, default="",
+                          help="Override config keys: 'key=value key=value' (YAML values), e.g. "
+                          "--set 'pipeline.checkpoint_root=s3://bucket/ckpt rl.optim.lr=1e-6'.")
     warm_start = Parameter("warm-start", type=str, default="",
                            help="Start from this checkpoint's weights (URI: a local directory or "
                            "s3://...; fresh optimizer, new lineage).")
 
     def _open(self):
         """The resolved config and a tracker on the lineage's MLflow run (reopened on resume)."""
-        from steps.common import config_from_dict, mark_resumed, tracker_for
+        from steps.common import config_from_dict, mark_resumed, setup_logging, tracker_for
 
+        setup_logging()
         tracker = tracker_for(self.tracking)
         mark_resumed(tracker, self.tracking, _ctx())
         return config_from_dict(self.cfg), tracker
@@ -74,11 +79,13 @@ class PrefixRFTFlow(FlowSpec):
     @step
     def start(self):
         """Validate the config, Parameters and warm start; open the MLflow parent run."""
+        from steps.common import setup_logging
         from steps.start import start
 
+        setup_logging()
         m = start(self.config.to_dict(), _ctx(), seed=self.seed, epochs=self.epochs,
                   max_problems=self.max_problems, warm_start=self.warm_start or None,
-                  source="flow config")
+                  overrides=self.overrides or None, source="flow config")
         self.cfg = m["config"]
         self.tracking = m["tracking"]
         self.lineage = m["lineage"]
@@ -111,13 +118,14 @@ class PrefixRFTFlow(FlowSpec):
     @step
     def train_epoch(self):
         """One epoch of training; loops to itself until pipeline.epochs are done."""
+        from steps.common import interactive
         from steps.train import train_epoch
 
         cfg, tracker = self._open()
         m = train_epoch(cfg, epoch=self.epoch, plan=self.plan, data_ref=self.data_ref,
                         start_ref=self.start_ref, warm_start=self.warm_start_ref,
                         lineage_prefix=self.lineage_prefix, ctx=_ctx(), tracker=tracker,
-                        tracking=self.tracking)
+                        tracking=self.tracking, progress=interactive())
         self.epoch_result = m
         self.trained_epoch = m["epoch"]
         self.checkpoint = m["checkpoint"]  # the small reference; the weights live in the store

@@ -584,6 +584,12 @@ def flow_config_parser(text: str) -> dict:
     if not isinstance(data, dict):
         data = {"__not_a_mapping__": repr(data)[:200]}
     defaults = {"pipeline": dataclasses.asdict(PipelineConfig())}
+    if data.get("pipeline", {}) is None:  # `pipeline:` with every key commented out
+        data["pipeline"] = {}
+    if isinstance(data.get("pipeline"), dict):
+        for sub in ("train", "eval"):
+            if sub in data["pipeline"] and data["pipeline"][sub] is None:
+                data["pipeline"][sub] = {}
     user_pipeline = data.get("pipeline")
     if user_pipeline is not None and not isinstance(user_pipeline, dict):
         return {**data, "pipeline": defaults["pipeline"], BAD_PIPELINE: repr(user_pipeline)[:200]}

@@ -71,11 +71,14 @@ def check_reachable(uri: str, timeout_s: float = 10) -> None:
 
 
 def _numeric(metrics: dict) -> dict[str, float]:
+    """The numeric entries (bools as 0/1, numpy/torch scalars included) as floats."""
+    import numbers
+
     out = {}
     for k, v in metrics.items():
-        if isinstance(v, bool):
-            v = int(v)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if hasattr(v, "item") and getattr(v, "ndim", getattr(v, "dim", lambda: 1)) in (0,):
+            v = v.item()  # 0-d numpy array / torch tensor
+        if isinstance(v, numbers.Real):
             out[k] = float(v)
     return out
 
@@ -101,7 +104,11 @@ class Tracker:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             return exp.experiment_id
-        return self.client.create_experiment(name)
+        location = None
+        if self.uri.startswith("sqlite:///"):
+            # next to the database, not in whatever directory the process happens to run in
+            location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
 
     def create_run(self, experiment: str, run_name: str, tags: dict[str, str],
                    parent_run_id: str | None = None) -> str:
@@ -186,7 +193,7 @@ class Tracker:
         mv = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags or {})
         if alias:
             self.client.set_registered_model_alias(name, alias, mv.version)
-        return mv.version
+        return str(mv.version)
 
     # ------------------------------------------------------------------ system metrics
     @contextlib.contextmanager

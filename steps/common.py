@@ -59,6 +59,22 @@ class RunContext:
         return {k: v for k, v in t.items() if v}
 
 
+def setup_logging() -> None:
+    """One INFO line per training step and per checkpoint in the task logs. (Progress bars are
+    for terminals: Metaflow shows a task's output line by line, and a bar redraws one line.)"""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
+    if not interactive():
+        os.environ.setdefault("TQDM_DISABLE", "1")  # weight loading/saving bars of transformers
+    for noisy in ("mlflow", "urllib3", "botocore", "s3transfer", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def interactive() -> bool:
+    import sys
+
+    return sys.stderr.isatty()
+
+
 def git_tags(where: Path) -> dict[str, str]:
     def git(*args):
         try:
@@ -82,6 +98,8 @@ def config_from_dict(data: dict) -> Config:
 
 def lineage_prefix(cfg: Config, flow_name: str, lineage: str) -> str:
     root = cfg.pipeline.checkpoint_root
+    if root.startswith("file://"):
+        root = root[len("file://"):]
     if not root.startswith("s3://"):
         root = str(Path(root).expanduser().resolve())
     return f"{root.rstrip('/')}/{flow_name}/{lineage}"
@@ -93,7 +111,8 @@ def injected_failure(epoch: int, step: int) -> None:
         return
     try:
         want = dict(kv.split("=", 1) for kv in spec.split(","))
-        hit = int(want["epoch"]) == epoch and int(want["step"]) == step
+        want_epoch, want_step = int(want["epoch"]), int(want["step"])
+        hit = want_epoch == epoch and want_step == step
     except (KeyError, ValueError) as e:
         raise UserError(f"{FAIL_AT_ENV}={spec!r}: expected 'epoch=E,step=S'") from e
     if hit:
@@ -118,3 +137,13 @@ def mark_resumed(tracker, tracking: dict, ctx: RunContext) -> None:
         "metaflow.latest_run_id": ctx.run_id,
         f"metaflow.resume.{ctx.run_id}": f"origin={ctx.origin_run_id}",
     })
+
+
+def fetch_into(ref: dict, scratch: Path) -> Path:
+    """A local directory with a checkpoint's verified files: the directory itself for a local
+    store, a download under `scratch` (removed with it) for S3."""
+    from prefix_rft.store import CheckpointRef, fetch_checkpoint, is_s3
+
+    r = CheckpointRef.from_dict(ref)
+    dest = Path(scratch) / f"fetched-{r.manifest_sha256[:12]}" if is_s3(r.uri) else None
+    return fetch_checkpoint(r, dest)

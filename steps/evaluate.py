@@ -20,8 +20,8 @@ from pathlib import Path
 
 from prefix_rft.config import Config
 from prefix_rft.errors import UserError
-from prefix_rft.store import CheckpointRef, fetch_checkpoint, open_store
-from steps.common import log
+from prefix_rft.store import open_store
+from steps.common import fetch_into, log
 from steps.data import read_data
 
 HELDOUT = "heldout"
@@ -68,7 +68,7 @@ def _model(cfg: Config, ref: dict | None, scratch: Path):
     from prefix_rft import models
 
     if ref is not None:
-        d = fetch_checkpoint(CheckpointRef.from_dict(ref)) / "model"
+        d = fetch_into(ref, scratch) / "model"
         tok = models.load_tokenizer(str(d))
         return models.load_policy(str(d), dtype=cfg.model.dtype,
                                   attn_implementation=cfg.model.attn_implementation), tok
@@ -241,8 +241,9 @@ def join_eval(cfg: Config, results: list[dict], failures: list[dict], epochs_don
                 log.warning("checkpoints are local but MLflow is a server: uploading the best "
                             "model to the run's artifacts to register it (use an s3:// "
                             "pipeline.checkpoint_root to avoid the copy)")
-                model_dir = fetch_checkpoint(CheckpointRef.from_dict(refs[best])) / "model"
-                tracker.log_artifacts(run_id, model_dir, "best_model")
+                with tempfile.TemporaryDirectory() as tmp:
+                    tracker.log_artifacts(run_id, fetch_into(refs[best], Path(tmp)) / "model",
+                                          "best_model")
                 source = tracker.run_info(run_id).info.artifact_uri.rstrip("/") + "/best_model"
             version = tracker.register(name, source, run_id, alias="best",
                                        tags={"epoch": str(best), "macro_score": f"{score:.6f}",

@@ -2,12 +2,20 @@
 lineage's MLflow parent run.
 
 Fails with one line naming the key for a bad config, naming the URI for an unreachable tracking
-server or a warm-start checkpoint that is missing, incomplete or corrupt.
+server or a warm-start checkpoint that is missing or incomplete (no MANIFEST.json). File hashes
+are verified where the files are read (`train_epoch`, `eval_task`): a corrupt file is refused
+there, with the checkpoint's URI, before any training or generation.
 """
 
 from __future__ import annotations
 
-from prefix_rft.config import check_flow_config, deep_merge, flatten, resolve
+from prefix_rft.config import (
+    check_flow_config,
+    deep_merge,
+    flatten,
+    parse_overrides,
+    resolve,
+)
 from prefix_rft.errors import UserError
 from prefix_rft.store import CheckpointRef, open_checkpoint
 from prefix_rft.tracking import Tracker, resolve_uri
@@ -15,9 +23,15 @@ from steps.common import RunContext, lineage_prefix, log
 
 
 def resolve_flow_config(config_data: dict, *, seed: int | None = None, epochs: int | None = None,
-                        max_problems: int | None = None, source: str = "flow config"):
-    """The flow's Config (a YAML mapping) + the run's Parameters -> a validated `Config`."""
+                        max_problems: int | None = None, overrides: str | None = None,
+                        source: str = "flow config"):
+    """The flow's Config (a YAML mapping) + the run's Parameters -> a validated `Config`.
+    `overrides`: "key=value key=value" (the `--set` Parameter), applied last."""
+    import shlex
+
     config_data = check_flow_config(dict(config_data), source)
+    if overrides:
+        config_data = deep_merge(config_data, parse_overrides(shlex.split(overrides)))
     over: dict = {}
     if seed is not None:
         over["seed"] = seed
@@ -30,9 +44,9 @@ def resolve_flow_config(config_data: dict, *, seed: int | None = None, epochs: i
 
 def start(config_data: dict, ctx: RunContext, *, seed: int | None = None, epochs: int | None = None,
           max_problems: int | None = None, warm_start: str | None = None,
-          source: str = "flow config") -> dict:
+          overrides: str | None = None, source: str = "flow config") -> dict:
     cfg = resolve_flow_config(config_data, seed=seed, epochs=epochs, max_problems=max_problems,
-                              source=source)
+                              overrides=overrides, source=source)
     warm: CheckpointRef | None = None
     if warm_start:
         warm = open_checkpoint(warm_start)  # raises naming the URI if absent/incomplete

@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 from prefix_rft.config import Config
-from prefix_rft.store import CheckpointRef, fetch_checkpoint, open_store
-from steps.common import RunContext, injected_failure, log
+from prefix_rft.store import CheckpointRef, open_store
+from steps.common import RunContext, fetch_into, injected_failure, log
 from steps.data import read_data
 
 
@@ -71,12 +71,12 @@ def train_epoch(cfg: Config, *, epoch: int, plan: dict, data_ref: dict, start_re
     try:
         weights_from = None
         if start_ref is None and warm_start is not None:
-            weights_from = fetch_checkpoint(CheckpointRef.from_dict(warm_start)) / "model"
+            weights_from = fetch_into(warm_start, scratch) / "model"
         trainer = build_trainer(cfg, train, test, weights_from=weights_from,
                                 output_dir=scratch / "trainer", progress=progress)
         resume_from = previous or (CheckpointRef.from_dict(start_ref) if start_ref else None)
         if resume_from is not None:
-            trainer.load(fetch_checkpoint(resume_from))
+            trainer.load(fetch_into(resume_from.to_dict(), scratch))
             if previous is not None:
                 log.info("epoch %d: resuming from %s (step %d)", epoch, previous.uri, previous.step)
         first = trainer.train_steps
