@@ -1,38 +1,96 @@
-"""Benchmark loading: the six math evaluation sets of ALGORITHM.md section 7, as plain problems.
+"""Benchmark registry: the evaluation sets of ALGORITHM.md section 7, as plain problems.
 
 This package owns benchmark data: the vendored files under ``data/`` (sources, row counts,
 licences and sha256 in ``data/PROVENANCE.md``) and turning each file into `BenchmarkProblem`s
 with every acceptable gold answer, with the known defects of the public copies repaired
-(``shared/benchmarks/README.md``). A later issue extends it into a full registry (LUFFY parquet
-views, avg@k protocols, out-of-distribution sets); the names here stay.
+(``shared/benchmarks/README.md``).
 
-Repairs, per benchmark:
+Names (`ALL_BENCHMARKS`):
+
+* `BENCHMARKS`, the six math sets: ``aime24``, ``aime25``, ``amc``, ``math500``, ``minerva``,
+  ``olympiadbench``.
+* `OOD_BENCHMARKS`, LUFFY's out-of-distribution multiple-choice sets: ``arc_c`` (ARC-Challenge,
+  1172 rows, ``luffy/valid.arc_c.parquet``) and ``gpqa_diamond`` (198 rows,
+  ``luffy/valid.gpqa.parquet``). The problem text is LUFFY's user message verbatim: the question
+  and its options ``A) ... D)``; every GPQA prompt begins with LUFFY's "Answer the following
+  multiple choice question. The last line of your response should be of the following format:
+  'ANSWER: $LETTER' ..." instruction, which is kept because it is part of LUFFY's prompt (the
+  grader still reads the final ``\\boxed{}``, so a prompt template must ask for one). The answer
+  is the option label as LUFFY has it: a letter ``A``..``D``, except 22 ARC-c rows whose options
+  are numbered ``1) ... 4)`` as in upstream ARC, with the digit as answer (3 ARC-c problems also
+  have an option ``E)``; none has it as answer). Ids are LUFFY's
+  ``extra_info.index``. There is one copy of these sets, so both sources read the same file.
+
+Sources (``load_benchmark(name, source=...)``):
+
+* ``"default"``: the per-benchmark files below, with their repairs.
+* ``"luffy"``: the rows of LUFFY's evaluation file ``luffy/valid.all.parquet`` whose
+  ``data_source`` is the benchmark's LUFFY name (`LUFFY_DATA_SOURCES`: ``aime``, ``aime25``,
+  ``amc``, ``math``, ``minerva``, ``olympiad_bench``), every row as LUFFY evaluates it: AIME24,
+  AIME25 and AMC are repeated 32 times each (960, 960, 2656 rows: LUFFY's avg@32 is the mean
+  over these rows), the others appear once (500, 272, 675). The problem text is the user message
+  verbatim (LUFFY's system message is dropped, as LUFFY's ``--remove_system True`` does); the
+  gold is ``reward_model.ground_truth``, kept as an acceptable answer, with the repairs below.
+  Ids are LUFFY's ``extra_info.index`` (per benchmark, 0-based), plus ``#k`` (the k-th copy,
+  0-based) for repeated problems. Another file in LUFFY's layout (``valid.parquet``, ReLIFT's
+  ``valid.parquet``) can be given as ``path``.
+
+A problems file of your own: ``load_benchmark("path/to/file.jsonl")`` (anything that is not a
+known name and looks like a path: it has a ``/``, a data suffix, or exists) is read with
+`prefix_rft.data.readers.read_problems` (schema auto-detected, e.g. ``problem`` / ``answer``
+fields; ``split="test"`` for a directory; no demonstrations needed), whatever ``source`` says.
+The benchmark name is the file stem; ids are the file's own or ``<stem>-<row>``; the one gold
+answer is the only answer.
+
+Repairs, per benchmark (default source unless said otherwise):
 
 * ``aime24`` (``aime24/aime.json``, the copy whose text matches LUFFY's): answers with leading
   zeros (``023``) get the integer form first and keep the original as a second answer.
-  ``problem_number`` 0 in that file is problem 15 (the file numbers 1..14, 0).
+  ``problem_number`` 0 in that file is problem 15 (the file numbers 1..14, 0). LUFFY source:
+  the same leading-zero repair.
 * ``aime25`` (``aime25/test.json``): JSON-escape corruption restored in the problem text: form
   feed -> ``\\f`` (``\\frac``), TAB -> ``\\t`` (``\\triangle``), and likewise backspace ->
   ``\\b`` and carriage return -> ``\\r`` should they occur. Ids are the 0-based row numbers.
+  LUFFY source (clean text): the gold ``336^\\circ`` (index 19) gets ``336`` first, the original
+  kept second; leading zeros as for aime24.
 * ``amc`` (``amc/amc.json``, the 83 problems of AMC 12 2022+2023): float answers (``142.0``)
-  become integer strings (``142``). Ids come from the AoPS url (``2022_AMC_12A/1``).
+  become integer strings (``142``). Ids come from the AoPS url (``2022_AMC_12A/1``). LUFFY
+  source: the float strings (``"142.0"``) get the integer form first, the original kept second.
 * ``math500`` (``math500/test.jsonl``): as is; ids are ``unique_id``. Its two literal TABs are
-  genuine (asy code, from upstream MATH) and are kept.
-* ``minerva`` (``minerva_math/minerva.json``, which has extracted answers): every listed variant
-  is an acceptable answer, stripped of its trailing newline, duplicates dropped.
+  genuine (asy code, from upstream MATH) and are kept. LUFFY source: identical text and answers.
+* ``minerva`` (``minerva_math/minerva.json``): the gold is the final ``\\boxed{}`` of the row's
+  own ``solution`` (the answer Qwen2.5-Math's evaluation and LUFFY use; LUFFY's 272 ground truths
+  equal it), followed by the file's ``answer`` variants (stripped, duplicates dropped) as further
+  acceptable answers. Exception: when the problem text carries a worked earlier subproblem (a
+  ``\\boxed{}`` inside the problem, 70 rows), the ``answer`` list is dropped (unless it equals
+  the solution's box), because in 34 of those rows it holds the earlier subproblem's answer, not
+  the asked one (e.g. idx 57 asks for the doubling time, 0.53, and lists the population, 4.4e7);
+  in the other 3 (idx 5, 13, 105) it only spells the solution's answer differently.
+  Then, in both sources, each answer that Math-Verify cannot read as meant gets a LaTeX form
+  inserted before it (the original kept): e-notation ``8.7e8`` -> ``8.7 \\times 10^{8}``
+  (Math-Verify reads ``8.7e8`` as 8.7*e*8 with Euler's e, so ``8.7 \\times 10^{8}`` would be
+  graded wrong), ``np.arcsin(10/13)`` -> ``\\arcsin(10/13)`` (parsed only as a string),
+  ``-1./3`` -> ``-1/3`` (parsed only as a string).
 * ``olympiadbench`` (``olympiadbench/test.jsonl``): ``question`` / ``final_answer`` (a list);
   answers are kept as written, also for ``is_multiple_answer`` rows (``$69$,$84$``: the grader
-  compares the whole set), and units are not appended.
+  compares the whole set), and units are not appended. LUFFY source: identical.
+
+``tests/test_benchmark_grader_check.py`` grades every benchmark's golds with the real grader;
+the problems where that check fails for a reason the loader cannot repair are listed, with the
+reason, in ``tests/data/grader_exceptions.yaml``.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from prefix_rft.errors import UserError
+from prefix_rft.reward import extract_final_boxed
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -48,8 +106,11 @@ class BenchmarkProblem:
 
 
 BENCHMARKS = ("aime24", "aime25", "amc", "math500", "minerva", "olympiadbench")
+OOD_BENCHMARKS = ("arc_c", "gpqa_diamond")
+ALL_BENCHMARKS = BENCHMARKS + OOD_BENCHMARKS
+SOURCES = ("default", "luffy")
 
-# benchmark -> the vendored file it is loaded from (relative to DATA_DIR)
+# benchmark -> the vendored file it is loaded from (relative to DATA_DIR), source "default"
 _DEFAULT_FILES = {
     "aime24": "aime24/aime.json",
     "aime25": "aime25/test.json",
@@ -59,24 +120,102 @@ _DEFAULT_FILES = {
     "olympiadbench": "olympiadbench/test.jsonl",
 }
 
+LUFFY_FILE = "luffy/valid.all.parquet"
+# benchmark -> (LUFFY file relative to DATA_DIR, its data_source value)
+_LUFFY_FILES = {
+    "aime24": (LUFFY_FILE, "aime"),
+    "aime25": (LUFFY_FILE, "aime25"),
+    "amc": (LUFFY_FILE, "amc"),
+    "math500": (LUFFY_FILE, "math"),
+    "minerva": (LUFFY_FILE, "minerva"),
+    "olympiadbench": (LUFFY_FILE, "olympiad_bench"),
+    "arc_c": ("luffy/valid.arc_c.parquet", "arc_c"),
+    "gpqa_diamond": ("luffy/valid.gpqa.parquet", "gpqa"),
+}
+#: our benchmark name -> LUFFY's ``data_source`` name
+LUFFY_DATA_SOURCES = {name: ds for name, (_, ds) in _LUFFY_FILES.items()}
+
+_DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+
 # JSON escapes that ate the backslash of a LaTeX command (\frac, \triangle, \binom, \right)
 _CONTROL_TO_LATEX = str.maketrans({"\x0c": "\\f", "\t": "\\t", "\x08": "\\b", "\r": "\\r"})
 
 
-def default_path(name: str) -> Path:
-    """The vendored file a benchmark is loaded from."""
+def default_path(name: str, source: str = "default") -> Path:
+    """The vendored file a benchmark is loaded from (for ``source``)."""
     _check_name(name)
+    _check_source(source)
+    if source == "luffy" or name in OOD_BENCHMARKS:
+        return DATA_DIR / _LUFFY_FILES[name][0]
     return DATA_DIR / _DEFAULT_FILES[name]
 
 
-def load_benchmark(name: str, path: str | Path | None = None) -> list[BenchmarkProblem]:
-    """Load benchmark ``name`` (one of `BENCHMARKS`) from ``path``, by default the vendored file.
+def load_benchmark(
+    name: str | Path, path: str | Path | None = None, *, source: str = "default"
+) -> list[BenchmarkProblem]:
+    """Load a benchmark: one of `ALL_BENCHMARKS`, or a problems file of your own.
 
-    A file given as ``path`` must have the same format as the vendored one (a JSON array for
-    ``.json``, one JSON object per line otherwise). Raises `UserError` for an unknown name, a file
-    that cannot be read or parsed, or a row without a field the benchmark needs.
+    ``name`` a known benchmark: read from ``path`` if given, else from the vendored file of
+    ``source`` (``"default"`` or ``"luffy"``, see the module docstring). A ``path`` must have
+    the format of the file it replaces (a JSON array for ``.json``, JSON lines otherwise, LUFFY's
+    parquet layout for the ``"luffy"`` source and the OOD sets).
+
+    ``name`` a path (not a known name, and it has a ``/``, a ``.jsonl``/``.json``/``.parquet``
+    suffix, or exists): a problems file read with `prefix_rft.data.readers.read_problems`.
+    ``source`` applies to named benchmarks only (so one list of names and files can share it).
+
+    Raises `UserError` for an unknown name or source, a file that cannot be read or parsed, or a
+    row without a field the benchmark needs (the message names the file and the row).
     """
-    _check_name(name)
+    _check_source(source)
+    if isinstance(name, str) and name in ALL_BENCHMARKS:
+        if source == "luffy" or name in OOD_BENCHMARKS:
+            return _load_luffy(name, path)
+        return _load_default(name, path)
+    if _looks_like_path(name):
+        if path is not None:
+            raise UserError(
+                f"load_benchmark({str(name)!r}, path={str(path)!r}): give a benchmark name with "
+                f"path=, or a problems file as the name, not both"
+            )
+        return _load_problems_file(Path(name))  # read as it is, whatever the source
+    raise _unknown_name(name)
+
+
+def _unknown_name(name) -> UserError:
+    return UserError(
+        f"unknown benchmark {name!r}; expected one of {', '.join(ALL_BENCHMARKS)}, "
+        f"or the path of a .jsonl/.json/.parquet problems file"
+    )
+
+
+def _check_name(name: str) -> None:
+    if name not in ALL_BENCHMARKS:
+        raise _unknown_name(name)
+
+
+def _check_source(source: str) -> None:
+    if source not in SOURCES:
+        raise UserError(
+            f"unknown benchmark source {source!r}; expected one of {', '.join(SOURCES)}"
+        )
+
+
+def _looks_like_path(name: str | Path) -> bool:
+    if isinstance(name, Path):
+        return True
+    if not isinstance(name, str) or not name.strip():
+        return False
+    return (
+        "/" in name or "\\" in name or name.lower().endswith(_DATA_SUFFIXES) or Path(name).exists()
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Source "default": one vendored file per benchmark
+
+
+def _load_default(name: str, path: str | Path | None) -> list[BenchmarkProblem]:
     file = Path(path) if path is not None else default_path(name)
     rows = _read_rows(file)
     parse_row = _ROW_PARSERS[name]
@@ -88,11 +227,6 @@ def load_benchmark(name: str, path: str | Path | None = None) -> list[BenchmarkP
     if not problems:
         raise UserError(f"{file}: no rows; expected the {name} benchmark")
     return problems
-
-
-def _check_name(name: str) -> None:
-    if name not in _DEFAULT_FILES:
-        raise UserError(f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARKS)}")
 
 
 def _read_rows(file: Path) -> list:
@@ -125,10 +259,13 @@ class _Row:
     def __init__(self, file: Path, index: int, data: dict):
         self.file, self.index, self.data = file, index, data
 
-    def get(self, field: str, types: type | tuple[type, ...] = str):
-        if field not in self.data or self.data[field] is None:
-            raise UserError(f"{self.file}: row {self.index}: missing field {field!r}")
-        value = self.data[field]
+    def get(self, field: str, types: type | tuple[type, ...] = str, value=None):
+        """``data[field]`` checked against ``types`` (or ``value``, a nested field's value, named
+        ``field`` in messages)."""
+        if value is None:
+            if field not in self.data or self.data[field] is None:
+                raise UserError(f"{self.file}: row {self.index}: missing field {field!r}")
+            value = self.data[field]
         if not isinstance(value, types):
             raise UserError(
                 f"{self.file}: row {self.index}: field {field!r} is {type(value).__name__}, "
@@ -148,11 +285,40 @@ def _type_names(types) -> str:
 
 
 def _integer_answers(answer: str) -> tuple[str, ...]:
-    """``"023"`` -> ``("23", "023")``; ``"204"`` -> ``("204",)``."""
+    """``"023"`` -> ``("23", "023")``; ``"204"`` -> ``("204",)``; LUFFY's float strings and
+    degrees: ``"142.0"`` -> ``("142", "142.0")``, ``"336^\\circ"`` -> ``("336", "336^\\circ")``."""
     a = answer.strip()
-    if a.isdigit() and a != str(int(a)):
-        return (str(int(a)), a)
+    m = re.fullmatch(r"([+-]?\d+)(?:\.0*)?(?:\s*\^\s*\{?\s*\\circ\s*\}?)?", a)
+    if m and str(int(m.group(1))) != a:
+        return (str(int(m.group(1))), a)
     return (a,)
+
+
+_E_NOTATION = re.compile(r"([+-]?\d+(?:\.\d+)?)[eE]([+-]?\d+)")
+_NUMPY_CALL = re.compile(r"\bnp\.([A-Za-z]+)\(")
+_BARE_DECIMAL_POINT = re.compile(r"(\d)\.(?!\d)")
+
+
+def _latex_form(answer: str) -> str | None:
+    """A LaTeX spelling of an answer Math-Verify misreads, or None if it reads it as meant."""
+    m = _E_NOTATION.fullmatch(answer)
+    if m:
+        return f"{m.group(1)} \\times 10^{{{int(m.group(2))}}}"
+    fixed = _NUMPY_CALL.sub(r"\\\1(", answer)
+    if "\\" not in answer and "$" not in answer:
+        fixed = _BARE_DECIMAL_POINT.sub(r"\1", fixed)
+    return fixed if fixed != answer else None
+
+
+def _with_latex_forms(answers) -> tuple[str, ...]:
+    """Each answer preceded by its `_latex_form` (if any); duplicates dropped, order kept."""
+    out: list[str] = []
+    for a in answers:
+        fixed = _latex_form(a)
+        if fixed is not None:
+            out.append(fixed)
+        out.append(a)
+    return tuple(dict.fromkeys(out))
 
 
 def _aime24(row: _Row) -> BenchmarkProblem:
@@ -201,13 +367,30 @@ def _math500(row: _Row) -> BenchmarkProblem:
     )
 
 
+def _ws(text: str) -> str:
+    return " ".join(text.split())
+
+
 def _minerva(row: _Row) -> BenchmarkProblem:
+    problem = row.get("problem")
     raw = row.get("answer", (list, str))
     raw = [raw] if isinstance(raw, str) else raw
-    answers = tuple(dict.fromkeys(a.strip() for a in raw if isinstance(a, str) and a.strip()))
+    listed = [a.strip() for a in raw if isinstance(a, str) and a.strip()]
+    solution = row.data.get("solution")
+    boxed = extract_final_boxed(solution) if isinstance(solution, str) else None
+    boxed = boxed.strip() if boxed and boxed.strip() else None
+    if boxed is None:
+        answers = listed
+    elif (extract_final_boxed(problem) or "").strip():
+        # a worked earlier subproblem in the problem text: the list may hold its answer
+        answers = [boxed] + [a for a in listed if _ws(a) == _ws(boxed)]
+    else:
+        answers = [boxed] + listed
     if not answers:
-        row.fail("answer", "a non-empty list of answer strings")
-    return BenchmarkProblem("minerva", str(row.get("idx", (int, str))), row.get("problem"), answers)
+        row.fail("answer", "a non-empty list of answer strings (or a \\boxed{} in 'solution')")
+    return BenchmarkProblem(
+        "minerva", str(row.get("idx", (int, str))), problem, _with_latex_forms(answers)
+    )
 
 
 def _olympiadbench(row: _Row) -> BenchmarkProblem:
@@ -229,3 +412,89 @@ _ROW_PARSERS: dict[str, Callable[[_Row], BenchmarkProblem]] = {
     "minerva": _minerva,
     "olympiadbench": _olympiadbench,
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Source "luffy" (and the OOD sets): LUFFY's parquet layout
+
+_LUFFY_COLUMNS = ("data_source", "prompt", "reward_model", "extra_info")
+
+# how LUFFY's ground truth becomes our answers (the ground truth itself always stays one)
+_LUFFY_ANSWERS: dict[str, Callable[[str], tuple[str, ...]]] = {
+    "aime24": _integer_answers,
+    "aime25": _integer_answers,
+    "amc": _integer_answers,
+    "minerva": lambda gold: _with_latex_forms([gold]),
+}
+
+
+def _read_parquet_rows(file: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(file)
+    except Exception as e:  # OSError, ArrowInvalid, ...
+        raise UserError(f"{file}: cannot read as Parquet ({' '.join(str(e).split())})") from e
+    missing = [c for c in _LUFFY_COLUMNS if c not in table.column_names]
+    if missing:
+        raise UserError(
+            f"{file}: missing column(s) {', '.join(missing)} (expected LUFFY's layout: "
+            f"{', '.join(_LUFFY_COLUMNS)})"
+        )
+    return table.select(list(_LUFFY_COLUMNS)).to_pylist()
+
+
+def _user_text(row: _Row) -> str:
+    messages = row.get("prompt", (list, str))
+    if isinstance(messages, str):
+        return messages
+    for msg in reversed(messages):
+        if isinstance(msg, dict) and msg.get("role") == "user":
+            return row.get("prompt.content", str, msg.get("content") or "")
+    row.fail("prompt", "a chat list of {role, content} messages with a user message")
+
+
+def _nested(row: _Row, field: str, key: str, types):
+    outer = row.get(field, dict)
+    name = f"{field}.{key}"
+    if outer.get(key) is None:
+        raise UserError(f"{row.file}: row {row.index}: missing field {name!r}")
+    return row.get(name, types, outer[key])
+
+
+def _load_luffy(name: str, path: str | Path | None) -> list[BenchmarkProblem]:
+    file = Path(path) if path is not None else DATA_DIR / _LUFFY_FILES[name][0]
+    data_source = LUFFY_DATA_SOURCES[name]
+    rows = [(i, r) for i, r in enumerate(_read_parquet_rows(file))]
+    selected = [_Row(file, i, r) for i, r in rows if r.get("data_source") == data_source]
+    if not selected:
+        found = ", ".join(sorted({str(r.get("data_source")) for _, r in rows})) or "no rows"
+        raise UserError(
+            f"{file}: no rows with data_source {data_source!r} for benchmark {name!r} "
+            f"(found: {found})"
+        )
+    indices = [str(_nested(row, "extra_info", "index", (int, str))) for row in selected]
+    copies = Counter(indices)
+    seen: Counter = Counter()
+    answers_of = _LUFFY_ANSWERS.get(name, lambda gold: (gold,))
+    problems = []
+    for row, index in zip(selected, indices):
+        gold = _nested(row, "reward_model", "ground_truth", str).strip()
+        pid = index if copies[index] == 1 else f"{index}#{seen[index]}"
+        seen[index] += 1
+        problems.append(BenchmarkProblem(name, pid, _user_text(row), answers_of(gold)))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# A problems file of the user's own
+
+
+def _load_problems_file(file: Path) -> list[BenchmarkProblem]:
+    from prefix_rft.data.readers import read_problems
+
+    problems = read_problems(file, split="test", require_demos=False)
+    if not problems:
+        raise UserError(f"{file}: no problems")
+    name = file.stem if file.suffix else file.name
+    return [BenchmarkProblem(name, p.id, p.prompt, (p.answer,)) for p in problems]
