@@ -6,6 +6,9 @@
     prefix-rft config keys                           every config key with its default and meaning
     prefix-rft train --config FILE [--set k=v ...] --output DIR [--resume CKPT|latest]
     prefix-rft filter-data --input SPEC --output FILE --tokenizer MODEL [--max-tokens 8192]
+    prefix-rft eval --model PATH_OR_URI [--benchmarks aime24,amc,...] [--protocol default|paper]
+                    [--n 32] --output DIR                 avg@n, pass@k, maj@n, CIs per benchmark
+    prefix-rft compare DIR_OR_MLFLOW_RUN ... [--output report.md]   paired comparison of runs
 
 User errors (bad config, bad data, missing files) print one line `error: ...` and exit with
 status 2; no traceback.
@@ -28,6 +31,8 @@ EPILOG = """examples:
   prefix-rft train --config configs/demo.yaml --output runs/demo
   prefix-rft train --config configs/paper/qwen2.5-math-7b.yaml --set method=luffy --output runs/luffy
   prefix-rft train --config configs/demo.yaml --output runs/demo --resume latest
+  prefix-rft eval --model runs/demo/checkpoints/step-000020 --benchmarks math500 --n 4 --output runs/eval
+  prefix-rft compare runs/eval-base runs/eval-prefix --output report.md
 """
 
 
@@ -75,6 +80,50 @@ def _parser() -> argparse.ArgumentParser:
     fd.add_argument("--tokenizer", required=True, help="policy model/tokenizer (name or path)")
     fd.add_argument("--max-tokens", type=int, default=8192, help="max trace length in tokens")
     fd.add_argument("--limit", type=int, default=None, help="read at most this many rows")
+
+    ev = sub.add_parser(
+        "eval", help="evaluate a model/checkpoint on math benchmarks (avg@n, pass@k, maj@n, CIs)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Sample n completions per problem, grade the last \\boxed{} with Math-Verify, "
+        "write OUTPUT/samples.parquet (one row per sample) and OUTPUT/summary.json (per benchmark: "
+        "avg@n, pass@k, maj@n, bootstrap 95%% CI; macro average; the protocol and the model).\n\n"
+        "protocols:\n  default  n=32 everywhere, temperature 0.6, top_p 0.95, 8192 new tokens\n"
+        "  paper    n=32 on aime24/aime25/amc, n=1 on the others (the paper's Table 1)")
+    ev.add_argument("--model", required=True, help="checkpoint dir or s3:// URI (with MANIFEST.json), "
+                    "HF model dir, 'smollm2-135m-instruct', or a hub id (online)")
+    ev.add_argument("--benchmarks", default=",".join(("aime24", "aime25", "amc", "math500", "minerva",
+                                                      "olympiadbench")),
+                    help="comma-separated names (aime24, aime25, amc, math500, minerva, "
+                    "olympiadbench, arc_c, gpqa_diamond) or problems files (default: the six math sets)")
+    ev.add_argument("--protocol", default="default", help="default | paper")
+    ev.add_argument("--n", type=int, default=None, help="samples per problem on every benchmark")
+    ev.add_argument("--temperature", type=float, default=None)
+    ev.add_argument("--top-p", type=float, default=None)
+    ev.add_argument("--max-new-tokens", type=int, default=None)
+    ev.add_argument("--seed", type=int, default=None, help="sampling seed (same seed, same results)")
+    ev.add_argument("--max-problems", type=int, default=None,
+                    help="only the first K problems of each benchmark (smoke runs)")
+    ev.add_argument("--source", default="default",
+                    help="default (our vendored copies) | luffy (LUFFY's valid.all.parquet problems)")
+    ev.add_argument("--engine", default="auto", help="auto (vLLM if installed with a GPU) | hf | vllm")
+    ev.add_argument("--chat-template", default=None, help="as model.chat_template (e.g. qwen2.5-instruct)")
+    ev.add_argument("--think-tags", action="store_true", help="open responses with <think>")
+    ev.add_argument("--dtype", default="bfloat16", help="bfloat16 | float16 | float32 (CPU: float32)")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--batch-size", type=int, default=64, help="rows generated together (HF engine)")
+    ev.add_argument("--workers", type=int, default=2, help="grader processes")
+    ev.add_argument("--output", required=True, help="output directory")
+
+    cp = sub.add_parser("compare", help="compare evaluation results of two or more runs",
+                        description="Per-benchmark avg@n with 95%% CIs and paired differences "
+                        "against the first run, as Markdown (and a figure). A source is an `eval` "
+                        "output dir or mlflow:RUN_ID (a pipeline run: its last evaluated epoch).")
+    cp.add_argument("sources", nargs="+", help="result dirs or mlflow:RUN_ID (2 or more)")
+    cp.add_argument("--names", default=None, help="comma-separated display names")
+    cp.add_argument("--output", default=None, help="write the Markdown here (default: print it)")
+    cp.add_argument("--figure", default=None, help="write a bar chart with CIs here (.png)")
+    cp.add_argument("--tracking-uri", default=None, help="MLflow URI for mlflow:RUN_ID sources")
+    cp.add_argument("--epoch", type=int, default=None, help="which epoch of a pipeline run")
     return p
 
 
@@ -187,11 +236,79 @@ def cmd_filter_data(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    import tempfile
+
+    from prefix_rft import benchmark_eval as BE
+    from prefix_rft.benchmarks import load_benchmark
+    from prefix_rft.models import load_tokenizer
+    from prefix_rft.reward import RewardGrader
+
+    protocol = BE.get_protocol(args.protocol).replace(
+        n=args.n, temperature=args.temperature, top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens, seed=args.seed)
+    names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    if not names:
+        raise UserError("--benchmarks: give at least one benchmark")
+    with tempfile.TemporaryDirectory(prefix="prefix-rft-eval-") as scratch:
+        model_dir = BE.resolve_model_dir(args.model, scratch)  # fails before any loading
+        sets = {}
+        for name in names:
+            problems = load_benchmark(name, source=args.source)
+            key = Path(name).stem if name not in sets and ("/" in name or "." in name) else name
+            sets[key] = problems[: args.max_problems] if args.max_problems else problems
+        tok = load_tokenizer(model_dir, chat_template=args.chat_template)
+        engine, kind = BE.make_engine(args.engine, model_dir, tok, dtype=args.dtype,
+                                      device=args.device, max_batch_size=args.batch_size,
+                                      seed=protocol.seed)
+        results = []
+        with RewardGrader(num_workers=args.workers) as grader:
+            for name, problems in sets.items():
+                t0 = time.time()
+                res = BE.evaluate_benchmark(engine, tok, name, problems, protocol, grader,
+                                            think_tags=args.think_tags, model=args.model,
+                                            chat_template=args.chat_template)
+                res.summary["engine"] = kind
+                results.append(res)
+                s = res.summary
+                print(f"{name:14s} avg@{protocol.n_for(name):<3d} {s['avg_at_n']:.4f}  "
+                      f"95% CI [{s['ci_low']:.4f}, {s['ci_high']:.4f}]  "
+                      f"({s['num_problems']} problems, {time.time() - t0:.0f} s)", flush=True)
+        close = getattr(engine, "close", None)
+        if callable(close):
+            close()
+    summary = BE.write_results(args.output, results, extra={
+        "model": args.model, "engine": kind, "protocol": protocol.to_dict(), "source": args.source})
+    if summary["macro_avg"] is not None:
+        print(f"{'macro':14s}         {summary['macro_avg']:.4f}")
+    print(f"wrote {Path(args.output) / BE.SAMPLES_FILE} and {Path(args.output) / BE.SUMMARY_FILE}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from prefix_rft import report
+
+    if len(args.sources) < 2:
+        raise UserError("compare: give two or more result dirs or mlflow:RUN_ID sources")
+    names = args.names.split(",") if args.names else None
+    runs = [report.load_run(s, tracking_uri=args.tracking_uri, epoch=args.epoch) for s in args.sources]
+    md = report.comparison_markdown(runs, names=names)
+    if args.output:
+        Path(args.output).write_text(md)
+        print(f"wrote {args.output}")
+    else:
+        print(md, end="")
+    if args.figure:
+        report.comparison_figure(runs, names=names).savefig(args.figure, dpi=120, bbox_inches="tight")
+        print(f"wrote {args.figure}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers = {"presets": cmd_presets, "config": cmd_config, "train": cmd_train,
-                "filter-data": cmd_filter_data}
+                "filter-data": cmd_filter_data, "eval": cmd_eval, "compare": cmd_compare}
     try:
         return handlers[args.command](args)
     except UserError as e:

@@ -263,10 +263,26 @@ class PipelineConfig:
     )
     benchmarks: list = _f(
         ["heldout"],
-        "Evaluated after training, each checkpoint x benchmark in its own task: 'heldout' (data.test) "
-        "or a problems file (.jsonl/.json/.parquet).",
+        "Evaluated after training, each checkpoint x benchmark in its own task: 'heldout' "
+        "(data.test, with the `eval` section's settings), a benchmark name (aime24, aime25, amc, "
+        "math500, minerva, olympiadbench, arc_c, gpqa_diamond) or a problems file.",
     )
     eval_base: bool = _f(True, "Also evaluate the starting model (reported as epoch 0).")
+    eval_protocol: Literal["default", "paper"] = _f(
+        "default",
+        "Protocol of the named benchmarks: default = avg@32 everywhere (temperature 0.6, top_p "
+        "0.95, 8192 new tokens); paper = avg@32 on AIME24/25/AMC, avg@1 on the rest. 'heldout' "
+        "uses the `eval` section instead.",
+    )
+    eval_n: int | None = _f(None, "Override the protocol's samples per problem (all benchmarks).")
+    eval_max_new_tokens: int | None = _f(None, "Override the protocol's generation limit.")
+    eval_max_problems: int | None = _f(None, "Only the first K problems of each benchmark (smoke).")
+    eval_source: Literal["default", "luffy"] = _f(
+        "default", "Benchmark copies: ours (default) or LUFFY's valid.all.parquet problem set."
+    )
+    eval_engine: Literal["auto", "hf", "vllm"] = _f(
+        "auto", "Generation engine of eval tasks: auto = vLLM when installed with a GPU, else HF."
+    )
     eval_epochs: Literal["all", "last"] = _f("all", "Which epoch-end checkpoints are evaluated.")
     train_retries: int = _f(
         1, "@retry of train_epoch: a retried task resumes from its latest in-epoch checkpoint."

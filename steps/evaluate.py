@@ -50,102 +50,121 @@ def plan_eval(cfg: Config, epochs_done: list[dict], warm_start: dict | None) -> 
     return items
 
 
+def protocol_for(cfg: Config, spec: str):
+    """heldout: the config's `eval` section; a named benchmark/file: pipeline.eval_protocol with
+    the pipeline.eval_* overrides."""
+    from prefix_rft.benchmark_eval import Protocol, get_protocol
+
+    if spec == HELDOUT:
+        e = cfg.eval
+        return Protocol("heldout", n=e.n_samples, temperature=e.temperature, top_p=e.top_p,
+                        max_new_tokens=e.max_new_tokens, seed=cfg.seed)
+    pl = cfg.pipeline
+    return get_protocol(pl.eval_protocol).replace(n=pl.eval_n, max_new_tokens=pl.eval_max_new_tokens,
+                                                  seed=cfg.seed)
+
+
 def _problems(cfg: Config, spec: str, data_ref: dict):
-    from prefix_rft.data.readers import read_problems
+    from prefix_rft.benchmarks import load_benchmark
 
     if spec == HELDOUT:
         problems = read_data(data_ref)[1]
         if not problems:
             raise UserError("benchmark 'heldout': the config has no held-out set (data.test)")
-    else:
-        if not Path(spec).exists():
-            raise UserError(f"pipeline.benchmarks: {spec}: no such file")
-        problems = read_problems(spec, split="test", require_demos=False)
-    return problems[: cfg.eval.num_problems] if cfg.eval.num_problems else problems
+        return problems[: cfg.eval.num_problems] if cfg.eval.num_problems else problems
+    problems = load_benchmark(spec, source=cfg.pipeline.eval_source)  # names the file/row on errors
+    k = cfg.pipeline.eval_max_problems
+    return problems[:k] if k else problems
 
 
-def _model(cfg: Config, ref: dict | None, scratch: Path):
+def _engine(cfg: Config, ref: dict | None, scratch: Path):
+    """(engine, tokenizer, kind, model label) for a checkpoint ref, or the starting model."""
     from prefix_rft import models
+    from prefix_rft.benchmark_eval import make_engine
 
     if ref is not None:
-        d = fetch_into(ref, scratch) / "model"
-        tok = models.load_tokenizer(str(d))
-        return models.load_policy(str(d), dtype=cfg.model.dtype,
-                                  attn_implementation=cfg.model.attn_implementation), tok
-    tok = models.load_tokenizer(cfg.model.name_or_path, chat_template=cfg.model.chat_template)
-    if cfg.model.random_init:  # seeded by its own `seed` key: the same weights as training's
-        return models.tiny_random_model(len(tok), **dict(cfg.model.random_init)), tok
-    return models.load_policy(cfg.model.name_or_path, dtype=cfg.model.dtype,
-                              attn_implementation=cfg.model.attn_implementation), tok
+        model_dir = str(fetch_into(ref, scratch) / "model")
+        tok = models.load_tokenizer(model_dir)
+    else:
+        model_dir = cfg.model.name_or_path
+        tok = models.load_tokenizer(model_dir, chat_template=cfg.model.chat_template)
+        if cfg.model.random_init:  # tests/throughput: the same seeded weights training started from
+            from prefix_rft.engines.hf import HFEngine
+            from prefix_rft.prompting import stop_token_ids
+
+            model = models.tiny_random_model(len(tok), **dict(cfg.model.random_init)).eval()
+            return HFEngine(model, tok, stop_token_ids(tok),
+                            max_batch_size=cfg.rollout.max_batch_size), tok, "hf"
+        model_dir = models.resolve_model_path(model_dir)
+    engine, kind = make_engine(cfg.pipeline.eval_engine, model_dir, tok, dtype=cfg.model.dtype,
+                               device=cfg.model.device, max_batch_size=cfg.rollout.max_batch_size,
+                               seed=cfg.seed)
+    return engine, tok, kind
 
 
 def eval_task(cfg: Config, item: dict, *, data_ref: dict, tracker=None, tracking: dict | None = None,
-              device: str | None = None) -> dict:
-    import torch
-
-    from prefix_rft.engines.hf import HFEngine
-    from prefix_rft.evaluation import evaluate_problems
-    from prefix_rft.prompting import stop_token_ids
+              n_boot: int = 2000) -> dict:
+    from prefix_rft.benchmark_eval import evaluate_benchmark, write_results
     from prefix_rft.reward import RewardGrader
 
     epoch, bench = item["epoch"], item["benchmark"]
+    protocol = protocol_for(cfg, item["spec"])
     problems = _problems(cfg, item["spec"], data_ref)
+    label = item["checkpoint"]["uri"] if item["checkpoint"] else cfg.model.name_or_path
     with tempfile.TemporaryDirectory(prefix="prefix-rft-eval-") as tmp:
-        model, tok = _model(cfg, item["checkpoint"], Path(tmp))
-        dev = device or ("cuda" if torch.cuda.is_available() and cfg.model.device in ("auto", "cuda")
-                         else "cpu" if cfg.model.device == "auto" else cfg.model.device)
-        model.to(dev).eval()
-        engine = HFEngine(model, tok, stop_token_ids(tok), max_batch_size=cfg.rollout.max_batch_size)
-        grader = RewardGrader(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s,
-                              think_tags=cfg.model.think_tags)
+        engine, tok, kind = _engine(cfg, item["checkpoint"], Path(tmp))
         try:
-            res = evaluate_problems(engine, tok, problems, grader, cfg.eval,
-                                    think_tags=cfg.model.think_tags, seed=cfg.seed)
+            with RewardGrader(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s,
+                              think_tags=cfg.model.think_tags) as grader:
+                res = evaluate_benchmark(engine, tok, bench, problems, protocol, grader,
+                                         think_tags=cfg.model.think_tags, model=label,
+                                         chat_template=cfg.model.chat_template, n_boot=n_boot)
         finally:
-            grader.close()
-        n = cfg.eval.n_samples
+            close = getattr(engine, "close", None)
+            if callable(close):
+                close()
+        n = protocol.n_for(bench)
         key = metric_key(bench, n)
+        s = res.summary
         summary = {
-            "epoch": epoch, "benchmark": bench, "metric": key, "value": res["eval/accuracy"],
-            "n": n, "num_problems": res["eval/num_problems"],
-            "no_answer_frac": res["eval/no_answer_frac"],
-            "checkpoint_uri": item["checkpoint"]["uri"] if item["checkpoint"] else cfg.model.name_or_path,
-            "protocol": {"n": n, "temperature": cfg.eval.temperature, "top_p": cfg.eval.top_p,
-                         "max_new_tokens": cfg.eval.max_new_tokens, "grader": "math-verify",
-                         "chat_template": cfg.model.chat_template or "tokenizer", "seed": cfg.seed,
-                         "engine": "hf"},
+            "epoch": epoch, "benchmark": bench, "metric": key, "value": s["avg_at_n"], "n": n,
+            "num_problems": s["num_problems"], "no_answer_frac": s["no_answer_frac"],
+            "ci": [s["ci_low"], s["ci_high"]], "pass_at_k": s["pass_at_k"],
+            "maj_at_n": s.get("maj_at_n"), "checkpoint_uri": label, "engine": kind,
+            "protocol": protocol.to_dict(),
         }
-        log.info("epoch %d %s: %s = %.4f over %d problems", epoch, bench, key, summary["value"],
-                 summary["num_problems"])
+        log.info("epoch %d %s: %s = %.4f [%.4f, %.4f] over %d problems (%s engine)", epoch, bench,
+                 key, s["avg_at_n"], s["ci_low"], s["ci_high"], s["num_problems"], kind)
         if tracker is not None and tracking:
             parent = tracking["run_id"]
-            tracker.log_metrics(parent, {key: summary["value"],
-                                         f"eval/{bench}/no_answer_frac": summary["no_answer_frac"]},
+            tracker.log_metrics(parent, {key: s["avg_at_n"],
+                                         f"eval/{bench}/ci_low": s["ci_low"],
+                                         f"eval/{bench}/ci_high": s["ci_high"],
+                                         f"eval/{bench}/no_answer_frac": s["no_answer_frac"]},
                                 step=epoch)
             child = tracker.create_run(tracking["experiment"], f"eval-{bench}-epoch{epoch}", {
-                "epoch": epoch, "benchmark": bench, "checkpoint": summary["checkpoint_uri"],
+                "epoch": epoch, "benchmark": bench, "checkpoint": label, "engine": kind,
             }, parent_run_id=parent)
-            tracker.log_params(child, {f"protocol.{k}": v for k, v in summary["protocol"].items()}
-                               | {"benchmark": bench, "epoch": epoch})
-            tracker.log_metrics(child, {"avg_at_n": summary["value"], key: summary["value"],
-                                        "num_problems": summary["num_problems"],
-                                        "no_answer_frac": summary["no_answer_frac"]}, step=epoch)
-            rows = [{k: s[k] for k in ("problem_id", "sample", "completion", "extracted", "correct")}
-                    for s in res["samples"]]
-            tracker.log_table(child, rows[: cfg.tracking.log_samples], "samples_preview.json")
-            path = Path(tmp) / "samples.parquet"
-            _write_parquet(rows, path)
-            tracker.log_artifact(child, path)
+            tracker.log_params(child, {f"protocol.{k}": v for k, v in protocol.to_dict().items()}
+                               | {"benchmark": bench, "epoch": epoch, "engine": kind})
+            child_metrics = {"avg_at_n": s["avg_at_n"], key: s["avg_at_n"], "ci_low": s["ci_low"],
+                             "ci_high": s["ci_high"], "num_problems": s["num_problems"],
+                             "no_answer_frac": s["no_answer_frac"],
+                             "mean_tokens": s["mean_tokens"]}
+            child_metrics |= {f"pass_at_{k}": v for k, v in s["pass_at_k"].items()}
+            if s.get("maj_at_n") is not None:
+                child_metrics[f"maj_at_{n}"] = s["maj_at_n"]
+            tracker.log_metrics(child, child_metrics, step=epoch)
+            preview = [{k: r[k] for k in ("problem_id", "sample", "completion", "extracted", "correct")}
+                       for r in res.records[: cfg.tracking.log_samples]]
+            tracker.log_table(child, preview, "samples_preview.json")
+            out = Path(tmp) / "results"
+            write_results(out, [res])
+            tracker.log_artifact(child, out / "samples.parquet")
+            tracker.log_artifact(child, out / "summary.json")
             tracker.terminate(child, "FINISHED")
             summary["child_run_id"] = child
         return summary
-
-
-def _write_parquet(rows: list[dict], path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.Table.from_pylist(rows), path)
 
 
 # --------------------------------------------------------------------------------- join

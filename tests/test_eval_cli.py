@@ -1,0 +1,223 @@
+"""`prefix-rft eval` / `prefix-rft compare`, protocols, model resolution, the vLLM engine gate."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from prefix_rft import benchmark_eval as BE
+from prefix_rft.cli import main
+from prefix_rft.engines import vllm as vllm_engine
+from prefix_rft.errors import UserError
+
+
+def _vllm_importable() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+SIX = ("aime24", "aime25", "amc", "math500", "minerva", "olympiadbench")
+
+
+# ------------------------------------------------------------------------------ protocols
+def test_protocols():
+    d = BE.get_protocol("default")
+    assert (d.n, d.temperature, d.top_p, d.max_new_tokens) == (32, 0.6, 0.95, 8192)
+    assert all(d.n_for(b) == 32 for b in SIX)
+    p = BE.get_protocol("paper")
+    assert [p.n_for(b) for b in SIX] == [32, 32, 32, 1, 1, 1]
+    # an explicit n applies to every benchmark, also the paper's per-benchmark ones
+    p2 = p.replace(n=4, max_new_tokens=64)
+    assert [p2.n_for(b) for b in SIX] == [4] * 6 and p2.max_new_tokens == 64
+    assert p.replace(n=None).n_per_benchmark == p.n_per_benchmark  # None = keep
+    with pytest.raises(UserError, match="unknown protocol 'fast'; expected one of default, paper"):
+        BE.get_protocol("fast")
+
+
+# ------------------------------------------------------------------------------ model resolution
+def test_resolve_model_dir(tmp_path, smollm2_dir):
+    assert BE.resolve_model_dir(str(smollm2_dir), tmp_path) == str(smollm2_dir)
+    assert BE.resolve_model_dir("smollm2-135m-instruct", tmp_path) == "smollm2-135m-instruct"
+    assert BE.resolve_model_dir("Qwen/Qwen2.5-Math-7B", tmp_path) == "Qwen/Qwen2.5-Math-7B"
+    with pytest.raises(UserError, match="no such checkpoint or model directory"):
+        BE.resolve_model_dir(str(tmp_path / "nope" / "step-000010"), tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="neither a checkpoint"):
+        BE.resolve_model_dir(str(tmp_path / "empty"), tmp_path)
+    # a checkpoint without a manifest (older layout): its model/ dir
+    ck = tmp_path / "ck"
+    (ck / "model").mkdir(parents=True)
+    (ck / "model" / "config.json").write_text("{}")
+    assert BE.resolve_model_dir(str(ck), tmp_path) == str(ck / "model")
+
+
+def test_checkpoint_uri_that_does_not_exist_fails_before_generation(tmp_path, capsys):
+    rc = main(["eval", "--model", str(tmp_path / "missing" / "step-000010"), "--benchmarks", "amc",
+               "--output", str(tmp_path / "out")])
+    assert rc == 2
+    assert "no such checkpoint or model directory" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_s3_checkpoint_that_does_not_exist(s3_env, tmp_path, capsys):
+    uri = f"s3://{s3_env.bucket}/nothing-here/step-000001"
+    rc = main(["eval", "--model", uri, "--benchmarks", "amc", "--output", str(tmp_path / "o")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert uri in err and "not a committed checkpoint" in err
+
+
+def test_unknown_benchmark_lists_the_known_ones(smollm2_dir, tmp_path, capsys):
+    rc = main(["eval", "--model", str(smollm2_dir), "--benchmarks", "aime26", "--output",
+               str(tmp_path / "o")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "unknown benchmark 'aime26'" in err
+    for name in SIX:
+        assert name in err
+
+
+def test_missing_answer_field_names_file_and_row(smollm2_dir, tmp_path, capsys):
+    f = tmp_path / "mine.jsonl"
+    f.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?"}\n')
+    rc = main(["eval", "--model", str(smollm2_dir), "--benchmarks", str(f), "--output",
+               str(tmp_path / "o")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert str(f) in err and "row 2" in err and "answer" in err
+
+
+def test_engine_names(smollm2_dir):
+    with pytest.raises(UserError, match="--engine 'tpu': expected auto, hf or vllm"):
+        BE.make_engine("tpu", str(smollm2_dir), None)
+
+
+@pytest.mark.skipif(_vllm_importable(), reason="vLLM is installed here")
+def test_vllm_engine_reports_missing_install():
+    with pytest.raises(UserError, match="vLLM is not installed"):
+        vllm_engine.VLLMEngine("/nonexistent", [0])
+
+
+@pytest.mark.skipif(not vllm_engine.available(), reason="needs vLLM and a CUDA GPU")
+def test_vllm_engine_generates(smollm2_dir, smol_tokenizer):
+    from prefix_rft.engines.base import GenerationRequest, SamplingParams
+    from prefix_rft.engines.vllm import VLLMEngine
+    from prefix_rft.prompting import encode_prompt, stop_token_ids
+
+    eng = VLLMEngine(str(smollm2_dir), stop_token_ids(smol_tokenizer), dtype="bfloat16",
+                     gpu_memory_utilization=0.3)
+    reqs = [GenerationRequest(encode_prompt(smol_tokenizer, "What is 2+3?"), 16)]
+    a = eng.generate(reqs, 3, SamplingParams(0.6, 0.95, seed=1))
+    b = eng.generate(reqs, 3, SamplingParams(0.6, 0.95, seed=1))
+    assert len(a) == 1 and len(a[0]) == 3
+    assert [o.token_ids for o in a[0]] == [o.token_ids for o in b[0]]
+    assert all(0 < len(o.token_ids) <= 16 for o in a[0])
+    eng.close()
+
+
+# ------------------------------------------------------------------------------ the real thing
+@pytest.mark.slow
+def test_eval_cli_on_cpu_five_problems_each_n2_is_deterministic(smollm2_dir, tmp_path):
+    def run(out, benchmarks):
+        return main(["eval", "--model", str(smollm2_dir), "--benchmarks", ",".join(benchmarks),
+                     "--n", "2", "--max-problems", "5", "--max-new-tokens", "12", "--seed", "3",
+                     "--engine", "hf", "--dtype", "float32", "--workers", "1", "--output", str(out)])
+
+    assert run(tmp_path / "a", SIX) == 0
+    rows = pq.read_table(tmp_path / "a" / "samples.parquet").to_pylist()
+    assert len(rows) == 6 * 5 * 2  # benchmarks x problems x samples
+    assert {r["benchmark"] for r in rows} == set(SIX)
+    assert set(rows[0]) >= {"problem_id", "sample", "completion", "extracted", "correct"}
+    assert sorted({r["sample"] for r in rows}) == [0, 1]
+    assert all(0 < r["num_tokens"] <= 12 for r in rows)
+    s = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert set(s["benchmarks"]) == set(SIX)
+    for b, v in s["benchmarks"].items():
+        per = {}
+        for r in rows:
+            if r["benchmark"] == b:
+                per.setdefault(r["problem_id"], []).append(r["correct"])
+        expect = sum(sum(c) / len(c) for c in per.values()) / len(per)  # avg@2 by hand
+        assert v["avg_at_n"] == pytest.approx(expect)
+        assert v["n"] == 2 and v["num_problems"] == 5
+        assert v["protocol"]["max_new_tokens"] == 12 and v["protocol"]["seed"] == 3
+        assert v["model"] == str(smollm2_dir)
+    assert s["macro_avg"] == pytest.approx(sum(v["avg_at_n"] for v in s["benchmarks"].values()) / 6)
+    # the same seed gives the same completions and grades (re-run on the two short sets)
+    assert run(tmp_path / "b", ("aime24", "amc")) == 0
+    again = pq.read_table(tmp_path / "b" / "samples.parquet").to_pylist()
+    assert again == [r for r in rows if r["benchmark"] in ("aime24", "amc")]
+
+
+# ------------------------------------------------------------------------------ compare
+def _write_run(out, table: dict[str, dict[str, list[bool]]]):
+    results = []
+    for bench, problems in table.items():
+        records = [{"benchmark": bench, "problem_id": pid, "sample": k, "completion": "",
+                    "extracted": None, "correct": c, "status": "x", "finish_reason": "stop",
+                    "num_tokens": 1}
+                   for pid, cs in problems.items() for k, c in enumerate(cs)]
+        results.append(BE.BenchmarkResult(bench, records, {"avg_at_n": 0.0, "n": 2}))
+    BE.write_results(out, results)
+
+
+def test_compare_two_result_dirs(tmp_path, capsys):
+    # run A: amc p1 1/2, p2 0/2, p3 1/2 -> 1/3 ; run B: p1 2/2, p2 1/2, p3 1/2 -> 2/3
+    _write_run(tmp_path / "A", {"amc": {"p1": [True, False], "p2": [False, False], "p3": [True, False]}})
+    _write_run(tmp_path / "B", {"amc": {"p1": [True, True], "p2": [True, False], "p3": [False, True]}})
+    rc = main(["compare", str(tmp_path / "A"), str(tmp_path / "B"), "--names", "base,new",
+               "--output", str(tmp_path / "r.md"), "--figure", str(tmp_path / "r.png")])
+    assert rc == 0
+    md = (tmp_path / "r.md").read_text()
+    assert "| benchmark | base (95% CI) | new (95% CI) | new - base (95% CI, p) |" in md
+    # means 33.3 and 66.7; per-problem differences +0.5, +0.5, 0 -> mean +33.3
+    assert "| amc | 33.3 [" in md and "| 66.7 [" in md and "+33.3 [" in md
+    assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_compare_needs_two_runs(tmp_path, capsys):
+    _write_run(tmp_path / "A", {"amc": {"p1": [True]}})
+    assert main(["compare", str(tmp_path / "A")]) == 2
+    assert main(["compare", str(tmp_path / "A"), str(tmp_path / "nope")]) == 2
+    assert "no samples.parquet" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ pipeline eval_task
+def test_pipeline_eval_task_on_a_named_benchmark(smollm2_dir, tmp_path):
+    """The pipeline's eval_task runs the same code as `prefix-rft eval`: a registry benchmark with
+    the pipeline's protocol overrides, the parent metric at step=epoch, a child run with the
+    per-sample parquet."""
+    from prefix_rft.config import resolve
+    from prefix_rft.tracking import Tracker
+    from steps.evaluate import eval_task, protocol_for
+
+    cfg = resolve({
+        "method": "rft", "seed": 5,
+        "model": {"name_or_path": str(smollm2_dir),
+                  "random_init": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "seed": 0}},
+        "data": {"train": "synthetic:tiny"},
+        "reward": {"num_workers": 0},
+        "pipeline": {"benchmarks": ["amc"], "eval_protocol": "paper", "eval_n": 2,
+                     "eval_max_new_tokens": 6, "eval_max_problems": 3, "eval_engine": "hf"},
+    })
+    p = protocol_for(cfg, "amc")
+    assert (p.n_for("amc"), p.max_new_tokens, p.temperature, p.seed) == (2, 6, 0.6, 5)
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    parent = tracker.create_run("t", "parent", {})
+    tracking = {"run_id": parent, "experiment": "t", "uri": tracker.uri}
+    item = {"epoch": 0, "checkpoint": None, "benchmark": "amc", "spec": "amc"}
+    out = eval_task(cfg, item, data_ref={}, tracker=tracker, tracking=tracking, n_boot=50)
+    assert out["metric"] == "eval/amc/avg_at_2" and out["num_problems"] == 3 and out["engine"] == "hf"
+    assert tracker.metric_history(parent, "eval/amc/avg_at_2") == [(0, out["value"])]
+    child = out["child_run_id"]
+    assert tracker.run_info(child).data.tags["mlflow.parentRunId"] == parent
+    arts = {a.path for a in tracker.client.list_artifacts(child)}
+    assert {"samples.parquet", "summary.json", "samples_preview.json"} <= arts
+    local = tracker.client.download_artifacts(child, "samples.parquet", str(tmp_path))
+    rows = pq.read_table(local).to_pylist()
+    assert len(rows) == 3 * 2 and {r["benchmark"] for r in rows} == {"amc"}
