@@ -172,8 +172,9 @@ class PrefixRFTFlow(FlowSpec):
             if err is None and inp.eval_result is not None:
                 results.append(inp.eval_result)
             else:
+                shard = f" (shard {inp.item['shard']}/{inp.item['shards']})" if inp.item.get("shards", 1) > 1 else ""
                 failures.append({"epoch": inp.item["epoch"], "benchmark": inp.item["benchmark"],
-                                 "error": str(err).strip().splitlines()[-1] if err else "no result"})
+                                 "error": (str(err).strip().splitlines()[-1] if err else "no result") + shard})
         self.merge_artifacts(inputs, exclude=["item", "eval_result", "eval_error"])
         cfg, tracker = self._open()
         self.eval_summary = join_eval(cfg, results, failures, self.epochs_done,

@@ -283,6 +283,11 @@ class PipelineConfig:
     eval_engine: Literal["auto", "hf", "vllm"] = _f(
         "auto", "Generation engine of eval tasks: auto = vLLM when installed with a GPU, else HF."
     )
+    eval_shards: int = _f(
+        1,
+        "Data parallelism of evaluation: each (epoch, benchmark) is split into this many tasks "
+        "(every K-th problem each, one GPU each); join_eval merges them per problem.",
+    )
     eval_epochs: Literal["all", "last"] = _f("all", "Which epoch-end checkpoints are evaluated.")
     train_retries: int = _f(
         1, "@retry of train_epoch: a retried task resumes from its latest in-epoch checkpoint."
@@ -552,6 +557,8 @@ def validate(cfg: Config, where: str = "") -> None:
         bad("pipeline.steps_per_epoch", "must be >= 1 (or null)")
     if not pl.benchmarks:
         bad("pipeline.benchmarks", "give at least one benchmark")
+    if pl.eval_shards < 1:
+        bad("pipeline.eval_shards", "must be >= 1")
     if cfg.tracking.timeout_s < 1:
         bad("tracking.timeout_s", "must be >= 1")
     for name, opt in (("rl", cfg.rl.optim), ("sft", cfg.sft.optim), ("relift", cfg.relift.optim)):

@@ -43,10 +43,12 @@ def plan_eval(cfg: Config, epochs_done: list[dict], warm_start: dict | None) -> 
         cells.append((0, warm_start))
     trained = epochs_done if cfg.pipeline.eval_epochs == "all" else epochs_done[-1:]
     cells += [(e["epoch"], e["checkpoint"]) for e in trained]
+    shards = cfg.pipeline.eval_shards
     for epoch, ref in cells:
         for spec in cfg.pipeline.benchmarks:
-            items.append({"epoch": epoch, "checkpoint": ref, "benchmark": benchmark_name(spec),
-                          "spec": spec})
+            for shard in range(shards):
+                items.append({"epoch": epoch, "checkpoint": ref, "benchmark": benchmark_name(spec),
+                              "spec": spec, "shard": shard, "shards": shards})
     return items
 
 
@@ -108,8 +110,9 @@ def eval_task(cfg: Config, item: dict, *, data_ref: dict, tracker=None, tracking
     from prefix_rft.reward import RewardGrader
 
     epoch, bench = item["epoch"], item["benchmark"]
+    shard, shards = item.get("shard", 0), item.get("shards", 1)
     protocol = protocol_for(cfg, item["spec"])
-    problems = _problems(cfg, item["spec"], data_ref)
+    problems = _problems(cfg, item["spec"], data_ref)[shard::shards]
     label = item["checkpoint"]["uri"] if item["checkpoint"] else cfg.model.name_or_path
     with tempfile.TemporaryDirectory(prefix="prefix-rft-eval-") as tmp:
         engine, tok, kind = _engine(cfg, item["checkpoint"], Path(tmp))
@@ -131,19 +134,23 @@ def eval_task(cfg: Config, item: dict, *, data_ref: dict, tracker=None, tracking
             "num_problems": s["num_problems"], "no_answer_frac": s["no_answer_frac"],
             "ci": [s["ci_low"], s["ci_high"]], "pass_at_k": s["pass_at_k"],
             "maj_at_n": s.get("maj_at_n"), "checkpoint_uri": label, "engine": kind,
-            "protocol": protocol.to_dict(),
+            "protocol": protocol.to_dict(), "shard": shard, "shards": shards,
+            "per_problem": per_problem_accuracy(res.records),
         }
         log.info("epoch %d %s: %s = %.4f [%.4f, %.4f] over %d problems (%s engine)", epoch, bench,
                  key, s["avg_at_n"], s["ci_low"], s["ci_high"], s["num_problems"], kind)
         if tracker is not None and tracking:
             parent = tracking["run_id"]
-            tracker.log_metrics(parent, {key: s["avg_at_n"],
-                                         f"eval/{bench}/ci_low": s["ci_low"],
-                                         f"eval/{bench}/ci_high": s["ci_high"],
-                                         f"eval/{bench}/no_answer_frac": s["no_answer_frac"]},
-                                step=epoch)
-            child = tracker.create_run(tracking["experiment"], f"eval-{bench}-epoch{epoch}", {
+            if shards == 1:  # a sharded cell is logged by join_eval, once all shards are in
+                tracker.log_metrics(parent, {key: s["avg_at_n"],
+                                             f"eval/{bench}/ci_low": s["ci_low"],
+                                             f"eval/{bench}/ci_high": s["ci_high"],
+                                             f"eval/{bench}/no_answer_frac": s["no_answer_frac"]},
+                                    step=epoch)
+            name = f"eval-{bench}-epoch{epoch}" + (f"-shard{shard}of{shards}" if shards > 1 else "")
+            child = tracker.create_run(tracking["experiment"], name, {
                 "epoch": epoch, "benchmark": bench, "checkpoint": label, "engine": kind,
+                "shard": f"{shard}/{shards}",
             }, parent_run_id=parent)
             tracker.log_params(child, {f"protocol.{k}": v for k, v in protocol.to_dict().items()}
                                | {"benchmark": bench, "epoch": epoch, "engine": kind})
@@ -167,7 +174,54 @@ def eval_task(cfg: Config, item: dict, *, data_ref: dict, tracker=None, tracking
         return summary
 
 
+def per_problem_accuracy(records: list[dict]) -> dict[str, float]:
+    acc: dict[str, list[bool]] = {}
+    for r in records:
+        acc.setdefault(r["problem_id"], []).append(bool(r["correct"]))
+    return {pid: sum(v) / len(v) for pid, v in acc.items()}
+
+
 # --------------------------------------------------------------------------------- join
+def merge_shards(results: list[dict], failures: list[dict], *, n_boot: int = 2000,
+                 seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
+    """Combine the shards of each (epoch, benchmark) cell into one result (mean and bootstrap CI
+    over all its problems). A cell with a failed shard becomes a failure. Returns (results,
+    failures, merged cells that join_eval still has to log)."""
+    from prefix_rft.eval_metrics import bootstrap_ci
+
+    failed = {(f["epoch"], f["benchmark"]) for f in failures}
+    cells: dict[tuple[int, str], list[dict]] = {}
+    for r in results:
+        cells.setdefault((r["epoch"], r["benchmark"]), []).append(r)
+    out, to_log, more_failures = [], [], []
+    for key, parts in sorted(cells.items()):
+        shards = parts[0].get("shards", 1)
+        if shards == 1:
+            out.append(parts[0])
+            continue
+        if key in failed:
+            continue  # the cell is reported through its failed shard
+        if len(parts) != shards:
+            more_failures.append({"epoch": key[0], "benchmark": key[1],
+                                  "error": f"{len(parts)} of {shards} shards reported"})
+            continue
+        per = {}
+        for prt in parts:
+            per.update(prt["per_problem"])
+        vals = list(per.values())
+        lo, hi = bootstrap_ci(vals, n_boot=n_boot, seed=seed)
+        merged = {**parts[0], "value": sum(vals) / len(vals), "num_problems": len(vals),
+                  "ci": [lo, hi], "per_problem": per, "shard": None,
+                  "no_answer_frac": sum(p["no_answer_frac"] * p["num_problems"] for p in parts)
+                  / len(vals)}
+        for k in ("pass_at_k", "maj_at_n", "child_run_id"):
+            merged.pop(k, None)
+        out.append(merged)
+        to_log.append(merged)
+    return out, failures + more_failures, to_log
+
+
+
 def score_table(results: list[dict]) -> tuple[list[int], list[str], dict]:
     epochs = sorted({r["epoch"] for r in results})
     benches = sorted({r["benchmark"] for r in results})
@@ -233,6 +287,14 @@ def learning_curves(tracker, run_id: str, results: list[dict]):
 
 def join_eval(cfg: Config, results: list[dict], failures: list[dict], epochs_done: list[dict], *,
               lineage_prefix: str, tracker=None, tracking: dict | None = None) -> dict:
+    results, failures, merged = merge_shards(results, failures, seed=cfg.seed)
+    if tracker is not None and tracking:
+        for m in merged:
+            tracker.log_metrics(tracking["run_id"], {
+                m["metric"]: m["value"], f"eval/{m['benchmark']}/ci_low": m["ci"][0],
+                f"eval/{m['benchmark']}/ci_high": m["ci"][1],
+                f"eval/{m['benchmark']}/no_answer_frac": m["no_answer_frac"]}, step=m["epoch"])
+    results = [{k: v for k, v in r.items() if k != "per_problem"} for r in results]
     best, score, common = best_epoch(results)
     refs = {e["epoch"]: e["checkpoint"] for e in epochs_done}
     out = {"results": results, "failures": failures, "best_epoch": best, "best_score": score,

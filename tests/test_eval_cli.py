@@ -221,3 +221,37 @@ def test_pipeline_eval_task_on_a_named_benchmark(smollm2_dir, tmp_path):
     local = tracker.client.download_artifacts(child, "samples.parquet", str(tmp_path))
     rows = pq.read_table(local).to_pylist()
     assert len(rows) == 3 * 2 and {r["benchmark"] for r in rows} == {"amc"}
+
+
+def test_sharded_evaluation_plan_and_merge():
+    from prefix_rft.config import resolve
+    from steps.evaluate import merge_shards, plan_eval
+
+    cfg = resolve({"method": "rft", "model": {"name_or_path": "m"}, "data": {"train": "synthetic:tiny"},
+                   "pipeline": {"benchmarks": ["amc", "heldout"], "eval_shards": 3, "eval_base": False}})
+    epochs = [{"epoch": 1, "checkpoint": {"uri": "u1"}}, {"epoch": 2, "checkpoint": {"uri": "u2"}}]
+    items = plan_eval(cfg, epochs, None)
+    assert len(items) == 2 * 2 * 3  # epochs x benchmarks x shards
+    assert [(i["epoch"], i["benchmark"], i["shard"]) for i in items[:4]] == [
+        (1, "amc", 0), (1, "amc", 1), (1, "amc", 2), (1, "heldout", 0)]
+
+    def part(epoch, shard, per, no_answer):
+        return {"epoch": epoch, "benchmark": "amc", "metric": "eval/amc/avg_at_2", "shard": shard,
+                "shards": 3, "per_problem": per, "num_problems": len(per), "value": None,
+                "no_answer_frac": no_answer, "pass_at_k": {}, "child_run_id": f"c{shard}"}
+
+    results = [part(1, 0, {"a": 1.0, "d": 0.5}, 0.5), part(1, 1, {"b": 0.0}, 1.0),
+               part(1, 2, {"c": 0.5}, 0.0),
+               part(2, 0, {"a": 1.0, "d": 1.0}, 0.0), part(2, 2, {"c": 1.0}, 0.0)]
+    failures = [{"epoch": 2, "benchmark": "amc", "error": "boom (shard 1/3)"}]
+    merged, fails, to_log = merge_shards(results, failures, n_boot=200)
+    assert len(merged) == 1 and to_log == merged  # epoch 2 lost a shard: no merged cell
+    m = merged[0]
+    # (1.0 + 0.5 + 0.0 + 0.5) / 4 problems = 0.5; no-answer fraction weighted by problems:
+    # (0.5*2 + 1.0*1 + 0.0*1) / 4 = 0.5
+    assert m["value"] == 0.5 and m["num_problems"] == 4 and m["no_answer_frac"] == 0.5
+    assert 0.0 <= m["ci"][0] <= 0.5 <= m["ci"][1] <= 1.0
+    assert fails == failures
+    # a shard missing without a reported failure is a failure too
+    merged2, fails2, _ = merge_shards(results[:2], [], n_boot=10)
+    assert merged2 == [] and fails2 == [{"epoch": 1, "benchmark": "amc", "error": "2 of 3 shards reported"}]

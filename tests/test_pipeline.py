@@ -253,7 +253,7 @@ def test_s3_checkpoints_and_a_failing_eval_task(local_servers, s3_env, smollm2_d
     prefix = f"s3://{local_servers.bucket}/ckpt-{tmp_path.name}"
     cfg = tiny_config(smollm2_dir, tmp_path, **{
         "pipeline.checkpoint_root": prefix, "pipeline.eval_base": False,
-        "pipeline.benchmarks": ["heldout", str(broken)]})
+        "pipeline.benchmarks": ["heldout", str(broken)], "pipeline.eval_shards": 2})
     run, status, out = run_flow(cfg["path"], flow_env(local_servers, tmp_path), tmp_path)
     assert status == "successful", out[-3000:]
     namespace(None)
@@ -263,16 +263,22 @@ def test_s3_checkpoints_and_a_failing_eval_task(local_servers, s3_env, smollm2_d
 
     for r in refs:
         assert (fetch_checkpoint(open_checkpoint(r["uri"])) / "trainer_state.pt").exists()
-    # the broken benchmark's tasks failed and were caught; heldout's results are all there
+    # 2 epochs x 2 benchmarks x 2 shards = 8 eval tasks; the broken benchmark's 4 failed and were
+    # caught; heldout's shards (2 + 2 of its 4 problems) were merged per epoch
+    assert len(list(run["eval_task"])) == 8
     summary = run["join_eval"].task.data.eval_summary
-    assert sorted((f["epoch"], f["benchmark"]) for f in summary["failures"]) == [(1, "broken"), (2, "broken")]
+    assert sorted((f["epoch"], f["benchmark"]) for f in summary["failures"]) == [
+        (1, "broken"), (1, "broken"), (2, "broken"), (2, "broken")]
     assert "broken.jsonl" in summary["failures"][0]["error"]
     assert sorted(r["epoch"] for r in summary["results"]) == [1, 2]
+    assert all(r["num_problems"] == 4 for r in summary["results"])
     client = mlflow_client(local_servers)
     p = parent_run(client, run)
     assert p.info.status == "FINISHED"
-    assert p.data.tags["eval.failed_tasks"] == "2"
-    assert "2 evaluation task(s) failed" in out
+    assert p.data.tags["eval.failed_tasks"] == "4"
+    assert "4 evaluation task(s) failed" in out
+    merged = {m.step: m.value for m in client.get_metric_history(p.info.run_id, "eval/heldout/avg_at_1")}
+    assert merged == {r["epoch"]: r["value"] for r in summary["results"]}
     reg = summary["registered"]
     mv = client.get_model_version(reg["name"], reg["version"])
     assert mv.source == summary["best_checkpoint"] + "/model"
