@@ -160,6 +160,9 @@ def load_benchmark(
     the format of the file it replaces (a JSON array for ``.json``, JSON lines otherwise, LUFFY's
     parquet layout for the ``"luffy"`` source and the OOD sets).
 
+    ``name`` ``hub:owner/name[:config]``: a hub dataset's test split with problem/answer fields
+    (needs network and the ``hub`` extra).
+
     ``name`` a path (not a known name, and it has a ``/``, a ``.jsonl``/``.json``/``.parquet``
     suffix, or exists): a problems file read with `prefix_rft.data.readers.read_problems`.
     ``source`` applies to named benchmarks only (so one list of names and files can share it).
@@ -168,6 +171,13 @@ def load_benchmark(
     row without a field the benchmark needs (the message names the file and the row).
     """
     _check_source(source)
+    if isinstance(name, str) and name.startswith("hub:"):
+        # a hub dataset with problem/answer fields, e.g. hub:HuggingFaceH4/MATH-500 (online only)
+        from prefix_rft.data.readers import read_problems
+
+        label = name[len("hub:"):].split(":")[0].split("/")[-1]
+        return [BenchmarkProblem(label, p.id, p.prompt, (p.answer,))
+                for p in read_problems(name, split="test", require_demos=False)]
     if isinstance(name, str) and name in ALL_BENCHMARKS:
         if source == "luffy" or name in OOD_BENCHMARKS:
             return _load_luffy(name, path)
