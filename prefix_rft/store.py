@@ -275,6 +275,18 @@ class CheckpointStore(ABC):
     def _prefix_uri(self, prefix: str) -> str:
         return self.root if not str(prefix).strip("/") else f"{self.root}/{_clean_name(prefix)}"
 
+    def _committed(self, ref_or_uri: CheckpointRef | str) -> tuple[str, bytes, dict]:
+        """(uri, manifest bytes, parsed manifest) of a committed checkpoint; a ref's manifest
+        hash must match."""
+        ref = ref_or_uri if isinstance(ref_or_uri, CheckpointRef) else None
+        uri = self.uri_for(ref.uri if ref else ref_or_uri)
+        data = self._read_manifest(uri)
+        if data is None:
+            raise _not_committed(uri)
+        if ref is not None:
+            _check_ref(ref, data)
+        return uri, data, _parse_manifest(uri, data)
+
     def open(self, name_or_uri: str | Path) -> CheckpointRef:
         uri = self.uri_for(name_or_uri)
         data = self._read_manifest(uri)
@@ -412,14 +424,7 @@ class LocalStore(CheckpointStore):
               verify: bool = True) -> Path:
         """Verify in place and return the checkpoint's own directory (no copy), or copy the
         listed files (and manifest) into `dest` and verify the copy."""
-        ref = ref_or_uri if isinstance(ref_or_uri, CheckpointRef) else None
-        uri = self.uri_for(ref.uri if ref else ref_or_uri)
-        data = self._read_manifest(uri)
-        if data is None:
-            raise _not_committed(uri)
-        if ref is not None:
-            _check_ref(ref, data)
-        manifest = _parse_manifest(uri, data)
+        uri, data, manifest = self._committed(ref_or_uri)
         src = Path(uri)
         if dest is None:
             out = src
@@ -612,14 +617,7 @@ class S3Store(CheckpointStore):
               verify: bool = True) -> Path:
         """Download the listed files (concurrently) and the manifest into `dest` (default: a new
         temp dir, removed again on failure) and verify them."""
-        ref = ref_or_uri if isinstance(ref_or_uri, CheckpointRef) else None
-        uri = self.uri_for(ref.uri if ref else ref_or_uri)
-        data = self._read_manifest(uri)
-        if data is None:
-            raise _not_committed(uri)
-        if ref is not None:
-            _check_ref(ref, data)
-        manifest = _parse_manifest(uri, data)
+        uri, data, manifest = self._committed(ref_or_uri)
         bucket, prefix = self._split(uri)
         made = dest is None
         out = Path(tempfile.mkdtemp(prefix="prefix-rft-ckpt-")) if made else Path(dest)

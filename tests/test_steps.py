@@ -32,39 +32,17 @@ from steps import finish as sfinish
 from steps import start as sstart
 from steps import train as strain
 from steps.common import FAIL_AT_ENV, RunContext, config_from_dict, tracker_for
+from tests import pipeline_configs
 
-STEPS_TOTAL = 4  # rl.steps of the tiny config: 2 epochs x 2 steps
+STEPS_TOTAL = pipeline_configs.STEPS_TOTAL
 EXPERIMENT = "steps-tests"
 FLOW = "StepsFlow"
 
 
 def tiny_config(model_dir, root: Path, mlflow_uri: str, **extra) -> dict:
-    """tests/test_pipeline.py's tiny config (copied: importing that module imports Metaflow),
-    plus an explicit tracking URI and no system-metrics thread."""
-    cfg = {
-        "method": "prefix_rft",
-        "seed": 1,
-        "model": {"name_or_path": str(model_dir),
-                  "random_init": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "seed": 0}},
-        "data": {"train": "synthetic:tiny", "test": "synthetic:tiny",
-                 "synthetic_train_size": 16, "synthetic_test_size": 4},
-        "rollout": {"num_prompts": 2, "group_size": 2, "max_response_len": 8,
-                    "prefix_schedule": {"total_steps": STEPS_TOTAL}},
-        "rl": {"steps": STEPS_TOTAL, "num_minibatches": 1, "micro_batch_size": 4,
-               "demo_nll_prompts": 2},
-        "reward": {"num_workers": 0},
-        "eval": {"num_problems": 4, "max_new_tokens": 8},
-        "save_every": 1,
-        "keep_last": 1,
-        "pipeline": {"epochs": 2, "checkpoint_root": str(root / "checkpoints")},
-        "tracking": {"experiment": EXPERIMENT, "uri": mlflow_uri, "system_metrics": False},
-    }
-    for key, value in extra.items():  # "a.b": v
-        node = cfg
-        *path, leaf = key.split(".")
-        for p in path:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    """The shared tiny config plus an explicit tracking URI and no system-metrics thread."""
+    cfg = pipeline_configs.tiny_config(model_dir, root, experiment=EXPERIMENT, **extra)
+    cfg["tracking"].update({"uri": mlflow_uri, "system_metrics": False})
     return cfg
 
 
