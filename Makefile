@@ -55,5 +55,9 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff format prefix_rft steps flows infra tests
 
+.PHONY: argo-json
+argo-json: setup  # compile the Argo Workflows deployment offline: make argo-json CONFIG=configs/...yaml
+	$(PY) infra/metaflow/compile_argo.py --config $(or $(CONFIG),configs/demo.yaml) -o runs/argo/workflow-template.json
+
 clean:
 	rm -rf $(VENV) .pytest_cache runs .metaflow

@@ -30,6 +30,7 @@ from metaflow import (
     exit_hook,
     resources,
     retry,
+    schedule,
     step,
     timeout,
 )
@@ -48,6 +49,8 @@ def _ctx():
     )
 
 
+# Deployed runs (argo-workflows create) start on pipeline.schedule; no schedule when it is null.
+@schedule(cron=config_expr("config.pipeline.schedule"), daily=False)
 @exit_hook(on_error=["steps.finish.exit_hook_mark_failed"])
 class PrefixRFTFlow(FlowSpec):
     """Train a policy with a method preset (Prefix-RFT by default), checkpoint every epoch,
@@ -114,7 +117,8 @@ class PrefixRFTFlow(FlowSpec):
     @timeout(minutes=config_expr("config.pipeline.train.timeout_minutes"))
     @resources(cpu=config_expr("config.pipeline.train.cpus"),
                gpu=config_expr("config.pipeline.train.gpus"),
-               memory=config_expr("config.pipeline.train.memory_mb"))
+               memory=config_expr("config.pipeline.train.memory_mb"),
+               shared_memory=config_expr("config.pipeline.shared_memory_mb"))
     @step
     def train_epoch(self):
         """One epoch of training; loops to itself until pipeline.epochs are done."""
@@ -145,10 +149,12 @@ class PrefixRFTFlow(FlowSpec):
         self.next(self.eval_task, foreach="eval_items")
 
     @catch(var="eval_error", print_exception=True)
+    @retry(times=config_expr("config.pipeline.eval_retries"))
     @timeout(minutes=config_expr("config.pipeline.eval.timeout_minutes"))
     @resources(cpu=config_expr("config.pipeline.eval.cpus"),
                gpu=config_expr("config.pipeline.eval.gpus"),
-               memory=config_expr("config.pipeline.eval.memory_mb"))
+               memory=config_expr("config.pipeline.eval.memory_mb"),
+               shared_memory=config_expr("config.pipeline.shared_memory_mb"))
     @step
     def eval_task(self):
         """Evaluate one checkpoint on one benchmark (a failure loses only this cell)."""

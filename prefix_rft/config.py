@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -292,6 +293,25 @@ class PipelineConfig:
     train_retries: int = _f(
         1, "@retry of train_epoch: a retried task resumes from its latest in-epoch checkpoint."
     )
+    eval_retries: int = _f(
+        0, "@retry of eval_task before @catch records the failure (e.g. 1 in production, for "
+        "preempted GPU nodes; every retry waits 2 minutes)."
+    )
+    shared_memory_mb: int | None = _f(
+        None,
+        "Size of /dev/shm, in MB, for the GPU steps (train_epoch, eval_task) on Kubernetes/AWS "
+        "Batch (@resources shared_memory). null = the platform default (the container's 64 MB "
+        "unless METAFLOW_KUBERNETES_SHARED_MEMORY is set); NCCL across several GPUs and vLLM "
+        "want more, e.g. 16000. Ignored by local runs.",
+    )
+    schedule: str | None = _f(
+        None,
+        "Cron schedule of the production deployment (`argo-workflows create` turns it into a "
+        "CronWorkflow): 5 fields in the Argo controller's time zone (UTC by default), e.g. "
+        "'0 3 * * 1' = Mondays 03:00, or @daily/@weekly; "
+        "null = no schedule (trigger runs by hand). Read from the --config file at deploy time "
+        "by @schedule, so `--set` cannot change it.",
+    )
     train: ResourcesConfig = _sub(ResourcesConfig, "Resources of each train_epoch task.")
     eval: ResourcesConfig = _sub(ResourcesConfig, "Resources of each eval_task.")
 
@@ -559,11 +579,33 @@ def validate(cfg: Config, where: str = "") -> None:
         bad("pipeline.benchmarks", "give at least one benchmark")
     if pl.eval_shards < 1:
         bad("pipeline.eval_shards", "must be >= 1")
+    if not 0 <= pl.eval_retries <= MAX_RETRIES:
+        bad("pipeline.eval_retries", f"must be between 0 and {MAX_RETRIES} (Metaflow's limit)")
+    if pl.shared_memory_mb is not None and pl.shared_memory_mb < 1:
+        bad("pipeline.shared_memory_mb", "must be >= 1 (or null for the platform default)")
+    if pl.schedule is not None and not valid_cron(pl.schedule):
+        bad("pipeline.schedule", f"{pl.schedule!r} is not a 5-field cron expression (minute "
+            "hour day-of-month month day-of-week, e.g. '0 3 * * 1') or @hourly/@daily/"
+            "@weekly/@monthly/@yearly")
     if cfg.tracking.timeout_s < 1:
         bad("tracking.timeout_s", "must be >= 1")
     for name, opt in (("rl", cfg.rl.optim), ("sft", cfg.sft.optim), ("relift", cfg.relift.optim)):
         if len(opt.betas) != 2:
             bad(f"{name}.optim.betas", "expected two numbers")
+
+
+MAX_RETRIES = 4  # Metaflow allows at most 6 attempts: @retry(times) + 2
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*?/,\-]+$")
+_CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+
+
+def valid_cron(expr: str) -> bool:
+    """A 5-field cron expression or a macro, as Argo's CronWorkflow takes them (a shape check:
+    Argo itself rejects out-of-range values when the schedule is deployed)."""
+    fields = expr.split()
+    if len(fields) == 1:
+        return fields[0] in _CRON_MACROS
+    return len(fields) == 5 and all(_CRON_FIELD.match(f) for f in fields)
 
 
 def describe_keys(cls=Config, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -57,6 +57,7 @@ def check_reachable(uri: str, timeout_s: float = 10) -> None:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as r:
             if r.status == 200:
+                _check_credentials(uri, timeout_s)
                 return
             problem = f"HTTP {r.status}"
     except urllib.error.HTTPError as e:
@@ -68,6 +69,29 @@ def check_reachable(uri: str, timeout_s: float = 10) -> None:
         "(`python infra/local/servers.py start` for a local one), or set tracking.uri / "
         "MLFLOW_TRACKING_URI (unset both to log to a local sqlite file)."
     )
+
+
+def _check_credentials(uri: str, timeout_s: float) -> None:
+    """/health is open on an authenticated server: ask one real API question with the
+    configured credentials so a missing/wrong password fails here, by name."""
+    import base64
+
+    req = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    try:
+        urllib.request.urlopen(req, timeout=timeout_s).close()
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            who = f"user {user!r}" if user else "no credentials"
+            raise UserError(
+                f"MLflow tracking server {uri} refused the request (HTTP {e.code}, {who}): set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (see infra/mlflow/README.md)"
+            ) from None
+    except (OSError, ValueError):
+        pass  # reachability was established; other problems surface at the first call
 
 
 def _numeric(metrics: dict) -> dict[str, float]:

@@ -1,0 +1,345 @@
+"""Deployment and environments: the pinned set of versions (constraints.txt, the GPU overrides,
+environment.yml, pyproject), the Metaflow profiles, and the Argo Workflows deployment compiled
+offline (`argo-workflows create --only-json` through infra/metaflow/compile_argo.py).
+
+Dependency churn fails here: an installed version that differs from constraints.txt, a GPU pin
+that drifts from pyproject's [gpu] extra, an environment.yml pin that differs from the GPU set.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from prefix_rft.config import flow_config_parser, resolve
+from prefix_rft.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOW = ROOT / "flows" / "prefix_rft_flow.py"
+PROFILES = ROOT / "infra" / "metaflow"
+CORE = ("torch", "transformers", "vllm", "metaflow", "mlflow", "math-verify", "boto3")
+
+
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+gpuc = _load(ROOT / "infra" / "docker" / "gpu_constraints.py", "infra_gpu_constraints")
+compile_argo = _load(PROFILES / "compile_argo.py", "infra_compile_argo")
+norm = gpuc.normalize
+
+
+def pyproject() -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def exact_pins(reqs: list[str]) -> dict[str, str]:
+    out = {}
+    for r in reqs:
+        req = Requirement(r)
+        specs = list(req.specifier)
+        if len(specs) == 1 and specs[0].operator == "==":
+            out[norm(req.name)] = specs[0].version
+    return out
+
+
+# -------------------------------------------------------------------------------------------
+# The pinned set
+
+
+def test_installed_versions_equal_constraints():
+    """The test environment is the tested set: every pin of constraints.txt is installed at its
+    version (a local label such as torch's +cpu aside)."""
+    wrong = []
+    for name, pinned in gpuc.read_pins(ROOT / "constraints.txt").values():
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            wrong.append(f"{name}: not installed (constraints.txt pins {pinned})")
+            continue
+        if Version(installed).public != Version(pinned).public:
+            wrong.append(f"{name}: installed {installed}, constraints.txt pins {pinned}")
+    assert not wrong, "dependency churn; reinstall with `make setup` or update the pins:\n" + \
+        "\n".join(wrong)
+
+
+def test_constraints_pin_the_core_set():
+    cpu = gpuc.read_pins(ROOT / "constraints.txt")
+    gpu = gpuc.gpu_pins()
+    for pkg in CORE:
+        assert norm(pkg) in gpu, f"{pkg} is not pinned in the GPU set"
+        if pkg != "vllm":
+            assert norm(pkg) in cpu, f"{pkg} is not pinned in constraints.txt"
+    assert "kubernetes" in cpu and Version(cpu["kubernetes"][1]) < Version("37")
+
+
+def test_pyproject_ranges_admit_the_pins_and_exact_pins_agree():
+    """pyproject's ranges contain both sets' pins; its exact pins (extras) equal them."""
+    proj = pyproject()
+    cpu = gpuc.read_pins(ROOT / "constraints.txt")
+    gpu = gpuc.gpu_pins()
+    extras = proj["project"]["optional-dependencies"]
+    for r in proj["project"]["dependencies"] + [x for k, v in extras.items() for x in v]:
+        req = Requirement(r)
+        key = norm(req.name)
+        for label, pins in (("constraints.txt", cpu), ("the GPU set", gpu)):
+            if key in pins and not (label == "constraints.txt" and r in extras.get("gpu", [])):
+                assert req.specifier.contains(pins[key][1], prereleases=True), \
+                    f"pyproject {r!r} excludes {label}'s {pins[key][0]}=={pins[key][1]}"
+    for key, version in exact_pins(extras["dev"]).items():
+        assert cpu[key][1] == version, f"[dev] pins {key}=={version}, constraints.txt {cpu[key][1]}"
+
+
+def test_gpu_overrides_follow_the_gpu_extra():
+    """torch and vllm of the GPU set are those of pyproject's [gpu] extra (vllm 0.25.1 requires
+    torch==2.11.0); every override says why."""
+    extra = exact_pins(pyproject()["project"]["optional-dependencies"]["gpu"])
+    over = gpuc.read_pins(gpuc.OVERRIDES)
+    assert set(extra) >= {"vllm", "torch"}
+    for key, version in extra.items():
+        assert over[key][1] == version, f"[gpu] pins {key}=={version}, constraints-gpu.txt {over[key][1]}"
+    cpu = gpuc.read_pins(ROOT / "constraints.txt")
+    for line in gpuc.OVERRIDES.read_text().splitlines():
+        pin = gpuc.parse_pin(line)
+        if pin:
+            assert "#" in line, f"say why next to the override {line!r}"
+            assert norm(pin[0]) in cpu or norm(pin[0]) in extra, \
+                f"{pin[0]}: an override of nothing (not in constraints.txt or the [gpu] extra)"
+
+
+def test_gpu_constraints_render():
+    text = gpuc.render()
+    pins = {norm(p[0]): p[1] for p in map(gpuc.parse_pin, text.splitlines()) if p}
+    assert pins == {k: v for k, (_, v) in gpuc.gpu_pins().items()}
+    assert len([line for line in text.splitlines() if gpuc.parse_pin(line)]) == len(pins)
+    assert pins["torch"] == "2.11.0" and pins["vllm"] == "0.25.1"
+
+
+def environment_yml() -> tuple[list, list[str]]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    deps = env["dependencies"]
+    pip = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
+    return deps, pip
+
+
+def test_environment_yml_pins_the_gpu_set():
+    """environment.yml (conda: the pins written out) == the GPU set: every pin equal, every
+    direct dependency pinned, the repository installed with the [gpu] extra."""
+    deps, pip = environment_yml()
+    conda = [d for d in deps if isinstance(d, str)]
+    assert any(re.fullmatch(r"python=3\.\d+", d) for d in conda), conda
+    assert "pip" in conda
+    gpu = gpuc.gpu_pins()
+    pinned = {}
+    for item in pip:
+        if item.startswith("-e ") or item.startswith("."):
+            continue
+        pin = gpuc.parse_pin(item)
+        assert pin, f"environment.yml: {item!r} is not pinned (name==version)"
+        key = norm(pin[0])
+        assert key in gpu, f"environment.yml pins {item}, which neither constraints.txt nor " \
+            "infra/docker/constraints-gpu.txt pins"
+        assert pin[1] == gpu[key][1], f"environment.yml pins {item}, the GPU set {gpu[key][0]}=={gpu[key][1]}"
+        pinned[key] = pin[1]
+    proj = pyproject()["project"]
+    direct = [Requirement(r).name for r in proj["dependencies"] + proj["optional-dependencies"]["gpu"]]
+    missing = [n for n in set(map(norm, direct)) | {norm(c) for c in CORE} if n in gpu and n not in pinned]
+    assert not missing, f"environment.yml lacks pins for {sorted(missing)}"
+    assert "-e .[gpu]" in pip
+    assert pinned["torch"] == exact_pins(proj["optional-dependencies"]["gpu"])["torch"]
+
+
+def test_dockerfile_installs_the_gpu_set():
+    text = (ROOT / "infra" / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:\d+\.\d+\.\d+-\w+", text, re.M)
+    assert "python infra/docker/gpu_constraints.py > /opt/constraints-gpu.txt" in text
+    assert 'pip install -c /opt/constraints-gpu.txt ".[gpu]"' in text
+    assert "COPY . ." in text
+
+
+def test_flow_declares_no_environment_decorators():
+    """@pypi/@conda in flow code block local runs: environments live in environment.yml/pyproject."""
+    src = FLOW.read_text()
+    assert not re.search(r"@\s*(pypi|conda)(_base)?\b", src)
+    assert not re.search(r"import[^\n]*\b(pypi|conda)(_base)?\b", src)
+
+
+# -------------------------------------------------------------------------------------------
+# Metaflow profiles
+
+
+@pytest.mark.parametrize("profile, required", [
+    ("local", {"METAFLOW_DEFAULT_DATASTORE": "local", "METAFLOW_DEFAULT_METADATA": "local"}),
+    ("kubernetes", {"METAFLOW_DEFAULT_DATASTORE": "s3", "METAFLOW_DEFAULT_METADATA": "service"}),
+    ("batch", {"METAFLOW_DEFAULT_DATASTORE": "s3", "METAFLOW_DEFAULT_METADATA": "service"}),
+])
+def test_metaflow_profiles(profile, required):
+    import metaflow.metaflow_config as mc
+
+    settings = json.loads((PROFILES / f"config_{profile}.json").read_text())
+    for key, value in required.items():
+        assert settings[key] == value
+    for key in settings:  # a misspelt key would be ignored silently
+        assert key.startswith("METAFLOW_") and hasattr(mc, key[len("METAFLOW_"):]), key
+    if profile == "kubernetes":
+        for key in ("METAFLOW_KUBERNETES_NAMESPACE", "METAFLOW_KUBERNETES_CONTAINER_IMAGE",
+                    "METAFLOW_DATASTORE_SYSROOT_S3", "METAFLOW_SERVICE_URL"):
+            assert settings[key], key
+    if profile == "batch":
+        for key in ("METAFLOW_BATCH_JOB_QUEUE", "METAFLOW_BATCH_CONTAINER_IMAGE",
+                    "METAFLOW_ECS_S3_ACCESS_IAM_ROLE", "METAFLOW_DATASTORE_SYSROOT_S3"):
+            assert settings[key], key
+
+
+# -------------------------------------------------------------------------------------------
+# Config keys the deployment reads
+
+
+def _cfg(**pipeline):
+    data = {"method": "prefix_rft", "model": {"name_or_path": "m"},
+            "data": {"train": "synthetic:add", "test": "synthetic:add"}, "pipeline": pipeline}
+    return resolve(data, source="cfg.yaml")
+
+
+@pytest.mark.parametrize("cron", ["0 3 * * 1", "*/30 2-4 1,15 * MON-FRI", "@daily", "0 0 ? * SUN"])
+def test_schedule_accepts_cron(cron):
+    assert _cfg(schedule=cron).pipeline.schedule == cron
+
+
+@pytest.mark.parametrize("pipeline, message", [
+    ({"schedule": "every monday"}, "key 'pipeline.schedule': 'every monday' is not a 5-field cron"),
+    ({"schedule": "0 3 * * 1 2026"}, "key 'pipeline.schedule'"),
+    ({"schedule": "@fortnightly"}, "key 'pipeline.schedule'"),
+    ({"shared_memory_mb": 0}, "key 'pipeline.shared_memory_mb': must be >= 1"),
+    ({"eval_retries": -1}, "key 'pipeline.eval_retries': must be between 0 and 4"),
+    ({"eval_retries": 5}, "key 'pipeline.eval_retries': must be between 0 and 4"),
+])
+def test_deployment_keys_are_validated(pipeline, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        _cfg(**pipeline)
+
+
+def test_flow_config_parser_defaults_for_the_deployment():
+    got = flow_config_parser("method: rft\n")["pipeline"]
+    assert got["schedule"] is None and got["shared_memory_mb"] is None
+    assert got["eval_retries"] == 0
+
+
+# -------------------------------------------------------------------------------------------
+# The Argo Workflows deployment, compiled offline
+
+PRODUCTION = """\
+method: prefix_rft
+model: {name_or_path: Qwen/Qwen2.5-Math-1.5B}
+data: {train: "synthetic:add", test: "synthetic:add"}
+pipeline:
+  epochs: 3
+  train_retries: 2
+  eval_retries: 1
+  shared_memory_mb: 16000
+  schedule: "0 3 * * 1"
+  checkpoint_root: s3://bucket/ckpt
+  train: {cpus: 16, gpus: 2, memory_mb: 120000, timeout_minutes: 600}
+  eval: {cpus: 8, gpus: 1, memory_mb: 60000, timeout_minutes: 120}
+"""
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """{name: WorkflowTemplate} for a production-like config and for configs/demo.yaml."""
+    path = tmp_path_factory.mktemp("argo") / "production.yaml"
+    path.write_text(PRODUCTION)
+    return {"production": compile_argo.compile_argo(path),
+            "demo": compile_argo.compile_argo(ROOT / "configs" / "demo.yaml")}
+
+
+def templates(wf) -> dict:
+    return {t["name"]: t for t in wf["spec"]["templates"]}
+
+
+def _mb(quantity: str) -> float:
+    assert quantity.endswith("M"), quantity
+    return float(quantity[:-1])
+
+
+def test_argo_training_loop_is_a_recursive_template(compiled):
+    """Metaflow compiles the self-loop of train_epoch into a steps template that calls itself:
+    run one epoch (the container template), then, when the task chose `train_epoch` again,
+    recurse with that task as the next one's input."""
+    t = templates(compiled["production"])
+    loop = t["train-epoch"]
+    (run,), (again,) = loop["steps"]
+    assert run["name"] == "train-epoch-internal" and run["template"] == "recursive-train-epoch"
+    assert again["template"] == "train-epoch"  # the recursion
+    assert again["when"] == "{{steps.train-epoch-internal.outputs.parameters.switch-step}}==train_epoch"
+    (arg,) = again["arguments"]["parameters"]
+    assert arg["name"] == "input-paths"
+    assert arg["value"].endswith("/train_epoch/{{steps.train-epoch-internal.outputs.parameters.task-id}}")
+    # the loop's outputs are the last epoch's: the recursion's if it ran, else this epoch's
+    outs = {o["name"]: o["valueFrom"]["expression"] for o in loop["outputs"]["parameters"]}
+    assert "steps['train-epoch-recursion']?.outputs ?? steps['train-epoch-internal']?.outputs" in outs["switch-step"]
+    assert "step train_epoch" in t["recursive-train-epoch"]["container"]["command"][-1]
+
+    dag = {task["name"]: task for task in t["PrefixRFTFlow"]["dag"]["tasks"]}
+    assert dag["train-epoch"]["template"] == "train-epoch"
+    assert dag["train-epoch"]["depends"] == "filter-data.Succeeded"
+    # evaluation starts only once the loop's last task routed to plan_eval
+    assert "tasks['train-epoch'].outputs.parameters['switch-step']" in dag["plan-eval"]["when"]
+    assert "'plan_eval'" in dag["plan-eval"]["when"]
+    assert dag["plan-eval-foreach-eval-items"]["withParam"]  # the eval_task foreach
+
+
+def test_argo_gpu_requests_come_from_the_config(compiled):
+    t = templates(compiled["production"])
+    train, ev = t["recursive-train-epoch"], t["eval-task"]
+    for tmpl, gpus, cpus, mem, minutes in ((train, "2", 16, 120000, 600), (ev, "1", 8, 60000, 120)):
+        res = tmpl["container"]["resources"]
+        assert res["limits"]["nvidia.com/gpu"] == gpus
+        assert float(res["requests"]["cpu"]) == cpus
+        assert _mb(res["requests"]["memory"]) == mem
+        assert tmpl["activeDeadlineSeconds"] == minutes * 60  # @timeout
+        shm = {v["name"]: v for v in tmpl["volumes"]}["dhsm"]["emptyDir"]
+        assert shm == {"sizeLimit": "16000Mi", "medium": "Memory"}
+        assert "/dev/shm" in [m["mountPath"] for m in tmpl["container"]["volumeMounts"]]
+    assert train["retryStrategy"]["limit"] == 2  # @retry(times=pipeline.train_retries)
+    assert "--max-user-code-retries 2" in train["container"]["command"][-1]
+    assert "--max-user-code-retries 1" in ev["container"]["command"][-1]  # pipeline.eval_retries
+    for cpu_step in ("start", "filter-data", "plan-eval", "join-eval", "end"):
+        assert "nvidia.com/gpu" not in (t[cpu_step]["container"]["resources"]["limits"] or {})
+    # the Kubernetes profile's settings reach the pods
+    k8s = json.loads((PROFILES / "config_kubernetes.json").read_text())
+    assert compiled["production"]["metadata"]["namespace"] == k8s["METAFLOW_KUBERNETES_NAMESPACE"]
+    assert train["container"]["image"] == k8s["METAFLOW_KUBERNETES_CONTAINER_IMAGE"]
+    assert train["serviceAccountName"] == k8s["METAFLOW_KUBERNETES_SERVICE_ACCOUNT"]
+    assert "127.0.0.1" not in json.dumps(compiled["production"])  # no throwaway S3 endpoint
+
+
+def test_argo_cron_schedule_comes_from_the_config(compiled):
+    """`argo-workflows create` makes the CronWorkflow from this schedule (metaflow/cron)."""
+    ann = compiled["production"]["metadata"]["annotations"]
+    assert json.loads(ann["metaflow/cron"]) == {"schedule": "0 3 * * 1", "tz": ""}
+    # no schedule in the config: no schedule deployed, the demo's CPU-only requests, no /dev/shm
+    demo = compiled["demo"]
+    assert "metaflow/cron" not in demo["metadata"]["annotations"]
+    train = templates(demo)["recursive-train-epoch"]
+    assert (train["container"]["resources"]["limits"] or {}).get("nvidia.com/gpu", "0") == "0"
+    # @kubernetes takes the larger of @resources and its own default (4096 MB)
+    assert _mb(train["container"]["resources"]["requests"]["memory"]) == max(4000, 4096)
+    assert "/dev/shm" not in [m["mountPath"] for m in train["container"]["volumeMounts"]]
