@@ -29,6 +29,11 @@ def tiny_config(model_dir, root: Path, *, experiment: str, **extra) -> dict:
         "pipeline": {"epochs": 2, "checkpoint_root": str(Path(root) / "checkpoints")},
         "tracking": {"experiment": experiment},
     }
+    return set_dotted(cfg, extra)
+
+
+def set_dotted(cfg: dict, extra: dict) -> dict:
+    """Apply {"a.b": value} overrides to a nested config dict in place."""
     for key, value in extra.items():
         node = cfg
         *path, leaf = key.split(".")
@@ -36,3 +41,38 @@ def tiny_config(model_dir, root: Path, *, experiment: str, **extra) -> dict:
             node = node.setdefault(p, {})
         node[leaf] = value
     return cfg
+
+
+def run_chain(cfg_data: dict, ctx, *, on_trained=None):
+    """The whole pipeline once, step function by step function, as the flow wires them, without
+    Metaflow. `on_trained(start_manifest)` runs after the two epochs (before join_eval can
+    prune). Returns a namespace with every step's manifest."""
+    from types import SimpleNamespace
+
+    from steps import data as sdata
+    from steps import evaluate as seval
+    from steps import finish as sfinish
+    from steps import start as sstart
+    from steps import train as strain
+    from steps.common import config_from_dict, tracker_for
+
+    m = sstart.start(cfg_data, ctx)
+    cfg = config_from_dict(m["config"])
+    tracking = m["tracking"]
+    tracker = tracker_for(tracking)
+    d = sdata.filter_data(cfg, lineage_prefix=m["lineage_prefix"], tracker=tracker,
+                          tracking=tracking)
+    kw = dict(plan=d["plan"], data_ref=d["data"], warm_start=m["warm_start"],
+              lineage_prefix=m["lineage_prefix"], ctx=ctx, tracker=tracker, tracking=tracking,
+              progress=False)
+    e1 = strain.train_epoch(cfg, epoch=1, start_ref=None, **kw)
+    e2 = strain.train_epoch(cfg, epoch=2, start_ref=e1["checkpoint"], **kw)
+    extra = on_trained(m) if on_trained else None
+    items = seval.plan_eval(cfg, [e1, e2], m["warm_start"])
+    results = [seval.eval_task(cfg, it, data_ref=d["data"], tracker=tracker, tracking=tracking)
+               for it in items]
+    summary = seval.join_eval(cfg, results, [], [e1, e2], lineage_prefix=m["lineage_prefix"],
+                              tracker=tracker, tracking=tracking)
+    text = sfinish.end(tracking, summary)
+    return SimpleNamespace(ctx=ctx, start=m, cfg=cfg, tracking=tracking, data=d, e1=e1, e2=e2,
+                           extra=extra, items=items, results=results, summary=summary, text=text)

@@ -122,34 +122,15 @@ def test_pipeline_logs_to_the_team_server(as_user, smollm2_dir, tmp_path):
     from mlflow import MlflowClient
 
     from prefix_rft.config import flatten
-    from steps import data as sdata
-    from steps import evaluate as seval
-    from steps import finish as sfinish
-    from steps import start as sstart
-    from steps import train as strain
-    from steps.common import RunContext, config_from_dict, tracker_for
+    from steps.common import RunContext
 
     team = as_user
     cfg_data = pipeline_configs.tiny_config(smollm2_dir, tmp_path, experiment=EXPERIMENT)
     cfg_data["tracking"].update({"uri": team.uri, "system_metrics": False})
     ctx = RunContext(flow_name=FLOW, run_id="100", user="tester", task_id="7")
-    m = sstart.start(cfg_data, ctx)
-    cfg = config_from_dict(m["config"])
-    tracking = m["tracking"]
-    tracker = tracker_for(tracking)
-    d = sdata.filter_data(cfg, lineage_prefix=m["lineage_prefix"], tracker=tracker,
-                          tracking=tracking)
-    kw = dict(plan=d["plan"], data_ref=d["data"], warm_start=m["warm_start"],
-              lineage_prefix=m["lineage_prefix"], ctx=ctx, tracker=tracker, tracking=tracking,
-              progress=False)
-    e1 = strain.train_epoch(cfg, epoch=1, start_ref=None, **kw)
-    e2 = strain.train_epoch(cfg, epoch=2, start_ref=e1["checkpoint"], **kw)
-    items = seval.plan_eval(cfg, [e1, e2], m["warm_start"])
-    results = [seval.eval_task(cfg, it, data_ref=d["data"], tracker=tracker, tracking=tracking)
-               for it in items]
-    summary = seval.join_eval(cfg, results, [], [e1, e2], lineage_prefix=m["lineage_prefix"],
-                              tracker=tracker, tracking=tracking)
-    text = sfinish.end(tracking, summary)
+    c = pipeline_configs.run_chain(cfg_data, ctx)
+    m, e1, e2, results, tracking = c.start, c.e1, c.e2, c.results, c.tracking
+    summary, text = c.summary, c.text
     assert team.uri in text and tracking["run_id"] in text
 
     client = MlflowClient(team.uri)  # still the non-admin user's credentials

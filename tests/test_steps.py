@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -31,7 +30,7 @@ from steps import evaluate as seval
 from steps import finish as sfinish
 from steps import start as sstart
 from steps import train as strain
-from steps.common import FAIL_AT_ENV, RunContext, config_from_dict, tracker_for
+from steps.common import FAIL_AT_ENV, RunContext, tracker_for
 from tests import pipeline_configs
 
 STEPS_TOTAL = pipeline_configs.STEPS_TOTAL
@@ -50,13 +49,7 @@ def minimal(**extra) -> dict:
     """The smallest valid config (nothing is loaded: only for resolving and planning)."""
     cfg = {"method": "rft", "model": {"name_or_path": "some-model"},
            "data": {"train": "synthetic:tiny"}}
-    for key, value in extra.items():
-        node = cfg
-        *path, leaf = key.split(".")
-        for p in path:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return cfg
+    return pipeline_configs.set_dotted(cfg, extra)
 
 
 def closed_port_uri() -> str:
@@ -96,27 +89,11 @@ def chain(smollm2_dir, mlflow_uri, tmp_path_factory):
     """The whole pipeline once, step function by step function, as the flow wires them."""
     root = tmp_path_factory.mktemp("chain")
     ctx = RunContext(flow_name=FLOW, run_id="100", user="tester", task_id="7")
-    m = sstart.start(tiny_config(smollm2_dir, root, mlflow_uri), ctx)
-    cfg = config_from_dict(m["config"])
-    tracking = m["tracking"]
-    tracker = tracker_for(tracking)
-    d = sdata.filter_data(cfg, lineage_prefix=m["lineage_prefix"], tracker=tracker,
-                          tracking=tracking)
-    kw = dict(plan=d["plan"], data_ref=d["data"], warm_start=m["warm_start"],
-              lineage_prefix=m["lineage_prefix"], ctx=ctx, tracker=tracker, tracking=tracking,
-              progress=False)
-    e1 = strain.train_epoch(cfg, epoch=1, start_ref=None, **kw)
-    e2 = strain.train_epoch(cfg, epoch=2, start_ref=e1["checkpoint"], **kw)
-    committed = open_store(m["lineage_prefix"]).list()  # before join_eval could prune anything
-    items = seval.plan_eval(cfg, [e1, e2], m["warm_start"])
-    results = [seval.eval_task(cfg, it, data_ref=d["data"], tracker=tracker, tracking=tracking)
-               for it in items]
-    summary = seval.join_eval(cfg, results, [], [e1, e2], lineage_prefix=m["lineage_prefix"],
-                              tracker=tracker, tracking=tracking)
-    text = sfinish.end(tracking, summary)
-    return SimpleNamespace(root=root, ctx=ctx, start=m, cfg=cfg, tracking=tracking, data=d,
-                           e1=e1, e2=e2, committed=committed, items=items, results=results,
-                           summary=summary, text=text)
+    c = pipeline_configs.run_chain(  # committed: listed before join_eval could prune anything
+        tiny_config(smollm2_dir, root, mlflow_uri), ctx,
+        on_trained=lambda m: open_store(m["lineage_prefix"]).list())
+    c.root, c.committed = root, c.extra
+    return c
 
 
 # ==================================================================================== epoch_plan
