@@ -53,6 +53,7 @@ def start(config_data: dict, ctx: RunContext, *, seed: int | None = None, epochs
         if warm.meta.get("kind", "checkpoint") != "checkpoint":
             raise UserError(f"--warm-start {warm_start}: not a training checkpoint")
     uri = resolve_uri(cfg.tracking.uri)
+    check_remote_storage(cfg, uri)
     tracker = Tracker(uri, timeout_s=cfg.tracking.timeout_s)
     tags = ctx.tags() | {"method": cfg.method, "config_hash": cfg.config_hash()}
     if warm:
@@ -74,6 +75,32 @@ def start(config_data: dict, ctx: RunContext, *, seed: int | None = None, epochs
         "lineage_prefix": prefix,
         "warm_start": warm.to_dict() if warm else None,
     }
+
+
+def remote_platform() -> str | None:
+    """'kubernetes' / 'aws-batch' when Metaflow runs this task remotely (it sets
+    METAFLOW_RUNTIME_ENVIRONMENT in its pods and Batch jobs), else None. A notebook or a local
+    run inside some Kubernetes pod is not a Metaflow remote task and keeps local storage."""
+    import os
+
+    value = os.environ.get("METAFLOW_RUNTIME_ENVIRONMENT", "")
+    return value if value in ("kubernetes", "aws-batch") else None
+
+
+def check_remote_storage(cfg, tracking_uri: str) -> None:
+    """On Kubernetes/Batch every task has its own disk, gone when it ends: a sqlite tracking
+    store or a local checkpoint root would silently split a run over pods. Refuse them."""
+    where = remote_platform()
+    if where is None:
+        return
+    if tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
+        raise UserError(
+            f"key 'tracking.uri': {tracking_uri} is local to this {where} task; set a tracking "
+            "server (tracking.uri or MLFLOW_TRACKING_URI, see infra/mlflow/README.md)")
+    if not cfg.pipeline.checkpoint_root.startswith("s3://"):
+        raise UserError(
+            f"key 'pipeline.checkpoint_root': {cfg.pipeline.checkpoint_root} is local to this "
+            f"{where} task; use s3://bucket/prefix")
 
 
 def resolve_only(config_data: dict, **kw):

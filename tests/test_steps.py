@@ -695,3 +695,26 @@ def test_where_to_look_for_a_server():
         "MLflow run: r1 (experiment 'e', id 3)",
         "open: http://mlflow:5000/#/experiments/3/runs/r1",
     ]
+
+
+@pytest.mark.parametrize("where", ["kubernetes", "aws-batch"])
+def test_start_refuses_local_storage_on_kubernetes_or_batch(where, monkeypatch, tmp_path):
+    monkeypatch.setenv("METAFLOW_RUNTIME_ENVIRONMENT", where)  # what Metaflow sets remotely
+    cfg = resolve(minimal())
+    with pytest.raises(UserError, match=f"key 'tracking.uri': sqlite:///x.db is local to this {where} task"):
+        sstart.check_remote_storage(cfg, "sqlite:///x.db")
+    with pytest.raises(UserError, match="key 'pipeline.checkpoint_root': runs/pipeline/checkpoints"):
+        sstart.check_remote_storage(cfg, "https://mlflow.example.com")
+    ok = resolve(minimal(**{"pipeline.checkpoint_root": "s3://bucket/ckpt"}))
+    sstart.check_remote_storage(ok, "https://mlflow.example.com")  # passes
+    # and start() applies it before creating anything
+    with pytest.raises(UserError, match="tracking.uri"):
+        sstart.start(minimal(**{"tracking.uri": f"sqlite:///{tmp_path}/m.db"}), RunContext())
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_local_runs_keep_local_storage(monkeypatch):
+    monkeypatch.delenv("METAFLOW_RUNTIME_ENVIRONMENT", raising=False)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")  # e.g. a notebook in a pod
+    assert sstart.remote_platform() is None
+    sstart.check_remote_storage(resolve(minimal()), "sqlite:///mlflow.db")  # no error
