@@ -78,9 +78,7 @@ def main() -> None:
     if a.out:
         with open(a.out, "a") as f:
             f.write(json.dumps(line) + "\n")
-    close = getattr(engine, "close", None)
-    if callable(close):
-        close()
+    engine.close()
 
 
 if __name__ == "__main__":

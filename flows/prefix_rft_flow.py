@@ -110,7 +110,7 @@ class PrefixRFTFlow(FlowSpec):
         self.data_ref, self.data_stats, self.plan = m["data"], m["stats"], m["plan"]
         self.epoch = 1
         self.epochs_done = []
-        self.start_ref = None
+        self.checkpoint = None  # the latest epoch's checkpoint: where the next epoch starts
         self.next(self.train_epoch)
 
     @retry(times=config_expr("config.pipeline.train_retries"))
@@ -127,14 +127,13 @@ class PrefixRFTFlow(FlowSpec):
 
         cfg, tracker = self._open()
         m = train_epoch(cfg, epoch=self.epoch, plan=self.plan, data_ref=self.data_ref,
-                        start_ref=self.start_ref, warm_start=self.warm_start_ref,
+                        start_ref=self.checkpoint, warm_start=self.warm_start_ref,
                         lineage_prefix=self.lineage_prefix, ctx=_ctx(), tracker=tracker,
                         tracking=self.tracking, progress=interactive())
         self.epoch_result = m
         self.trained_epoch = m["epoch"]
         self.checkpoint = m["checkpoint"]  # the small reference; the weights live in the store
         self.epochs_done = self.epochs_done + [m]
-        self.start_ref = m["checkpoint"]
         self.route = "again" if self.epoch < self.plan["epochs"] else "done"
         self.epoch += 1
         self.next({"again": self.train_epoch, "done": self.plan_eval}, condition="route")

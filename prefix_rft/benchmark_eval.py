@@ -163,9 +163,14 @@ def per_problem(samples_path: str | Path) -> dict[str, dict[str, float]]:
     """benchmark -> problem id -> accuracy over its samples, from a `samples.parquet`."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(samples_path, columns=["benchmark", "problem_id", "correct"]).to_pylist()
+    return problem_accuracy(
+        pq.read_table(samples_path, columns=["benchmark", "problem_id", "correct"]).to_pylist())
+
+
+def problem_accuracy(records: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """benchmark -> problem id -> accuracy over its samples, from per-sample records."""
     acc: dict[str, dict[str, list[bool]]] = {}
-    for r in table:
+    for r in records:
         acc.setdefault(r["benchmark"], {}).setdefault(r["problem_id"], []).append(bool(r["correct"]))
     return {b: {p: sum(v) / len(v) for p, v in d.items()} for b, d in acc.items()}
 

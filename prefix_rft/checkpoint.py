@@ -8,8 +8,8 @@ Layout of a checkpoint directory:
     state.json          human-readable summary (step, phase, config hash)
     MANIFEST.json       sha256 + size of every file (`prefix_rft.store`) - written last
 A checkpoint is written into a temporary sibling directory and renamed into place, so an
-interrupted save never leaves a directory that looks complete. Local directories only for now;
-S3 URIs come with the pipeline.
+interrupted save never leaves a directory that looks complete. The manifest makes the directory
+a committed checkpoint of `prefix_rft.store` (which also puts checkpoints on S3).
 """
 
 from __future__ import annotations

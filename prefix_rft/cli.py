@@ -240,7 +240,7 @@ def cmd_eval(args) -> int:
     import tempfile
 
     from prefix_rft import benchmark_eval as BE
-    from prefix_rft.benchmarks import load_benchmark
+    from prefix_rft.benchmarks import benchmark_label, load_benchmark
     from prefix_rft.models import load_tokenizer
     from prefix_rft.reward import RewardGrader
 
@@ -255,8 +255,7 @@ def cmd_eval(args) -> int:
         sets = {}
         for name in names:
             problems = load_benchmark(name, source=args.source)
-            key = Path(name).stem if name not in sets and ("/" in name or "." in name) else name
-            sets[key] = problems[: args.max_problems] if args.max_problems else problems
+            sets[benchmark_label(name)] = problems[: args.max_problems] if args.max_problems else problems
         tok = load_tokenizer(model_dir, chat_template=args.chat_template)
         engine, kind = BE.make_engine(args.engine, model_dir, tok, dtype=args.dtype,
                                       device=args.device, max_batch_size=args.batch_size,
@@ -274,9 +273,7 @@ def cmd_eval(args) -> int:
                 print(f"{name:14s} avg@{protocol.n_for(name):<3d} {s['avg_at_n']:.4f}  "
                       f"95% CI [{s['ci_low']:.4f}, {s['ci_high']:.4f}]  "
                       f"({s['num_problems']} problems, {time.time() - t0:.0f} s)", flush=True)
-        close = getattr(engine, "close", None)
-        if callable(close):
-            close()
+        engine.close()
     summary = BE.write_results(args.output, results, extra={
         "model": args.model, "engine": kind, "protocol": protocol.to_dict(), "source": args.source})
     if summary["macro_avg"] is not None:

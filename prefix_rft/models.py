@@ -448,4 +448,3 @@ def qwen2_5_math_1_5b_config() -> PretrainedConfig:
         vocab_size=151936,
         dtype="bfloat16",
     )
-

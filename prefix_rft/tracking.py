@@ -100,8 +100,8 @@ def _numeric(metrics: dict) -> dict[str, float]:
 
     out = {}
     for k, v in metrics.items():
-        if hasattr(v, "item") and getattr(v, "ndim", getattr(v, "dim", lambda: 1)) in (0,):
-            v = v.item()  # 0-d numpy array / torch tensor
+        if getattr(v, "ndim", None) == 0:
+            v = v.item()  # numpy scalar, 0-d array or tensor
         if isinstance(v, numbers.Real):
             out[k] = float(v)
     return out

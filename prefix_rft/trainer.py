@@ -130,6 +130,19 @@ def _pad_rows(rows: Sequence[torch.Tensor], width: int, fill, dtype, device) -> 
     return out.to(device)
 
 
+def sft_steps(num_problems: int, sft_cfg) -> int:
+    """Optimizer steps of the SFT phase: `sft.epochs` passes of `sft.batch_size` demos."""
+    return int(math.ceil(sft_cfg.epochs * math.ceil(num_problems / sft_cfg.batch_size)))
+
+
+def needs_demos(cfg: Config) -> bool:
+    """Whether the method trains on demonstrations (every training problem must have one)."""
+    return (
+        cfg.sft.epochs > 0 or cfg.rollout.n_prefixed > 0 or cfg.rollout.n_full_demo > 0
+        or cfg.relift.enabled
+    )
+
+
 def _rng(seed: int, *parts) -> random.Random:
     return random.Random("-".join(str(p) for p in (seed, *parts)))
 
@@ -174,14 +187,14 @@ class Trainer:
                 )
         self.model = model.to(self.device)
         self.model.train()
-        needs_demos = self._needs_demos()
+        demos = needs_demos(cfg)
         self.train_set = list(train) if train is not None else sources.training_problems(
-            cfg.data, seed=cfg.seed, require_demos=needs_demos
+            cfg.data, seed=cfg.seed, require_demos=demos
         )
         self.test_set = list(test) if test is not None else sources.test_problems(cfg.data, seed=cfg.seed)
         if not self.train_set:
             raise UserError(f"data.train={cfg.data.train!r}: no training problems")
-        if needs_demos:
+        if demos:
             for p in self.train_set:
                 if not p.demonstrations:
                     raise UserError(
@@ -209,13 +222,6 @@ class Trainer:
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(name)
 
-    def _needs_demos(self) -> bool:
-        c = self.cfg
-        return (
-            c.sft.epochs > 0 or c.rollout.n_prefixed > 0 or c.rollout.n_full_demo > 0
-            or c.relift.enabled
-        )
-
     @property
     def grader(self):
         if self._grader is None:
@@ -232,8 +238,7 @@ class Trainer:
             self._grader.close()
 
     def sft_total_steps(self) -> int:
-        per_epoch = math.ceil(len(self.train_set) / self.cfg.sft.batch_size)
-        return int(math.ceil(self.cfg.sft.epochs * per_epoch))
+        return sft_steps(len(self.train_set), self.cfg.sft)
 
     def _make_phase_optimizer(self) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -290,11 +295,6 @@ class Trainer:
     def train_steps(self) -> int:
         """Training steps done so far, SFT and RL together (the pipeline's step axis)."""
         return self.state.sft_step + self.state.global_step
-
-    def total_train_steps(self) -> int:
-        """SFT steps + RL steps of the whole run."""
-        sft = self.sft_total_steps() if self.cfg.sft.epochs > 0 else 0
-        return sft + self.cfg.rl.steps
 
     def fit(self, max_steps: int | None = None, autosave: bool = True) -> list[dict]:
         """Run the remaining phases (or at most `max_steps` steps of them); return metrics.

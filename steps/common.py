@@ -4,7 +4,8 @@ Layout of a training lineage (one MLflow parent run, one `start` task; resumes c
 
     <pipeline.checkpoint_root>/<flow>/<lineage>/data/                 filtered train/test sets
     <pipeline.checkpoint_root>/<flow>/<lineage>/<run id>/step-NNNNNN  checkpoints of one run
-    <pipeline.checkpoint_root>/<flow>/<lineage>/<run id>/eval/...     per-sample eval results
+
+(Per-sample evaluation results are artifacts of the MLflow child runs, not files here.)
 
 `lineage` is the Metaflow run id of the run that created it (its `start`); a resumed run writes
 its own `<run id>/` beside the origin's, so nothing a finished task referenced is overwritten.
@@ -139,11 +140,11 @@ def mark_resumed(tracker, tracking: dict, ctx: RunContext) -> None:
     })
 
 
-def fetch_into(ref: dict, scratch: Path) -> Path:
-    """A local directory with a checkpoint's verified files: the directory itself for a local
-    store, a download under `scratch` (removed with it) for S3."""
+def fetch_into(ref, scratch: Path) -> Path:
+    """A local directory with a checkpoint's verified files (`ref`: a CheckpointRef or its dict):
+    the directory itself for a local store, a download under `scratch` (removed with it) for S3."""
     from prefix_rft.store import CheckpointRef, fetch_checkpoint, is_s3
 
-    r = CheckpointRef.from_dict(ref)
+    r = ref if isinstance(ref, CheckpointRef) else CheckpointRef.from_dict(ref)
     dest = Path(scratch) / f"fetched-{r.manifest_sha256[:12]}" if is_s3(r.uri) else None
     return fetch_checkpoint(r, dest)

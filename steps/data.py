@@ -23,6 +23,7 @@ from prefix_rft.data.readers import detect_schema, iter_rows
 from prefix_rft.data.sources import test_problems, training_problems
 from prefix_rft.errors import UserError
 from prefix_rft.store import CheckpointRef, fetch_checkpoint, open_store
+from prefix_rft.trainer import needs_demos, sft_steps
 from steps.common import log
 
 TRAIN_FILE = "train.parquet"
@@ -39,15 +40,10 @@ def _is_raw_openr1(cfg: Config) -> bool:
     return False
 
 
-def _needs_demos(cfg: Config) -> bool:
-    return (cfg.sft.epochs > 0 or cfg.rollout.n_prefixed > 0 or cfg.rollout.n_full_demo > 0
-            or cfg.relift.enabled)
-
-
 def load_training_set(cfg: Config) -> tuple[list[Problem], dict]:
     """The training problems after filtering, fraction and max_problems; plus stats."""
     if not _is_raw_openr1(cfg):
-        problems = training_problems(cfg.data, seed=cfg.seed, require_demos=_needs_demos(cfg))
+        problems = training_problems(cfg.data, seed=cfg.seed, require_demos=needs_demos(cfg))
         return problems, {"input_rows": len(problems), "kept": len(problems)}
     from prefix_rft.models import load_tokenizer
     from prefix_rft.reward import gold_is_parseable
@@ -67,9 +63,7 @@ def load_training_set(cfg: Config) -> tuple[list[Problem], dict]:
 
 def epoch_plan(cfg: Config, num_train: int) -> dict:
     """How the method's training steps split into pipeline epochs."""
-    sft = 0
-    if cfg.sft.epochs > 0:
-        sft = int(math.ceil(cfg.sft.epochs * math.ceil(num_train / cfg.sft.batch_size)))
+    sft = sft_steps(num_train, cfg.sft)
     total = sft + cfg.rl.steps
     epochs = cfg.pipeline.epochs
     per = cfg.pipeline.steps_per_epoch or int(math.ceil(total / epochs))

@@ -14,7 +14,6 @@ model registry under the alias `best`.
 
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 
@@ -28,7 +27,9 @@ HELDOUT = "heldout"
 
 
 def benchmark_name(spec: str) -> str:
-    return spec if spec == HELDOUT else Path(spec).stem
+    from prefix_rft.benchmarks import benchmark_label
+
+    return spec if spec == HELDOUT else benchmark_label(spec)
 
 
 def metric_key(benchmark: str, n: int) -> str:
@@ -80,7 +81,7 @@ def _problems(cfg: Config, spec: str, data_ref: dict):
 
 
 def _engine(cfg: Config, ref: dict | None, scratch: Path):
-    """(engine, tokenizer, kind, model label) for a checkpoint ref, or the starting model."""
+    """(engine, tokenizer, engine kind) for a checkpoint ref, or for the starting model."""
     from prefix_rft import models
     from prefix_rft.benchmark_eval import make_engine
 
@@ -106,7 +107,7 @@ def _engine(cfg: Config, ref: dict | None, scratch: Path):
 
 def eval_task(cfg: Config, item: dict, *, data_ref: dict, tracker=None, tracking: dict | None = None,
               n_boot: int = 2000) -> dict:
-    from prefix_rft.benchmark_eval import evaluate_benchmark, write_results
+    from prefix_rft.benchmark_eval import evaluate_benchmark, problem_accuracy, write_results
     from prefix_rft.reward import RewardGrader
 
     epoch, bench = item["epoch"], item["benchmark"]
@@ -123,9 +124,7 @@ def eval_task(cfg: Config, item: dict, *, data_ref: dict, tracker=None, tracking
                                          think_tags=cfg.model.think_tags, model=label,
                                          chat_template=cfg.model.chat_template, n_boot=n_boot)
         finally:
-            close = getattr(engine, "close", None)
-            if callable(close):
-                close()
+            engine.close()
         n = protocol.n_for(bench)
         key = metric_key(bench, n)
         s = res.summary
@@ -135,18 +134,14 @@ def eval_task(cfg: Config, item: dict, *, data_ref: dict, tracker=None, tracking
             "ci": [s["ci_low"], s["ci_high"]], "pass_at_k": s["pass_at_k"],
             "maj_at_n": s.get("maj_at_n"), "checkpoint_uri": label, "engine": kind,
             "protocol": protocol.to_dict(), "shard": shard, "shards": shards,
-            "per_problem": per_problem_accuracy(res.records),
+            "per_problem": problem_accuracy(res.records)[bench],
         }
         log.info("epoch %d %s: %s = %.4f [%.4f, %.4f] over %d problems (%s engine)", epoch, bench,
                  key, s["avg_at_n"], s["ci_low"], s["ci_high"], s["num_problems"], kind)
         if tracker is not None and tracking:
             parent = tracking["run_id"]
             if shards == 1:  # a sharded cell is logged by join_eval, once all shards are in
-                tracker.log_metrics(parent, {key: s["avg_at_n"],
-                                             f"eval/{bench}/ci_low": s["ci_low"],
-                                             f"eval/{bench}/ci_high": s["ci_high"],
-                                             f"eval/{bench}/no_answer_frac": s["no_answer_frac"]},
-                                    step=epoch)
+                tracker.log_metrics(parent, _cell_metrics(summary), step=epoch)
             name = f"eval-{bench}-epoch{epoch}" + (f"-shard{shard}of{shards}" if shards > 1 else "")
             child = tracker.create_run(tracking["experiment"], name, {
                 "epoch": epoch, "benchmark": bench, "checkpoint": label, "engine": kind,
@@ -174,11 +169,11 @@ def eval_task(cfg: Config, item: dict, *, data_ref: dict, tracker=None, tracking
         return summary
 
 
-def per_problem_accuracy(records: list[dict]) -> dict[str, float]:
-    acc: dict[str, list[bool]] = {}
-    for r in records:
-        acc.setdefault(r["problem_id"], []).append(bool(r["correct"]))
-    return {pid: sum(v) / len(v) for pid, v in acc.items()}
+def _cell_metrics(cell: dict) -> dict[str, float]:
+    """What the parent run gets for one (epoch, benchmark) result, at step=epoch."""
+    b = cell["benchmark"]
+    return {cell["metric"]: cell["value"], f"eval/{b}/ci_low": cell["ci"][0],
+            f"eval/{b}/ci_high": cell["ci"][1], f"eval/{b}/no_answer_frac": cell["no_answer_frac"]}
 
 
 # --------------------------------------------------------------------------------- join
@@ -219,7 +214,6 @@ def merge_shards(results: list[dict], failures: list[dict], *, n_boot: int = 200
         out.append(merged)
         to_log.append(merged)
     return out, failures + more_failures, to_log
-
 
 
 def score_table(results: list[dict]) -> tuple[list[int], list[str], dict]:
@@ -290,10 +284,7 @@ def join_eval(cfg: Config, results: list[dict], failures: list[dict], epochs_don
     results, failures, merged = merge_shards(results, failures, seed=cfg.seed)
     if tracker is not None and tracking:
         for m in merged:
-            tracker.log_metrics(tracking["run_id"], {
-                m["metric"]: m["value"], f"eval/{m['benchmark']}/ci_low": m["ci"][0],
-                f"eval/{m['benchmark']}/ci_high": m["ci"][1],
-                f"eval/{m['benchmark']}/no_answer_frac": m["no_answer_frac"]}, step=m["epoch"])
+            tracker.log_metrics(tracking["run_id"], _cell_metrics(m), step=m["epoch"])
     results = [{k: v for k, v in r.items() if k != "per_problem"} for r in results]
     best, score, common = best_epoch(results)
     refs = {e["epoch"]: e["checkpoint"] for e in epochs_done}
@@ -339,6 +330,3 @@ def join_eval(cfg: Config, results: list[dict], failures: list[dict], epochs_don
                 out["pruned"].append(uri)
     return out
 
-
-def nan_to_none(x):
-    return None if isinstance(x, float) and math.isnan(x) else x

@@ -101,8 +101,3 @@ def check_remote_storage(cfg, tracking_uri: str) -> None:
         raise UserError(
             f"key 'pipeline.checkpoint_root': {cfg.pipeline.checkpoint_root} is local to this "
             f"{where} task; use s3://bucket/prefix")
-
-
-def resolve_only(config_data: dict, **kw):
-    """For `--help`-style checks and tests: the resolved config without side effects."""
-    return resolve_flow_config(config_data, **kw)

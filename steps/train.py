@@ -15,6 +15,7 @@ evaluation. Training metrics go to the MLflow parent run live, with `step` = tra
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -76,7 +77,7 @@ def train_epoch(cfg: Config, *, epoch: int, plan: dict, data_ref: dict, start_re
                                 output_dir=scratch / "trainer", progress=progress)
         resume_from = previous or (CheckpointRef.from_dict(start_ref) if start_ref else None)
         if resume_from is not None:
-            trainer.load(fetch_into(resume_from.to_dict(), scratch))
+            trainer.load(fetch_into(resume_from, scratch))
             if previous is not None:
                 log.info("epoch %d: resuming from %s (step %d)", epoch, previous.uri, previous.step)
         first = trainer.train_steps
@@ -104,8 +105,9 @@ def train_epoch(cfg: Config, *, epoch: int, plan: dict, data_ref: dict, start_re
             log.info("epoch %d: checkpoint %s", epoch, ref.uri)
             return ref
 
-        cm = tracker.system_metrics(run_id, cfg.tracking.system_metrics) if tracker else _null()
-        with cm, _closing(trainer):
+        monitor = (tracker.system_metrics(run_id, cfg.tracking.system_metrics) if tracker
+                   else contextlib.nullcontext())
+        with monitor, contextlib.closing(trainer):  # closing: stop the grader processes
             while trainer.train_steps < target and trainer.state.phase != "done":
                 n = target - trainer.train_steps
                 if cfg.save_every:
@@ -126,24 +128,3 @@ def train_epoch(cfg: Config, *, epoch: int, plan: dict, data_ref: dict, start_re
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-
-class _closing:
-    """Stop the trainer's grader processes however the epoch ends."""
-
-    def __init__(self, trainer):
-        self.trainer = trainer
-
-    def __enter__(self):
-        return self.trainer
-
-    def __exit__(self, *exc):
-        self.trainer.close()
-        return False
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -141,6 +141,16 @@ _DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 _CONTROL_TO_LATEX = str.maketrans({"\x0c": "\\f", "\t": "\\t", "\x08": "\\b", "\r": "\\r"})
 
 
+def benchmark_label(name: str | Path) -> str:
+    """The name a benchmark's results are filed under: a known name itself, a problems file's
+    stem (``data/mine.jsonl`` -> ``mine``), a hub dataset's name (``hub:org/MATH-500`` ->
+    ``MATH-500``)."""
+    s = str(name)
+    if s.startswith("hub:"):
+        return s[len("hub:"):].split(":")[0].split("/")[-1]
+    return s if s in ALL_BENCHMARKS else Path(s).stem
+
+
 def default_path(name: str, source: str = "default") -> Path:
     """The vendored file a benchmark is loaded from (for ``source``)."""
     _check_name(name)
@@ -175,7 +185,7 @@ def load_benchmark(
         # a hub dataset with problem/answer fields, e.g. hub:HuggingFaceH4/MATH-500 (online only)
         from prefix_rft.data.readers import read_problems
 
-        label = name[len("hub:"):].split(":")[0].split("/")[-1]
+        label = benchmark_label(name)
         return [BenchmarkProblem(label, p.id, p.prompt, (p.answer,))
                 for p in read_problems(name, split="test", require_demos=False)]
     if isinstance(name, str) and name in ALL_BENCHMARKS:
@@ -506,5 +516,5 @@ def _load_problems_file(file: Path) -> list[BenchmarkProblem]:
     problems = read_problems(file, split="test", require_demos=False)
     if not problems:
         raise UserError(f"{file}: no problems")
-    name = file.stem if file.suffix else file.name
+    name = benchmark_label(file)
     return [BenchmarkProblem(name, p.id, p.prompt, (p.answer,)) for p in problems]

@@ -45,3 +45,7 @@ class GenerationEngine(Protocol):
     ) -> list[list[GenerationOutput]]:
         """For each request, `n` sampled continuations (outer list follows `requests`)."""
         ...
+
+    def close(self) -> None:
+        """Release what the engine holds (GPU memory, worker processes); idempotent."""
+        ...

@@ -31,6 +31,9 @@ class HFEngine:
         self.stop_ids = list(dict.fromkeys(int(i) for i in stop_ids))
         self.max_batch_size = max_batch_size
 
+    def close(self) -> None:
+        """Nothing to release: the model belongs to the caller (the trainer shares it)."""
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
