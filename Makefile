@@ -50,10 +50,10 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
-	$(VENV)/bin/ruff check prefix_rft steps flows infra tests
+	$(VENV)/bin/ruff check prefix_rft steps flows infra tests notebooks
 
 format: setup
-	$(VENV)/bin/ruff format prefix_rft steps flows infra tests
+	$(VENV)/bin/ruff format prefix_rft steps flows infra tests notebooks
 
 .PHONY: argo-json
 argo-json: setup  # compile the Argo Workflows deployment offline: make argo-json CONFIG=configs/...yaml

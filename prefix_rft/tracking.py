@@ -11,7 +11,9 @@ step, reopened by every later step and by resumed Metaflow runs), logs
 
 and one nested child run per (epoch, benchmark) evaluation with its sample table. Every call
 goes through `Tracker`, which talks to the server with an explicit run id (no global "active
-run"), so steps in separate processes and machines can log to the same run.
+run"), so steps in separate processes and machines can log to the same run. Reports read
+through it too (`pipeline_runs`, `eval_runs`, `download_artifact`, `metric_history`), getting
+plain dicts (`run_record`) rather than MLflow entities.
 """
 
 from __future__ import annotations
@@ -203,6 +205,51 @@ class Tracker:
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
 
+    # ------------------------------------------------------------------ reading (reports)
+    def existing_experiment_id(self, name: str) -> str:
+        """The id of experiment `name`; unlike `experiment_id`, never creates or restores one."""
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None or exp.lifecycle_stage == "deleted":
+            known = sorted(e.name for e in self.client.search_experiments())
+            raise UserError(f"MLflow {self.uri}: no experiment {name!r} (experiments: "
+                            f"{', '.join(known) or 'none'})")
+        return exp.experiment_id
+
+    def pipeline_runs(self, experiment: str, max_runs: int = 50) -> list[dict]:
+        """The newest `max_runs` top-level runs (one per training lineage; evaluation child runs
+        are left out) of `experiment`, newest first, as plain dicts (see `run_record`)."""
+        exp_id = self.existing_experiment_id(experiment)
+        out, token = [], None
+        while len(out) < max_runs:
+            page = self.client.search_runs([exp_id], "", max_results=1000,
+                                           order_by=["attributes.start_time DESC"], page_token=token)
+            out += [run_record(r) for r in page if PARENT_TAG not in r.data.tags]
+            token = page.token
+            if not token:
+                break
+        return out[:max_runs]
+
+    def eval_runs(self, run_id: str) -> list[dict]:
+        """The evaluation child runs of a pipeline run (tagged `epoch` and `benchmark` by
+        steps/evaluate.py), oldest first, as plain dicts with `epoch` (int), `benchmark` and
+        `shard` ("k/n") added."""
+        exp_id = self.client.get_run(run_id).info.experiment_id
+        runs = self.client.search_runs([exp_id], f"tags.{PARENT_TAG} = '{run_id}'",
+                                       max_results=10000, order_by=["attributes.start_time ASC"])
+        out = []
+        for r in runs:
+            tags = r.data.tags
+            if "epoch" in tags and "benchmark" in tags:
+                out.append(run_record(r) | {"epoch": int(tags["epoch"]),
+                                            "benchmark": tags["benchmark"],
+                                            "shard": tags.get("shard", "0/1")})
+        return out
+
+    def download_artifact(self, run_id: str, path: str, dst_dir: str | Path) -> Path:
+        """A run's artifact `path`, copied under `dst_dir`; returns its local path."""
+        Path(dst_dir).mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, path, str(dst_dir)))
+
     # ------------------------------------------------------------------ registry
     def register(self, name: str, source: str, run_id: str, alias: str | None = None,
                  tags: dict[str, str] | None = None) -> str:
@@ -241,3 +288,13 @@ class Tracker:
         finally:
             if monitor is not None:
                 monitor.finish()
+
+
+def run_record(run) -> dict:
+    """An MLflow run as a plain dict: run_id, name, status, start_time / end_time (ms since the
+    epoch), experiment_id, params, tags, metrics (latest values)."""
+    info = run.info
+    return {"run_id": info.run_id, "name": info.run_name, "status": info.status,
+            "start_time": info.start_time, "end_time": info.end_time,
+            "experiment_id": info.experiment_id, "params": dict(run.data.params),
+            "tags": dict(run.data.tags), "metrics": dict(run.data.metrics)}

@@ -75,3 +75,14 @@ def s3_env(local_servers, monkeypatch):
     for k, v in local_servers.env().items():
         monkeypatch.setenv(k, v)
     return local_servers
+
+
+@pytest.fixture(scope="session")
+def happy_flow(local_servers, smollm2_dir, tmp_path_factory):
+    """One full Metaflow run of the tiny pipeline (prefix_rft, 2 epochs; base + both epochs
+    evaluated; local checkpoints) logging to the session's MLflow server in experiment
+    ``tests.flow_runs.SHARED_EXPERIMENT``; ~45 s, run once for tests/test_pipeline.py and
+    tests/test_notebook.py. A dict: ``run`` (Metaflow Run), ``status``, ``out``, ``root``, ``cfg``."""
+    from tests import flow_runs  # imports Metaflow (only the tests that use a flow pay for it)
+
+    return flow_runs.happy_run(local_servers, smollm2_dir, tmp_path_factory.mktemp("happy"))

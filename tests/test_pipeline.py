@@ -2,69 +2,19 @@
 server and a real moto S3 server (both started by infra/local/servers.py for the session).
 
 A tiny random-weight model (SmolLM2's tokenizer) keeps a whole run at ~45 s on 2 CPU cores; the
-happy-path run is shared by the tests that only read it or build on it (resume plan_eval, warm
-start).
+happy-path run (conftest.py's session-scoped `happy_flow`, tests/flow_runs.py) is shared by the
+tests that only read it or build on it (resume plan_eval, warm start) and by the notebook test.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import pytest
-import yaml
 
-# Metaflow reads its datastore root when imported: point it at a private dir first.
-_MF_ROOT = tempfile.mkdtemp(prefix="prefix-rft-metaflow-")
-os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = _MF_ROOT
-os.environ["METAFLOW_CARD_LOCALROOT"] = os.path.join(_MF_ROOT, "cards")
-os.environ["METAFLOW_USER"] = "tester"
-
-from metaflow import Runner, namespace  # noqa: E402
-
-from tests import pipeline_configs  # noqa: E402
+from tests import pipeline_configs
+from tests.flow_runs import flow_env, namespace, run_flow, tiny_config  # sets Metaflow's datastore
 
 pytestmark = pytest.mark.slow
-FLOW = str(Path(__file__).resolve().parents[1] / "flows" / "prefix_rft_flow.py")
 STEPS_TOTAL = pipeline_configs.STEPS_TOTAL
-
-
-def tiny_config(model_dir, root: Path, **extra) -> dict:
-    cfg = pipeline_configs.tiny_config(model_dir, root, experiment="pipeline-tests", **extra)
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return {"path": path, "data": cfg}
-
-
-def flow_env(servers, root: Path, **extra) -> dict:
-    env = {
-        **servers.env(),
-        "METAFLOW_DATASTORE_SYSROOT_LOCAL": _MF_ROOT,
-        "METAFLOW_CARD_LOCALROOT": os.path.join(_MF_ROOT, "cards"),
-        "METAFLOW_USER": "tester",
-        "HF_HUB_OFFLINE": "1",
-        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2",
-        "TQDM_DISABLE": "1",
-    }
-    env.update(extra)
-    return env
-
-
-def run_flow(config_path, env, cwd, *, resume: str | None = None, origin: str | None = None,
-             **params):
-    # a resumed run reuses its origin's config (Metaflow refuses --config with resume)
-    top = {} if origin is not None else {"config": [("config", str(config_path))]}
-    with Runner(FLOW, show_output=False, env=env, cwd=str(cwd), **top) as runner:
-        if origin is not None:
-            kw = {"origin_run_id": origin}
-            if resume:
-                kw["step_to_rerun"] = resume
-            result = runner.resume(**kw)
-        else:
-            result = runner.run(**params)
-        out = result.stdout + result.stderr
-        return result.run, result.status, out
 
 
 def mlflow_client(servers):
@@ -79,12 +29,9 @@ def parent_run(client, run):
 
 
 @pytest.fixture(scope="module")
-def happy(local_servers, smollm2_dir, tmp_path_factory):
-    """One full run on a local checkpoint root (2 epochs, base + 2 epochs evaluated)."""
-    root = tmp_path_factory.mktemp("happy")
-    cfg = tiny_config(smollm2_dir, root)
-    run, status, out = run_flow(cfg["path"], flow_env(local_servers, root), root)
-    return {"run": run, "status": status, "out": out, "root": root, "cfg": cfg}
+def happy(happy_flow):
+    """The session's shared full run (conftest.py: 2 epochs, base + 2 epochs evaluated)."""
+    return happy_flow
 
 
 def test_happy_path_two_epochs(happy, local_servers):

@@ -279,3 +279,39 @@ def test_system_metrics_disabled_is_a_plain_block(tracker):
     with t.system_metrics(run, enabled=False):
         pass
     assert not any(k.startswith("system/") for k in t.run_info(run).data.metrics)
+
+
+def test_reading_pipeline_runs_their_evaluations_and_artifacts(tracker, tmp_path):
+    import time
+
+    t, exp = tracker
+    first = t.create_run(exp, "sft-1", {})
+    t.log_params(first, {"method": "sft"})
+    t.log_metrics(first, {"loss": 0.5}, step=3)
+    t.terminate(first, "FINISHED")
+    time.sleep(0.02)  # distinct start times
+    second = t.create_run(exp, "prefix_rft-2", {"best_epoch": 1})
+    ev = t.create_run(exp, "eval-heldout-epoch1", {"epoch": 1, "benchmark": "heldout",
+                                                   "shard": "0/1"}, parent_run_id=second)
+    t.create_run(exp, "not-an-evaluation", {}, parent_run_id=second)
+    (tmp_path / "samples.parquet").write_bytes(b"rows")
+    t.log_artifact(ev, tmp_path / "samples.parquet")
+
+    runs = t.pipeline_runs(exp)  # top-level runs only, newest first
+    assert [r["run_id"] for r in runs] == [second, first]
+    old = runs[1]
+    assert (old["name"], old["status"], old["params"], old["metrics"]) == (
+        "sft-1", "FINISHED", {"method": "sft"}, {"loss": 0.5})
+    assert runs[0]["tags"]["best_epoch"] == "1" and runs[0]["status"] == "RUNNING"
+    assert [r["run_id"] for r in t.pipeline_runs(exp, max_runs=1)] == [second]
+
+    (e,) = t.eval_runs(second)  # children tagged epoch + benchmark
+    assert (e["run_id"], e["epoch"], e["benchmark"], e["shard"]) == (ev, 1, "heldout", "0/1")
+    assert t.eval_runs(first) == []
+    got = t.download_artifact(ev, "samples.parquet", tmp_path / "dl")
+    assert got.read_bytes() == b"rows" and got.is_relative_to(tmp_path / "dl")
+
+    missing = _unique("no-such-experiment")
+    with pytest.raises(UserError, match=f"no experiment '{missing}'"):
+        t.pipeline_runs(missing)
+    assert t.client.get_experiment_by_name(missing) is None  # reading created nothing
