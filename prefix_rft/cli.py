@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -167,8 +168,10 @@ def cmd_train(args) -> int:
         raise UserError(f"{out}: holds an earlier run (metrics.jsonl/checkpoints); continue it with "
                         "--resume latest, or choose another --output")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(cfg.to_yaml())
+    if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 writes
+        (out / "config.yaml").write_text(cfg.to_yaml())
     trainer = Trainer(cfg, output_dir=out, progress=not args.quiet)
+    main = trainer.rank == 0  # under torchrun every rank trains; rank 0 writes and reports
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() and args.resume else {}
     try:
@@ -183,7 +186,8 @@ def cmd_train(args) -> int:
             before = trainer.evaluate()
             summary["eval_before"] = {k: v for k, v in before.items() if k != "samples"}
             logging.info("held-out accuracy before training: %.3f", before["eval/accuracy"])
-            summary_path.write_text(json.dumps(summary, indent=1))
+            if main:
+                summary_path.write_text(json.dumps(summary, indent=1))
         t0 = time.time()
         trainer.fit(max_steps=args.max_steps)
         summary["train_seconds"] = summary.get("train_seconds", 0) + time.time() - t0
@@ -196,12 +200,16 @@ def cmd_train(args) -> int:
         if do_eval and trainer.state.phase == "done":
             after = trainer.evaluate()
             summary["eval_after"] = {k: v for k, v in after.items() if k != "samples"}
-            with open(out / "eval_samples.jsonl", "w") as f:
-                for s in after["samples"]:
-                    f.write(json.dumps(s) + "\n")
-        summary_path.write_text(json.dumps(summary, indent=1))
+            if main:
+                with open(out / "eval_samples.jsonl", "w") as f:
+                    for s in after["samples"]:
+                        f.write(json.dumps(s) + "\n")
+        if main:
+            summary_path.write_text(json.dumps(summary, indent=1))
     finally:
         trainer.close()
+    if not main:
+        return 0
     b = summary.get("eval_before", {}).get("eval/accuracy")
     a = summary.get("eval_after", {}).get("eval/accuracy")
     if b is not None and a is not None:

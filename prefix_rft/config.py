@@ -228,7 +228,9 @@ class RewardConfig:
 
 @dataclass
 class EvalConfig:
-    num_problems: int = _f(64, "Held-out problems evaluated before and after training (0 = off).")
+    num_problems: int = _f(
+        64, "Held-out problems evaluated before and after training (0 = off); in the pipeline, "
+        "problems per 'heldout' / 'synthetic:LEVEL' evaluation cell (0 = all).")
     n_samples: int = _f(1, "Samples per problem (avg@n).")
     temperature: float = _f(0.0, "0 = greedy.")
     top_p: float = _f(1.0, "Nucleus sampling for evaluation.")
@@ -265,7 +267,9 @@ class PipelineConfig:
     benchmarks: list = _f(
         ["heldout"],
         "Evaluated after training, each checkpoint x benchmark in its own task: 'heldout' "
-        "(data.test, with the `eval` section's settings), a benchmark name (aime24, aime25, amc, "
+        "(data.test, with the `eval` section's settings), 'synthetic:LEVEL' (the built-in "
+        "task's held-out split of one level: tiny, add, mul, word; filed as synthetic_LEVEL; "
+        "also with the `eval` section's settings), a benchmark name (aime24, aime25, amc, "
         "math500, minerva, olympiadbench, arc_c, gpqa_diamond) or a problems file.",
     )
     eval_base: bool = _f(True, "Also evaluate the starting model (reported as epoch 0).")
@@ -273,11 +277,13 @@ class PipelineConfig:
         "default",
         "Protocol of the named benchmarks: default = avg@32 everywhere (temperature 0.6, top_p "
         "0.95, 8192 new tokens); paper = avg@32 on AIME24/25/AMC, avg@1 on the rest. 'heldout' "
-        "uses the `eval` section instead.",
+        "and 'synthetic:LEVEL' use the `eval` section instead.",
     )
     eval_n: int | None = _f(None, "Override the protocol's samples per problem (all benchmarks).")
     eval_max_new_tokens: int | None = _f(None, "Override the protocol's generation limit.")
-    eval_max_problems: int | None = _f(None, "Only the first K problems of each benchmark (smoke).")
+    eval_max_problems: int | None = _f(
+        None, "Only the first K problems of each named benchmark or file (smoke); 'heldout' and "
+        "'synthetic:LEVEL' take eval.num_problems.")
     eval_source: Literal["default", "luffy"] = _f(
         "default", "Benchmark copies: ours (default) or LUFFY's valid.all.parquet problem set."
     )
@@ -312,8 +318,20 @@ class PipelineConfig:
         "null = no schedule (trigger runs by hand). Read from the --config file at deploy time "
         "by @schedule, so `--set` cannot change it.",
     )
+    train_processes: int | None = _f(
+        None,
+        "Data-parallel processes of each train_epoch task, launched with torchrun on the task's "
+        "node (one per GPU, FSDP2-sharded policy, NCCL; gloo on CPU): null = one per GPU of "
+        "`pipeline.train.gpus` (one process without GPUs). Batch sizes must split evenly "
+        "(rollout.num_prompts over processes x rl.num_minibatches, sft.batch_size, "
+        "relift.buffer_size over processes). Multi-node: see infra/README.md.",
+    )
     train: ResourcesConfig = _sub(ResourcesConfig, "Resources of each train_epoch task.")
     eval: ResourcesConfig = _sub(ResourcesConfig, "Resources of each eval_task.")
+
+    def processes(self) -> int:
+        """Training processes per train_epoch task (`train_processes`, else one per GPU)."""
+        return self.train_processes or max(1, self.train.gpus)
 
 
 @dataclass
@@ -577,6 +595,14 @@ def validate(cfg: Config, where: str = "") -> None:
         bad("pipeline.steps_per_epoch", "must be >= 1 (or null)")
     if not pl.benchmarks:
         bad("pipeline.benchmarks", "give at least one benchmark")
+    for spec in pl.benchmarks:
+        if isinstance(spec, str) and spec.startswith("synthetic:"):
+            from prefix_rft.benchmarks import synthetic_level
+
+            try:
+                synthetic_level(spec)
+            except UserError as e:
+                bad("pipeline.benchmarks", str(e))
     if pl.eval_shards < 1:
         bad("pipeline.eval_shards", "must be >= 1")
     if not 0 <= pl.eval_retries <= MAX_RETRIES:
@@ -587,11 +613,34 @@ def validate(cfg: Config, where: str = "") -> None:
         bad("pipeline.schedule", f"{pl.schedule!r} is not a 5-field cron expression (minute "
             "hour day-of-month month day-of-week, e.g. '0 3 * * 1') or @hourly/@daily/"
             "@weekly/@monthly/@yearly")
+    if pl.train_processes is not None and pl.train_processes < 1:
+        bad("pipeline.train_processes", "must be >= 1 (or null: one per GPU)")
+    check_world(cfg, pl.processes())
     if cfg.tracking.timeout_s < 1:
         bad("tracking.timeout_s", "must be >= 1")
     for name, opt in (("rl", cfg.rl.optim), ("sft", cfg.sft.optim), ("relift", cfg.relift.optim)):
         if len(opt.betas) != 2:
             bad(f"{name}.optim.betas", "expected two numbers")
+
+
+def check_world(cfg: Config, world_size: int) -> None:
+    """Batch sizes that split evenly over `world_size` data-parallel ranks (every rank must run
+    the same number of forward passes under FSDP2); a UserError naming the key otherwise."""
+    if world_size <= 1:
+        return
+    bad = []
+    if cfg.rl.steps > 0:
+        unit = world_size * cfg.rl.num_minibatches
+        if cfg.rollout.num_prompts % unit:
+            bad.append(f"rollout.num_prompts={cfg.rollout.num_prompts} must be a multiple of "
+                       f"{unit} (processes {world_size} x rl.num_minibatches {cfg.rl.num_minibatches})")
+    if cfg.sft.epochs > 0 and cfg.sft.batch_size % world_size:
+        bad.append(f"sft.batch_size={cfg.sft.batch_size} must be a multiple of {world_size} processes")
+    if cfg.relift.enabled and cfg.relift.buffer_size % world_size:
+        bad.append(f"relift.buffer_size={cfg.relift.buffer_size} must be a multiple of "
+                   f"{world_size} processes")
+    if bad:
+        raise UserError("data-parallel training: " + "; ".join(bad))
 
 
 MAX_RETRIES = 4  # Metaflow allows at most 6 attempts: @retry(times) + 2

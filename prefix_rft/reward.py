@@ -608,7 +608,8 @@ class RewardGrader:
 
 
 def reward_metrics(results: Sequence[GradeResult]) -> dict[str, float]:
-    """Stable, namespaced log keys for one batch of grades. Fractions are 0.0 for an empty batch;
+    """Stable, namespaced log keys for one batch of grades (anything with `.reward` and
+    `.status`: grade results or graded trajectories). Fractions are 0.0 for an empty batch;
     the counts (timeouts, parse failures, errors, gold_unparseable) are absolute numbers."""
     n = len(results)
     c = collections.Counter(r.status for r in results)

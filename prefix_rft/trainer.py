@@ -8,6 +8,8 @@ Phases run in order: SFT (`sft.epochs` > 0), then RL (`rl.steps` > 0). ReLIFT's 
 inside the RL phase with their own optimizer. All randomness of a step (data order, demo choice,
 prefix ratios, sampling seeds, random entropy selection) is a pure function of (seed, step), so
 a run resumed from a checkpoint continues exactly where a straight run would be.
+Under torchrun (WORLD_SIZE > 1) the same loop runs data-parallel with FSDP2 and gives the same
+update as one process on the whole batch (prefix_rft/distributed.py says how).
 Metrics are returned (and appended to `metrics.jsonl`) as one flat dict per step, with stable,
 namespaced keys; the tracking layer (MLflow) consumes these dicts.
 """
@@ -25,9 +27,10 @@ from pathlib import Path
 
 import torch
 
+from prefix_rft import distributed as D
 from prefix_rft import logprobs as lp
 from prefix_rft import loss as L
-from prefix_rft.config import Config, OptimConfig
+from prefix_rft.config import Config, OptimConfig, check_world
 from prefix_rft.data.problem import Problem
 from prefix_rft.engines.base import GenerationRequest, SamplingParams
 from prefix_rft.engines.hf import HFEngine
@@ -147,6 +150,20 @@ def _rng(seed: int, *parts) -> random.Random:
     return random.Random("-".join(str(p) for p in (seed, *parts)))
 
 
+def split_minibatches(groups: Sequence[int], minibatches: int) -> list[list[int]]:
+    """Consecutive mini-batches of whole groups (the last may be short on one process)."""
+    per = math.ceil(len(groups) / minibatches)
+    return [list(groups[b * per : (b + 1) * per]) for b in range(minibatches)]
+
+
+def owned_groups(groups: Sequence[int], minibatches: int) -> list[int]:
+    """The groups this rank generates and trains: its contiguous share of every mini-batch."""
+    _, size = D.world()
+    if size == 1:
+        return list(groups)
+    return [g for chunk in split_minibatches(groups, minibatches) for g in D.owned(chunk)]
+
+
 # ---------------------------------------------------------------------------- trainer
 class Trainer:
     """Trains a policy with the preset in `cfg`. Build with a config; `model`, `tokenizer`,
@@ -168,11 +185,14 @@ class Trainer:
         from prefix_rft.data import sources
 
         self.cfg = cfg
-        self.progress = progress
+        D.init_from_env()
+        self.rank, self.world_size = D.world()
+        check_world(cfg, self.world_size)
+        self.progress = progress and self.rank == 0
         self.output_dir = Path(output_dir) if output_dir else None
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        self.device = self._device(cfg.model.device)
+        self.device = D.device_for(cfg.model.device)
         if tokenizer is None:
             tokenizer = models.load_tokenizer(cfg.model.name_or_path, chat_template=cfg.model.chat_template)
         self.tokenizer = tokenizer
@@ -185,7 +205,7 @@ class Trainer:
                     cfg.model.name_or_path, dtype=cfg.model.dtype,
                     attn_implementation=cfg.model.attn_implementation,
                 )
-        self.model = model.to(self.device)
+        self.model = D.shard(model.to(self.device))  # FSDP2 under torchrun, else unchanged
         self.model.train()
         demos = needs_demos(cfg)
         self.train_set = list(train) if train is not None else sources.training_problems(
@@ -203,7 +223,10 @@ class Trainer:
                     )
         self.stop_ids = prompting.stop_token_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
-        self.engine = HFEngine(self.model, tokenizer, self.stop_ids, max_batch_size=cfg.rollout.max_batch_size)
+        # The compiled static-cache path captures weight addresses; FSDP2 re-gathers weights into
+        # new buffers for every rollout phase, so data-parallel runs decode the plain way.
+        self.engine = HFEngine(self.model, tokenizer, self.stop_ids, max_batch_size=cfg.rollout.max_batch_size,
+                               fast=None if self.world_size == 1 else False)
         self._prompt_cache: dict[int, list[int]] = {}
         self._demo_cache: dict[tuple[int, int], list[int]] = {}
         self._grader = grader
@@ -216,12 +239,6 @@ class Trainer:
         self.listeners: list = []
 
     # ------------------------------------------------------------------ setup helpers
-    @staticmethod
-    def _device(name: str) -> torch.device:
-        if name == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(name)
-
     @property
     def grader(self):
         if self._grader is None:
@@ -339,7 +356,11 @@ class Trainer:
         return self.history
 
     def _record(self, metrics: dict) -> dict:
+        """Keep a step's metrics; rank 0 alone passes them on (listeners, metrics.jsonl, log):
+        every rank holds the same global values, logged once."""
         self.history.append(metrics)
+        if self.rank != 0:
+            return metrics
         for listener in self.listeners:
             listener(metrics)
         if self.output_dir:
@@ -355,40 +376,50 @@ class Trainer:
 
     # ------------------------------------------------------------------ rollouts
     def plan_and_generate(self, indices: Sequence[int]) -> tuple[list[Trajectory], dict]:
-        """Plan every group (which members are prefixed / full demos), generate, assemble."""
+        """Plan every group (which members are prefixed / full demos), generate, assemble.
+        Every rank plans all groups (same random stream) and generates the groups it owns; each
+        rollout samples under its own seed, a function of (seed, step, group, member)."""
         c, step = self.cfg, self.state.global_step
         r = c.rollout
         rng = _rng(c.seed, "plan", step)
         n_policy = r.group_size - r.n_prefixed - r.n_full_demo
+        mine = set(owned_groups(range(len(indices)), c.rl.num_minibatches))
         requests: list[GenerationRequest] = []
         owners: list[tuple[int, int, str, list[int], float | None]] = []
         trajs: list[Trajectory] = []
         ratios, lengths = [], []
+
+        def request(g: int, member: int, max_new: int, prefix: list[int] = ()) -> GenerationRequest:
+            seed = _rng(c.seed, "sample", step, g, member).getrandbits(62)
+            return GenerationRequest(self.prompt_ids(indices[g]), max_new, prefix, seed=seed)
+
         for g, i in enumerate(indices):
             prompt = self.prompt_ids(i)
             demo = None
             if r.n_prefixed or r.n_full_demo:
                 d = rng.randrange(len(self.train_set[i].demonstrations))
                 demo = self.demo_ids(i, d)
-            for _ in range(n_policy):
-                requests.append(GenerationRequest(prompt, r.max_response_len))
-                owners.append((g, i, "policy", [], None))
+            plan: list[tuple[str, list[int], float | None]] = [("policy", [], None)] * n_policy
             shared = sample_ratio(r.prefix_schedule, step, rng) if r.shared_prefix else None
             for _ in range(r.n_prefixed):
                 ratio = shared if shared is not None else sample_ratio(r.prefix_schedule, step, rng)
                 m = prefix_length(ratio, len(demo), r.min_prefix_len)
                 m = min(m, r.max_response_len - 1)
-                prefix = cut_prefix(demo, m)
                 ratios.append(ratio)
                 lengths.append(m)
-                requests.append(GenerationRequest(prompt, r.max_response_len - m, prefix))
-                owners.append((g, i, "prefix", prefix, ratio))
+                plan.append(("prefix", cut_prefix(demo, m), ratio))
+            if g not in mine:
+                continue
+            for member, (kind, prefix, ratio) in enumerate(plan):
+                requests.append(request(g, member, r.max_response_len - len(prefix), prefix))
+                owners.append((g, i, kind, prefix, ratio))
             for _ in range(r.n_full_demo):
                 trajs.append(Trajectory(g, i, "demo", prompt, list(demo[: r.max_response_len]),
                                         min(len(demo), r.max_response_len), r.demo_in_group,
                                         "stop" if len(demo) <= r.max_response_len else "length"))
         sampling = SamplingParams(r.temperature, r.top_p, seed=c.seed * 7919 + step)
-        outs = self.engine.generate(requests, 1, sampling) if requests else []
+        with D.unsharded(self.model):
+            outs = self.engine.generate(requests, 1, sampling) if requests else []
         for (g, i, kind, prefix, ratio), (out,) in zip(owners, outs):
             trajs.append(Trajectory(g, i, kind, self.prompt_ids(i), prefix + out.token_ids,
                                     len(prefix), True, out.finish_reason, ratio))
@@ -401,20 +432,36 @@ class Trainer:
         return trajs, info
 
     def score_rewards(self, trajs: Sequence[Trajectory]) -> dict:
-        from prefix_rft.reward import reward_metrics
+        """Grade `trajs` (sets reward and status) and return the reward metrics."""
+        self.grade(trajs)
+        return self.reward_metrics(trajs)
 
+    def grade(self, trajs: Sequence[Trajectory]) -> None:
         texts = [self.tokenizer.decode(t.response_ids, skip_special_tokens=True) for t in trajs]
         golds = [self.train_set[t.problem].answer for t in trajs]
-        results = self.grader.grade(texts, golds)
-        for t, res in zip(trajs, results):
+        for t, res in zip(trajs, self.grader.grade(texts, golds)):
             t.reward, t.status = res.reward, res.status
-        failures = sum(res.status in ("timeout", "error") for res in results)
-        if results and failures / len(results) > self.cfg.reward.max_failure_rate:
+
+    def reward_metrics(self, trajs: Sequence[Trajectory]) -> dict:
+        """Reward metrics of graded trajectories; fails the step past reward.max_failure_rate."""
+        from prefix_rft.reward import reward_metrics
+
+        failures = sum(t.status in ("timeout", "error") for t in trajs)
+        if trajs and failures / len(trajs) > self.cfg.reward.max_failure_rate:
             raise RuntimeError(
-                f"reward grading failed for {failures}/{len(results)} items (timeouts/errors) at "
+                f"reward grading failed for {failures}/{len(trajs)} items (timeouts/errors) at "
                 f"step {self.state.global_step}; see reward.max_failure_rate"
             )
-        return reward_metrics(results)
+        return reward_metrics(trajs)
+
+    @staticmethod
+    def gather_trajectories(trajs: list[Trajectory]) -> list[Trajectory]:
+        """Every rank's graded rollouts, in group order (identity on one process)."""
+        if D.world()[1] == 1:
+            return trajs
+        out = D.gather_rows(trajs)
+        out.sort(key=lambda t: (t.group, ("policy", "prefix", "demo").index(t.kind)))
+        return out
 
     def assign_advantages(self, trajs: Sequence[Trajectory]) -> None:
         groups: dict[int, list[Trajectory]] = {}
@@ -517,11 +564,12 @@ class Trainer:
         return {"loss": total_loss, "clip_low": low, "clip_high": high, "n_ppo": n_ppo}
 
     def _optimizer_step(self, opt, sched, grad_clip: float) -> float:
+        """Clip (grad_clip > 0) and step; returns the global gradient norm before clipping."""
         params = [p for p in self.model.parameters() if p.grad is not None]
-        if grad_clip and grad_clip > 0:
-            gn = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
-        else:
-            gn = float(torch.norm(torch.stack([p.grad.detach().norm() for p in params]))) if params else 0.0
+        gn = 0.0
+        if params:  # an infinite max norm measures without clipping (scale clamped to 1)
+            max_norm = grad_clip if grad_clip and grad_clip > 0 else float("inf")
+            gn = D.total_norm(torch.nn.utils.clip_grad_norm_(params, max_norm))
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -532,7 +580,10 @@ class Trainer:
                opt, sched, optim_cfg: OptimConfig, nll_coef: float, aggregation: str,
                temperature: float, seed_key: tuple, select: bool = True) -> dict:
         """Old log-probs (and entropy where it ranks tokens), then `epochs` x `minibatches`
-        optimizer steps over mini-batches of whole groups. Every trajectory has its `rule`."""
+        optimizer steps over mini-batches of whole groups. Every trajectory has its `rule`.
+        `trajs` is the whole batch on every rank; a rank scores and back-propagates only its
+        share of each mini-batch (all of it on one process). Entropies are gathered, so token
+        selection and normalisers see the whole mini-batch, and gradients are summed."""
         need_entropy = select and self.cfg.loss.entropy_selection != "all" and any(
             bool(self._candidates(t).any()) for t in trajs
         )
@@ -540,35 +591,41 @@ class Trainer:
         needs_old = any(
             bool(((t.rule == L.RULE_PPO) | (t.rule == L.RULE_PPO_NOCLIP)).any()) for t in trajs
         )
+        groups = sorted({t.group for t in trajs})
+        mine = set(owned_groups(groups, minibatches))
+        own = [t for t in trajs if t.group in mine]
         t0 = time.perf_counter()
         if needs_old or need_entropy:
-            old, ents = self._score(trajs, need_entropy, micro, temperature)
+            old, ents = self._score(own, need_entropy, micro, temperature)
         else:
-            old, ents = [torch.zeros(len(t.response_ids)) for t in trajs], None
+            old, ents = [torch.zeros(len(t.response_ids)) for t in own], None
         old_logprob_seconds = time.perf_counter() - t0
-        for t, o, e in zip(trajs, old, ents or [None] * len(trajs)):
+        for t, o, e in zip(own, old, ents or [None] * len(own)):
             t.old_logp = torch.where(t.rule == L.RULE_SHAPED, torch.zeros_like(o), o)  # pi_old = 1
             t.entropy = e
-        groups = sorted({t.group for t in trajs})
-        per = math.ceil(len(groups) / minibatches)
         agg: dict[str, list] = {}
         first = True
         for ep in range(epochs):
-            for b in range(minibatches):
-                gset = set(groups[b * per : (b + 1) * per])
-                batch = [t for t in trajs if t.group in gset]
+            for b, chunk in enumerate(split_minibatches(groups, minibatches)):
+                batch = [t for t in trajs if t.group in set(chunk)]
                 if not batch:
                     continue
-                if not first and need_entropy:  # entropy of the *current* policy
-                    _, fresh = self._score(batch, True, micro, temperature)
-                    for t, e in zip(batch, fresh):
+                batch_own = [t for t in batch if t.group in mine]
+                if need_entropy:
+                    if not first:  # entropy of the *current* policy
+                        _, fresh = self._score(batch_own, True, micro, temperature)
+                        for t, e in zip(batch_own, fresh):
+                            t.entropy = e
+                    # every rank's rows in rank order = the mini-batch's order
+                    for t, e in zip(batch, D.gather_rows([t.entropy for t in batch_own])):
                         t.entropy = e
                 first = False
                 gen = torch.Generator().manual_seed(
                     _rng(self.cfg.seed, "select", *seed_key, ep, b).getrandbits(62)
                 )
                 m = self.prepare_minibatch(batch, gen, aggregation, select)
-                m.update(self.backward_minibatch(batch, micro, nll_coef, temperature))
+                bw = self.backward_minibatch(batch_own, micro, nll_coef, temperature)
+                m.update({k: D.all_reduce_sum(v) for k, v in bw.items()})
                 m["grad_norm"] = self._optimizer_step(opt, sched, optim_cfg.grad_clip)
                 m["lr"] = sched.get_last_lr()[0]
                 for k, v in m.items():
@@ -614,9 +671,11 @@ class Trainer:
         c = self.cfg
         t0 = time.perf_counter()
         idx = self._next_indices(c.rollout.num_prompts, "rl")
-        trajs, metrics = self.plan_and_generate(idx)
+        trajs, metrics = self.plan_and_generate(idx)  # this rank's groups
         t1 = time.perf_counter()
-        metrics.update(self.score_rewards(trajs))
+        self.grade(trajs)
+        trajs = self.gather_trajectories(trajs)  # the whole step, on every rank
+        metrics.update(self.reward_metrics(trajs))
         t2 = time.perf_counter()
         self.assign_advantages(trajs)
         metrics.update(self._rollout_metrics(trajs))
@@ -644,6 +703,7 @@ class Trainer:
             "time/generation": t1 - t0, "time/reward": t2 - t1,
             "time/update": t4 - t3 - upd["time/old_logprobs"],
             "time/step": t5 - t0, "tokens/per_second": n_tokens / (t5 - t0),
+            "tokens/total": sum(len(t.prompt_ids) + len(t.response_ids) for t in trajs),
         })
         return self._record(metrics)
 
@@ -720,10 +780,11 @@ class Trainer:
         from prefix_rft.evaluation import evaluate_problems
 
         problems = list(problems if problems is not None else self.test_set)[: self.cfg.eval.num_problems]
-        return evaluate_problems(
-            self.engine, self.tokenizer, problems, self.grader, self.cfg.eval,
-            think_tags=self.cfg.model.think_tags, seed=self.cfg.seed,
-        )
+        with D.unsharded(self.model):  # every rank evaluates all problems (rank 0 records)
+            return evaluate_problems(
+                self.engine, self.tokenizer, problems, self.grader, self.cfg.eval,
+                think_tags=self.cfg.model.think_tags, seed=self.cfg.seed,
+            )
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str | Path) -> Path:

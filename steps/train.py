@@ -11,19 +11,40 @@ hash), so a `resume train_epoch` that re-trains earlier epochs never picks up ch
 top of the old ones. A checkpoint is committed every `save_every` training steps and at the end
 of the epoch; in-epoch checkpoints beyond `keep_last` are pruned, epoch-end ones are kept for
 evaluation. Training metrics go to the MLflow parent run live, with `step` = training step.
+
+Several GPUs (`pipeline.train_processes`, default one per GPU of `pipeline.train.gpus`): the task
+launches itself under torchrun on its node (`python -m torch.distributed.run --standalone`, the
+single-node launcher Metaflow's own torchrun extension wraps) and waits. Every rank builds the
+trainer (FSDP2-sharded policy) and trains its share of each batch; rank 0 alone logs to MLflow,
+commits checkpoints (full HF weights) and writes the step's result, which the task returns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
+from prefix_rft import distributed as D
 from prefix_rft.config import Config
 from prefix_rft.store import CheckpointRef, open_store
-from steps.common import RunContext, fetch_into, injected_failure, log
+from steps.common import (
+    RunContext,
+    config_from_dict,
+    fetch_into,
+    injected_failure,
+    log,
+    tracker_for,
+)
 from steps.data import read_data
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _start_id(start_ref: dict | None, warm_start: dict | None) -> str:
@@ -52,6 +73,13 @@ def build_trainer(cfg: Config, train, test, *, weights_from: Path | None, output
 def train_epoch(cfg: Config, *, epoch: int, plan: dict, data_ref: dict, start_ref: dict | None,
                 warm_start: dict | None, lineage_prefix: str, ctx: RunContext, tracker=None,
                 tracking: dict | None = None, progress: bool = True) -> dict:
+    nproc = cfg.pipeline.processes()
+    if nproc > 1 and D.world()[1] == 1:
+        return _launch(nproc, cfg, epoch=epoch, plan=plan, data_ref=data_ref, start_ref=start_ref,
+                       warm_start=warm_start, lineage_prefix=lineage_prefix, ctx=ctx,
+                       tracking=tracking, progress=progress)
+    main = D.is_main()
+    tracker = tracker if main else None
     store = open_store(lineage_prefix)
     start_id = _start_id(start_ref, warm_start)
     target = min(epoch * plan["steps_per_epoch"], plan["total_steps"])
@@ -88,9 +116,11 @@ def train_epoch(cfg: Config, *, epoch: int, plan: dict, data_ref: dict, start_re
             if previous is not None:
                 tracker.set_tags(run_id, {f"epoch_{epoch}.resumed_from": previous.uri})
 
-        def commit(end_of_epoch: bool) -> CheckpointRef:
+        def commit(end_of_epoch: bool) -> CheckpointRef | None:
             name = trainer.checkpoint_name()
-            local = trainer.save(scratch / "ckpt" / name)
+            local = trainer.save(scratch / "ckpt" / name)  # collective; rank 0 writes
+            if not main:
+                return None
             ref = store.commit(local, f"{ctx.run_id}/{name}", step=trainer.train_steps, epoch=epoch,
                                config_hash=cfg.config_hash(), meta={
                                    "kind": "checkpoint", "end_of_epoch": end_of_epoch,
@@ -117,6 +147,8 @@ def train_epoch(cfg: Config, *, epoch: int, plan: dict, data_ref: dict, start_re
                     commit(end_of_epoch=False)
                     injected_failure(epoch, trainer.train_steps)
             ref = commit(end_of_epoch=True)
+        if not main:
+            return {"epoch": epoch, "rank": D.world()[0]}
         last = trainer.history[-1] if trainer.history else {}
         if tracker is not None:
             tracker.set_tags(run_id, {f"checkpoint.epoch_{epoch}": ref.uri,
@@ -128,3 +160,52 @@ def train_epoch(cfg: Config, *, epoch: int, plan: dict, data_ref: dict, start_re
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
+
+
+def _launch(nproc: int, cfg: Config, *, ctx: RunContext, **kw) -> dict:
+    """Run this step as `nproc` torchrun workers on this node; return rank 0's result."""
+    work = Path(tempfile.mkdtemp(prefix="prefix-rft-torchrun-"))
+    try:
+        args = {"config": cfg.to_dict(), "ctx": asdict(ctx), **kw}
+        (work / "args.json").write_text(json.dumps(args))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "steps.train",
+               str(work / "args.json"), str(work / "result.json")]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+        log.info("epoch %d: training on %d processes: %s", kw["epoch"], nproc, " ".join(cmd))
+        rc = subprocess.run(cmd, env=env, cwd=str(REPO)).returncode
+        if rc != 0:
+            raise RuntimeError(f"train_epoch: torchrun with {nproc} processes exited with {rc} "
+                               "(the first failing rank's traceback is above); committed "
+                               "checkpoints are kept and a retry resumes from them")
+        return json.loads((work / "result.json").read_text())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _worker(args_path: str, result_path: str) -> None:
+    """One torchrun rank: the same train_epoch; rank 0 logs, commits and writes the result."""
+    from steps.common import setup_logging
+
+    setup_logging()
+    args = json.loads(Path(args_path).read_text())
+    cfg = config_from_dict(args.pop("config"))
+    ctx = RunContext(**args.pop("ctx"))
+    D.init_from_env()
+    try:
+        tracking = args.get("tracking")
+        tracker = tracker_for(tracking) if tracking and D.is_main() else None
+        result = train_epoch(cfg, ctx=ctx, tracker=tracker, **args)
+        if D.is_main():
+            Path(result_path).write_text(json.dumps(result))
+        D.barrier()
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    _worker(*sys.argv[1:3])

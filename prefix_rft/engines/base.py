@@ -18,6 +18,11 @@ class GenerationRequest:
     prompt_ids: Sequence[int]
     max_new_tokens: int
     prefix_ids: Sequence[int] = ()
+    # The request's own sampling seed. When set, its samples depend only on (seed, input ids):
+    # not on the other requests of the call, their order or the batching (the trainer gives each
+    # rollout a seed from (run seed, step, group, member), so sharding groups over GPUs samples the
+    # same tokens). When None, the engine derives one from SamplingParams.seed and the index.
+    seed: int | None = None
 
     @property
     def input_ids(self) -> list[int]:

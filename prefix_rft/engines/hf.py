@@ -1,35 +1,187 @@
-"""Hugging Face transformers generation engine: batched, left-padded, per-row limits and stops.
+"""Hugging Face transformers generation engine: batched, left-padded, per-row limits/stops/seeds.
 
 Rows (request x sample) are generated in chunks of `max_batch_size`, longest inputs first so a
-chunk carries little padding. Each chunk is sampled under its own seed derived from
-`SamplingParams.seed` and the chunk index, inside `torch.random.fork_rng`, so generation is
-reproducible and never disturbs the caller's RNG stream (resumed runs match straight runs).
-A row stops at its first stop id (kept in the output) or at its own `max_new_tokens`.
+chunk carries little padding. A row stops at its first stop id (kept in the output) or at its own
+`max_new_tokens`; a chunk ends when every row has stopped or reached its limit.
+
+Sampling is batch-invariant. Each row has its own 64-bit seed: `request.seed` mixed with the
+sample index j when the request has one, else one derived from `SamplingParams.seed` and the
+request's index (as the vLLM engine derives it) mixed with j (`row_seed`). `generate` runs
+greedily, and the logits processors (temperature, top-p, then `GumbelSampler`) make the argmax an
+exact sample: argmax(logits / T + G) with G_v ~ Gumbel(0, 1) i.i.d. is distributed as
+softmax(logits / T), and the top-p warper's -inf entries never win (the Gumbel-max trick). The
+noise is not drawn from a random stream but computed as a hash of (row seed, decode position,
+vocabulary id) (`gumbel_noise`), so a row's tokens depend only on its seed and its input ids -- not
+on the other rows of the chunk, the order of the requests or `max_batch_size` -- and no global RNG
+is read or advanced (resumed runs match straight runs). "Only" is up to floating point: a batched
+forward's logits can differ in the last bits with the batch's shape, which flips a token only if
+two perturbed scores tie to within that error. Temperature 0 is plain argmax.
+
+Fast path (`fast=True`; default: on for CUDA, off elsewhere): a static KV cache with the decode
+step compiled by transformers (`cache_implementation="static"` + `CompileConfig`, CUDA graphs on
+GPU) and the Gumbel noise compiled into one kernel; the prefill, temperature and top-p run eagerly.
+Compilation happens on the first call with a new shape (tens of seconds on a GPU, about a minute
+for SmolLM2 on a CPU), so call `warmup()` once per process before timing anything. Shapes are
+bucketed so that recompiles stay bounded: a chunk's rows are padded with idle rows up to a power
+of two (at least 8, at most `max_batch_size`), and the cache length is rounded up to a multiple of
+`CACHE_BUCKET` tokens, which transformers never lets shrink on a model, so within a process the
+decode step sees at most log2(max_batch_size / 8) + 2 batch sizes times a few growing cache
+lengths (and dynamo turns a dimension dynamic after its first change anyway). Transformers'
+continuous batching (`generate_batch`) is not used: it takes its logits processors only from a
+`GenerationConfig` (transformers 5.24), so a per-row seeded sampler cannot be plugged in.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from transformers import GenerationConfig
+from transformers import (
+    CompileConfig,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from prefix_rft.engines.base import GenerationOutput, GenerationRequest, SamplingParams
 
+CACHE_BUCKET = 512
+"""Static-cache lengths are multiples of this many tokens (fast path)."""
 
-def _seed_for(seed: int, chunk: int) -> int:
-    return (seed * 1_000_003 + chunk * 7_919) % (2**63 - 1)
+_MIN_BATCH_BUCKET = 8
+_MASK32 = 0xFFFFFFFF
+_MASK64 = 2**64 - 1
+
+
+def _seed_for(seed: int, index: int) -> int:
+    """A request's seed when it has none (the same derivation as the vLLM engine's)."""
+    return (seed * 1_000_003 + index * 7_919) % (2**31 - 1)
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def row_seed(request_seed: int, sample: int) -> int:
+    """The 64-bit seed of sample `sample` of a request whose seed is `request_seed` (any int)."""
+    return _splitmix64(_splitmix64(request_seed & _MASK64) ^ sample)
+
+
+def row_keys(seeds: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """[B, 2] int64: the 64-bit row seeds as (low, high) 32-bit halves, `gumbel_noise`'s keys."""
+    return torch.tensor([[s & _MASK32, (s >> 32) & _MASK32] for s in seeds], dtype=torch.long,
+                        device=device).reshape(len(seeds), 2)
+
+
+def _mul32(x: torch.Tensor, m: int) -> torch.Tensor:
+    """(x * m) mod 2^32 for int64 x in [0, 2^32), never overflowing int64 (whose wrapping torch
+    does not promise on every backend): a multiplier >= 2^31 is replaced by m - 2^32, the same
+    mod 2^32, so |product| < 2^63; `& 0xFFFFFFFF` of a negative int64 takes its low 32 bits."""
+    return (x * (m - 2**32 if m >= 2**31 else m)) & _MASK32
+
+
+def _fmix32(x: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finaliser: a bijection of [0, 2^32) with full avalanche."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = _mul32(x, 0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def gumbel_noise(keys: torch.Tensor, position: torch.Tensor | int, vocab_size: int) -> torch.Tensor:
+    """[B, V] float32 standard Gumbel noise, a pure function of (row key, position, vocabulary id).
+
+    `keys` is `row_keys(...)` ([B, 2] int64); `position` is the decode step (0 for the first new
+    token). Per row and position a 32-bit key is hashed from the seed halves and the position;
+    each vocabulary id is hashed on its own; their XOR is hashed once more into 32 bits, whose top
+    23 bits k give u = (2k + 1) / 2^24 in (0, 1) (exact in float32, never 0 or 1), and
+    G = -log(-log u). Integer arithmetic up to u, so every device draws the same u.
+    """
+    pos = torch.as_tensor(position, dtype=torch.long, device=keys.device)
+    row = _fmix32(keys[:, 1] ^ _fmix32(keys[:, 0] ^ _fmix32(pos)))
+    vocab = _fmix32(_mul32(torch.arange(vocab_size, device=keys.device), 0x9E3779B9))
+    bits = _fmix32(row[:, None] ^ vocab[None, :])
+    u = ((bits >> 8) | 1).to(torch.float32) * 2.0**-24
+    return u.log_().neg_().log_().neg_()
+
+
+class GumbelSampler(LogitsProcessor):
+    """Adds each row's Gumbel noise for the current decode step; the last processor of the list,
+    so that the greedy argmax of generate is a sample of the processed distribution."""
+
+    def __init__(self, keys: torch.Tensor, prompt_width: int,
+                 noise: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] = gumbel_noise):
+        self.keys = keys
+        self.prompt_width = prompt_width
+        self.noise = noise
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        # A 0-d tensor, not an int, so a compiled `noise` does not specialise on the step.
+        pos = torch.full((), input_ids.shape[1] - self.prompt_width, dtype=torch.long,
+                         device=scores.device)
+        return scores + self.noise(self.keys, pos, scores.shape[-1])
+
+
+def sampling_processors(temperature: float, top_p: float, keys: torch.Tensor, prompt_width: int,
+                        noise: Callable = gumbel_noise) -> LogitsProcessorList:
+    """Temperature, top-p (transformers' definitions, as with `do_sample=True`) and Gumbel noise:
+    greedy decoding through these samples from the temperature-scaled, top-p-filtered policy."""
+    procs: list[LogitsProcessor] = []
+    if temperature != 1.0:
+        procs.append(TemperatureLogitsWarper(temperature))
+    if top_p < 1.0:
+        procs.append(TopPLogitsWarper(top_p))
+    procs.append(GumbelSampler(keys, prompt_width, noise))
+    return LogitsProcessorList(procs)
+
+
+class _RowLimits(StoppingCriteria):
+    """Finishes each row at its own `max_new_tokens`, so a chunk ends once every row is done."""
+
+    def __init__(self, limits: torch.Tensor, prompt_width: int):
+        self.limits = limits
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return self.limits <= input_ids.shape[1] - self.prompt_width
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
 
 
 class HFEngine:
-    """Generation with `model.generate`; the policy object is shared with the trainer."""
+    """Generation with `model.generate`; the policy object is shared with the trainer.
 
-    def __init__(self, model, tokenizer, stop_ids: Sequence[int], *, max_batch_size: int = 256):
+    `fast`: static KV cache + compiled decoding (see the module docstring); None = on for CUDA.
+    `compile_config`: how the fast path compiles (its backend also compiles the Gumbel noise);
+    None = transformers' default (inductor, CUDA graphs) on CUDA, plain inductor elsewhere.
+    """
+
+    def __init__(self, model, tokenizer, stop_ids: Sequence[int], *, max_batch_size: int = 256,
+                 fast: bool | None = None, compile_config: CompileConfig | None = None):
         self.model = model
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
         self.stop_ids = list(dict.fromkeys(int(i) for i in stop_ids))
         self.max_batch_size = max_batch_size
+        on_cuda = self.device.type == "cuda"
+        self.fast = on_cuda if fast is None else fast
+        if compile_config is None:  # CUDA graphs need CUDA
+            compile_config = CompileConfig(mode="reduce-overhead" if on_cuda else "default")
+        # transformers compiles only on accelerators unless told otherwise
+        compile_config._compile_all_devices = not on_cuda
+        self._compile_config = compile_config
+        self._noise = (torch.compile(gumbel_noise, dynamic=True, backend=compile_config.backend)
+                       if self.fast else gumbel_noise)
 
     def close(self) -> None:
         """Nothing to release: the model belongs to the caller (the trainer shares it)."""
@@ -38,67 +190,103 @@ class HFEngine:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def warmup(self, prompt_len: int, max_new_tokens: int, *,
+               batch_size: int | None = None) -> None:
+        """Compile the fast path for chunks of `batch_size` rows (default `max_batch_size`) of up
+        to `prompt_len + max_new_tokens` tokens, greedy and sampled, so the first real call is not
+        the one that pays for compilation. A no-op when the fast path is off."""
+        if not self.fast:
+            return
+        rows = batch_size or self.max_batch_size
+        reqs = [GenerationRequest([self.pad_id] * prompt_len, 2, seed=i) for i in range(rows)]
+        cache_len = prompt_len + max_new_tokens
+        with self._eval_mode():
+            for sampling in (SamplingParams(0.0), SamplingParams(temperature=0.5, top_p=0.9)):
+                self._generate_chunk(reqs, list(range(rows)), sampling, cache_len)
+
     def generate(
         self, requests: Sequence[GenerationRequest], n: int, sampling: SamplingParams
     ) -> list[list[GenerationOutput]]:
-        rows = [(ri, req) for ri, req in enumerate(requests) for _ in range(n)]
+        rows = [(ri, j, req) for ri, req in enumerate(requests) for j in range(n)]
+        seeds = [row_seed(req.seed if req.seed is not None else _seed_for(sampling.seed, ri), j)
+                 for ri, j, req in rows]
         results: list[GenerationOutput | None] = [None] * len(rows)
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i][1].input_ids))
-        todo = [i for i in order if rows[i][1].max_new_tokens > 0]
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i][2].input_ids))
+        todo = [i for i in order if rows[i][2].max_new_tokens > 0]
         for i in order:
-            if rows[i][1].max_new_tokens <= 0:
-                results[i] = GenerationOutput([], "length", [] if sampling.return_logprobs else None)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for chunk_idx, start in enumerate(range(0, len(todo), self.max_batch_size)):
+            if rows[i][2].max_new_tokens <= 0:
+                results[i] = GenerationOutput([], "length",
+                                              [] if sampling.return_logprobs else None)
+
+        with self._eval_mode():
+            for start in range(0, len(todo), self.max_batch_size):
                 idx = todo[start : start + self.max_batch_size]
-                outs = self._generate_chunk([rows[i][1] for i in idx], sampling, chunk_idx)
+                outs = self._generate_chunk([rows[i][2] for i in idx], [seeds[i] for i in idx],
+                                            sampling)
                 for i, out in zip(idx, outs):
                     results[i] = out
-        finally:
-            self.model.train(was_training)
         grouped: list[list[GenerationOutput]] = [[] for _ in requests]
-        for (ri, _), out in zip(rows, results):
+        for (ri, _, _), out in zip(rows, results):
             grouped[ri].append(out)
         return grouped
 
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """The model in eval mode, its own mode restored afterwards (the trainer shares it)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
+
     @torch.no_grad()
-    def _generate_chunk(self, reqs, sampling: SamplingParams, chunk_idx: int):
+    def _generate_chunk(self, reqs: Sequence[GenerationRequest], seeds: Sequence[int],
+                        sampling: SamplingParams,
+                        cache_len: int | None = None) -> list[GenerationOutput]:
         inputs = [r.input_ids for r in reqs]
+        limits = [r.max_new_tokens for r in reqs]
+        seeds = list(seeds)
+        if self.fast:  # idle rows (limit 0: finished at once) up to the batch bucket
+            rows = min(_pow2_at_least(max(len(reqs), _MIN_BATCH_BUCKET)), self.max_batch_size)
+            extra = max(0, rows - len(reqs))
+            inputs, limits, seeds = (inputs + [inputs[0]] * extra, limits + [0] * extra,
+                                     seeds + [0] * extra)
         width = max(len(x) for x in inputs)
+        device = self.device
         ids = torch.full((len(inputs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(inputs), width), dtype=torch.long)
         for row, x in enumerate(inputs):
             ids[row, width - len(x) :] = torch.tensor(x, dtype=torch.long)
             mask[row, width - len(x) :] = 1
-        limit = max(r.max_new_tokens for r in reqs)
+        limit = max(limits)
         greedy = sampling.temperature <= 0
+        fast_kwargs = {}
+        if self.fast:
+            needed = max(width + limit, cache_len or 0)
+            fast_kwargs = dict(cache_implementation="static", compile_config=self._compile_config,
+                               max_cache_len=-(-needed // CACHE_BUCKET) * CACHE_BUCKET)
         gen_cfg = GenerationConfig(
             max_new_tokens=limit,
-            do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy else sampling.top_p,
-            top_k=None if greedy else 0,
+            do_sample=False,
+            repetition_penalty=1.0,  # never a model default's: the policy is the plain softmax
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
             output_logits=sampling.return_logprobs,
             return_dict_in_generate=True,
+            **fast_kwargs,
         )
-        device = self.device
-        devices = [device] if device.type == "cuda" else []
-        ctx = torch.random.fork_rng(devices=devices) if not greedy else contextlib.nullcontext()
-        with ctx:
-            if not greedy:
-                torch.manual_seed(_seed_for(sampling.seed, chunk_idx))
-            out = self.model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg
-            )
-        new = out.sequences[:, width:].cpu()
+        procs = LogitsProcessorList() if greedy else sampling_processors(
+            sampling.temperature, sampling.top_p, row_keys(seeds, device), width, self._noise)
+        stops = StoppingCriteriaList([_RowLimits(torch.tensor(limits, device=device), width)])
+        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                  generation_config=gen_cfg, logits_processor=procs,
+                                  stopping_criteria=stops)
+        new = out.sequences[: len(reqs), width:].cpu()
         logps = None
         if sampling.return_logprobs:
             temp = sampling.temperature if sampling.temperature > 0 else 1.0
-            steps = torch.stack(out.logits, dim=1).float() / temp  # [B, T, V]
+            steps = torch.stack(out.logits, dim=1)[: len(reqs)].float() / temp  # [B, T, V]
             logps = torch.log_softmax(steps, dim=-1).gather(-1, new.to(steps.device)[..., None])
             logps = logps[..., 0].cpu()
         stop = set(self.stop_ids)

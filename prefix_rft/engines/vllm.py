@@ -2,10 +2,12 @@
 
 Token ids in, token ids out: prompts go in as `TokensPrompt(prompt_token_ids=...)` (the caller's
 chat-templated ids, never re-tokenised text) and the continuation comes back as token ids. Each
-request gets its own seed derived from `SamplingParams.seed` and the request's index, so results
-do not depend on how vLLM batches requests; `n` samples of a request come from that one seeded
-stream. Only this module imports vLLM; nothing else in the package does, so the CPU test suite
-never needs it.
+request is sampled under its own seed: `request.seed` when set (reduced mod 2^63, the range of a
+torch generator's seed), else one derived from `SamplingParams.seed` and the request's index, so
+results do not depend on how vLLM batches requests; `n` samples of a request come from that one
+seeded stream. (A seed does not give the same tokens as in the HF engine, whose sampler is a
+hash-based Gumbel-max; each engine is reproducible on its own.) Only this module imports vLLM;
+nothing else in the package does, so the CPU test suite never needs it.
 
 Memory: vLLM keeps the GPU (weights + KV cache, `gpu_memory_utilization` of the card) until the
 process ends; deleting the engine does not reliably release it. Run evaluation in its own process
@@ -72,7 +74,8 @@ class VLLMEngine:
             VSampling(
                 n=n, temperature=0.0 if greedy else sampling.temperature,
                 top_p=1.0 if greedy else sampling.top_p, max_tokens=max(1, r.max_new_tokens),
-                seed=_seed_for(sampling.seed, i), stop_token_ids=self.stop_ids,
+                seed=r.seed % 2**63 if r.seed is not None else _seed_for(sampling.seed, i),
+                stop_token_ids=self.stop_ids,
                 logprobs=0 if sampling.return_logprobs else None, detokenize=False,
             )
             for i, r in enumerate(requests)
