@@ -106,6 +106,11 @@ def filter_data(cfg: Config, *, lineage_prefix: str, tracker=None, tracking: dic
 
 
 def read_data(data_ref: dict) -> tuple[list[Problem], list[Problem]]:
-    """The (train, test) sets of a `filter_data` manifest, hash-verified."""
+    """The (train, test) sets of a `filter_data` manifest, hash-verified. The test set is empty
+    when the config has no `data.test` (its file then has no rows)."""
+    import pyarrow.parquet as pq
+
     local = fetch_checkpoint(CheckpointRef.from_dict(data_ref))
-    return load_problems(local / TRAIN_FILE), load_problems(local / TEST_FILE)
+    test_file = local / TEST_FILE
+    test = load_problems(test_file) if pq.ParquetFile(test_file).metadata.num_rows else []
+    return load_problems(local / TRAIN_FILE), test

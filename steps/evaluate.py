@@ -2,8 +2,12 @@
 
 Each evaluation runs in its own task (its own process and, on a cluster, its own GPU), so a
 broken benchmark or a crash loses only that cell: the flow catches it and `join_eval` reports it.
-A benchmark is `heldout` (the lineage's held-out set from `data.test`) or a problems file
-(.jsonl/.json/.parquet with problem/answer fields). Epoch 0 is the starting model.
+A benchmark is `heldout` (the lineage's held-out set from `data.test`), a synthetic level's
+held-out split (`synthetic:add`, `synthetic:mul`, `synthetic:word`: one cell each, filed as
+`synthetic_add` ...), a named benchmark or a problems file (.jsonl/.json/.parquet with
+problem/answer fields). `heldout` and the synthetic levels use the config's `eval` section
+(samples, temperature, top_p, new tokens, `eval.num_problems`); the others use
+`pipeline.eval_protocol`. Epoch 0 is the starting model.
 
 MLflow: the parent run gets `eval/<benchmark>/avg_at_<n>` at `step=epoch`; each task opens a
 nested child run `eval-<benchmark>-epoch<e>` with the protocol as params, the summary metrics,
@@ -53,12 +57,19 @@ def plan_eval(cfg: Config, epochs_done: list[dict], warm_start: dict | None) -> 
     return items
 
 
+def uses_eval_section(spec: str) -> bool:
+    """heldout and the synthetic levels' held-out splits are evaluated with the `eval` section."""
+    from prefix_rft.benchmarks import is_synthetic
+
+    return spec == HELDOUT or is_synthetic(spec)
+
+
 def protocol_for(cfg: Config, spec: str):
-    """heldout: the config's `eval` section; a named benchmark/file: pipeline.eval_protocol with
-    the pipeline.eval_* overrides."""
+    """heldout and synthetic:LEVEL: the config's `eval` section (protocol name 'heldout'); a named
+    benchmark/file: pipeline.eval_protocol with the pipeline.eval_* overrides."""
     from prefix_rft.benchmark_eval import Protocol, get_protocol
 
-    if spec == HELDOUT:
+    if uses_eval_section(spec):
         e = cfg.eval
         return Protocol("heldout", n=e.n_samples, temperature=e.temperature, top_p=e.top_p,
                         max_new_tokens=e.max_new_tokens, seed=cfg.seed)
@@ -68,12 +79,15 @@ def protocol_for(cfg: Config, spec: str):
 
 
 def _problems(cfg: Config, spec: str, data_ref: dict):
-    from prefix_rft.benchmarks import load_benchmark
+    from prefix_rft.benchmarks import is_synthetic, load_benchmark
 
     if spec == HELDOUT:
         problems = read_data(data_ref)[1]
         if not problems:
             raise UserError("benchmark 'heldout': the config has no held-out set (data.test)")
+        return problems[: cfg.eval.num_problems] if cfg.eval.num_problems else problems
+    if is_synthetic(spec):  # the level's test split, fixed order: the first eval.num_problems
+        problems = load_benchmark(spec)
         return problems[: cfg.eval.num_problems] if cfg.eval.num_problems else problems
     problems = load_benchmark(spec, source=cfg.pipeline.eval_source)  # names the file/row on errors
     k = cfg.pipeline.eval_max_problems

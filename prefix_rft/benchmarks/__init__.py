@@ -35,6 +35,14 @@ Sources (``load_benchmark(name, source=...)``):
   0-based) for repeated problems. Another file in LUFFY's layout (``valid.parquet``, ReLIFT's
   ``valid.parquet``) can be given as ``path``.
 
+The built-in synthetic task's held-out split, one difficulty level per benchmark:
+``synthetic:add``, ``synthetic:mul``, ``synthetic:word`` (and ``synthetic:tiny``), filed as
+``synthetic_add`` etc. (`benchmark_label`). A level's benchmark is its whole ``test`` split
+(`prefix_rft.data.synthetic`: a fixed hash puts about 1 in 5 problems there, never in ``train``;
+tiny 7, add 1973, mul 158, word 1742 problems) in a fixed seeded order (`SYNTHETIC_ORDER_SEED`,
+independent of any training seed, so every run and seed sees the same first K problems). The
+pipeline evaluates these with the ``eval`` section's protocol, like ``heldout``.
+
 A problems file of your own: ``load_benchmark("path/to/file.jsonl")`` (anything that is not a
 known name and looks like a path: it has a ``/``, a data suffix, or exists) is read with
 `prefix_rft.data.readers.read_problems` (schema auto-detected, e.g. ``problem`` / ``answer``
@@ -141,11 +149,39 @@ _DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 _CONTROL_TO_LATEX = str.maketrans({"\x0c": "\\f", "\t": "\\t", "\x08": "\\b", "\r": "\\r"})
 
 
+SYNTHETIC_PREFIX = "synthetic:"
+SYNTHETIC_ORDER_SEED = 0  # the fixed order of a synthetic level's test split (any run, any seed)
+
+
+def is_synthetic(spec) -> bool:
+    """Whether ``spec`` names a synthetic level's held-out split (``synthetic:add``)."""
+    return isinstance(spec, str) and spec.startswith(SYNTHETIC_PREFIX)
+
+
+def synthetic_level(spec: str) -> str:
+    """``"synthetic:add"`` -> ``"add"``; a `UserError` naming the spec and the known levels for an
+    unknown level (or several: one level per benchmark, so each gets its own score)."""
+    from prefix_rft.data.synthetic import LEVELS
+
+    level = spec[len(SYNTHETIC_PREFIX):].strip()
+    if level in LEVELS:
+        return level
+    known = ", ".join(SYNTHETIC_PREFIX + lv for lv in LEVELS)
+    if "," in level:
+        raise UserError(f"benchmark {spec!r}: one synthetic level per benchmark (each is scored "
+                        f"on its own); list them separately: {known}")
+    raise UserError(f"benchmark {spec!r}: unknown synthetic level {level!r}; expected one of "
+                    f"{known}")
+
+
 def benchmark_label(name: str | Path) -> str:
     """The name a benchmark's results are filed under: a known name itself, a problems file's
     stem (``data/mine.jsonl`` -> ``mine``), a hub dataset's name (``hub:org/MATH-500`` ->
-    ``MATH-500``)."""
+    ``MATH-500``), a synthetic level's split (``synthetic:add`` -> ``synthetic_add``; MLflow
+    metric names cannot hold a colon)."""
     s = str(name)
+    if is_synthetic(s):
+        return "synthetic_" + s[len(SYNTHETIC_PREFIX):].strip()
     if s.startswith("hub:"):
         return s[len("hub:"):].split(":")[0].split("/")[-1]
     return s if s in ALL_BENCHMARKS else Path(s).stem
@@ -173,6 +209,9 @@ def load_benchmark(
     ``name`` ``hub:owner/name[:config]``: a hub dataset's test split with problem/answer fields
     (needs network and the ``hub`` extra).
 
+    ``name`` ``synthetic:LEVEL``: that level's whole held-out (``test``) split of the built-in
+    arithmetic task, in a fixed order (see the module docstring).
+
     ``name`` a path (not a known name, and it has a ``/``, a ``.jsonl``/``.json``/``.parquet``
     suffix, or exists): a problems file read with `prefix_rft.data.readers.read_problems`.
     ``source`` applies to named benchmarks only (so one list of names and files can share it).
@@ -181,6 +220,8 @@ def load_benchmark(
     row without a field the benchmark needs (the message names the file and the row).
     """
     _check_source(source)
+    if is_synthetic(name):
+        return _load_synthetic(name)
     if isinstance(name, str) and name.startswith("hub:"):
         # a hub dataset with problem/answer fields, e.g. hub:HuggingFaceH4/MATH-500 (online only)
         from prefix_rft.data.readers import read_problems
@@ -205,8 +246,18 @@ def load_benchmark(
 def _unknown_name(name) -> UserError:
     return UserError(
         f"unknown benchmark {name!r}; expected one of {', '.join(ALL_BENCHMARKS)}, "
-        f"or the path of a .jsonl/.json/.parquet problems file"
+        f"synthetic:LEVEL, or the path of a .jsonl/.json/.parquet problems file"
     )
+
+
+def _load_synthetic(spec: str) -> list[BenchmarkProblem]:
+    from prefix_rft.data.synthetic import pool_size, synthetic_arithmetic
+
+    level = synthetic_level(spec)
+    label = benchmark_label(spec)
+    problems = synthetic_arithmetic(pool_size(level, "test"), seed=SYNTHETIC_ORDER_SEED,
+                                    levels=(level,), split="test")
+    return [BenchmarkProblem(label, p.id, p.prompt, (p.answer,)) for p in problems]
 
 
 def _check_name(name: str) -> None:

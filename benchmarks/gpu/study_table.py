@@ -1,0 +1,113 @@
+"""The study's result tables (Markdown, for docs/RESULTS.md) from the summary.json files that
+benchmarks/gpu/study.sh writes (one row per run: config, method, seed, card, date, MLflow run id,
+scores per epoch and level with the bootstrap CI).
+
+    python benchmarks/gpu/study_table.py round1/summary.json round2/summary.json > table.md
+
+Prints (1) one row per run with the command that reproduces it and its final-epoch score per level
+(avg@n [95% CI]), (2) per method: the mean over seeds per level and of the three levels, with the
+number of seeds and the spread (min-max) when there are several. A run listed twice (the same
+MLflow run id in two files) is counted once; failed runs (rc != 0 or no scores) are listed apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+LEVELS = ("synthetic_add", "synthetic_mul", "synthetic_word")
+ORDER = ("base", "sft", "rft", "sft_then_rft", "luffy", "relift", "prefix_rft", "freeze_prefix",
+         "update_all_prefix")
+
+
+def load(paths) -> list[dict]:
+    rows, seen = [], set()
+    for p in paths:
+        for r in json.loads(Path(p).read_text()):
+            key = r.get("mlflow_run_id") or (r["config"], r.get("seed"), r["date"])
+            if key not in seen:
+                seen.add(key)
+                rows.append(r)
+    return rows
+
+
+def final(row: dict, level: str) -> dict | None:
+    by_epoch = row.get("scores", {}).get(level) or {}
+    trained = [e for e in by_epoch if int(e) >= 1]
+    return by_epoch[max(trained, key=int)] if trained else None
+
+
+def base_score(row: dict, level: str) -> dict | None:
+    return (row.get("scores", {}).get(level) or {}).get("0")
+
+
+def _cell(s: dict | None) -> str:
+    if s is None:
+        return "-"
+    lo, hi = s["ci"]
+    return f"{s['value']:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{s['value']:.3f}"
+
+
+def command(row: dict) -> str:
+    seed = f":{row['seed']}" if row.get("seed") is not None else ""
+    extra = f"STUDY_SET='{row['set']}' " if row.get("set") else ""
+    return f"`{extra}bash benchmarks/gpu/study.sh {row['config']}{seed}`"
+
+
+def tables(rows: list[dict]) -> str:
+    ok = [r for r in rows if r.get("rc") == 0 and r.get("scores")]
+    bad = [r for r in rows if r not in ok]
+    ok.sort(key=lambda r: (ORDER.index(r.get("method")) if r.get("method") in ORDER else 99,
+                           r.get("seed") or 0, r["date"]))
+    out = ["| method | seed | " + " | ".join(f"{lv} final" for lv in LEVELS)
+           + " | card | date (UTC) | MLflow run id | command |",
+           "|" + "---|" * (len(LEVELS) + 6)]
+    for r in ok:
+        out.append(f"| {r.get('method')} | {r.get('seed')} | "
+                   + " | ".join(_cell(final(r, lv)) for lv in LEVELS)
+                   + f" | {r['card']} | {r['date'][:16].replace('T', ' ')} | "
+                   f"`{r['mlflow_run_id']}` | {command(r)} |")
+    bases = [r for r in ok if all(base_score(r, lv) for lv in LEVELS)]
+    if bases:
+        b = bases[0]
+        out.append(f"| (untrained, epoch 0 of {b.get('method')} seed {b.get('seed')}) | - | "
+                   + " | ".join(_cell(base_score(b, lv)) for lv in LEVELS)
+                   + f" | {b['card']} | {b['date'][:16].replace('T', ' ')} | "
+                   f"`{b['mlflow_run_id']}` | {command(b)} |")
+    # per method: mean over seeds
+    out += ["", "| method | seeds | " + " | ".join(LEVELS) + " | mean of levels |",
+            "|" + "---|" * (len(LEVELS) + 3)]
+    methods = sorted({r.get("method") for r in ok},
+                     key=lambda m: ORDER.index(m) if m in ORDER else 99)
+    for m in methods:
+        runs = [r for r in ok if r.get("method") == m]
+        cells, means = [], []
+        for lv in LEVELS:
+            vals = [final(r, lv)["value"] for r in runs if final(r, lv)]
+            mean = sum(vals) / len(vals) if vals else None
+            means.append(mean)
+            spread = f" ({min(vals):.3f}-{max(vals):.3f})" if len(vals) > 1 else ""
+            cells.append(f"{mean:.3f}{spread}" if mean is not None else "-")
+        got = [x for x in means if x is not None]
+        macro = f"{sum(got) / len(got):.3f}" if len(got) == len(LEVELS) else "-"
+        out.append(f"| {m} | {len(runs)} | " + " | ".join(cells) + f" | {macro} |")
+    if bad:
+        out += ["", "Runs without results:"]
+        out += [f"- {r['config']} seed {r.get('seed')}: rc {r.get('rc')}, "
+                f"{r.get('summary_error') or r.get('status') or 'no scores'} ({r['date']})"
+                for r in bad]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("summaries", nargs="+", help="summary.json files from study.sh")
+    args = ap.parse_args(argv)
+    sys.stdout.write(tables(load(args.summaries)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
