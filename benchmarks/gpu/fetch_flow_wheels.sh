@@ -39,17 +39,10 @@
 # Env knobs: PIP=... (default /work/venv/bin/pip, else pip), PY=... (a python with `packaging`).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=benchmarks/gpu/wheel_env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/wheel_env.sh"  # ROOT, PIP, PY, CHUNK_LIMIT, PART_SIZE, PLAT
 OUT="$ROOT/.whl-flow"
 ALL="$OUT/all"
-if [ -z "${PIP:-}" ]; then
-  if [ -x /work/venv/bin/pip ]; then PIP=/work/venv/bin/pip; else PIP=pip; fi
-fi
-if [ -z "${PY:-}" ]; then
-  if [ -x /work/venv/bin/python ]; then PY=/work/venv/bin/python; else PY=python3; fi
-fi
-CHUNK_LIMIT=$((55 * 1024 * 1024))
-PART_SIZE=50M
 
 WHEELS=(
   # constraints.txt pins
@@ -74,9 +67,6 @@ WHEELS=(
   skops==0.16.0 prettytable==3.18.0 wcwidth==0.9.4
 )
 
-PLAT=(--platform manylinux_2_35_x86_64 --platform manylinux_2_34_x86_64 --platform manylinux_2_31_x86_64
-      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
-      --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 
 rm -rf "$ALL"
 mkdir -p "$ALL"
