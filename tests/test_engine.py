@@ -66,10 +66,17 @@ def test_engine_logprobs_match_trainer_scoring(smol_tokenizer):
     prompts = [encode_prompt(smol_tokenizer, f"What is {k} + 1?") for k in range(3)]
     reqs = [GenerationRequest(p, 6, prefix_ids=[504, 35]) for p in prompts]
     outs = eng.generate(reqs, 1, SamplingParams(temperature=0.7, seed=1, return_logprobs=True))
-    for req, (o,) in zip(reqs, outs):
+    for req, samples in zip(reqs, outs):
+        assert_logprobs_match_score(model, eng.pad_id, req, samples, temperature=0.7)
+
+
+def assert_logprobs_match_score(model, pad_id, req, samples, temperature):
+    """The engine's per-token log-probs of each sample = the trainer's scoring of the same ids
+    (prefix tokens scored too, compared on the generated part only)."""
+    for o in samples:
         assert o.logprobs is not None and len(o.logprobs) == len(o.token_ids)
         scored, _ = lp.score(model, [req.prompt_ids], [list(req.prefix_ids) + o.token_ids],
-                             pad_id=eng.pad_id, temperature=0.7, micro_batch_size=1,
+                             pad_id=pad_id, temperature=temperature, micro_batch_size=1,
                              with_entropy=False)
         gen_part = scored[0][len(req.prefix_ids):]
         assert torch.allclose(gen_part, torch.tensor(o.logprobs), atol=1e-4)

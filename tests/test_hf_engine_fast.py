@@ -17,10 +17,10 @@ import pytest
 import torch
 from transformers import CompileConfig
 
-from prefix_rft import logprobs as lp
 from prefix_rft.engines import GenerationRequest, HFEngine, SamplingParams
 from prefix_rft.engines.hf import _seed_for, gumbel_noise, row_keys, row_seed, sampling_processors
 from prefix_rft.models import tiny_random_model
+from tests.test_engine import assert_logprobs_match_score
 
 VOCAB = 256
 STOP = 7
@@ -137,10 +137,4 @@ def test_logprobs_match_trainer_scoring(model, fast_engine, fast):
     sampling = SamplingParams(temperature=0.7, top_p=0.9, seed=2, return_logprobs=True)
     outs = eng.generate(reqs, 2, sampling)
     for req, samples in zip(reqs, outs):
-        for o in samples:
-            assert o.logprobs is not None and len(o.logprobs) == len(o.token_ids)
-            scored, _ = lp.score(model, [req.prompt_ids], [list(req.prefix_ids) + o.token_ids],
-                                 pad_id=eng.pad_id, temperature=0.7, micro_batch_size=1,
-                                 with_entropy=False)
-            gen_part = scored[0][len(req.prefix_ids):]
-            assert torch.allclose(gen_part, torch.tensor(o.logprobs), atol=1e-4)
+        assert_logprobs_match_score(model, eng.pad_id, req, samples, temperature=0.7)

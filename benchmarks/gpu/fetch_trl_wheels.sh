@@ -86,44 +86,7 @@ else:
     print("dependency check: every requirement is in this set or pre-installed on the GPU machine")
 PY
 
-# ---- chunking -------------------------------------------------------------
-rm -rf "$OUT"/c[0-9][0-9] "$OUT/parts"
-mkdir -p "$OUT/parts"
-( cd "$ALL" && sha256sum ./*.whl | sed 's# \./# #' > "$OUT/SHA256SUMS" )
-for w in "$ALL"/*.whl; do
-  if [ "$(stat -c %s "$w")" -gt "$CHUNK_LIMIT" ]; then
-    split -b "$PART_SIZE" -d "$w" "$OUT/parts/$(basename "$w").part"
-  fi
-done
-"$PY" - "$OUT" "$CHUNK_LIMIT" <<'PY'
-import os, shutil, sys
-out, limit = sys.argv[1], int(sys.argv[2])
-alld, partsd = os.path.join(out, "all"), os.path.join(out, "parts")
-items = [(os.path.join(partsd, p), os.path.getsize(os.path.join(partsd, p))) for p in sorted(os.listdir(partsd))]
-items += sorted(((os.path.join(alld, f), os.path.getsize(os.path.join(alld, f))) for f in os.listdir(alld)
-                 if os.path.getsize(os.path.join(alld, f)) <= limit), key=lambda x: -x[1])
-chunks: list[list] = []
-for p, s in items:                    # first-fit decreasing
-    for c in chunks:
-        if sum(x[1] for x in c) + s <= limit:
-            c.append((p, s)); break
-    else:
-        chunks.append([(p, s)])
-lines = []
-for i, c in enumerate(chunks, 1):
-    cd = os.path.join(out, f"c{i:02d}")
-    os.makedirs(cd)
-    lines.append(f"c{i:02d}: {sum(s for _, s in c) / 2**20:.2f} MiB")
-    for p, s in c:
-        (os.replace if p.startswith(partsd) else shutil.copy2)(p, os.path.join(cd, os.path.basename(p)))
-        lines.append(f"  {s:>10d}  {os.path.basename(p)}")
-open(os.path.join(out, "chunks.txt"), "w").write("\n".join(lines) + "\n")
-PY
-rmdir "$OUT/parts"
-shutil_ok=$(cd "$OUT" && tmp=$(mktemp -d) && cp c[0-9][0-9]/* "$tmp"/ && cd "$tmp" \
-  && for w in $(ls ./*.part00 2>/dev/null | sed 's/.part00$//'); do cat "$w".part* > "$w"; rm "$w".part*; done \
-  && sha256sum -c --quiet "$OUT/SHA256SUMS" && echo ok; rm -rf "$tmp")
-[ "$shutil_ok" = ok ] || { echo "chunk reassembly check failed" >&2; exit 1; }
+chunk_wheels  # benchmarks/gpu/wheel_env.sh
 
 NCHUNK=$(ls -d "$OUT"/c[0-9][0-9] | wc -l)
 TOTAL=$(cat "$OUT"/c[0-9][0-9]/* | wc -c)
