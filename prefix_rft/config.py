@@ -54,6 +54,13 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "Parameter dtype.")
     attn_implementation: str = _f("sdpa", "Attention kernel ('sdpa', 'eager', 'flash_attention_2').")
     device: str = _f("auto", "'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
+    packing: Literal["auto", "on", "off"] = _f(
+        "auto",
+        "Training passes (old log-probs, entropies, backward) on padding-free packed rows: each "
+        "micro-batch is one row, attention per sequence, a chunked log-softmax head that keeps no "
+        "[tokens, vocab] logits for backward. The same loss and gradient as padded micro-batches "
+        "(up to float rounding), less memory and compute; auto = on for CUDA, off elsewhere.",
+    )
     think_tags: bool = _f(
         False, "Open the response with '<think>\\n'; the reward grades the text after '</think>'."
     )
@@ -415,6 +422,8 @@ def _coerce(value, tp, key: str, where: str):
                 errors.append(str(e))
         raise UserError(errors[0] if errors else f"{where}key '{key}': invalid value {value!r}")
     if origin is Literal:
+        if isinstance(value, bool) and "on" in args and "off" in args:
+            value = "on" if value else "off"  # YAML 1.1 reads on/off as booleans
         if value not in args:
             choices = ", ".join(repr(a) for a in args)
             raise UserError(f"{where}key '{key}': {value!r} is not one of {choices}")

@@ -4,6 +4,13 @@
               -> for each mini-batch: entropy selection, exact norms, micro-batch backward, step
     SFT step = the same update with every demo token under the NLL rule (token mean)
 
+The old-log-prob pass is skipped when the update is on-policy (one optimizer step per rollout
+batch) and no entropy ranks tokens: pi_old is then the detached log-prob of the backward pass
+itself, the same loss and gradient (`Trainer.update` says why); `time/old_logprobs` is then 0.
+Scoring and backward passes run per micro-batch of trajectories, padded or, with `model.packing`
+(default: on CUDA), packed into one padding-free row (`prefix_rft/logprobs.py`); both give the
+same per-token log-probs, so the loss code is one (`_Pass`).
+
 Phases run in order: SFT (`sft.epochs` > 0), then RL (`rl.steps` > 0). ReLIFT's SFT steps run
 inside the RL phase with their own optimizer. All randomness of a step (data order, demo choice,
 prefix ratios, sampling seeds, random entropy selection) is a pure function of (seed, step), so
@@ -133,6 +140,33 @@ def _pad_rows(rows: Sequence[torch.Tensor], width: int, fill, dtype, device) -> 
     return out.to(device)
 
 
+@dataclass
+class _Pass:
+    """One micro-batch's forward: log-probs (and entropies) of its response tokens, in the padded
+    layout [B, R] or the packed one [N], and the mapping of per-trajectory 1-D tensors to and
+    from that layout, so the loss code is the same for both."""
+
+    logp: torch.Tensor
+    entropy: torch.Tensor | None
+    lens: list[int]  # response length of each row of the micro-batch
+    packed: lp.PackedBatch | None = None
+
+    def put(self, rows: Sequence[torch.Tensor], fill, dtype) -> torch.Tensor:
+        """Per-trajectory tensors in the layout of `logp` (padding positions hold `fill`)."""
+        if self.packed is not None:
+            return self.packed.gather(rows, self.logp.device).to(dtype)
+        return _pad_rows(rows, self.logp.shape[1], fill, dtype, self.logp.device)
+
+    def rows(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """A tensor in the layout of `logp` -> one 1-D tensor per row (empty for no response)."""
+        if self.packed is None:
+            return [x[i, :n] for i, n in enumerate(self.lens)]
+        out = [x.new_zeros(0) for _ in self.lens]
+        for i, v in zip(self.packed.rows, self.packed.split(x)):
+            out[i] = v
+        return out
+
+
 def sft_steps(num_problems: int, sft_cfg) -> int:
     """Optimizer steps of the SFT phase: `sft.epochs` passes of `sft.batch_size` demos."""
     return int(math.ceil(sft_cfg.epochs * math.ceil(num_problems / sft_cfg.batch_size)))
@@ -148,6 +182,11 @@ def needs_demos(cfg: Config) -> bool:
 
 def _rng(seed: int, *parts) -> random.Random:
     return random.Random("-".join(str(p) for p in (seed, *parts)))
+
+
+def on_policy(epochs: int, minibatches: int) -> bool:
+    """One optimizer step per rollout batch: pi_old is the policy of the backward pass itself."""
+    return epochs == 1 and minibatches == 1
 
 
 def split_minibatches(groups: Sequence[int], minibatches: int) -> list[list[int]]:
@@ -193,6 +232,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.device = D.device_for(cfg.model.device)
+        self.packed = cfg.model.packing == "on" or (
+            cfg.model.packing == "auto" and self.device.type == "cuda"
+        )  # padding-free training passes (`_passes`)
         if tokenizer is None:
             tokenizer = models.load_tokenizer(cfg.model.name_or_path, chat_template=cfg.model.chat_template)
         self.tokenizer = tokenizer
@@ -474,12 +516,45 @@ class Trainer:
                 t.advantage = a
 
     # ------------------------------------------------------------------ update machinery
+    def _passes(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                micro: int, temperature: float, with_entropy: bool):
+        """(offset, _Pass) per micro-batch of `micro` rows: the forward of the training passes,
+        padded (`lp.collate`) or packed into one row (`model.packing`). Differentiable under
+        grad mode; entropies are never differentiated."""
+        chunk = self.cfg.loss.entropy_chunk_size
+        for s in range(0, len(prompts), micro):
+            ps, rs = prompts[s : s + micro], responses[s : s + micro]
+            lens = [len(r) for r in rs]
+            if self.packed:  # no batch when every response is empty: nothing to score
+                for b in lp.pack_sequences(ps, rs, max_tokens=None):
+                    logp, ent = lp.packed_logprobs(self.model, b, temperature=temperature,
+                                                   with_entropy=with_entropy, chunk=chunk)
+                    yield s, _Pass(logp, ent, lens, b)
+                continue
+            mb = lp.collate(ps, rs, self.pad_id)
+            logits = lp.response_logits(self.model, mb)
+            logp = lp.logprobs_from_logits(logits, mb.response_ids, temperature)
+            ent = lp.entropy_from_logits(logits, temperature, chunk) if with_entropy else None
+            del logits
+            yield s, _Pass(logp, ent, lens)
+
+    @torch.no_grad()
+    def _score_ids(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                   micro: int, temperature: float, with_entropy: bool):
+        """No-grad log-probs (and entropies) of every response token, one CPU tensor per row."""
+        logps = [torch.zeros(0) for _ in prompts]
+        ents = [torch.zeros(0) for _ in prompts] if with_entropy else None
+        for s, ps in self._passes(prompts, responses, micro, temperature, with_entropy):
+            for j, x in enumerate(ps.rows(ps.logp.cpu())):
+                logps[s + j] = x.clone()
+            if ents is not None:
+                for j, x in enumerate(ps.rows(ps.entropy.cpu())):
+                    ents[s + j] = x.clone()
+        return logps, ents
+
     def _score(self, trajs: Sequence[Trajectory], with_entropy: bool, micro: int, temperature: float):
-        return lp.score(
-            self.model, [t.prompt_ids for t in trajs], [t.response_ids for t in trajs],
-            pad_id=self.pad_id, temperature=temperature, micro_batch_size=micro,
-            with_entropy=with_entropy, chunk=self.cfg.loss.entropy_chunk_size,
-        )
+        return self._score_ids([t.prompt_ids for t in trajs], [t.response_ids for t in trajs],
+                               micro, temperature, with_entropy)
 
     def _candidates(self, t: Trajectory) -> torch.Tensor:
         """Tokens ranked by entropy (demo tokens or generated tokens) that are trained at all."""
@@ -530,24 +605,27 @@ class Trainer:
         return metrics
 
     def backward_minibatch(
-        self, trajs: Sequence[Trajectory], micro: int, nll_coef: float, temperature: float
+        self, trajs: Sequence[Trajectory], micro: int, nll_coef: float, temperature: float,
+        old_is_current: bool = False,
     ) -> dict:
-        """Accumulate gradients of the mini-batch loss over micro-batches (exact)."""
+        """Accumulate gradients of the mini-batch loss over micro-batches (exact).
+        `old_is_current`: PPO-rule tokens take pi_old = the detached log-probs of this very pass
+        (on-policy update, `update`), not `old_logp`."""
         lc = self.cfg.loss
         total_loss, low, high, n_ppo = 0.0, 0, 0, 0
-        for s in range(0, len(trajs), micro):
+        prompts, responses = [t.prompt_ids for t in trajs], [t.response_ids for t in trajs]
+        for s, ps in self._passes(prompts, responses, micro, temperature, with_entropy=False):
             chunk = trajs[s : s + micro]
-            mb = lp.collate([t.prompt_ids for t in chunk], [t.response_ids for t in chunk], self.pad_id)
-            r = mb.response_ids.shape[1]
-
-            rule = _pad_rows([t.rule for t in chunk], r, L.RULE_NONE, torch.int8, self.device)
-            keep = _pad_rows([t.keep for t in chunk], r, False, torch.bool, self.device)
-            norm = _pad_rows([t.norm for t in chunk], r, 0.0, torch.float32, self.device)
-            old = _pad_rows([t.old_logp for t in chunk], r, 0.0, torch.float32, self.device)
-            adv = torch.tensor([t.advantage for t in chunk], dtype=torch.float32, device=self.device)
-            adv = adv[:, None].expand(-1, r)
-            logits = lp.response_logits(self.model, mb)
-            logp = lp.logprobs_from_logits(logits, mb.response_ids, temperature)
+            logp = ps.logp
+            rule = ps.put([t.rule for t in chunk], L.RULE_NONE, torch.int8)
+            keep = ps.put([t.keep for t in chunk], False, torch.bool)
+            norm = ps.put([t.norm for t in chunk], 0.0, torch.float32)
+            old = ps.put([t.old_logp for t in chunk], 0.0, torch.float32)
+            if old_is_current:
+                ppo_rule = (rule == L.RULE_PPO) | (rule == L.RULE_PPO_NOCLIP)
+                old = torch.where(ppo_rule, logp.detach(), old)
+            adv = ps.put([torch.full((len(t.response_ids),), t.advantage) for t in chunk], 0.0,
+                         torch.float32)
             tok, lo, hi = L.token_losses(
                 logp, old, adv, rule, eps_low=lc.clip_eps_low, eps_high=lc.clip_eps_high,
                 gamma=lc.shaping_gamma, nll_coef=nll_coef,
@@ -560,7 +638,7 @@ class Trainer:
             low += int((lo & keep).sum())
             high += int((hi & keep).sum())
             n_ppo += int(is_ppo.sum())
-            del logits, logp, tok, loss
+            del ps, logp, tok, loss
         return {"loss": total_loss, "clip_low": low, "clip_high": high, "n_ppo": n_ppo}
 
     def _optimizer_step(self, opt, sched, grad_clip: float) -> float:
@@ -583,7 +661,15 @@ class Trainer:
         optimizer steps over mini-batches of whole groups. Every trajectory has its `rule`.
         `trajs` is the whole batch on every rank; a rank scores and back-propagates only its
         share of each mini-batch (all of it on one process). Entropies are gathered, so token
-        selection and normalisers see the whole mini-batch, and gradients are summed."""
+        selection and normalisers see the whole mini-batch, and gradients are summed.
+
+        The old-log-prob pass is skipped when the update is on-policy (`epochs` = `minibatches`
+        = 1: the one optimizer step runs on the policy that generated the batch) and no entropy
+        ranks tokens: PPO-rule tokens then take pi_old = the detached log-probs of the backward
+        pass itself, which gives the same loss and gradient (ratio = 1, clip inactive; TRL's
+        GRPOTrainer does the same with num_iterations = 1). With entropy selection the pass runs
+        anyway and yields pi_old for free; with several optimizer steps the later ones need the
+        stale pi_old of the rollout policy."""
         need_entropy = select and self.cfg.loss.entropy_selection != "all" and any(
             bool(self._candidates(t).any()) for t in trajs
         )
@@ -591,15 +677,17 @@ class Trainer:
         needs_old = any(
             bool(((t.rule == L.RULE_PPO) | (t.rule == L.RULE_PPO_NOCLIP)).any()) for t in trajs
         )
+        old_is_current = on_policy(epochs, minibatches) and not need_entropy
         groups = sorted({t.group for t in trajs})
         mine = set(owned_groups(groups, minibatches))
         own = [t for t in trajs if t.group in mine]
-        t0 = time.perf_counter()
-        if needs_old or need_entropy:
+        old_logprob_seconds = 0.0
+        if need_entropy or (needs_old and not old_is_current):
+            t0 = time.perf_counter()
             old, ents = self._score(own, need_entropy, micro, temperature)
+            old_logprob_seconds = time.perf_counter() - t0
         else:
             old, ents = [torch.zeros(len(t.response_ids)) for t in own], None
-        old_logprob_seconds = time.perf_counter() - t0
         for t, o, e in zip(own, old, ents or [None] * len(own)):
             t.old_logp = torch.where(t.rule == L.RULE_SHAPED, torch.zeros_like(o), o)  # pi_old = 1
             t.entropy = e
@@ -624,7 +712,8 @@ class Trainer:
                     _rng(self.cfg.seed, "select", *seed_key, ep, b).getrandbits(62)
                 )
                 m = self.prepare_minibatch(batch, gen, aggregation, select)
-                bw = self.backward_minibatch(batch_own, micro, nll_coef, temperature)
+                bw = self.backward_minibatch(batch_own, micro, nll_coef, temperature,
+                                             old_is_current)
                 m.update({k: D.all_reduce_sum(v) for k, v in bw.items()})
                 m["grad_norm"] = self._optimizer_step(opt, sched, optim_cfg.grad_clip)
                 m["lr"] = sched.get_last_lr()[0]
@@ -735,10 +824,9 @@ class Trainer:
     def demo_nll(self, indices: Sequence[int]) -> float:
         """Token-mean NLL of the first demonstration of each problem (the SFT loss)."""
         with_demo = [i for i in indices if self.train_set[i].demonstrations]
-        logps, _ = lp.score(
-            self.model, [self.prompt_ids(i) for i in with_demo],
-            [self.demo_ids(i, 0) for i in with_demo], pad_id=self.pad_id, temperature=1.0,
-            micro_batch_size=self.cfg.rl.micro_batch_size, with_entropy=False,
+        logps, _ = self._score_ids(
+            [self.prompt_ids(i) for i in with_demo], [self.demo_ids(i, 0) for i in with_demo],
+            self.cfg.rl.micro_batch_size, temperature=1.0, with_entropy=False,
         )
         tot = sum(float(x.sum()) for x in logps)
         n = sum(x.numel() for x in logps)

@@ -229,6 +229,8 @@ def test_wrong_type_in_file_names_file_and_key(tmp_path):
     [
         ("rollout.shared_prefix=maybe", "rollout.shared_prefix"),  # bool
         ("loss.demo_rule=sometimes", "loss.demo_rule"),  # Literal
+        ("model.packing=sometimes", "model.packing"),  # Literal with on/off
+        ("loss.demo_rule=true", "loss.demo_rule"),  # a YAML boolean is not on/off there
         ("rl.optim.lr=fast", "rl.optim.lr"),  # float
         ("model.name_or_path=3", "model.name_or_path"),  # str
         ("rl.optim.betas=0.9", "rl.optim.betas"),  # list
@@ -368,6 +370,19 @@ def test_yaml_1e_minus_6_is_a_float(tmp_path):
     assert cfg.rl.optim.lr == 1e-6
     cfg = load_config(p, ["sft.optim.lr=5e-5"])
     assert isinstance(cfg.sft.optim.lr, float) and cfg.sft.optim.lr == 5e-5
+
+
+def test_packing_on_off_auto(tmp_path):
+    assert cfg_for("prefix_rft").model.packing == "auto"
+    # YAML 1.1 reads on/off (and yes/no) as booleans: they mean "on"/"off" here
+    for raw, want in (("on", "on"), ("off", "off"), ("true", "on"), ("'off'", "off"), ("auto", "auto")):
+        assert cfg_for("prefix_rft", overrides=[f"model.packing={raw}"]).model.packing == want
+    p = tmp_path / "packed.yaml"
+    p.write_text("method: rft\nmodel:\n  name_or_path: m\n  packing: off\ndata:\n  train: x\n")
+    cfg = load_config(p)
+    assert cfg.model.packing == "off"
+    p.write_text(cfg.to_yaml())  # written back as a string, read back the same
+    assert load_config(p) == cfg
 
 
 def test_int_and_float_coercion():

@@ -7,7 +7,9 @@ batch.
   launches itself under torchrun; FSDP2-sharded policy, gloo) against the same step in one
   process: a Prefix-RFT step (a prefixed member per group, top-20% entropy selection of demo
   tokens, Dr. GRPO normaliser) with one optimizer step. Parameters, gradient norm, loss and every
-  other metric agree to 1e-5, and rank 0 alone logs: every MLflow metric has one value.
+  other metric agree to 1e-5, and rank 0 alone logs: every MLflow metric has one value. Both
+  with padded and with packed training passes (`model.packing`; on sharded parameters the
+  packed pass goes through the model's own head).
 """
 
 from __future__ import annotations
@@ -100,14 +102,15 @@ STEP = {"rollout.num_prompts": 4, "rollout.group_size": 4, "rollout.max_response
 SKIP_METRICS = ("time/", "tokens/per_second", "system/", "data/")  # timings; the data step's
 
 
-def _run_epoch(model_dir, root: Path, mlflow_uri: str, processes: int, run_id: str):
+def _run_epoch(model_dir, root: Path, mlflow_uri: str, processes: int, run_id: str, packing: str):
     from steps import data as sdata
     from steps import start as sstart
     from steps import train as strain
     from steps.common import RunContext, config_from_dict, tracker_for
 
     cfg_data = pipeline_configs.tiny_config(model_dir, root, experiment=EXPERIMENT,
-                                            **{**STEP, "pipeline.train_processes": processes})
+                                            **{**STEP, "pipeline.train_processes": processes,
+                                               "model.packing": packing})
     cfg_data["tracking"].update({"uri": mlflow_uri, "system_metrics": False})
     ctx = RunContext(flow_name="DistFlow", run_id=run_id, user="tester", task_id="1")
     m = sstart.start(cfg_data, ctx)
@@ -133,15 +136,16 @@ def _weights(ref: dict) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.fixture(scope="module")
-def two_runs(smollm2_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=["off", "on"], ids=["padded", "packed"])
+def two_runs(smollm2_dir, tmp_path_factory, request):
     from prefix_rft.tracking import Tracker
 
     root = tmp_path_factory.mktemp("dist")
     uri = f"sqlite:///{root}/mlflow.db"
     Tracker(uri).client.create_experiment(EXPERIMENT, artifact_location=str(root / "artifacts"))
-    one = _run_epoch(smollm2_dir, root / "one", uri, 1, "1")
-    two = _run_epoch(smollm2_dir, root / "two", uri, 2, "2")
+    one = _run_epoch(smollm2_dir, root / "one", uri, 1, "1", request.param)
+    two = _run_epoch(smollm2_dir, root / "two", uri, 2, "2", request.param)
+    assert one[0].model.packing == request.param
     return uri, one, two
 
 

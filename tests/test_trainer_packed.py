@@ -1,0 +1,182 @@
+"""The trainer's two fast paths give the update of the plain path (tiny random model, float32, CPU):
+
+* `model.packing: on` (padding-free packed rows) against `off` (padded micro-batches): one
+  Prefix-RFT step (a prefixed member and the full demo per group, top-20% entropy selection of
+  demo tokens, Dr. GRPO norms, 2 mini-batches of 3 micro-batches) and one SFT step (token-mean
+  NLL, 2 micro-batches) agree in loss, gradient norm, every metric and every parameter after
+  the optimizer steps (measured: 5e-7 relative; tolerance 1e-5); one backward with perturbed
+  old log-probs (both clips active) agrees in gradients and clip counts.
+  Every micro-batch mixes trajectories of different lengths, advantages and rules, so a dropped
+  or shifted response token, or an advantage, rule or old log-prob given to the wrong sequence,
+  changes the loss by far more than the tolerances.
+* the on-policy update (one optimizer step per rollout batch, no entropy selection) skips the
+  old-log-prob pass and equals the update with that pass forced; with several optimizer steps
+  per batch, or entropy selection, the pass still runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+
+from prefix_rft import trainer as trainer_mod
+from prefix_rft.trainer import rule_for_tokens
+from tests.test_trainer import _cfg, _prepared, _trainer
+
+TOL = 1e-5
+# 2 policy samples + 1 prefixed member + the full demo (in the group: the random policy's groups
+# then have a correct member, so advantages are non-zero); 2 mini-batches of 2 prompts = 8
+# trajectories, micro-batches of 3 (3 + 3 + 2: groups split across micro-batches).
+RL = {"rollout": {"n_prefixed": 1, "n_full_demo": 1, "demo_in_group": True, "max_response_len": 24},
+      "rl": {"steps": 1, "num_minibatches": 2, "micro_batch_size": 3, "optim": {"lr": 1e-3}}}
+SFT = {"sft": {"epochs": 1, "batch_size": 6, "micro_batch_size": 4, "max_len": 24,
+               "optim": {"lr": 1e-3, "warmup_ratio": 0.0}}, "rl": {"steps": 0}}
+SKIP = ("time/", "tokens/per_second")
+
+
+def _params(model) -> dict[str, torch.Tensor]:
+    return {k: p.detach().clone() for k, p in model.named_parameters()}
+
+
+def _assert_same_update(start, a, b, tol=TOL):
+    """Every parameter tensor agrees to `tol` relative, and the step moved it measurably."""
+    assert a.keys() == b.keys() == start.keys()
+    moved = 0
+    for k in a:
+        assert float((a[k] - b[k]).norm()) <= tol * float(b[k].norm()), k
+        moved += int(((b[k] - start[k]).abs() > 1e-4).sum())
+    assert moved > 0.5 * sum(v.numel() for v in b.values())  # Adam's first step: ~lr each
+
+
+def _assert_same_metrics(a: dict, b: dict, tol=TOL):
+    keys = {k for k in a if not k.startswith(SKIP)}
+    assert keys == {k for k in b if not k.startswith(SKIP)}
+    for k in keys:
+        if isinstance(b[k], str):  # phase
+            assert a[k] == b[k], k
+        else:
+            assert a[k] == pytest.approx(b[k], rel=tol, abs=1e-9), k
+
+
+def _pair(tok, method, over):
+    """The same trainer (seed, weights) with packing on and off."""
+    on = _trainer(_cfg(method, model={"packing": "on"}, **over), tok)
+    off = _trainer(_cfg(method, model={"packing": "off"}, **over), tok)
+    assert on.packed and not off.packed
+    return on, off
+
+
+def test_packing_auto_is_padded_on_cpu(smol_tokenizer):
+    tr = _trainer(_cfg(), smol_tokenizer)
+    assert tr.cfg.model.packing == "auto" and tr.device.type == "cpu" and not tr.packed
+
+
+def test_prefix_rft_step_packed_equals_padded(smol_tokenizer):
+    on, off = _pair(smol_tokenizer, "prefix_rft", RL)
+    start = _params(off.model)
+    m_on, m_off = on.rl_step(), off.rl_step()
+    # the step did what it is meant to test: demo tokens selected by entropy, clipped ratios
+    # possible in the second mini-batch, real gradients, two optimizer steps
+    assert 0 < m_off["entropy/kept_fraction"] < 1 and m_off["tokens/demo_share"] > 0
+    assert m_off["grad_norm"] > 0 and m_off["loss"] != 0 and off.state.optimizer_steps == 2
+    assert m_off["time/old_logprobs"] > 0  # entropy ranks demo tokens: the pass runs
+    _assert_same_metrics(m_on, m_off)
+    _assert_same_update(start, _params(on.model), _params(off.model))
+
+
+def test_sft_step_packed_equals_padded(smol_tokenizer):
+    on, off = _pair(smol_tokenizer, "sft", SFT)
+    start = _params(off.model)
+    m_on, m_off = on.sft_step(), off.sft_step()
+    assert m_off["grad_norm"] > 0 and m_off["loss"] > 0 and m_off["time/old_logprobs"] == 0.0
+    _assert_same_metrics(m_on, m_off)
+    _assert_same_update(start, _params(on.model), _params(off.model))
+
+
+@pytest.mark.parametrize("method", ["prefix_rft", "luffy", "rl_sft_loss"])
+def test_backward_packed_equals_padded_with_clipping(smol_tokenizer, method):
+    """Perturbed old log-probs put ratios beyond both clips: gradients and clip counts agree
+    (PPO, LUFFY's shaped and the NLL rule)."""
+    on, off = _pair(smol_tokenizer, method, {})
+    trajs = _prepared(off)
+    out = {}
+    for tr in (on, off):
+        tr.model.zero_grad(set_to_none=True)
+        tr.prepare_minibatch(trajs, torch.Generator().manual_seed(1), tr.cfg.loss.aggregation)
+        out[tr.packed] = tr.backward_minibatch(trajs, 5, tr.cfg.loss.demo_nll_coef, 1.0)
+    assert out[False]["clip_low"] > 0 and out[False]["clip_high"] > 0
+    assert {k: out[True][k] for k in ("clip_low", "clip_high", "n_ppo")} == {
+        k: out[False][k] for k in ("clip_low", "clip_high", "n_ppo")}
+    assert out[True]["loss"] == pytest.approx(out[False]["loss"], rel=TOL)
+    for (k, a), b in zip(on.model.named_parameters(), off.model.parameters()):
+        assert float((a.grad - b.grad).norm()) <= TOL * float(b.grad.norm()), k
+
+
+# ---------------------------------------------------------------------------- on-policy shortcut
+def _rollouts(tr, seed=0):
+    """A rollout batch with hand-set rewards (the random policy earns none by itself)."""
+    trajs, _ = tr.plan_and_generate([0, 1, 2, 3])
+    rng = random.Random(seed)
+    for t in trajs:
+        t.reward = float(rng.random() < 0.5)
+    tr.assign_advantages(trajs)
+    for t in trajs:
+        t.rule = rule_for_tokens(t, tr.cfg.loss)
+    return trajs
+
+
+def _update(tr, trajs):
+    c = tr.cfg
+    return tr.update(trajs, micro=c.rl.micro_batch_size, minibatches=c.rl.num_minibatches,
+                     epochs=c.rl.ppo_epochs, opt=tr.opt, sched=tr.sched, optim_cfg=c.rl.optim,
+                     nll_coef=c.loss.demo_nll_coef, aggregation=c.loss.aggregation,
+                     temperature=c.rollout.temperature, seed_key=("t",))
+
+
+def _count_scoring(monkeypatch, tr) -> list:
+    calls = []
+    score = tr._score
+
+    def counted(*a, **k):
+        calls.append(a)
+        return score(*a, **k)
+
+    monkeypatch.setattr(tr, "_score", counted)
+    return calls
+
+
+@pytest.mark.parametrize("packing", ["off", "on"])
+def test_on_policy_update_skips_the_old_logprob_pass(smol_tokenizer, monkeypatch, packing):
+    over = {"model": {"packing": packing}, "rl": {"num_minibatches": 1, "ppo_epochs": 1}}
+    fast, forced = (_trainer(_cfg("rft", **over), smol_tokenizer) for _ in range(2))
+    trajs = _rollouts(fast)
+    assert any(t.advantage != 0 for t in trajs)
+    start = _params(fast.model)
+    calls = _count_scoring(monkeypatch, fast)
+    m_fast = _update(fast, copy.deepcopy(trajs))
+    assert calls == [] and m_fast["time/old_logprobs"] == 0.0
+    # the same update with pi_old from the scoring pass
+    forced_calls = _count_scoring(monkeypatch, forced)
+    monkeypatch.setattr(trainer_mod, "on_policy", lambda epochs, minibatches: False)
+    m_forced = _update(forced, copy.deepcopy(trajs))
+    assert len(forced_calls) == 1 and m_forced["time/old_logprobs"] > 0
+    assert m_forced["grad_norm"] > 0
+    _assert_same_metrics(m_fast, m_forced, tol=1e-6)
+    _assert_same_update(start, _params(fast.model), _params(forced.model), tol=1e-6)
+
+
+@pytest.mark.parametrize("method,minibatches,epochs", [
+    ("rft", 2, 1), ("rft", 1, 2),  # the later optimizer steps need the rollout policy's pi_old
+    ("prefix_rft", 1, 1),  # entropy selection: the pass runs and yields pi_old with it
+])
+def test_old_logprob_pass_runs_when_needed(smol_tokenizer, monkeypatch, method, minibatches, epochs):
+    tr = _trainer(_cfg(method, rl={"num_minibatches": minibatches, "ppo_epochs": epochs}),
+                  smol_tokenizer)
+    trajs = _rollouts(tr)
+    calls = _count_scoring(monkeypatch, tr)
+    m = _update(tr, trajs)
+    assert len(calls) == 1 and m["time/old_logprobs"] > 0
+    assert tr.state.optimizer_steps == minibatches * epochs
