@@ -107,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--source", default="default",
                     help="default (our vendored copies) | luffy (LUFFY's valid.all.parquet problems)")
     ev.add_argument("--engine", default="auto", help="auto (vLLM if installed with a GPU) | hf | vllm")
+    ev.add_argument("--decoding", default="auto", choices=["auto", "generate", "graph", "compiled"],
+                    help="HF engine: as model.decoding (auto = compiled CUDA-graph decoding on a GPU)")
     ev.add_argument("--chat-template", default=None, help="as model.chat_template (e.g. qwen2.5-instruct)")
     ev.add_argument("--think-tags", action="store_true", help="open responses with <think>")
     ev.add_argument("--dtype", default="bfloat16", help="bfloat16 | float16 | float32 (CPU: float32)")
@@ -267,7 +269,7 @@ def cmd_eval(args) -> int:
         tok = load_tokenizer(model_dir, chat_template=args.chat_template)
         engine, kind = BE.make_engine(args.engine, model_dir, tok, dtype=args.dtype,
                                       device=args.device, max_batch_size=args.batch_size,
-                                      seed=protocol.seed)
+                                      seed=protocol.seed, decoding=args.decoding)
         results = []
         with RewardGrader(num_workers=args.workers) as grader:
             for name, problems in sets.items():

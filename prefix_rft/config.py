@@ -61,6 +61,13 @@ class ModelConfig:
         "[tokens, vocab] logits for backward. The same loss and gradient as padded micro-batches "
         "(up to float rounding), less memory and compute; auto = on for CUDA, off elsewhere.",
     )
+    decoding: Literal["auto", "generate", "graph", "compiled"] = _f(
+        "auto",
+        "How the HF engine decodes rollouts and evaluations: generate = transformers' "
+        "model.generate; graph = prefix-rft's static-cache loop, each decode step one CUDA graph "
+        "(eagerly on CPU); compiled = the same step compiled by inductor before capture (a "
+        "one-time compile per shape, faster steps); auto = compiled on CUDA, generate elsewhere.",
+    )
     think_tags: bool = _f(
         False, "Open the response with '<think>\\n'; the reward grades the text after '</think>'."
     )

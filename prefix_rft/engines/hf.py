@@ -17,18 +17,18 @@ is read or advanced (resumed runs match straight runs). "Only" is up to floating
 forward's logits can differ in the last bits with the batch's shape, which flips a token only if
 two perturbed scores tie to within that error. Temperature 0 is plain argmax.
 
-Fast path (`fast=True`; default: on for CUDA, off elsewhere): a static KV cache with the decode
-step compiled by transformers (`cache_implementation="static"` + `CompileConfig`, CUDA graphs on
-GPU) and the Gumbel noise compiled into one kernel; the prefill, temperature and top-p run eagerly.
-Compilation happens on the first call with a new shape (tens of seconds on a GPU, about a minute
-for SmolLM2 on a CPU), so call `warmup()` once per process before timing anything. Shapes are
-bucketed so that recompiles stay bounded: a chunk's rows are padded with idle rows up to a power
-of two (at least 8, at most `max_batch_size`), and the cache length is rounded up to a multiple of
-`CACHE_BUCKET` tokens, which transformers never lets shrink on a model, so within a process the
-decode step sees at most log2(max_batch_size / 8) + 2 batch sizes times a few growing cache
-lengths (and dynamo turns a dimension dynamic after its first change anyway). Transformers'
-continuous batching (`generate_batch`) is not used: it takes its logits processors only from a
-`GenerationConfig` (transformers 5.24), so a per-row seeded sampler cannot be plugged in.
+Fast path (`fast=True`; default: on for CUDA where `graph_decode.supports` the model): our own
+static-KV-cache decode loop (`prefix_rft/engines/graph_decode.py`) whose whole step -- forward,
+the same temperature / top-p / Gumbel-max sampling, log-probs, stop and limit bookkeeping -- is
+one CUDA graph, compiled with inductor first (`compile`). Capturing (and compiling) happens on
+the first chunk of a new shape or sampling setting (seconds to tens of seconds on a GPU), so call
+`warmup()` once per process before timing anything. Shapes are bucketed so that captures stay
+few: a chunk's rows are padded with idle rows up to a power of two (at least 8, at most
+`max_batch_size`) and the cache length is rounded up to a multiple of `CACHE_BUCKET` tokens; the
+last `MAX_DECODERS` (shape, sampling) decoders are kept. Graphs read the weights where they were
+at capture; the trainer updates them in place, and a decoder whose weights moved is rebuilt.
+Transformers' continuous batching (`generate_batch`) is not used: it takes its logits processors
+only from a `GenerationConfig` (transformers 5.24), so a per-row seeded sampler cannot be plugged in.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from transformers import (
-    CompileConfig,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
@@ -48,10 +47,13 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from prefix_rft.engines import graph_decode
 from prefix_rft.engines.base import GenerationOutput, GenerationRequest, SamplingParams
 
-CACHE_BUCKET = 512
+CACHE_BUCKET = 256
 """Static-cache lengths are multiples of this many tokens (fast path)."""
+MAX_DECODERS = 2
+"""Fast-path decoders (each a KV cache + captured graph) kept per engine."""
 
 _MIN_BATCH_BUCKET = 8
 _MASK32 = 0xFFFFFFFF
@@ -135,13 +137,17 @@ def sampling_processors(temperature: float, top_p: float, keys: torch.Tensor, pr
                         noise: Callable = gumbel_noise) -> LogitsProcessorList:
     """Temperature, top-p (transformers' definitions, as with `do_sample=True`) and Gumbel noise:
     greedy decoding through these samples from the temperature-scaled, top-p-filtered policy."""
+    return LogitsProcessorList([*_warper_list(temperature, top_p),
+                                GumbelSampler(keys, prompt_width, noise)])
+
+
+def _warper_list(temperature: float, top_p: float) -> list[LogitsProcessor]:
     procs: list[LogitsProcessor] = []
     if temperature != 1.0:
         procs.append(TemperatureLogitsWarper(temperature))
     if top_p < 1.0:
         procs.append(TopPLogitsWarper(top_p))
-    procs.append(GumbelSampler(keys, prompt_width, noise))
-    return LogitsProcessorList(procs)
+    return procs
 
 
 class _RowLimits(StoppingCriteria):
@@ -155,54 +161,75 @@ class _RowLimits(StoppingCriteria):
         return self.limits <= input_ids.shape[1] - self.prompt_width
 
 
+DECODING_MODES = ("auto", "generate", "graph", "compiled")
+
+
+def decoding_options(mode: str) -> dict:
+    """`HFEngine` keyword arguments of a `model.decoding` mode (see prefix_rft/config.py)."""
+    options = {"auto": {}, "generate": {"fast": False}, "graph": {"fast": True, "compile": False},
+               "compiled": {"fast": True, "compile": "inductor"}}
+    if mode not in options:
+        raise ValueError(f"decoding {mode!r}: expected one of {', '.join(DECODING_MODES)}")
+    return options[mode]
+
+
 def _pow2_at_least(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
 class HFEngine:
-    """Generation with `model.generate`; the policy object is shared with the trainer.
+    """Generation with the policy object shared with the trainer: `model.generate` (plain path) or
+    `graph_decode.GraphDecoder` (fast path).
 
-    `fast`: static KV cache + compiled decoding (see the module docstring); None = on for CUDA.
-    `compile_config`: how the fast path compiles (its backend also compiles the Gumbel noise);
-    None = transformers' default (inductor, CUDA graphs) on CUDA, plain inductor elsewhere.
+    `fast`: the fast path (see the module docstring); None = on for CUDA when the model is
+    supported. `compile`: torch.compile backend of the fast path's decode step (and of the Gumbel
+    noise); None = "inductor" on CUDA and none elsewhere; False = none.
     """
 
     def __init__(self, model, tokenizer, stop_ids: Sequence[int], *, max_batch_size: int = 256,
-                 fast: bool | None = None, compile_config: CompileConfig | None = None):
+                 fast: bool | None = None, compile: str | bool | None = None):
         self.model = model
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
         self.stop_ids = list(dict.fromkeys(int(i) for i in stop_ids))
         self.max_batch_size = max_batch_size
         on_cuda = self.device.type == "cuda"
-        self.fast = on_cuda if fast is None else fast
-        if compile_config is None:  # CUDA graphs need CUDA
-            compile_config = CompileConfig(mode="reduce-overhead" if on_cuda else "default")
-        # transformers compiles only on accelerators unless told otherwise
-        compile_config._compile_all_devices = not on_cuda
-        self._compile_config = compile_config
-        self._noise = (torch.compile(gumbel_noise, dynamic=True, backend=compile_config.backend)
-                       if self.fast else gumbel_noise)
+        if fast is None:
+            fast = on_cuda and graph_decode.supports(model)
+        elif fast and not graph_decode.supports(model):
+            raise ValueError(f"fast decoding supports {sorted(graph_decode.SUPPORTED_MODEL_TYPES)} "
+                             "models with sdpa attention; use fast=False")
+        self.fast = fast
+        self.graph = on_cuda  # CUDA graphs need CUDA; elsewhere the same step runs eagerly
+        if compile is None:
+            compile = "inductor" if on_cuda else False
+        self.compile = compile or None
+        self._noise = (torch.compile(gumbel_noise, dynamic=True, backend=self.compile)
+                       if self.fast and self.compile else gumbel_noise)
+        self._decoders: dict[tuple, graph_decode.GraphDecoder] = {}
 
     def close(self) -> None:
-        """Nothing to release: the model belongs to the caller (the trainer shares it)."""
+        """Release the fast path's caches and graphs (the model belongs to the caller)."""
+        self._decoders.clear()
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def warmup(self, prompt_len: int, max_new_tokens: int, *,
-               batch_size: int | None = None) -> None:
-        """Compile the fast path for chunks of `batch_size` rows (default `max_batch_size`) of up
-        to `prompt_len + max_new_tokens` tokens, greedy and sampled, so the first real call is not
-        the one that pays for compilation. A no-op when the fast path is off."""
+    def warmup(self, prompt_len: int, max_new_tokens: int, *, batch_size: int | None = None,
+               sampling: SamplingParams | None = None) -> None:
+        """Build (capture, compile) the fast path for chunks of `batch_size` rows (default
+        `max_batch_size`) of up to `prompt_len + max_new_tokens` tokens with `sampling` (default
+        greedy and temperature 1.0), so the first real call is not the one that pays for it.
+        A no-op when the fast path is off."""
         if not self.fast:
             return
         rows = batch_size or self.max_batch_size
         reqs = [GenerationRequest([self.pad_id] * prompt_len, 2, seed=i) for i in range(rows)]
         cache_len = prompt_len + max_new_tokens
+        settings = [sampling] if sampling is not None else [SamplingParams(0.0), SamplingParams(1.0)]
         with self._eval_mode():
-            for sampling in (SamplingParams(0.0), SamplingParams(temperature=0.5, top_p=0.9)):
-                self._generate_chunk(reqs, list(range(rows)), sampling, cache_len)
+            for s in settings:
+                self._generate_chunk(reqs, list(range(rows)), s, cache_len)
 
     def generate(
         self, requests: Sequence[GenerationRequest], n: int, sampling: SamplingParams
@@ -253,42 +280,21 @@ class HFEngine:
             inputs, limits, seeds = (inputs + [inputs[0]] * extra, limits + [0] * extra,
                                      seeds + [0] * extra)
         width = max(len(x) for x in inputs)
-        device = self.device
         ids = torch.full((len(inputs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(inputs), width), dtype=torch.long)
         for row, x in enumerate(inputs):
             ids[row, width - len(x) :] = torch.tensor(x, dtype=torch.long)
             mask[row, width - len(x) :] = 1
-        limit = max(limits)
-        greedy = sampling.temperature <= 0
-        fast_kwargs = {}
         if self.fast:
-            needed = max(width + limit, cache_len or 0)
-            fast_kwargs = dict(cache_implementation="static", compile_config=self._compile_config,
-                               max_cache_len=-(-needed // CACHE_BUCKET) * CACHE_BUCKET)
-        gen_cfg = GenerationConfig(
-            max_new_tokens=limit,
-            do_sample=False,
-            repetition_penalty=1.0,  # never a model default's: the policy is the plain softmax
-            eos_token_id=self.stop_ids,
-            pad_token_id=self.pad_id,
-            output_logits=sampling.return_logprobs,
-            return_dict_in_generate=True,
-            **fast_kwargs,
-        )
-        procs = LogitsProcessorList() if greedy else sampling_processors(
-            sampling.temperature, sampling.top_p, row_keys(seeds, device), width, self._noise)
-        stops = StoppingCriteriaList([_RowLimits(torch.tensor(limits, device=device), width)])
-        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                  generation_config=gen_cfg, logits_processor=procs,
-                                  stopping_criteria=stops)
-        new = out.sequences[: len(reqs), width:].cpu()
-        logps = None
-        if sampling.return_logprobs:
-            temp = sampling.temperature if sampling.temperature > 0 else 1.0
-            steps = torch.stack(out.logits, dim=1)[: len(reqs)].float() / temp  # [B, T, V]
-            logps = torch.log_softmax(steps, dim=-1).gather(-1, new.to(steps.device)[..., None])
-            logps = logps[..., 0].cpu()
+            needed = max(width + max(limits), cache_len or 0)
+            length = -(-needed // CACHE_BUCKET) * CACHE_BUCKET
+            decoder = self._decoder(len(inputs), length, sampling)
+            new, logps = decoder.decode(ids, mask, torch.tensor(limits),
+                                        row_keys(seeds, decoder.device))
+        else:
+            new, logps = self._generate_plain(ids, mask, limits, seeds, sampling)
+        if not sampling.return_logprobs:
+            logps = None
         stop = set(self.stop_ids)
         results = []
         for row, req in enumerate(reqs):
@@ -301,3 +307,63 @@ class HFEngine:
             lp = logps[row, : len(toks)].tolist() if logps is not None else None
             results.append(GenerationOutput(toks, reason, lp))
         return results
+
+    def _decoder(self, rows: int, length: int, sampling: SamplingParams) -> graph_decode.GraphDecoder:
+        """The fast-path decoder of this shape and sampling setting (built and captured once)."""
+        greedy = sampling.temperature <= 0
+        key = (rows, length, 0.0 if greedy else sampling.temperature,
+               1.0 if greedy else sampling.top_p)
+        dec = self._decoders.pop(key, None)
+        if dec is not None and not dec.still_valid():
+            dec = None
+        if dec is None:
+            while len(self._decoders) >= MAX_DECODERS:  # drop the least recently used
+                self._decoders.pop(next(iter(self._decoders)))
+            procs = None if greedy else _warpers(sampling.temperature, sampling.top_p)
+            dec = graph_decode.GraphDecoder(
+                self.model, batch=rows, length=length, pad_id=self.pad_id, stop_ids=self.stop_ids,
+                temperature=sampling.temperature, processors=procs, noise=gumbel_noise,
+                graph=self.graph, compile=self.compile)
+        self._decoders[key] = dec  # most recently used last
+        return dec
+
+    def _generate_plain(self, ids, mask, limits, seeds, sampling):
+        """`model.generate` on one left-padded chunk -> (new tokens [B, T], log-probs or None)."""
+        device = self.device
+        width = ids.shape[1]
+        greedy = sampling.temperature <= 0
+        gen_cfg = GenerationConfig(
+            max_new_tokens=max(limits),
+            do_sample=False,
+            repetition_penalty=1.0,  # never a model default's: the policy is the plain softmax
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+            output_logits=sampling.return_logprobs,
+            return_dict_in_generate=True,
+        )
+        procs = LogitsProcessorList() if greedy else sampling_processors(
+            sampling.temperature, sampling.top_p, row_keys(seeds, device), width, self._noise)
+        stops = StoppingCriteriaList([_RowLimits(torch.tensor(limits, device=device), width)])
+        out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                  generation_config=gen_cfg, logits_processor=procs,
+                                  stopping_criteria=stops)
+        new = out.sequences[:, width:].cpu()
+        logps = None
+        if sampling.return_logprobs:
+            temp = sampling.temperature if sampling.temperature > 0 else 1.0
+            steps = torch.stack(out.logits, dim=1).float() / temp  # [B, T, V]
+            logps = torch.log_softmax(steps, dim=-1).gather(-1, new.to(steps.device)[..., None])
+            logps = logps[..., 0].cpu()
+        return new, logps
+
+
+def _warpers(temperature: float, top_p: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """[B, V] scores -> scores: the temperature and top-p warpers of `sampling_processors`."""
+    procs = _warper_list(temperature, top_p)
+
+    def apply(scores: torch.Tensor) -> torch.Tensor:
+        for p in procs:
+            scores = p(None, scores)
+        return scores
+
+    return apply
