@@ -282,6 +282,9 @@ def run_preset(preset: str, args, model_path: str, tok, pool, device) -> dict:
               + ", ".join(f"{p.split('/')[1]} {row[p]:.2f}" for p in PHASES[:4] if p in row)
               + f", completions {row.get('completion_tokens', 0)} tok", flush=True)
     mem = peak_mem_gb()
+    errors = [d.graph_error for d in getattr(trainer.engine, "_decoders", {}).values()
+              if d.graph_error]
+    fast = bool(getattr(trainer.engine, "fast", False))
     trainer.close()
     del trainer
     gc.collect()
@@ -292,7 +295,9 @@ def run_preset(preset: str, args, model_path: str, tok, pool, device) -> dict:
     summary = {k: _median(timed, k) for k in keys}
     summary.update(mem)
     summary.update({"kind": "rl_step" if rl else "sft_step", "n_params": n_params,
-                    "micro_batch_size": micro, "timed_steps": len(timed)})
+                    "micro_batch_size": micro, "timed_steps": len(timed),
+                    "fast_decoding": fast,
+                    "graph_errors": errors})
     return {"summary": summary, "steps": rows}
 
 
