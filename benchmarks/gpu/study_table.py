@@ -3,6 +3,8 @@ benchmarks/gpu/study.sh writes (one row per run: config, method, seed, card, dat
 scores per epoch and level with the bootstrap CI).
 
     python benchmarks/gpu/study_table.py round1/summary.json round2/summary.json > table.md
+    python benchmarks/gpu/study_table.py round1/summary.json --db round1/mlflow.db \
+        --curves docs/figures/study_curves.png      # + the training curves of those runs
 
 Prints (1) one row per run with the command that reproduces it and its final-epoch score per level
 (avg@n [95% CI]), (2) per method: the mean over seeds per level and of the three levels, with the
@@ -101,11 +103,34 @@ def tables(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def curves(rows: list[dict], db: str, out: str) -> None:
+    """Reward, demo NLL, loss and prefix advantage over training steps, one line per finished run
+    (`prefix_rft.report.training_curves_figure`, as the notebook draws them), from the sqlite
+    MLflow file that study.sh returns."""
+    from prefix_rft import report
+    from prefix_rft.tracking import Tracker
+
+    ok = [r for r in rows if r.get("rc") == 0 and r.get("mlflow_run_id")]
+    tracker = Tracker(f"sqlite:///{Path(db).resolve()}", check=False)
+    hist = {f"{r.get('method')} s{r.get('seed')}": {
+        k: h for k in report.TRAINING_CURVES if (h := tracker.metric_history(r["mlflow_run_id"], k))}
+        for r in ok}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    report.training_curves_figure(hist).savefig(out, dpi=110)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("summaries", nargs="+", help="summary.json files from study.sh")
+    ap.add_argument("--db", help="the mlflow.db of those runs (for --curves)")
+    ap.add_argument("--curves", help="write the training-curves figure (PNG) here")
     args = ap.parse_args(argv)
-    sys.stdout.write(tables(load(args.summaries)))
+    rows = load(args.summaries)
+    sys.stdout.write(tables(rows))
+    if args.curves:
+        if not args.db:
+            ap.error("--curves needs --db")
+        curves(rows, args.db, args.curves)
     return 0
 
 
