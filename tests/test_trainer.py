@@ -83,17 +83,24 @@ def test_prefix_round_trip_token_ids(smol_tokenizer):
         assert bool(t.demo_mask[:m].all()) and not bool(t.demo_mask[m:].any())
 
 
-def _prepared(tr, seed=0):
-    """A rollout batch with hand-set rewards and perturbed old log-probs (ratios != 1)."""
+def _rollouts(tr, seed=0):
+    """A rollout batch with hand-set rewards (the random policy earns none by itself) and rules."""
     trajs, _ = tr.plan_and_generate([0, 1, 2, 3])
     rng = random.Random(seed)
     for t in trajs:
         t.reward = float(rng.random() < 0.5)
     tr.assign_advantages(trajs)
+    for t in trajs:
+        t.rule = rule_for_tokens(t, tr.cfg.loss)
+    return trajs
+
+
+def _prepared(tr, seed=0):
+    """`_rollouts` with perturbed old log-probs (ratios != 1) and entropies."""
+    trajs = _rollouts(tr, seed)
     old, ents = tr._score(trajs, True, 4, tr.cfg.rollout.temperature)
     gen = torch.Generator().manual_seed(seed)
     for t, o, e in zip(trajs, old, ents):
-        t.rule = rule_for_tokens(t, tr.cfg.loss)
         t.old_logp = o + 0.3 * torch.randn(o.shape, generator=gen)  # ratios on both sides of the clip
         t.entropy = e
     return trajs

@@ -17,14 +17,12 @@
 from __future__ import annotations
 
 import copy
-import random
 
 import pytest
 import torch
 
 from prefix_rft import trainer as trainer_mod
-from prefix_rft.trainer import rule_for_tokens
-from tests.test_trainer import _cfg, _prepared, _trainer
+from tests.test_trainer import _cfg, _prepared, _rollouts, _trainer
 
 TOL = 1e-5
 # 2 policy samples + 1 prefixed member + the full demo (in the group: the random policy's groups
@@ -116,18 +114,6 @@ def test_backward_packed_equals_padded_with_clipping(smol_tokenizer, method):
 
 
 # ---------------------------------------------------------------------------- on-policy shortcut
-def _rollouts(tr, seed=0):
-    """A rollout batch with hand-set rewards (the random policy earns none by itself)."""
-    trajs, _ = tr.plan_and_generate([0, 1, 2, 3])
-    rng = random.Random(seed)
-    for t in trajs:
-        t.reward = float(rng.random() < 0.5)
-    tr.assign_advantages(trajs)
-    for t in trajs:
-        t.rule = rule_for_tokens(t, tr.cfg.loss)
-    return trajs
-
-
 def _update(tr, trajs):
     c = tr.cfg
     return tr.update(trajs, micro=c.rl.micro_batch_size, minibatches=c.rl.num_minibatches,
