@@ -282,9 +282,8 @@ def run_preset(preset: str, args, model_path: str, tok, pool, device) -> dict:
               + ", ".join(f"{p.split('/')[1]} {row[p]:.2f}" for p in PHASES[:4] if p in row)
               + f", completions {row.get('completion_tokens', 0)} tok", flush=True)
     mem = peak_mem_gb()
-    errors = [d.graph_error for d in getattr(trainer.engine, "_decoders", {}).values()
-              if d.graph_error]
-    fast = bool(getattr(trainer.engine, "fast", False))
+    errors = trainer.engine.graph_errors
+    fast = trainer.engine.fast
     trainer.close()
     del trainer
     gc.collect()

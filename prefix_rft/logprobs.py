@@ -11,6 +11,10 @@ per token budget with restarting position ids; `packed_logprobs` runs the model 
 restricted to each sequence and sends only response positions through a chunked lm_head
 log-softmax (`packed_score` is `score` on top of it). They return what `score` /
 `response_logits` + `logprobs_from_logits` return (tests/test_logprobs_packed.py).
+
+The training passes, last: `passes` runs micro-batches of rows either way (`packed`) and yields a
+`Pass` that maps per-row tensors to and from its layout; `score` is its no-grad form, per row.
+The trainer's scoring, backward and demo-NLL passes all go through it.
 """
 
 from __future__ import annotations
@@ -84,35 +88,6 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float, chunk: int = 1
         p = torch.softmax(x, dim=-1)
         out[s : s + chunk] = logz - (p * x).sum(-1)
     return out.reshape(logits.shape[:-1])
-
-
-@torch.no_grad()
-def score(
-    model,
-    prompts: Sequence[Sequence[int]],
-    responses: Sequence[Sequence[int]],
-    *,
-    pad_id: int,
-    temperature: float,
-    micro_batch_size: int,
-    with_entropy: bool,
-    chunk: int = 1024,
-) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """No-grad log-probs (and entropies) of every response token, one 1-D tensor per row."""
-    logps: list[torch.Tensor] = []
-    ents: list[torch.Tensor] | None = [] if with_entropy else None
-    for s in range(0, len(prompts), micro_batch_size):
-        mb = collate(prompts[s : s + micro_batch_size], responses[s : s + micro_batch_size], pad_id)
-        logits = response_logits(model, mb)
-        lp = logprobs_from_logits(logits, mb.response_ids, temperature).cpu()
-        ent = entropy_from_logits(logits, temperature, chunk).cpu() if with_entropy else None
-        del logits
-        for i, r in enumerate(responses[s : s + micro_batch_size]):
-            n = len(r)
-            logps.append(lp[i, :n].clone())
-            if ents is not None:
-                ents.append(ent[i, :n].clone())
-    return logps, ents
 
 
 # ---------------------------------------------------------------------------- packed (padding-free)
@@ -530,4 +505,91 @@ def packed_score(
         if ents is not None:
             for i, x in zip(batch.rows, batch.split(ent.cpu())):
                 ents[i] = x.clone()
+    return logps, ents
+
+
+# ---------------------------------------------------------------------------- the training passes
+def pad_rows(rows: Sequence[torch.Tensor], width: int, fill, dtype, device) -> torch.Tensor:
+    """Right-pad 1-D per-row tensors into a [len(rows), width] tensor on `device`."""
+    out = torch.full((len(rows), width), fill, dtype=dtype)
+    for j, x in enumerate(rows):
+        out[j, : len(x)] = x
+    return out.to(device)
+
+
+@dataclass
+class Pass:
+    """One micro-batch's forward: log-probs (and entropies) of its response tokens, in the padded
+    layout [B, R] or the packed one [N], and the mapping of per-row 1-D tensors to and from that
+    layout, so that code on top of it (the trainer's loss) is the same for both."""
+
+    logp: torch.Tensor
+    entropy: torch.Tensor | None
+    lens: list[int]  # response length of each row of the micro-batch
+    packed: PackedBatch | None = None
+
+    def put(self, rows: Sequence[torch.Tensor], fill, dtype) -> torch.Tensor:
+        """Per-row tensors in the layout of `logp` (padding positions hold `fill`)."""
+        if self.packed is not None:
+            return self.packed.gather(rows, self.logp.device).to(dtype)
+        return pad_rows(rows, self.logp.shape[1], fill, dtype, self.logp.device)
+
+    def rows(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """A tensor in the layout of `logp` -> one 1-D tensor per row (empty for no response)."""
+        if self.packed is None:
+            return [x[i, :n] for i, n in enumerate(self.lens)]
+        out = [x.new_zeros(0) for _ in self.lens]
+        for i, v in zip(self.packed.rows, self.packed.split(x)):
+            out[i] = v
+        return out
+
+
+def passes(model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], *,
+           pad_id: int, micro_batch_size: int, temperature: float, with_entropy: bool,
+           chunk: int = 1024, packed: bool = False):
+    """(offset, Pass) per micro-batch of `micro_batch_size` rows: padded (`collate`) or packed
+    into one padding-free row (`packed_logprobs`). Differentiable under grad mode; entropies are
+    never differentiated."""
+    for s in range(0, len(prompts), micro_batch_size):
+        ps, rs = prompts[s : s + micro_batch_size], responses[s : s + micro_batch_size]
+        lens = [len(r) for r in rs]
+        if packed:  # no batch when every response is empty: nothing to score
+            for b in pack_sequences(ps, rs, max_tokens=None):
+                logp, ent = packed_logprobs(model, b, temperature=temperature,
+                                            with_entropy=with_entropy, chunk=chunk)
+                yield s, Pass(logp, ent, lens, b)
+            continue
+        mb = collate(ps, rs, pad_id)
+        logits = response_logits(model, mb)
+        logp = logprobs_from_logits(logits, mb.response_ids, temperature)
+        ent = entropy_from_logits(logits, temperature, chunk) if with_entropy else None
+        del logits
+        yield s, Pass(logp, ent, lens)
+
+
+@torch.no_grad()
+def score(
+    model,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    temperature: float,
+    micro_batch_size: int,
+    with_entropy: bool,
+    chunk: int = 1024,
+    packed: bool = False,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """No-grad log-probs (and entropies) of every response token, one 1-D CPU tensor per row,
+    through `passes` (padded, or `packed`)."""
+    logps = [torch.zeros(0) for _ in prompts]
+    ents = [torch.zeros(0) for _ in prompts] if with_entropy else None
+    for s, ps in passes(model, prompts, responses, pad_id=pad_id, micro_batch_size=micro_batch_size,
+                        temperature=temperature, with_entropy=with_entropy, chunk=chunk,
+                        packed=packed):
+        for j, x in enumerate(ps.rows(ps.logp.cpu())):
+            logps[s + j] = x.clone()
+        if ents is not None:
+            for j, x in enumerate(ps.rows(ps.entropy.cpu())):
+                ents[s + j] = x.clone()
     return logps, ents

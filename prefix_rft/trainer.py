@@ -9,7 +9,7 @@ batch) and no entropy ranks tokens: pi_old is then the detached log-prob of the 
 itself, the same loss and gradient (`Trainer.update` says why); `time/old_logprobs` is then 0.
 Scoring and backward passes run per micro-batch of trajectories, padded or, with `model.packing`
 (default: on CUDA), packed into one padding-free row (`prefix_rft/logprobs.py`); both give the
-same per-token log-probs, so the loss code is one (`_Pass`).
+same per-token log-probs, so the loss code is one (`logprobs.Pass`).
 
 Phases run in order: SFT (`sft.epochs` > 0), then RL (`rl.steps` > 0). ReLIFT's SFT steps run
 inside the RL phase with their own optimizer. All randomness of a step (data order, demo choice,
@@ -132,41 +132,6 @@ def make_optimizer(params, opt_cfg: OptimConfig, total_steps: int):
     return opt, sched
 
 
-def _pad_rows(rows: Sequence[torch.Tensor], width: int, fill, dtype, device) -> torch.Tensor:
-    """Right-pad 1-D per-trajectory tensors into a [len(rows), width] tensor on `device`."""
-    out = torch.full((len(rows), width), fill, dtype=dtype)
-    for j, x in enumerate(rows):
-        out[j, : len(x)] = x
-    return out.to(device)
-
-
-@dataclass
-class _Pass:
-    """One micro-batch's forward: log-probs (and entropies) of its response tokens, in the padded
-    layout [B, R] or the packed one [N], and the mapping of per-trajectory 1-D tensors to and
-    from that layout, so the loss code is the same for both."""
-
-    logp: torch.Tensor
-    entropy: torch.Tensor | None
-    lens: list[int]  # response length of each row of the micro-batch
-    packed: lp.PackedBatch | None = None
-
-    def put(self, rows: Sequence[torch.Tensor], fill, dtype) -> torch.Tensor:
-        """Per-trajectory tensors in the layout of `logp` (padding positions hold `fill`)."""
-        if self.packed is not None:
-            return self.packed.gather(rows, self.logp.device).to(dtype)
-        return _pad_rows(rows, self.logp.shape[1], fill, dtype, self.logp.device)
-
-    def rows(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """A tensor in the layout of `logp` -> one 1-D tensor per row (empty for no response)."""
-        if self.packed is None:
-            return [x[i, :n] for i, n in enumerate(self.lens)]
-        out = [x.new_zeros(0) for _ in self.lens]
-        for i, v in zip(self.packed.rows, self.packed.split(x)):
-            out[i] = v
-        return out
-
-
 def sft_steps(num_problems: int, sft_cfg) -> int:
     """Optimizer steps of the SFT phase: `sft.epochs` passes of `sft.batch_size` demos."""
     return int(math.ceil(sft_cfg.epochs * math.ceil(num_problems / sft_cfg.batch_size)))
@@ -234,7 +199,7 @@ class Trainer:
         self.device = D.device_for(cfg.model.device)
         self.packed = cfg.model.packing == "on" or (
             cfg.model.packing == "auto" and self.device.type == "cuda"
-        )  # padding-free training passes (`_passes`)
+        )  # padding-free training passes (`lp.passes`)
         if tokenizer is None:
             tokenizer = models.load_tokenizer(cfg.model.name_or_path, chat_template=cfg.model.chat_template)
         self.tokenizer = tokenizer
@@ -519,39 +484,19 @@ class Trainer:
     # ------------------------------------------------------------------ update machinery
     def _passes(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
                 micro: int, temperature: float, with_entropy: bool):
-        """(offset, _Pass) per micro-batch of `micro` rows: the forward of the training passes,
-        padded (`lp.collate`) or packed into one row (`model.packing`). Differentiable under
-        grad mode; entropies are never differentiated."""
-        chunk = self.cfg.loss.entropy_chunk_size
-        for s in range(0, len(prompts), micro):
-            ps, rs = prompts[s : s + micro], responses[s : s + micro]
-            lens = [len(r) for r in rs]
-            if self.packed:  # no batch when every response is empty: nothing to score
-                for b in lp.pack_sequences(ps, rs, max_tokens=None):
-                    logp, ent = lp.packed_logprobs(self.model, b, temperature=temperature,
-                                                   with_entropy=with_entropy, chunk=chunk)
-                    yield s, _Pass(logp, ent, lens, b)
-                continue
-            mb = lp.collate(ps, rs, self.pad_id)
-            logits = lp.response_logits(self.model, mb)
-            logp = lp.logprobs_from_logits(logits, mb.response_ids, temperature)
-            ent = lp.entropy_from_logits(logits, temperature, chunk) if with_entropy else None
-            del logits
-            yield s, _Pass(logp, ent, lens)
+        """`lp.passes` with this trainer's model, padding id, entropy chunk and `model.packing`."""
+        return lp.passes(self.model, prompts, responses, pad_id=self.pad_id,
+                         micro_batch_size=micro, temperature=temperature,
+                         with_entropy=with_entropy, chunk=self.cfg.loss.entropy_chunk_size,
+                         packed=self.packed)
 
-    @torch.no_grad()
     def _score_ids(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
                    micro: int, temperature: float, with_entropy: bool):
-        """No-grad log-probs (and entropies) of every response token, one CPU tensor per row."""
-        logps = [torch.zeros(0) for _ in prompts]
-        ents = [torch.zeros(0) for _ in prompts] if with_entropy else None
-        for s, ps in self._passes(prompts, responses, micro, temperature, with_entropy):
-            for j, x in enumerate(ps.rows(ps.logp.cpu())):
-                logps[s + j] = x.clone()
-            if ents is not None:
-                for j, x in enumerate(ps.rows(ps.entropy.cpu())):
-                    ents[s + j] = x.clone()
-        return logps, ents
+        """`lp.score` with the same settings as `_passes`."""
+        return lp.score(self.model, prompts, responses, pad_id=self.pad_id,
+                        temperature=temperature, micro_batch_size=micro,
+                        with_entropy=with_entropy, chunk=self.cfg.loss.entropy_chunk_size,
+                        packed=self.packed)
 
     def _score(self, trajs: Sequence[Trajectory], with_entropy: bool, micro: int, temperature: float):
         return self._score_ids([t.prompt_ids for t in trajs], [t.response_ids for t in trajs],

@@ -116,7 +116,6 @@ class GraphDecoder:
         self.temperature = 1.0 if self.greedy else float(temperature)
         p = next(model.parameters())
         dev = self.device = p.device
-        self.vocab = model.get_output_embeddings().weight.shape[0]
         self.cache = StaticKVCache(model, batch, length)
         self._decode_columns = self.cache.columns  # the step's; the prefill swaps in its own
         self._cache_kw = _cache_kwarg(type(model))
@@ -184,7 +183,7 @@ class GraphDecoder:
         if that fails too, the eager step without a graph. Failures are logged and kept in
         `graph_error` (benchmarks report them): slower, never wrong."""
         errors = []
-        for run in ([self._run, self._step] if self._run is not self._step else [self._step]):
+        for run in dict.fromkeys([self._run, self._step]):  # the compiled step first, if any
             self._run = run
             try:
                 self._capture()

@@ -127,7 +127,7 @@ class GumbelSampler(LogitsProcessor):
         self.noise = noise
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        # A 0-d tensor, not an int, so a compiled `noise` does not specialise on the step.
+        # a 0-d tensor, as the fast path's step passes it (`gumbel_noise` takes either)
         pos = torch.full((), input_ids.shape[1] - self.prompt_width, dtype=torch.long,
                          device=scores.device)
         return scores + self.noise(self.keys, pos, scores.shape[-1])
@@ -161,16 +161,15 @@ class _RowLimits(StoppingCriteria):
         return self.limits <= input_ids.shape[1] - self.prompt_width
 
 
-DECODING_MODES = ("auto", "generate", "graph", "compiled")
+_DECODING = {"auto": {}, "generate": {"fast": False}, "graph": {"fast": True, "compile": False},
+             "compiled": {"fast": True, "compile": "inductor"}}
 
 
 def decoding_options(mode: str) -> dict:
     """`HFEngine` keyword arguments of a `model.decoding` mode (see prefix_rft/config.py)."""
-    options = {"auto": {}, "generate": {"fast": False}, "graph": {"fast": True, "compile": False},
-               "compiled": {"fast": True, "compile": "inductor"}}
-    if mode not in options:
-        raise ValueError(f"decoding {mode!r}: expected one of {', '.join(DECODING_MODES)}")
-    return options[mode]
+    if mode not in _DECODING:
+        raise ValueError(f"decoding {mode!r}: expected one of {', '.join(_DECODING)}")
+    return _DECODING[mode]
 
 
 def _pow2_at_least(n: int) -> int:
@@ -182,8 +181,8 @@ class HFEngine:
     `graph_decode.GraphDecoder` (fast path).
 
     `fast`: the fast path (see the module docstring); None = on for CUDA when the model is
-    supported. `compile`: torch.compile backend of the fast path's decode step (and of the Gumbel
-    noise); None = "inductor" on CUDA and none elsewhere; False = none.
+    supported. `compile`: torch.compile backend of the fast path's decode step; None = "inductor"
+    on CUDA and none elsewhere; False = none.
     """
 
     def __init__(self, model, tokenizer, stop_ids: Sequence[int], *, max_batch_size: int = 256,
@@ -203,8 +202,6 @@ class HFEngine:
         if compile is None:
             compile = "inductor" if on_cuda else False
         self.compile = compile or None
-        self._noise = (torch.compile(gumbel_noise, dynamic=True, backend=self.compile)
-                       if self.fast and self.compile else gumbel_noise)
         self._decoders: dict[tuple, graph_decode.GraphDecoder] = {}
 
     def close(self) -> None:
@@ -214,6 +211,11 @@ class HFEngine:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def graph_errors(self) -> list[str]:
+        """Why a kept fast-path decoder runs without its compiled CUDA graph (empty: none)."""
+        return [d.graph_error for d in self._decoders.values() if d.graph_error]
 
     def warmup(self, prompt_len: int, max_new_tokens: int, *, batch_size: int | None = None,
                sampling: SamplingParams | None = None) -> None:
@@ -342,7 +344,7 @@ class HFEngine:
             return_dict_in_generate=True,
         )
         procs = LogitsProcessorList() if greedy else sampling_processors(
-            sampling.temperature, sampling.top_p, row_keys(seeds, device), width, self._noise)
+            sampling.temperature, sampling.top_p, row_keys(seeds, device), width)
         stops = StoppingCriteriaList([_RowLimits(torch.tensor(limits, device=device), width)])
         out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                   generation_config=gen_cfg, logits_processor=procs,
