@@ -13,7 +13,10 @@ Modes (--modes, all by default):
   engine-graph     HFEngine(fast=True, compile=False): prefix_rft.engines.graph_decode, the whole
                    decode step (forward, sampling, bookkeeping) one CUDA graph of eager kernels
   engine-fast      HFEngine(fast=True): the same step compiled by inductor, then captured (the
-                   engine's default on CUDA)
+                   engine's default on CUDA); its forward is graph_decode.FusedDecodeForward
+                   (q/k/v and gate/up one GEMM each, GQA packed into the query axis)
+  engine-fast-hf   the same with the model's own forward in the step (fused=False): what the
+                   fused forward gains
 
 Check (--check, on by default when engine and a fast mode run): for the first shape, the fast
 modes' tokens and log-probs against the plain engine's, greedy and sampled, on the same prompts:
@@ -86,7 +89,7 @@ def _generate_call(model, prompts, new: int, static: bool, a: argparse.Namespace
 
 
 ENGINE_MODES = {"engine": dict(fast=False), "engine-graph": dict(fast=True, compile=False),
-                "engine-fast": dict(fast=True)}
+                "engine-fast": dict(fast=True), "engine-fast-hf": dict(fast=True, fused=False)}
 
 
 def _engine(model, rows: int, mode: str, pad_id: int):

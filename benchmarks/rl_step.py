@@ -249,8 +249,15 @@ def run_preset(preset: str, args, model_path: str, tok, pool, device) -> dict:
     captured: list = []
     orig_update = trainer.update
 
+    profiling: dict = {}
+
     def update(*a, **kw):
         captured.append(a[0] if a else kw["trajs"])
+        if profiling.get("on"):  # the update phase alone, in its own table
+            with profiler() as prof:
+                out = orig_update(*a, **kw)
+            profiling["update"] = prof
+            return out
         return orig_update(*a, **kw)
 
     trainer.update = update
@@ -282,6 +289,15 @@ def run_preset(preset: str, args, model_path: str, tok, pool, device) -> dict:
               + ", ".join(f"{p.split('/')[1]} {row[p]:.2f}" for p in PHASES[:4] if p in row)
               + f", completions {row.get('completion_tokens', 0)} tok", flush=True)
     mem = peak_mem_gb()
+    if args.profile:  # one more step, after the timed ones: the whole step, then its update
+        with profiler() as prof:
+            trainer.rl_step() if rl else trainer.sft_step()
+            sync()
+        profiling["on"] = True
+        trainer.rl_step() if rl else trainer.sft_step()
+        sync()
+        write_profile(Path(args.profile) / f"profile_{preset}.txt",
+                      {"whole step": prof, "update phase": profiling["update"]})
     errors = trainer.engine.graph_errors
     fast = trainer.engine.fast
     trainer.close()
@@ -443,6 +459,34 @@ def run_trl(args, model_path: str, tok, pool, device) -> dict:
     return {"summary": summary, "steps": steps}
 
 
+# ---------------------------------------------------------------------------- profile
+def profiler():
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    return torch.profiler.profile(activities=acts)
+
+
+def write_profile(path: Path, profiles: dict, rows: int = 40) -> None:
+    """torch.profiler tables of each profile: operators by device time, then by host time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for name, prof in profiles.items():
+        avg = prof.key_averages()
+        keys = ("self_device_time_total", "self_cuda_time_total") if torch.cuda.is_available() else ()
+        done = False
+        for key in keys + ("self_cpu_time_total",):
+            if done and key == "self_cuda_time_total":
+                continue  # the older name of the device-time column
+            try:
+                parts.append(f"== {name}, by {key}\n" + avg.table(sort_by=key, row_limit=rows))
+                done = done or key != "self_cpu_time_total"
+            except (AttributeError, KeyError, ValueError) as e:
+                parts.append(f"== {name}, by {key}: {type(e).__name__}: {e}")
+    path.write_text("\n\n".join(parts))
+    print(f"  profile -> {path}", flush=True)
+
+
 # ---------------------------------------------------------------------------- main
 def environment(device: torch.device) -> dict:
     import transformers
@@ -506,6 +550,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--out", default=None, help="write the JSON results here")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="after the timed steps, profile one more step of each preset (and, in a "
+                        "second step, its update phase alone) with torch.profiler; the operator "
+                        "tables go to DIR/profile_<preset>.txt")
     a = p.parse_args(argv)
     a.device = "cuda" if a.device == "auto" and torch.cuda.is_available() else (
         "cpu" if a.device == "auto" else a.device)

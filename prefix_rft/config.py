@@ -59,7 +59,15 @@ class ModelConfig:
         "Training passes (old log-probs, entropies, backward) on padding-free packed rows: each "
         "micro-batch is one row, attention per sequence, a chunked log-softmax head that keeps no "
         "[tokens, vocab] logits for backward. The same loss and gradient as padded micro-batches "
-        "(up to float rounding), less memory and compute; auto = on for CUDA, off elsewhere.",
+        "(up to float rounding), less memory and compute; auto = on for CUDA with bfloat16/float16 "
+        "weights (FlashAttention varlen, one kernel per layer), off elsewhere (float32 packed "
+        "rows would run one attention call per sequence; padded batches are faster there).",
+    )
+    compile_layers: bool = _f(
+        False,
+        "torch.compile (inductor) every decoder layer for the training passes and the prefill: "
+        "fused norms, rotary embedding and activations; a one-time compile per shape family, "
+        "then faster passes (benchmarks/train_throughput.py --compile).",
     )
     decoding: Literal["auto", "generate", "graph", "compiled"] = _f(
         "auto",

@@ -386,13 +386,14 @@ def tiny_random_model(
 ) -> PreTrainedModel:
     """A small randomly initialised causal LM for fast tests; the same seed gives the same weights.
 
-    ``architecture``: "llama" or "qwen2" (Qwen2 adds q/k/v biases, like Qwen2.5). Uses grouped-query
+    ``architecture``: "llama", "qwen2" (Qwen2 adds q/k/v biases, like Qwen2.5) or "qwen3" (no
+    biases, an RMSNorm over each query/key head). Uses grouped-query
     attention (``num_heads // 2`` kv heads when ``num_heads`` is even), like the real models.
     The global torch RNG is left untouched. Returned in train mode, on CPU.
     """
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
-    configs = {"llama": LlamaConfig, "qwen2": Qwen2Config}
+    configs = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
     if architecture not in configs:
         raise UserError(f"architecture {architecture!r}: expected one of {sorted(configs)}")
     if hidden_size % num_heads:
@@ -410,6 +411,7 @@ def tiny_random_model(
         bos_token_id=None,
         eos_token_id=None,
         pad_token_id=None,
+        **({"head_dim": hidden_size // num_heads} if architecture == "qwen3" else {}),
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

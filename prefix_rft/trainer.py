@@ -123,10 +123,49 @@ def _lr_lambda(opt_cfg: OptimConfig, total_steps: int):
     return f
 
 
+def use_packing(model_cfg, device: torch.device) -> bool:
+    """`model.packing`: on / off as given; auto = on where packed attention is one kernel per
+    layer (CUDA, bfloat16/float16 weights or a flash_attention_* model), else off: in float32
+    the packed pass runs one SDPA call per sequence (`lp.varlen_attention_forward`), which for
+    256 short trajectories is several times slower than padded micro-batches."""
+    if model_cfg.packing != "auto":
+        return model_cfg.packing == "on"
+    return device.type == "cuda" and (
+        model_cfg.dtype in ("bfloat16", "float16")
+        or model_cfg.attn_implementation.startswith("flash_attention")
+    )
+
+
+def compile_layers(model) -> int:
+    """torch.compile each decoder layer in place (the training passes and the prefill run them;
+    the fast path's decode step has its own compiled forward). Returns how many."""
+    inner = model.get_decoder() if hasattr(model, "get_decoder") else model
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise UserError(f"model.compile_layers: {type(model).__name__} has no decoder layers")
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
+def _fused_adamw(params: list) -> bool:
+    """torch's fused AdamW (one kernel for every parameter's update, where the default foreach
+    path launches several per step and tensor group) for plain CUDA parameters; sharded (DTensor)
+    and CPU parameters keep the default implementation."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        DTensor = ()
+    return bool(params) and all(
+        p.is_cuda and p.is_floating_point() and not isinstance(p, DTensor) for p in params
+    )
+
+
 def make_optimizer(params, opt_cfg: OptimConfig, total_steps: int):
+    params = list(params)
     opt = torch.optim.AdamW(
         params, lr=opt_cfg.lr, betas=tuple(opt_cfg.betas), eps=opt_cfg.eps,
-        weight_decay=opt_cfg.weight_decay,
+        weight_decay=opt_cfg.weight_decay, **({"fused": True} if _fused_adamw(params) else {}),
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(opt_cfg, total_steps))
     return opt, sched
@@ -197,9 +236,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.device = D.device_for(cfg.model.device)
-        self.packed = cfg.model.packing == "on" or (
-            cfg.model.packing == "auto" and self.device.type == "cuda"
-        )  # padding-free training passes (`lp.passes`)
+        self.packed = use_packing(cfg.model, self.device)  # padding-free passes (`lp.passes`)
         if tokenizer is None:
             tokenizer = models.load_tokenizer(cfg.model.name_or_path, chat_template=cfg.model.chat_template)
         self.tokenizer = tokenizer
@@ -214,6 +251,8 @@ class Trainer:
                 )
         self.model = D.shard(model.to(self.device))  # FSDP2 under torchrun, else unchanged
         self.model.train()
+        if cfg.model.compile_layers:
+            compile_layers(self.model)
         demos = needs_demos(cfg)
         self.train_set = list(train) if train is not None else sources.training_problems(
             cfg.data, seed=cfg.seed, require_demos=demos

@@ -134,7 +134,7 @@ def test_fast_path_decodes_like_the_plain_path(model, fast_engine):
     assert len(fast_engine._decoders) == 2
 
 
-@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "qwen3"])
 def test_fast_path_stops_rows_like_the_plain_path(architecture):
     """Rows that stop at different steps, per-row limits, a long prefix row and an all-stopped
     chunk that ends early: tokens, finish reasons and log-probs as on the plain path."""
@@ -206,3 +206,63 @@ def test_decoding_modes_choose_the_engine_path(model):
     assert resolve(base, ["model.decoding=graph"]).model.decoding == "graph"
     with pytest.raises(UserError, match="model.decoding"):
         resolve(base, ["model.decoding=fastest"])
+
+
+@pytest.mark.parametrize("architecture,heads", [("llama", 4), ("qwen2", 4), ("qwen3", 4),
+                                                ("llama", 3)])
+def test_fused_decode_forward_is_the_models_forward(architecture, heads):
+    """One decode step through `FusedDecodeForward` (q/k/v and gate/up as one GEMM, GQA packed
+    into the query axis) = the model's own forward with the same static cache: logits and the
+    keys/values written, for grouped (4 heads, 2 kv heads) and plain (3 heads) attention."""
+    m = tiny_random_model(VOCAB, hidden_size=48, num_layers=2, num_heads=heads, seed=5,
+                          architecture=architecture).eval()
+    b, length, width = 3, 16, 5
+    ids = torch.randint(1, VOCAB, (b, width), generator=torch.Generator().manual_seed(0))
+    valid = torch.zeros(b, length, dtype=torch.bool)
+    valid[:, :width + 1] = True
+    valid[0, :2] = False  # row 0 is left-padded by two columns
+    token = torch.tensor([3, 4, 5])
+    position = valid.long().sum(-1, keepdim=True) - 1
+    prompt = valid.clone()
+    prompt[:, width:] = False
+    cols, rows = torch.arange(length), torch.arange(width)
+    attn = ((cols[None, :] <= rows[:, None])[None] & prompt[:, None, :]) | (
+        cols[None, :] == rows[:, None])[None]  # the decoder's prefill mask
+    caches = []
+    for _ in range(2):
+        c = graph_decode.StaticKVCache(m, b, length)
+        c.columns = torch.arange(width)
+        with torch.no_grad():
+            m(input_ids=ids, position_ids=(prompt[:, :width].long().cumsum(-1) - 1).clamp(min=0),
+              attention_mask=attn[:, None], use_cache=True,
+              **{graph_decode._cache_kwarg(type(m)): c})
+        c.columns = torch.tensor([width])
+        caches.append(c)
+    kw = {graph_decode._cache_kwarg(type(m)): caches[0]}
+    with torch.no_grad():
+        want = m(input_ids=token[:, None], position_ids=position,
+                 attention_mask=valid[:, None, None, :], use_cache=True, **kw).logits[:, -1]
+        got = graph_decode.FusedDecodeForward(m)(token, position, valid, caches[1])
+    assert got.shape == (b, VOCAB)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for k0, k1 in zip(caches[0].keys + caches[0].values, caches[1].keys + caches[1].values):
+        torch.testing.assert_close(k1, k0, atol=1e-6, rtol=1e-6)
+
+
+def test_fused_weights_follow_an_updated_policy():
+    """The trainer updates the weights in place between rollouts: the fast decoder (kept, its
+    graph reads the same addresses) must decode with the new weights, as the plain path does."""
+    m = tiny_random_model(VOCAB, hidden_size=32, num_layers=2, num_heads=4, seed=6)
+    fast = HFEngine(m, TOK, [STOP], max_batch_size=8, fast=True)
+    plain = HFEngine(m, TOK, [STOP], max_batch_size=8, fast=False)
+    reqs = _requests()
+    before = _tokens(fast.generate(reqs, 2, SAMPLED))
+    (dec,) = fast._decoders.values()
+    assert dec.fused is not None
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.5)
+    after = _tokens(fast.generate(reqs, 2, SAMPLED))
+    assert fast._decoders[next(iter(fast._decoders))] is dec  # the same decoder, refreshed
+    assert after == _tokens(plain.generate(reqs, 2, SAMPLED))
+    assert after != before

@@ -166,3 +166,39 @@ def test_old_logprob_pass_runs_when_needed(smol_tokenizer, monkeypatch, method, 
     m = _update(tr, trajs)
     assert len(calls) == 1 and m["time/old_logprobs"] > 0
     assert tr.state.optimizer_steps == minibatches * epochs
+
+
+@pytest.mark.parametrize("packing,device,dtype,attn,want", [
+    ("auto", "cuda", "bfloat16", "sdpa", True),  # FlashAttention varlen: one kernel a layer
+    ("auto", "cuda", "float16", "sdpa", True),
+    ("auto", "cuda", "float32", "sdpa", False),  # one SDPA call per sequence: padded is faster
+    ("auto", "cuda", "float32", "flash_attention_2", True),
+    ("auto", "cpu", "bfloat16", "sdpa", False),
+    ("on", "cpu", "float32", "sdpa", True),
+    ("off", "cuda", "bfloat16", "sdpa", False),
+])
+def test_packing_auto_is_on_where_packed_attention_is_one_kernel(packing, device, dtype, attn,
+                                                                 want):
+    from prefix_rft.config import ModelConfig
+
+    cfg = ModelConfig(name_or_path="m", packing=packing, dtype=dtype, attn_implementation=attn)
+    assert trainer_mod.use_packing(cfg, torch.device(device)) is want
+
+
+def test_fused_adamw_only_for_plain_cuda_parameters():
+    cpu = [torch.nn.Parameter(torch.zeros(2))]
+    assert not trainer_mod._fused_adamw(cpu)
+    assert not trainer_mod._fused_adamw([])
+    opt, _ = trainer_mod.make_optimizer(cpu, trainer_mod.OptimConfig(), 1)
+    assert not opt.param_groups[0].get("fused")
+
+
+def test_compile_layers_wraps_every_decoder_layer():
+    from prefix_rft.errors import UserError
+    from prefix_rft.models import tiny_random_model
+
+    m = tiny_random_model(64, hidden_size=16, num_layers=3, num_heads=2)
+    assert trainer_mod.compile_layers(m) == 3
+    assert all(layer._compiled_call_impl is not None for layer in m.model.layers)
+    with pytest.raises(UserError, match="model.compile_layers"):
+        trainer_mod.compile_layers(torch.nn.Linear(2, 2))

