@@ -238,11 +238,9 @@ def main(argv=None) -> dict:
         model = AutoModelForCausalLM.from_config(cfg, dtype=pdtype, attn_implementation=a.attn_impl)
     model.train()
     if a.checkpointing:
-        kw = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
-            model.activation_checkpointing_enable(kw)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+        from prefix_rft.models import enable_activation_checkpointing
+
+        enable_activation_checkpointing(model)
     if a.compile:
         for layer in getattr(model, model.base_model_prefix).layers:
             layer.compile()

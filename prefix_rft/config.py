@@ -60,8 +60,20 @@ class ModelConfig:
         "micro-batch is one row, attention per sequence, a chunked log-softmax head that keeps no "
         "[tokens, vocab] logits for backward. The same loss and gradient as padded micro-batches "
         "(up to float rounding), less memory and compute; auto = on for CUDA with bfloat16/float16 "
-        "weights (FlashAttention varlen, one kernel per layer), off elsewhere (float32 packed "
+        "weights or model.autocast (FlashAttention varlen, one kernel per layer), off elsewhere (float32 packed "
         "rows would run one attention call per sequence; padded batches are faster there).",
+    )
+    autocast: Literal["off", "bfloat16"] = _f(
+        "off",
+        "Mixed precision of the training passes (old log-probs, entropies, backward, demo NLL): "
+        "their forward runs under torch.autocast in bfloat16 while the weights, gradients and "
+        "AdamW state stay in model.dtype (float32 master weights; requires dtype float32). "
+        "Rollouts and evaluation keep model.dtype.",
+    )
+    activation_checkpointing: bool = _f(
+        False,
+        "Recompute each decoder layer's activations during backward instead of keeping them "
+        "(less memory for long sequences, about one more forward of compute).",
     )
     compile_layers: bool = _f(
         False,
@@ -642,6 +654,9 @@ def validate(cfg: Config, where: str = "") -> None:
     check_world(cfg, pl.processes())
     if cfg.tracking.timeout_s < 1:
         bad("tracking.timeout_s", "must be >= 1")
+    if cfg.model.autocast != "off" and cfg.model.dtype != "float32":
+        bad("model.autocast", f"{cfg.model.autocast} autocast keeps float32 master weights: it "
+            f"needs model.dtype float32, got {cfg.model.dtype}")
     for name, opt in (("rl", cfg.rl.optim), ("sft", cfg.sft.optim), ("relift", cfg.relift.optim)):
         if len(opt.betas) != 2:
             bad(f"{name}.optim.betas", "expected two numbers")

@@ -19,6 +19,8 @@ The trainer's scoring, backward and demo-NLL passes all go through it.
 
 from __future__ import annotations
 
+import contextlib
+
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -381,11 +383,19 @@ class _ChunkedLogprobHead(torch.autograd.Function):
                 ent[s : s + chunk] = lse - (torch.softmax(x, dim=-1) * x).sum(-1)
         ctx.save_for_backward(hidden, weight, bias, targets)
         ctx.temperature, ctx.chunk = temperature, chunk
+        dev = hidden.device.type  # backward recomputes the logits as the forward did (autocast)
+        ctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
         ctx.mark_non_differentiable(ent)
         return logp, ent
 
     @staticmethod
     def backward(ctx, g_logp, g_ent):
+        dev, enabled, dtype = ctx.autocast
+        with torch.autocast(dev, dtype=dtype, enabled=enabled):
+            return _ChunkedLogprobHead._backward(ctx, g_logp)
+
+    @staticmethod
+    def _backward(ctx, g_logp):
         hidden, weight, bias, targets = ctx.saved_tensors
         t, chunk = ctx.temperature, ctx.chunk
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -544,27 +554,38 @@ class Pass:
         return out
 
 
+def _autocast(model, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=dtype)
+
+
 def passes(model, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], *,
            pad_id: int, micro_batch_size: int, temperature: float, with_entropy: bool,
-           chunk: int = 1024, packed: bool = False):
+           chunk: int = 1024, packed: bool = False, autocast: torch.dtype | None = None):
     """(offset, Pass) per micro-batch of `micro_batch_size` rows: padded (`collate`) or packed
     into one padding-free row (`packed_logprobs`). Differentiable under grad mode; entropies are
-    never differentiated."""
+    never differentiated. `autocast`: run each forward under torch.autocast in this dtype (the
+    backward follows the recorded dtypes; log-probs come out in float32 either way)."""
     for s in range(0, len(prompts), micro_batch_size):
         ps, rs = prompts[s : s + micro_batch_size], responses[s : s + micro_batch_size]
         lens = [len(r) for r in rs]
         if packed:  # no batch when every response is empty: nothing to score
             for b in pack_sequences(ps, rs, max_tokens=None):
-                logp, ent = packed_logprobs(model, b, temperature=temperature,
-                                            with_entropy=with_entropy, chunk=chunk)
-                yield s, Pass(logp, ent, lens, b)
+                with _autocast(model, autocast):
+                    logp, ent = packed_logprobs(model, b, temperature=temperature,
+                                                with_entropy=with_entropy, chunk=chunk)
+                yield s, Pass(logp.float(), None if ent is None else ent.float(), lens, b)
             continue
         mb = collate(ps, rs, pad_id)
-        logits = response_logits(model, mb)
+        with _autocast(model, autocast):
+            logits = response_logits(model, mb)
+        if autocast is not None:  # the head ran in `autocast`; the softmax runs in float32
+            logits = logits.float()
         logp = logprobs_from_logits(logits, mb.response_ids, temperature)
         ent = entropy_from_logits(logits, temperature, chunk) if with_entropy else None
         del logits
-        yield s, Pass(logp, ent, lens)
+        yield s, Pass(logp.float(), None if ent is None else ent.float(), lens)
 
 
 @torch.no_grad()
@@ -579,14 +600,15 @@ def score(
     with_entropy: bool,
     chunk: int = 1024,
     packed: bool = False,
+    autocast: torch.dtype | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """No-grad log-probs (and entropies) of every response token, one 1-D CPU tensor per row,
-    through `passes` (padded, or `packed`)."""
+    through `passes` (padded, or `packed`; under `autocast` if given)."""
     logps = [torch.zeros(0) for _ in prompts]
     ents = [torch.zeros(0) for _ in prompts] if with_entropy else None
     for s, ps in passes(model, prompts, responses, pad_id=pad_id, micro_batch_size=micro_batch_size,
                         temperature=temperature, with_entropy=with_entropy, chunk=chunk,
-                        packed=packed):
+                        packed=packed, autocast=autocast):
         for j, x in enumerate(ps.rows(ps.logp.cpu())):
             logps[s + j] = x.clone()
         if ents is not None:

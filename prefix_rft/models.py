@@ -373,6 +373,17 @@ def load_policy(
 # --------------------------------------------------------------------------------------------
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each decoder layer in backward (non-reentrant checkpointing, transformers'
+    per-layer switch; the name changed in transformers 5.2x). Active in train mode only, so
+    generation in eval mode is unaffected."""
+    kw = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(kw)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+
+
 def tiny_random_model(
     vocab_size: int,
     *,

@@ -400,8 +400,10 @@ def training_histories(tracker, runs: list[dict], keys=TRAINING_CURVES) -> dict[
 def training_curves_figure(histories: dict[str, dict[str, list[tuple[int, float]]]],
                            keys=TRAINING_CURVES):
     """One panel per metric of `keys` that some run logged, side by side (x = training step),
-    one line per run. A plain matplotlib `Figure`."""
+    one line per run, in the same colour in every panel. A plain matplotlib `Figure`."""
     from matplotlib.figure import Figure
+
+    colour = {label: f"C{i % 10}" for i, label in enumerate(histories)}
 
     present = [k for k in keys if any(h.get(k) for h in histories.values())]
     if not present:
@@ -414,7 +416,7 @@ def training_curves_figure(histories: dict[str, dict[str, list[tuple[int, float]
             points = sorted(h.get(key) or [])
             if points:
                 steps, values = zip(*points)
-                ax.plot(steps, values, marker=".", label=label)
+                ax.plot(steps, values, marker=".", label=label, color=colour[label])
         ax.set_title(key)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)

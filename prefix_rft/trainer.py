@@ -125,13 +125,13 @@ def _lr_lambda(opt_cfg: OptimConfig, total_steps: int):
 
 def use_packing(model_cfg, device: torch.device) -> bool:
     """`model.packing`: on / off as given; auto = on where packed attention is one kernel per
-    layer (CUDA, bfloat16/float16 weights or a flash_attention_* model), else off: in float32
+    layer (CUDA, bfloat16/float16 weights or autocast, or a flash_attention_* model), else off: in float32
     the packed pass runs one SDPA call per sequence (`lp.varlen_attention_forward`), which for
     256 short trajectories is several times slower than padded micro-batches."""
     if model_cfg.packing != "auto":
         return model_cfg.packing == "on"
     return device.type == "cuda" and (
-        model_cfg.dtype in ("bfloat16", "float16")
+        model_cfg.dtype in ("bfloat16", "float16") or model_cfg.autocast != "off"
         or model_cfg.attn_implementation.startswith("flash_attention")
     )
 
@@ -237,6 +237,8 @@ class Trainer:
         random.seed(cfg.seed)
         self.device = D.device_for(cfg.model.device)
         self.packed = use_packing(cfg.model, self.device)  # padding-free passes (`lp.passes`)
+        # mixed precision of the training passes (float32 master weights): `model.autocast`
+        self.autocast = None if cfg.model.autocast == "off" else getattr(torch, cfg.model.autocast)
         if tokenizer is None:
             tokenizer = models.load_tokenizer(cfg.model.name_or_path, chat_template=cfg.model.chat_template)
         self.tokenizer = tokenizer
@@ -251,6 +253,8 @@ class Trainer:
                 )
         self.model = D.shard(model.to(self.device))  # FSDP2 under torchrun, else unchanged
         self.model.train()
+        if cfg.model.activation_checkpointing:
+            models.enable_activation_checkpointing(self.model)
         if cfg.model.compile_layers:
             compile_layers(self.model)
         demos = needs_demos(cfg)
@@ -527,7 +531,7 @@ class Trainer:
         return lp.passes(self.model, prompts, responses, pad_id=self.pad_id,
                          micro_batch_size=micro, temperature=temperature,
                          with_entropy=with_entropy, chunk=self.cfg.loss.entropy_chunk_size,
-                         packed=self.packed)
+                         packed=self.packed, autocast=self.autocast)
 
     def _score_ids(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
                    micro: int, temperature: float, with_entropy: bool):
@@ -535,7 +539,7 @@ class Trainer:
         return lp.score(self.model, prompts, responses, pad_id=self.pad_id,
                         temperature=temperature, micro_batch_size=micro,
                         with_entropy=with_entropy, chunk=self.cfg.loss.entropy_chunk_size,
-                        packed=self.packed)
+                        packed=self.packed, autocast=self.autocast)
 
     def _score(self, trajs: Sequence[Trajectory], with_entropy: bool, micro: int, temperature: float):
         return self._score_ids([t.prompt_ids for t in trajs], [t.response_ids for t in trajs],

@@ -260,15 +260,19 @@ if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -l 2 > "$MEMLOG" 2>/dev/null &
   SAMPLER=$!
 fi
+LANES=()
 for ((i = 0; i < JOBS; i++)); do
   if [ "$JOBS" = 1 ]; then
     lane "$i" "$@" 2>&1 | tee "$STUDY_DIR/logs/lane$i.out"
   else
     lane "$i" "$@" 2>&1 | sed -u "s/^/[lane $i] /" | tee "$STUDY_DIR/logs/lane$i.out" &
+    LANES+=($!)
     sleep 1
   fi
 done
-wait
+# the lanes only: a bare `wait` would also wait for the memory sampler, which never ends (the
+# call then ran into its time limit after the last run, without the final summary)
+[ ${#LANES[@]} -gt 0 ] && wait "${LANES[@]}"
 if [ -n "$SAMPLER" ]; then
   kill "$SAMPLER" 2>/dev/null
   echo "peak GPU memory used during this call: $(sort -n "$MEMLOG" | tail -1) MiB ($MEMLOG)"

@@ -3,7 +3,8 @@ benchmarks/gpu/study.sh writes (one row per run: config, method, seed, card, dat
 scores per epoch and level with the bootstrap CI).
 
     python benchmarks/gpu/study_table.py round1/summary.json round2/summary.json > table.md
-    python benchmarks/gpu/study_table.py round1/summary.json --db round1/mlflow.db \
+    python benchmarks/gpu/study_table.py round1/summary.json round2/summary.json \
+        --db round1/mlflow.db --db round2/mlflow.db \
         --curves docs/figures/study_curves.png      # + the training curves of those runs
 
 Prints (1) one row per run with the command that reproduces it and its final-epoch score per level
@@ -103,18 +104,26 @@ def tables(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-def curves(rows: list[dict], db: str, out: str) -> None:
+def curves(rows: list[dict], dbs: list[str], out: str) -> None:
     """Reward, demo NLL, loss and prefix advantage over training steps, one line per finished run
     (`prefix_rft.report.training_curves_figure`, as the notebook draws them), from the sqlite
-    MLflow file that study.sh returns."""
+    MLflow files that study.sh returns (one per round: a run is read from the file that has it)."""
     from prefix_rft import report
     from prefix_rft.tracking import Tracker
 
     ok = [r for r in rows if r.get("rc") == 0 and r.get("mlflow_run_id")]
-    tracker = Tracker(f"sqlite:///{Path(db).resolve()}", check=False)
-    hist = {f"{r.get('method')} s{r.get('seed')}": {
-        k: h for k in report.TRAINING_CURVES if (h := tracker.metric_history(r["mlflow_run_id"], k))}
-        for r in ok}
+    trackers = [Tracker(f"sqlite:///{Path(db).resolve()}", check=False) for db in dbs]
+
+    def history(run_id: str) -> dict:
+        for t in trackers:
+            try:
+                t.client.get_run(run_id)
+            except Exception:  # noqa: BLE001 - not in this file
+                continue
+            return {k: h for k in report.TRAINING_CURVES if (h := t.metric_history(run_id, k))}
+        raise SystemExit(f"MLflow run {run_id} is in none of {', '.join(dbs)}")
+
+    hist = {f"{r.get('method')} s{r.get('seed')}": history(r["mlflow_run_id"]) for r in ok}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     report.training_curves_figure(hist).savefig(out, dpi=110)
 
@@ -122,7 +131,8 @@ def curves(rows: list[dict], db: str, out: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("summaries", nargs="+", help="summary.json files from study.sh")
-    ap.add_argument("--db", help="the mlflow.db of those runs (for --curves)")
+    ap.add_argument("--db", action="append", default=[],
+                    help="an mlflow.db holding those runs (for --curves; repeat for several rounds)")
     ap.add_argument("--curves", help="write the training-curves figure (PNG) here")
     args = ap.parse_args(argv)
     rows = load(args.summaries)

@@ -132,8 +132,6 @@ class FusedDecodeForward:
                               else w.new_empty(self.q_out + 2 * self.kv_out))
             g = m.gate_proj.weight
             self.gate_up_w.append(g.new_empty((2 * self.mlp_out, g.shape[1])))
-            if m.gate_proj.bias is not None:
-                raise ValueError("fused decoding: MLPs with biases are not supported")
         self.refresh()
 
     @torch.no_grad()
@@ -175,6 +173,8 @@ class FusedDecodeForward:
 
 
 def _fusable(model) -> bool:
+    """Whether `FusedDecodeForward` can run `model` (a Llama-style decoder without MLP biases);
+    otherwise the decode step runs the model's own forward."""
     inner = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     if not layers or not hasattr(model, "lm_head"):
@@ -183,6 +183,7 @@ def _fusable(model) -> bool:
     layer = layers[0]
     return (all(hasattr(layer.self_attn, n) for n in names)
             and all(hasattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn"))
+            and layer.mlp.gate_proj.bias is None and layer.mlp.up_proj.bias is None
             and hasattr(inner, "rotary_emb"))
 
 

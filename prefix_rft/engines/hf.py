@@ -20,7 +20,8 @@ two perturbed scores tie to within that error. Temperature 0 is plain argmax.
 Fast path (`fast=True`; default: on for CUDA where `graph_decode.supports` the model): our own
 static-KV-cache decode loop (`prefix_rft/engines/graph_decode.py`) whose whole step -- forward,
 the same temperature / top-p / Gumbel-max sampling, log-probs, stop and limit bookkeeping -- is
-one CUDA graph, compiled with inductor first (`compile`). Capturing (and compiling) happens on
+one CUDA graph, compiled with inductor first (`compile`). The step's forward is
+`graph_decode.FusedDecodeForward` (q/k/v and gate/up one GEMM each, GQA packed; `fused`). Capturing (and compiling) happens on
 the first chunk of a new shape or sampling setting (seconds to tens of seconds on a GPU), so call
 `warmup()` once per process before timing anything. Shapes are bucketed so that captures stay
 few: a chunk's rows are padded with idle rows up to a power of two (at least 8, at most

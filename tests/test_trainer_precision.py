@@ -1,0 +1,96 @@
+"""Memory and precision options of the training passes (tiny random model, float32, CPU):
+
+* `model.activation_checkpointing`: every decoder layer recomputes its activations in backward;
+  the SFT step's update equals the one without (measured 0; tolerance 1e-6 relative).
+* `model.autocast: bfloat16`: the passes' forward runs in bfloat16 while weights, gradients and
+  AdamW state stay float32 (master weights). The step is not the float32 one (bf16 rounding
+  changes the loss in its 3rd-4th digit) but moves every parameter the same way (cosine of the
+  two updates > 0.99), padded and packed (the chunked log-prob head recomputes its logits in
+  backward under the forward's autocast, else its bf16 hidden states meet float32 weights).
+* autocast needs float32 weights: bf16 weights with it fail at start-up, naming the key.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prefix_rft.errors import UserError
+from tests.test_trainer import _cfg, _trainer
+from tests.test_trainer_packed import SFT, _params
+
+RL = {"rollout": {"n_prefixed": 1, "max_response_len": 16},
+      "rl": {"steps": 1, "num_minibatches": 1, "micro_batch_size": 8, "optim": {"lr": 1e-3}}}
+
+
+def _delta(start, end):
+    return torch.cat([(end[k] - start[k]).flatten() for k in start])
+
+
+def test_activation_checkpointing_gives_the_same_update(smol_tokenizer):
+    on = _trainer(_cfg("sft", model={"activation_checkpointing": True}, **SFT), smol_tokenizer)
+    off = _trainer(_cfg("sft", **SFT), smol_tokenizer)
+    layers = on.model.model.layers
+    assert all(layer.gradient_checkpointing for layer in layers)
+    assert not any(layer.gradient_checkpointing for layer in off.model.model.layers)
+    start = _params(off.model)
+    m_on, m_off = on.sft_step(), off.sft_step()
+    assert m_off["loss"] > 0 and m_on["loss"] == pytest.approx(m_off["loss"], rel=1e-6)
+    for k, b in _params(off.model).items():
+        a = _params(on.model)[k]
+        assert float((a - b).norm()) <= 1e-6 * float(b.norm()), k
+    assert float(_delta(start, _params(off.model)).norm()) > 0
+
+
+@pytest.mark.parametrize("method,over", [("sft", SFT), ("prefix_rft", RL)])
+@pytest.mark.parametrize("packing", ["off", "on"])
+def test_bf16_autocast_keeps_float32_master_weights(smol_tokenizer, method, over, packing):
+    amp = _trainer(_cfg(method, model={"autocast": "bfloat16", "packing": packing}, **over),
+                   smol_tokenizer)
+    ref = _trainer(_cfg(method, model={"packing": packing}, **over), smol_tokenizer)
+    assert amp.autocast is torch.bfloat16 and ref.autocast is None
+    start = _params(ref.model)
+    step = (lambda t: t.sft_step()) if method == "sft" else (lambda t: t.rl_step())
+    m_amp, m_ref = step(amp), step(ref)
+    assert all(p.dtype == torch.float32 for p in amp.model.parameters())
+    state = [s for s in amp.opt.state.values()]
+    assert state and all(s["exp_avg"].dtype == torch.float32 for s in state)
+    if method == "sft":  # an RL step's loss is ~0 at a random policy; the update still moves
+        assert m_amp["loss"] != m_ref["loss"]  # the passes really ran in bf16
+        assert m_amp["loss"] == pytest.approx(m_ref["loss"], rel=2e-2)
+    d_amp, d_ref = _delta(start, _params(amp.model)), _delta(start, _params(ref.model))
+    assert float(d_ref.norm()) > 0
+    assert float(torch.nn.functional.cosine_similarity(d_amp, d_ref, dim=0)) > 0.99
+
+
+def test_autocast_needs_float32_weights():
+    with pytest.raises(UserError, match="model.autocast.*float32"):
+        _cfg("sft", model={"autocast": "bfloat16", "dtype": "bfloat16"})
+
+
+def test_chunked_head_backward_recomputes_under_the_forwards_autocast():
+    """bf16 hidden states (what a decoder whose final norm returns its input dtype hands over
+    under autocast) with float32 head weights: the chunked head's backward recomputes its logits
+    under the forward's autocast, so gradients equal autograd through the same bf16 logits."""
+    from prefix_rft.logprobs import _ChunkedLogprobHead
+
+    g = torch.Generator().manual_seed(0)
+    h0 = torch.randn(10, 16, generator=g).bfloat16()
+    w0 = torch.randn(40, 16, generator=g)
+    targets = torch.randint(0, 40, (10,), generator=g)
+    grads = []
+    for fused in (True, False):
+        h, w = h0.clone().requires_grad_(), w0.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if fused:
+                logp, _ = _ChunkedLogprobHead.apply(h, w, None, targets, 0.7, 4, False)
+            else:
+                x = torch.nn.functional.linear(h, w).float() / 0.7
+                logp = x.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(x, dim=-1)
+        (logp * torch.linspace(0.5, 1.5, 10)).sum().backward()
+        grads.append((logp.detach(), h.grad, w.grad))
+    (lf, hf, wf), (lr, hr, wr) = grads
+    assert hf.dtype == torch.bfloat16 and wf.dtype == torch.float32
+    torch.testing.assert_close(lf, lr, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hf.float(), hr.float(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(wf, wr, atol=2e-2, rtol=2e-2)
