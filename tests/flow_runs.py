@@ -20,6 +20,11 @@ os.environ["METAFLOW_CARD_LOCALROOT"] = os.path.join(_MF_ROOT, "cards")
 os.environ["METAFLOW_USER"] = "tester"
 
 from metaflow import Runner, namespace  # noqa: E402, F401 (namespace: for the tests)
+import metaflow.runner.click_api  # noqa: E402, F401  (loads Metaflow's vendored typing_extensions now)
+
+from prefix_rft.torch_compat import restore_typing  # noqa: E402
+
+restore_typing()  # ...whose patch of `typing` breaks torch modules imported later in this session
 
 from tests import pipeline_configs  # noqa: E402
 

@@ -112,7 +112,6 @@ class FusedDecodeForward:
     def __init__(self, model):
         import sys
 
-        self.model = model
         inner = model.get_decoder() if hasattr(model, "get_decoder") else model.model
         self.embed, self.norm, self.rotary = inner.embed_tokens, inner.norm, inner.rotary_emb
         self.head = model.lm_head
@@ -231,6 +230,10 @@ class GraphDecoder:
         self.stop = torch.tensor(sorted(set(int(i) for i in stop_ids)), dtype=torch.long, device=dev)
         step = self._step
         if compile:
+            if compile == "inductor":
+                from prefix_rft.torch_compat import ensure_inductor_importable
+
+                ensure_inductor_importable()
             # Every decoder (shape x sampling setting) compiles `_step` once more; dynamo's default
             # of 8 entries per code object would silently run later decoders uncompiled.
             cfg = torch._dynamo.config
