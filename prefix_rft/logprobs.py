@@ -20,7 +20,6 @@ The trainer's scoring, backward and demo-NLL passes all go through it.
 from __future__ import annotations
 
 import contextlib
-
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass

@@ -125,8 +125,8 @@ def _lr_lambda(opt_cfg: OptimConfig, total_steps: int):
 
 def use_packing(model_cfg, device: torch.device) -> bool:
     """`model.packing`: on / off as given; auto = on where packed attention is one kernel per
-    layer (CUDA, bfloat16/float16 weights or autocast, or a flash_attention_* model), else off: in float32
-    the packed pass runs one SDPA call per sequence (`lp.varlen_attention_forward`), which for
+    layer (CUDA, bfloat16/float16 weights or autocast, or a flash_attention_* model), else off:
+    in float32 the packed pass runs one SDPA call per sequence (`lp.varlen_attention_forward`), which for
     256 short trajectories is several times slower than padded micro-batches."""
     if model_cfg.packing != "auto":
         return model_cfg.packing == "on"

@@ -19,8 +19,8 @@ os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = _MF_ROOT
 os.environ["METAFLOW_CARD_LOCALROOT"] = os.path.join(_MF_ROOT, "cards")
 os.environ["METAFLOW_USER"] = "tester"
 
-from metaflow import Runner, namespace  # noqa: E402, F401 (namespace: for the tests)
 import metaflow.runner.click_api  # noqa: E402, F401  (loads Metaflow's vendored typing_extensions now)
+from metaflow import Runner, namespace  # noqa: E402, F401 (namespace: for the tests)
 
 from prefix_rft.torch_compat import restore_typing  # noqa: E402
 

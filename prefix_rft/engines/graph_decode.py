@@ -145,7 +145,7 @@ class FusedDecodeForward:
             torch.cat([m.gate_proj.weight, m.up_proj.weight], out=gu)
 
     def __call__(self, token: torch.Tensor, position: torch.Tensor, valid: torch.Tensor,
-                 cache: "StaticKVCache") -> torch.Tensor:
+                 cache: StaticKVCache) -> torch.Tensor:
         f = torch.nn.functional
         b, d = token.shape[0], self.head_dim
         h = self.embed(token[:, None])  # [B, 1, hidden]

@@ -21,9 +21,9 @@ Fast path (`fast=True`; default: on for CUDA where `graph_decode.supports` the m
 static-KV-cache decode loop (`prefix_rft/engines/graph_decode.py`) whose whole step -- forward,
 the same temperature / top-p / Gumbel-max sampling, log-probs, stop and limit bookkeeping -- is
 one CUDA graph, compiled with inductor first (`compile`). The step's forward is
-`graph_decode.FusedDecodeForward` (q/k/v and gate/up one GEMM each, GQA packed; `fused`). Capturing (and compiling) happens on
-the first chunk of a new shape or sampling setting (seconds to tens of seconds on a GPU), so call
-`warmup()` once per process before timing anything. Shapes are bucketed so that captures stay
+`graph_decode.FusedDecodeForward` (q/k/v and gate/up one GEMM each, GQA packed; `fused`).
+Capturing (and compiling) happens on the first chunk of a new shape or sampling setting (seconds
+to tens of seconds on a GPU), so call `warmup()` once per process before timing anything. Shapes are bucketed so that captures stay
 few: a chunk's rows are padded with idle rows up to a power of two (at least 8, at most
 `max_batch_size`) and the cache length is rounded up to a multiple of `CACHE_BUCKET` tokens; the
 last `MAX_DECODERS` (shape, sampling) decoders are kept. Graphs read the weights where they were
