@@ -242,8 +242,9 @@ def main(argv=None) -> dict:
 
         enable_activation_checkpointing(model)
     if a.compile:
-        for layer in getattr(model, model.base_model_prefix).layers:
-            layer.compile()
+        from prefix_rft.trainer import compile_layers
+
+        compile_layers(model)  # what model.compile_layers does in the trainer
     n_params = sum(p.numel() for p in model.parameters())
     opt = None if a.no_optimizer else torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type == "cuda")
     rows_per_step = a.micro_rows * a.accum

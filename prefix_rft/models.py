@@ -373,6 +373,14 @@ def load_policy(
 # --------------------------------------------------------------------------------------------
 
 
+def decoder_of(model):
+    """The decoder stack of a causal LM (embeddings, `layers`, final norm): transformers'
+    `get_decoder()`, else the model's `model` attribute, else the model itself."""
+    if hasattr(model, "get_decoder"):
+        return model.get_decoder()
+    return getattr(model, "model", model)
+
+
 def enable_activation_checkpointing(model) -> None:
     """Recompute each decoder layer in backward (non-reentrant checkpointing, transformers'
     per-layer switch; the name changed in transformers 5.2x). Active in train mode only, so

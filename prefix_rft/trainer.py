@@ -139,10 +139,10 @@ def use_packing(model_cfg, device: torch.device) -> bool:
 def compile_layers(model) -> int:
     """torch.compile each decoder layer in place (the training passes and the prefill run them;
     the fast path's decode step has its own compiled forward). Returns how many."""
+    from prefix_rft.models import decoder_of
     from prefix_rft.torch_compat import ensure_inductor_importable
 
-    inner = model.get_decoder() if hasattr(model, "get_decoder") else model
-    layers = getattr(inner, "layers", None)
+    layers = getattr(decoder_of(model), "layers", None)
     if layers is None:
         raise UserError(f"model.compile_layers: {type(model).__name__} has no decoder layers")
     ensure_inductor_importable()

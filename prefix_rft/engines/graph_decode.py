@@ -46,6 +46,8 @@ from collections.abc import Callable
 
 import torch
 
+from prefix_rft.models import decoder_of
+
 log = logging.getLogger(__name__)
 
 CHECK_EVERY = 8
@@ -112,7 +114,7 @@ class FusedDecodeForward:
     def __init__(self, model):
         import sys
 
-        inner = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+        inner = decoder_of(model)
         self.embed, self.norm, self.rotary = inner.embed_tokens, inner.norm, inner.rotary_emb
         self.head = model.lm_head
         self.layers = list(inner.layers)
@@ -174,7 +176,7 @@ class FusedDecodeForward:
 def _fusable(model) -> bool:
     """Whether `FusedDecodeForward` can run `model` (a Llama-style decoder without MLP biases);
     otherwise the decode step runs the model's own forward."""
-    inner = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    inner = decoder_of(model)
     layers = getattr(inner, "layers", None)
     if not layers or not hasattr(model, "lm_head"):
         return False
