@@ -528,21 +528,24 @@ class Trainer:
                 t.advantage = a
 
     # ------------------------------------------------------------------ update machinery
+    def _pass_options(self, micro: int, temperature: float, with_entropy: bool) -> dict:
+        """What every training pass shares: this trainer's padding id, entropy chunk,
+        `model.packing` and `model.autocast` (keyword arguments of `lp.passes` / `lp.score`)."""
+        return {"pad_id": self.pad_id, "micro_batch_size": micro, "temperature": temperature,
+                "with_entropy": with_entropy, "chunk": self.cfg.loss.entropy_chunk_size,
+                "packed": self.packed, "autocast": self.autocast}
+
     def _passes(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
                 micro: int, temperature: float, with_entropy: bool):
-        """`lp.passes` with this trainer's model, padding id, entropy chunk and `model.packing`."""
-        return lp.passes(self.model, prompts, responses, pad_id=self.pad_id,
-                         micro_batch_size=micro, temperature=temperature,
-                         with_entropy=with_entropy, chunk=self.cfg.loss.entropy_chunk_size,
-                         packed=self.packed, autocast=self.autocast)
+        """`lp.passes` of this trainer's model (differentiable: backward)."""
+        return lp.passes(self.model, prompts, responses,
+                         **self._pass_options(micro, temperature, with_entropy))
 
     def _score_ids(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
                    micro: int, temperature: float, with_entropy: bool):
-        """`lp.score` with the same settings as `_passes`."""
-        return lp.score(self.model, prompts, responses, pad_id=self.pad_id,
-                        temperature=temperature, micro_batch_size=micro,
-                        with_entropy=with_entropy, chunk=self.cfg.loss.entropy_chunk_size,
-                        packed=self.packed, autocast=self.autocast)
+        """`lp.score` of this trainer's model (no grad: old log-probs, entropies, demo NLL)."""
+        return lp.score(self.model, prompts, responses,
+                        **self._pass_options(micro, temperature, with_entropy))
 
     def _score(self, trajs: Sequence[Trajectory], with_entropy: bool, micro: int, temperature: float):
         return self._score_ids([t.prompt_ids for t in trajs], [t.response_ids for t in trajs],
