@@ -473,16 +473,10 @@ def write_profile(path: Path, profiles: dict, rows: int = 40) -> None:
     parts = []
     for name, prof in profiles.items():
         avg = prof.key_averages()
-        keys = ("self_device_time_total", "self_cuda_time_total") if torch.cuda.is_available() else ()
-        done = False
-        for key in keys + ("self_cpu_time_total",):
-            if done and key == "self_cuda_time_total":
-                continue  # the older name of the device-time column
-            try:
-                parts.append(f"== {name}, by {key}\n" + avg.table(sort_by=key, row_limit=rows))
-                done = done or key != "self_cpu_time_total"
-            except (AttributeError, KeyError, ValueError) as e:
-                parts.append(f"== {name}, by {key}: {type(e).__name__}: {e}")
+        keys = (["self_device_time_total"] if torch.cuda.is_available() else []) + [
+            "self_cpu_time_total"]
+        for key in keys:
+            parts.append(f"== {name}, by {key}\n" + avg.table(sort_by=key, row_limit=rows))
     path.write_text("\n\n".join(parts))
     print(f"  profile -> {path}", flush=True)
 
