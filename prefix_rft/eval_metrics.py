@@ -24,6 +24,14 @@ Formulas (problem i has n_i samples, c_i of them correct; P problems):
                            p = (1 + #{|mean(s*d)| >= |mean(d)|}) / (1 + n_boot) with
                            s = default_rng(seed).integers(0, 2, size=(n_boot, P)) * 2 - 1
                            (two-sided paired sign-flip permutation test)
+
+Across independent runs (seeds; x_1..x_n one score per run):
+
+    seed mean and CI       mean = (1/n) sum x_r, s = sqrt(sum (x_r - mean)^2 / (n - 1)),
+                           CI = mean -+ t_{1-alpha/2, n-1} * s / sqrt(n)      (Student's t)
+    difference of methods  diff = mean(b) - mean(a), se^2 = s_a^2/n_a + s_b^2/n_b,
+                           df = se^4 / ((s_a^2/n_a)^2/(n_a-1) + (s_b^2/n_b)^2/(n_b-1)),
+                           CI = diff -+ t_{1-alpha/2, df} * se                (Welch)
 """
 
 from __future__ import annotations
@@ -268,3 +276,72 @@ def summarize(correct: Sequence[Sequence[bool]],
         out["maj_at_n"] = float(maj_at_k(answers, correct))
     out["ci_low"], out["ci_high"] = bootstrap_ci(acc, n_boot=n_boot, seed=seed)
     return out
+
+
+def _t_quantile(q: float, df: float) -> float:
+    from scipy.stats import t  # scipy comes with mlflow; only the seed statistics need it
+
+    return float(t.ppf(q, df))
+
+
+@dataclass
+class SeedSummary:
+    """One method's score over independent runs: the mean, the sample SD and Student's t CI.
+
+    With one run there is no spread: `sd` and `ci` are None (not zero)."""
+
+    n: int
+    mean: float
+    sd: float | None
+    ci: tuple[float, float] | None
+
+
+def seed_summary(values: Sequence[float], *, alpha: float = 0.05) -> SeedSummary:
+    """Mean over runs (seeds) with the t interval mean -+ t_{1-alpha/2, n-1} * s / sqrt(n).
+
+    The unit of variation is the run: the problems are the same in every run, so this CI says how
+    far another seed could land, which a bootstrap over one run's problems cannot."""
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError("seed_summary needs a non-empty 1-D sequence of per-run scores")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"seed_summary needs 0 < alpha < 1, got {alpha}")
+    mean = float(x.mean())
+    if x.size == 1:
+        return SeedSummary(1, mean, None, None)
+    sd = float(x.std(ddof=1))
+    half = _t_quantile(1 - alpha / 2, x.size - 1) * sd / math.sqrt(x.size) if sd > 0 else 0.0
+    return SeedSummary(int(x.size), mean, sd, (mean - half, mean + half))
+
+
+@dataclass
+class SeedDifference:
+    """Method b versus method a over their runs (Welch); diff and its CI are b - a."""
+
+    diff: float
+    ci: tuple[float, float]
+    df: float | None
+    n_a: int
+    n_b: int
+
+
+def welch_difference(a: Sequence[float], b: Sequence[float], *, alpha: float = 0.05) -> SeedDifference:
+    """Difference of two methods' mean scores over independent runs, with Welch's t interval
+    (unequal variances, Welch-Satterthwaite degrees of freedom; formulas in the module doc).
+
+    Needs at least two runs of each method. When neither method varies (both SDs 0) the CI is the
+    difference itself and df is None."""
+    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    for name, x in (("a", xa), ("b", xb)):
+        if x.ndim != 1 or x.size < 2:
+            raise ValueError(f"welch_difference needs at least 2 runs of {name}, got {x.size}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"welch_difference needs 0 < alpha < 1, got {alpha}")
+    diff = float(xb.mean() - xa.mean())
+    va, vb = float(xa.var(ddof=1)) / xa.size, float(xb.var(ddof=1)) / xb.size
+    se2 = va + vb
+    if se2 == 0.0:
+        return SeedDifference(diff, (diff, diff), None, int(xa.size), int(xb.size))
+    df = se2 ** 2 / (va ** 2 / (xa.size - 1) + vb ** 2 / (xb.size - 1))
+    half = _t_quantile(1 - alpha / 2, df) * math.sqrt(se2)
+    return SeedDifference(diff, (diff - half, diff + half), float(df), int(xa.size), int(xb.size))

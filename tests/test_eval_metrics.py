@@ -15,6 +15,7 @@ import pytest
 
 from prefix_rft.eval_metrics import (
     PairedComparison,
+    SeedDifference,
     avg_at_k,
     bootstrap_ci,
     macro_average,
@@ -24,7 +25,9 @@ from prefix_rft.eval_metrics import (
     pass_at_k,
     pass_at_k_table,
     per_problem_accuracy,
+    seed_summary,
     summarize,
+    welch_difference,
 )
 
 T, F = True, False
@@ -349,3 +352,67 @@ def test_summarize_ragged_without_answers():
     assert list(s["pass_at_k"]) == ["1", "2"]
     # 1/2 and 2/6 -> (0.5 + 1/3)/2 = 5/12
     assert s["avg_at_n"] == pytest.approx(5 / 12)
+
+
+# ---------------------------------------------------------------- across seeds (Student / Welch)
+# Two-sided 95% quantiles from a printed t table: t_{0.975, 1} = 12.706, t_{0.975, 2} = 4.303,
+# t_{0.975, 3} = 3.182.
+
+def test_seed_summary_t_interval_by_hand():
+    # x = 0.25, 0.5, 0.75: mean 0.5; s^2 = (0.0625 + 0 + 0.0625) / 2 = 0.0625, s = 0.25;
+    # s / sqrt(3) = 0.144338; half width = 4.303 * 0.144338 = 0.62109
+    r = seed_summary([0.5, 0.75, 0.25])
+    assert r.n == 3 and r.mean == pytest.approx(0.5) and r.sd == pytest.approx(0.25)
+    assert r.ci[0] == pytest.approx(0.5 - 0.62109, abs=2e-4)
+    assert r.ci[1] == pytest.approx(0.5 + 0.62109, abs=2e-4)
+    # two runs: 0.5, 0.75 -> mean 0.625, s = 0.176777, s/sqrt(2) = 0.125, half = 12.706 * 0.125
+    r2 = seed_summary([0.5, 0.75])
+    assert r2.ci == pytest.approx((0.625 - 1.58825, 0.625 + 1.58825), abs=2e-4)
+    # a 90% interval is narrower: t_{0.95, 2} = 2.920 -> half = 2.920 * 0.144338 = 0.42147
+    r90 = seed_summary([0.5, 0.75, 0.25], alpha=0.10)
+    assert r90.ci[1] - 0.5 == pytest.approx(0.42147, abs=2e-4)
+
+
+def test_seed_summary_one_run_has_no_spread_and_equal_runs_zero_width():
+    one = seed_summary([0.4])
+    assert (one.n, one.mean, one.sd, one.ci) == (1, 0.4, None, None)
+    same = seed_summary([0.3, 0.3, 0.3])
+    assert same.sd == 0.0 and same.ci == (pytest.approx(0.3), pytest.approx(0.3))
+    with pytest.raises(ValueError, match="non-empty"):
+        seed_summary([])
+    with pytest.raises(ValueError, match="alpha"):
+        seed_summary([0.1, 0.2], alpha=1.5)
+
+
+def test_welch_difference_equal_sizes_and_variances_has_pooled_df():
+    # a = 0.4, 0.6; b = 0.7, 0.9: s_a^2 = s_b^2 = 0.02, se^2 = 0.02/2 + 0.02/2 = 0.02,
+    # df = 0.02^2 / (0.01^2/1 + 0.01^2/1) = 2; diff = 0.8 - 0.5 = 0.3;
+    # half = 4.303 * sqrt(0.02) = 4.303 * 0.141421 = 0.60853
+    r = welch_difference([0.4, 0.6], [0.7, 0.9])
+    assert isinstance(r, SeedDifference)
+    assert (r.n_a, r.n_b) == (2, 2) and r.df == pytest.approx(2.0)
+    assert r.diff == pytest.approx(0.3)
+    assert r.ci == pytest.approx((0.3 - 0.60853, 0.3 + 0.60853), abs=2e-4)
+    # b - a: swapping the arguments flips the sign
+    assert welch_difference([0.7, 0.9], [0.4, 0.6]).diff == pytest.approx(-0.3)
+
+
+def test_welch_difference_unequal_sizes_satterthwaite_df():
+    # a = 0.4, 0.6 (s^2 0.02, n 2); b = 0.35, 0.6, 0.85 (s^2 0.0625, n 3); diff = 0.6 - 0.5 = 0.1
+    # va = 0.01, vb = 0.0208333, se^2 = 0.0308333, se = 0.175594
+    # df = 0.0308333^2 / (0.01^2 / 1 + 0.0208333^2 / 2) = 0.000950694 / 0.000317014 = 2.99890
+    r = welch_difference([0.4, 0.6], [0.6, 0.85, 0.35])
+    assert r.diff == pytest.approx(0.1) and r.df == pytest.approx(2.99890, abs=1e-4)
+    half = r.ci[1] - r.diff
+    assert r.diff - r.ci[0] == pytest.approx(half)
+    # df just below 3: t between t_{0.975,3} = 3.182 and t_{0.975,2} = 4.303, next to 3.182
+    assert 3.182 * 0.175594 < half < 3.190 * 0.175594
+
+
+def test_welch_difference_needs_two_runs_and_handles_no_spread():
+    with pytest.raises(ValueError, match="at least 2 runs of a"):
+        welch_difference([0.5], [0.4, 0.6])
+    with pytest.raises(ValueError, match="at least 2 runs of b"):
+        welch_difference([0.4, 0.6], [0.5])
+    flat = welch_difference([0.2, 0.2], [0.5, 0.5, 0.5])
+    assert flat.diff == pytest.approx(0.3) and flat.ci == (flat.diff, flat.diff) and flat.df is None
