@@ -398,25 +398,47 @@ def training_histories(tracker, runs: list[dict], keys=TRAINING_CURVES) -> dict[
 
 
 def training_curves_figure(histories: dict[str, dict[str, list[tuple[int, float]]]],
-                           keys=TRAINING_CURVES):
-    """One panel per metric of `keys` that some run logged, side by side (x = training step),
-    one line per run, in the same colour in every panel. A plain matplotlib `Figure`."""
-    from matplotlib.figure import Figure
+                           keys=TRAINING_CURVES, *, groups: dict[str, str] | None = None,
+                           max_columns: int = 4):
+    """One panel per metric of `keys` that some run logged (x = training step; at most
+    `max_columns` panels a row), one line per run, in the same colour in every panel.
 
-    colour = {label: f"C{i % 10}" for i, label in enumerate(histories)}
+    `groups` (run label -> group, e.g. the method) draws one line per group instead: the mean
+    over its runs at each step (of the runs that logged that step) with a band from their minimum
+    to their maximum, labelled "group (n runs)". Runs not in `groups` are their own group.
+    A plain matplotlib `Figure`."""
+    from matplotlib.figure import Figure
 
     present = [k for k in keys if any(h.get(k) for h in histories.values())]
     if not present:
         raise UserError(f"no training curves: none of the runs ({', '.join(histories) or 'none'}) "
                         f"logged any of {', '.join(keys)}")
-    fig = Figure(figsize=(4.2 * len(present), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(present), squeeze=False)[0]
+    members: dict[str, list[str]] = {}
+    for label in histories:
+        members.setdefault((groups or {}).get(label, label), []).append(label)
+    colour = {g: f"C{i % 10}" for i, g in enumerate(members)}
+    ncols = min(len(present), max_columns)
+    nrows = -(-len(present) // ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.6 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(present):]:
+        fig.delaxes(ax)
     for ax, key in zip(axes, present):
-        for label, h in histories.items():
-            points = sorted(h.get(key) or [])
-            if points:
-                steps, values = zip(*points)
-                ax.plot(steps, values, marker=".", label=label, color=colour[label])
+        for g, labels in members.items():
+            by_step: dict[int, list[float]] = {}
+            for label in labels:
+                for step, value in histories[label].get(key) or []:
+                    by_step.setdefault(step, []).append(value)
+            if not by_step:
+                continue
+            steps = sorted(by_step)
+            mean = [sum(by_step[t]) / len(by_step[t]) for t in steps]
+            name = g if groups is None else f"{g} ({len(labels)} run{'s' * (len(labels) > 1)})"
+            ax.plot(steps, mean, marker="." if groups is None else None, label=name, color=colour[g])
+            if groups is not None and len(labels) > 1:
+                ax.fill_between(steps, [min(by_step[t]) for t in steps],
+                                [max(by_step[t]) for t in steps], color=colour[g], alpha=0.2,
+                                linewidth=0)
         ax.set_title(key)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)

@@ -266,6 +266,33 @@ def test_training_curves_one_panel_per_logged_metric():
         report.training_curves_figure({"x": {"reward/mean": [(1, 0.0)]}}, keys=["loss"])
 
 
+
+def test_training_curves_grouped_mean_and_band_over_seeds():
+    # two prefix_rft seeds: reward (1: 0.0, 2: 0.4) and (1: 0.2, 2: 0.8, 3: 0.9)
+    #   mean per step: 1 -> 0.1, 2 -> 0.6, 3 -> 0.9 (only seed 2 logged step 3);
+    #   band: min 0.0 / 0.4 / 0.9, max 0.2 / 0.8 / 0.9
+    # one sft run alone: a line without a band
+    hist = {"prefix_rft s1": {"reward/mean": [(2, 0.4), (1, 0.0)]},
+            "prefix_rft s2": {"reward/mean": [(1, 0.2), (2, 0.8), (3, 0.9)]},
+            "sft s1": {"loss": [(1, 1.0), (2, 0.5)]}}
+    groups = {"prefix_rft s1": "prefix_rft", "prefix_rft s2": "prefix_rft", "sft s1": "sft"}
+    fig = report.training_curves_figure(hist, groups=groups)
+    reward, loss = fig.axes
+    (line,) = reward.lines
+    assert line.get_label() == "prefix_rft (2 runs)"
+    assert list(line.get_xdata()) == [1, 2, 3]
+    assert list(line.get_ydata()) == pytest.approx([0.1, 0.6, 0.9])
+    (band,) = reward.collections
+    ys = sorted({round(float(y), 6) for _, y in band.get_paths()[0].vertices})
+    assert ys == [0.0, 0.2, 0.4, 0.8, 0.9]
+    assert [ln.get_label() for ln in loss.lines] == ["sft (1 run)"] and not loss.collections
+    assert line.get_color() != loss.lines[0].get_color()  # one colour per group
+    # five logged metrics, at most 3 a row: 2 rows, the unused sixth axis removed
+    five = {"r": {k: [(1, 1.0)] for k in ("a", "b", "c", "d", "e")}}
+    fig5 = report.training_curves_figure(five, keys=("a", "b", "c", "d", "e"), max_columns=3)
+    assert [ax.get_title() for ax in fig5.axes] == ["a", "b", "c", "d", "e"]
+    assert fig5.axes[3].get_subplotspec().rowspan.start == 1
+
 def test_comparison_figure_bars_with_intervals(tmp_path):
     fig = report.comparison_figure([A, B], n_boot=100)
     (ax,) = fig.axes
