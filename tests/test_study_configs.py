@@ -144,16 +144,27 @@ def test_study_table_from_summaries(tmp_path):
                 "rc": rc, "card": "NVIDIA H100 80GB HBM3", "date": f"2026-12-01T10:0{seed}:00+00:00",
                 "mlflow_run_id": run_id, "scores": score if rc == 0 else {}}
 
-    (tmp_path / "a.json").write_text(json_dumps([row("rft", 1, "r1", 0.5), row("sft", 1, "s1", 0.25)]))
+    (tmp_path / "a.json").write_text(json_dumps([row("rft", 1, "r1", 0.5), row("sft", 1, "s1", 0.25),
+                                                 row("prefix_rft", 1, "p1", 0.25)]))
     (tmp_path / "b.json").write_text(json_dumps([row("rft", 2, "r2", 0.75), row("rft", 1, "r1", 0.5),
+                                                 row("prefix_rft", 2, "p2", 0.5),
                                                  row("luffy", 1, "l1", 0.0, rc=1)]))
     text = st.tables(st.load([tmp_path / "a.json", tmp_path / "b.json"]))
     lines = text.splitlines()
     assert lines[2].startswith("| sft | 1 | 0.250 [0.150, 0.350] |")  # ORDER: sft before rft
     assert "`bash benchmarks/gpu/study.sh configs/study/rft.yaml:2`" in lines[4]
-    assert "| rft | 2 | 0.625 (0.500-0.750) | 0.625 (0.500-0.750) | 0.625 (0.500-0.750) | 0.625 |" in text
+    # rft over seeds: 0.5, 0.75 -> mean 0.625, SD 0.17678, SE 0.125; t_{0.975,1} = 12.706:
+    # 0.625 -+ 1.588 = [-0.963, 2.213]
+    assert ("| rft | 2 | 0.625 (0.500-0.750) | 0.625 (0.500-0.750) | 0.625 (0.500-0.750) "
+            "| 0.500, 0.750 | 0.625 [-0.963, 2.213] | 0.177 |") in text
+    assert "| sft | 1 | 0.250 | 0.250 | 0.250 | 0.250 | 0.250 | - |" in text  # one seed: no CI
+    # prefix_rft (0.25, 0.5) minus rft (0.5, 0.75): -0.25; SE^2 = 0.015625 * 2, df = 2,
+    # t_{0.975,2} = 4.303: -0.25 -+ 4.303 * 0.176777 = [-1.011, +0.511]; sft (1 seed) is left out
+    assert "| rft | 2 vs 2 | " + "-0.250 [-1.011, +0.511] | " * 4 + "no |" in text
+    assert not any(line.startswith("| sft | 1 vs") for line in lines)
     assert "- configs/study/luffy.yaml seed 1: rc 1" in text
-    assert sum(line.startswith("| rft |") for line in lines) == 3  # r1 once (two files), r2, mean
+    assert sum(line.startswith("| rft |") for line in lines) == 4  # r1 once, r2, mean, difference
+
 
 
 def json_dumps(x) -> str:

@@ -8,9 +8,13 @@ scores per epoch and level with the bootstrap CI).
         --curves docs/figures/study_curves.png      # + the training curves of those runs
 
 Prints (1) one row per run with the command that reproduces it and its final-epoch score per level
-(avg@n [95% CI]), (2) per method: the mean over seeds per level and of the three levels, with the
-number of seeds and the spread (min-max) when there are several. A run listed twice (the same
-MLflow run id in two files) is counted once; failed runs (rc != 0 or no scores) are listed apart.
+(avg@n [95% bootstrap CI over problems]), (2) per method: the mean over seeds per level with the
+spread (min-max), each seed's mean of levels, and their mean with Student's t 95% CI over seeds
+and the SD (`eval_metrics.seed_summary`), (3) the reference method (`--reference`, default
+prefix_rft) minus every other method with at least two seeds: per level and for the mean of
+levels, with Welch's 95% CI over seeds (`eval_metrics.welch_difference`). A run listed twice (the
+same MLflow run id in two files) is counted once; failed runs (rc != 0 or no scores) are listed
+apart.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from prefix_rft import eval_metrics as em  # noqa: E402
+
 LEVELS = ("synthetic_add", "synthetic_mul", "synthetic_word")
+CURVES = ("reward/mean", "reward/policy_mean", "demo/nll", "loss", "prefix/advantage")
 ORDER = ("base", "sft", "rft", "sft_then_rft", "luffy", "relift", "prefix_rft", "freeze_prefix",
          "update_all_prefix")
 
@@ -59,7 +67,7 @@ def command(row: dict) -> str:
     return f"`{extra}bash benchmarks/gpu/study.sh {row['config']}{seed}`"
 
 
-def tables(rows: list[dict]) -> str:
+def tables(rows: list[dict], reference: str = "prefix_rft") -> str:
     ok = [r for r in rows if r.get("rc") == 0 and r.get("scores")]
     bad = [r for r in rows if r not in ok]
     ok.sort(key=lambda r: (ORDER.index(r.get("method")) if r.get("method") in ORDER else 99,
@@ -79,23 +87,7 @@ def tables(rows: list[dict]) -> str:
                    + " | ".join(_cell(base_score(b, lv)) for lv in LEVELS)
                    + f" | {b['card']} | {b['date'][:16].replace('T', ' ')} | "
                    f"`{b['mlflow_run_id']}` | {command(b)} |")
-    # per method: mean over seeds
-    out += ["", "| method | seeds | " + " | ".join(LEVELS) + " | mean of levels |",
-            "|" + "---|" * (len(LEVELS) + 3)]
-    methods = sorted({r.get("method") for r in ok},
-                     key=lambda m: ORDER.index(m) if m in ORDER else 99)
-    for m in methods:
-        runs = [r for r in ok if r.get("method") == m]
-        cells, means = [], []
-        for lv in LEVELS:
-            vals = [final(r, lv)["value"] for r in runs if final(r, lv)]
-            mean = sum(vals) / len(vals) if vals else None
-            means.append(mean)
-            spread = f" ({min(vals):.3f}-{max(vals):.3f})" if len(vals) > 1 else ""
-            cells.append(f"{mean:.3f}{spread}" if mean is not None else "-")
-        got = [x for x in means if x is not None]
-        macro = f"{sum(got) / len(got):.3f}" if len(got) == len(LEVELS) else "-"
-        out.append(f"| {m} | {len(runs)} | " + " | ".join(cells) + f" | {macro} |")
+    out += ["", *seed_tables(ok, reference)]
     if bad:
         out += ["", "Runs without results:"]
         out += [f"- {r['config']} seed {r.get('seed')}: rc {r.get('rc')}, "
@@ -104,10 +96,74 @@ def tables(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _macro(row: dict) -> float | None:
+    """A run's mean of the three levels' final scores (None when a level is missing)."""
+    vals = [final(row, lv) for lv in LEVELS]
+    return sum(v["value"] for v in vals) / len(vals) if all(vals) else None
+
+
+def _ci(lo: float, hi: float) -> str:
+    return f"[{lo:+.3f}, {hi:+.3f}]"
+
+
+def seed_tables(ok: list[dict], reference: str) -> list[str]:
+    """Per method over its seeds; then `reference` minus each other method (Welch, over seeds)."""
+    methods = sorted({r.get("method") for r in ok},
+                     key=lambda m: ORDER.index(m) if m in ORDER else 99)
+    runs = {m: sorted((r for r in ok if r.get("method") == m), key=lambda r: r.get("seed") or 0)
+            for m in methods}
+    out = ["| method | seeds | " + " | ".join(LEVELS) + " | mean of levels, per seed "
+           "| mean of levels [95% CI over seeds] | SD |", "|" + "---|" * (len(LEVELS) + 5)]
+    for m in methods:
+        cells = []
+        for lv in LEVELS:
+            vals = [final(r, lv)["value"] for r in runs[m] if final(r, lv)]
+            spread = f" ({min(vals):.3f}-{max(vals):.3f})" if len(vals) > 1 else ""
+            cells.append(f"{sum(vals) / len(vals):.3f}{spread}" if vals else "-")
+        macros = [x for r in runs[m] if (x := _macro(r)) is not None]
+        if macros:
+            s = em.seed_summary(macros)
+            per_seed = ", ".join(f"{x:.3f}" for x in macros)
+            ci = f"{s.mean:.3f} [{s.ci[0]:.3f}, {s.ci[1]:.3f}]" if s.ci else f"{s.mean:.3f}"
+            sd = f"{s.sd:.3f}" if s.sd is not None else "-"
+        else:
+            per_seed = ci = sd = "-"
+        out.append(f"| {m} | {len(runs[m])} | " + " | ".join(cells)
+                   + f" | {per_seed} | {ci} | {sd} |")
+    ref = runs.get(reference, [])
+    others = [m for m in methods if m != reference and len(runs[m]) >= 2]
+    if len(ref) < 2 or not others:
+        return out
+    out += ["", f"{reference} minus each method (difference of the means over seeds, Welch 95% CI; "
+            f"> 0: {reference} higher):", "",
+            "| method | seeds | " + " | ".join(LEVELS) + " | mean of levels | CI excludes 0 |",
+            "|" + "---|" * (len(LEVELS) + 4)]
+
+    def scores(rs, lv):
+        return [final(r, lv)["value"] for r in rs if final(r, lv)] if lv else \
+            [x for r in rs if (x := _macro(r)) is not None]
+
+    for m in others:
+        cells, verdict = [], "-"
+        for lv in (*LEVELS, None):
+            a, b = scores(runs[m], lv), scores(ref, lv)
+            if len(a) < 2 or len(b) < 2:
+                cells.append("-")
+                continue
+            d = em.welch_difference(a, b)
+            cells.append(f"{d.diff:+.3f} {_ci(*d.ci)}")
+            if lv is None:
+                verdict = ("yes: " + (f"{reference} higher" if d.ci[0] > 0 else f"{m} higher")
+                           if d.ci[0] > 0 or d.ci[1] < 0 else "no")
+        out.append(f"| {m} | {len(runs[m])} vs {len(ref)} | " + " | ".join(cells) + f" | {verdict} |")
+    return out
+
+
 def curves(rows: list[dict], dbs: list[str], out: str) -> None:
-    """Reward, demo NLL, loss and prefix advantage over training steps, one line per finished run
-    (`prefix_rft.report.training_curves_figure`, as the notebook draws them), from the sqlite
-    MLflow files that study.sh returns (one per round: a run is read from the file that has it)."""
+    """Reward (all members; policy samples only), demo NLL, loss and prefix advantage over training
+    steps: per method the mean over its seeds with a min-max band
+    (`prefix_rft.report.training_curves_figure` with groups), from the sqlite MLflow files that
+    study.sh returns (one per round: a run is read from the file that has it)."""
     from prefix_rft import report
     from prefix_rft.tracking import Tracker
 
@@ -120,12 +176,14 @@ def curves(rows: list[dict], dbs: list[str], out: str) -> None:
                 t.client.get_run(run_id)
             except Exception:  # noqa: BLE001 - not in this file
                 continue
-            return {k: h for k in report.TRAINING_CURVES if (h := t.metric_history(run_id, k))}
+            return {k: h for k in CURVES if (h := t.metric_history(run_id, k))}
         raise SystemExit(f"MLflow run {run_id} is in none of {', '.join(dbs)}")
 
+    ok.sort(key=lambda r: ORDER.index(r.get("method")) if r.get("method") in ORDER else 99)
     hist = {f"{r.get('method')} s{r.get('seed')}": history(r["mlflow_run_id"]) for r in ok}
+    groups = {f"{r.get('method')} s{r.get('seed')}": r.get("method") for r in ok}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    report.training_curves_figure(hist).savefig(out, dpi=110)
+    report.training_curves_figure(hist, CURVES, groups=groups, max_columns=3).savefig(out, dpi=100)
 
 
 def main(argv=None) -> int:
@@ -134,9 +192,11 @@ def main(argv=None) -> int:
     ap.add_argument("--db", action="append", default=[],
                     help="an mlflow.db holding those runs (for --curves; repeat for several rounds)")
     ap.add_argument("--curves", help="write the training-curves figure (PNG) here")
+    ap.add_argument("--reference", default="prefix_rft",
+                    help="the method the difference table compares every other method with")
     args = ap.parse_args(argv)
     rows = load(args.summaries)
-    sys.stdout.write(tables(rows))
+    sys.stdout.write(tables(rows, args.reference))
     if args.curves:
         if not args.db:
             ap.error("--curves needs --db")
