@@ -167,6 +167,28 @@ def test_study_table_from_summaries(tmp_path):
 
 
 
+def test_results_md_tables_are_the_committed_summaries():
+    """docs/RESULTS.md's tables are study_table.py's output for the summary.json files the GPU
+    rounds returned (docs/results/): a number edited by hand, or a round added to one and not the
+    other, fails here."""
+    spec = importlib.util.spec_from_file_location(
+        "study_table", STUDY.parents[1] / "benchmarks" / "gpu" / "study_table.py")
+    st = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(st)
+    root = STUDY.parents[1]
+    summaries = sorted((root / "docs" / "results").glob("round*_summary.json"))
+    assert len(summaries) == 3
+    rows = st.load(summaries)
+    assert len(rows) == 24 and all(r["rc"] == 0 for r in rows)
+    # every configuration with seeds 1, 2 and 3
+    by_method = {}
+    for r in rows:
+        by_method.setdefault(r["method"], set()).add(r["seed"])
+    assert by_method == {m: {1, 2, 3} for m in st.ORDER[1:]}
+    results = (root / "docs" / "RESULTS.md").read_text()
+    missing = [line for line in st.tables(rows).splitlines() if line and line not in results]
+    assert not missing, "docs/RESULTS.md lacks study_table.py output lines:\n" + "\n".join(missing[:5])
+
 def json_dumps(x) -> str:
     import json
 
