@@ -17,8 +17,8 @@
 #
 # The training runs of one MLflow experiment side by side: which runs there are (method and key
 # settings), their training curves, the evaluation table with bootstrap 95% confidence
-# intervals, the paired differences between methods (problem by problem, on the problems both
-# runs evaluated), and sample completions.
+# intervals, each method over its runs (seeds) with t intervals, the paired differences between
+# runs (problem by problem, on the problems both runs evaluated), and sample completions.
 #
 # Each run is one pipeline run (`flows/prefix_rft_flow.py`): a parent MLflow run with the
 # training metrics (`step` = training step) and one child run per evaluated (epoch, benchmark)
@@ -37,6 +37,7 @@ statuses = ["FINISHED"]
 epoch = "last"  # which evaluation of each run: "last", "best" (tag best_epoch) or an epoch number
 baseline = ""  # run id, run name or method that the others are compared to; "" = the oldest run
 curves = ["reward/mean", "demo/nll", "loss", "prefix/advantage"]
+group_by_method = True  # when a method has several runs (seeds): one curve per method, min-max band
 n_boot = 10000  # bootstrap resamples (CIs) and sign flips (p-values)
 seed = 0
 sample_problems = 3  # problems per benchmark shown in the sample completions
@@ -133,11 +134,14 @@ selection = show_table([{"run": r.name, "run_id": r.run_id, "method": r.method, 
 #
 # x = training step (SFT and RL steps both count). A panel appears when at least one run logged
 # the metric (`reward/mean`, `prefix/advantage`: RL methods; `demo/nll`: methods with
-# demonstrations).
+# demonstrations). When some method has several runs (seeds) and `group_by_method` is on, each
+# method is one line, the mean of its runs, with a band from their lowest to their highest value.
 
 # %% tags=["figure"]
 histories = report.training_histories(tracker, records, curves)
-show_figure(report.training_curves_figure(histories, curves), "training curves")
+methods = {r.name: r.method or r.name for r in compared}
+groups = methods if group_by_method and len(set(methods.values())) < len(methods) else None
+show_figure(report.training_curves_figure(histories, curves, groups=groups), "training curves")
 
 # %% [markdown]
 # ## Evaluation
@@ -150,6 +154,17 @@ evaluation = show_table(report.eval_table(compared, n_boot=n_boot, seed=seed), "
 
 # %% tags=["figure"]
 show_figure(report.comparison_figure(compared, n_boot=n_boot, seed=seed), "evaluation figure")
+
+# %% [markdown]
+# ## Methods over runs
+#
+# The runs of each method (its seeds) pooled: per benchmark each run's avg@n, their mean and
+# Student's t 95% CI over runs (`prefix_rft.eval_metrics.seed_summary`). The CI says where
+# another seed could land, which the bootstrap over one run's problems cannot. A method with one
+# run has no SD or CI.
+
+# %% tags=["table"]
+by_method = show_table(report.method_table(compared), "methods over runs")
 
 # %% [markdown]
 # ## Paired differences

@@ -335,6 +335,45 @@ def eval_table(runs: list[RunResults], *, n_boot: int = 10000, seed: int = 0) ->
     return out
 
 
+def method_table(runs: list[RunResults], *, alpha: float = 0.05) -> list[dict]:
+    """Runs of the same method (its seeds) pooled: one row per (benchmark, method) with the
+    number of runs, each run's avg@n, their mean, SD and Student's t CI over runs
+    (`eval_metrics.seed_summary`; one run: no SD or CI); then, with more than one benchmark, a
+    `macro` row per method over the runs that have every benchmark (each run's unweighted mean
+    over benchmarks, as in `eval_table`). Methods in order of first appearance."""
+    from prefix_rft.eval_metrics import seed_summary
+
+    benches = sorted(set().union(*(r.per_problem for r in runs)))
+    methods = list(dict.fromkeys(r.method or r.name for r in runs))
+
+    def avg(r: RunResults, b: str) -> float | None:
+        vals = list(r.per_problem.get(b, {}).values())
+        return sum(vals) / len(vals) if vals else None
+
+    def row(bench: str, method: str, values: list[float]) -> dict:
+        s = seed_summary(values, alpha=alpha)
+        return {"benchmark": bench, "method": method, "runs": s.n,
+                "per_run": ", ".join(f"{v:.4f}" for v in values), "mean": s.mean, "sd": s.sd,
+                "ci_low": s.ci[0] if s.ci else None, "ci_high": s.ci[1] if s.ci else None}
+
+    out = []
+    for b in benches:
+        for m in methods:
+            values = [v for r in runs if (r.method or r.name) == m and (v := avg(r, b)) is not None]
+            if values:
+                out.append(row(b, m, values))
+    if len(benches) > 1:
+        for m in methods:
+            macros = []
+            for r in runs:
+                if (r.method or r.name) == m:
+                    vals = [avg(r, b) for b in benches]
+                    if all(v is not None for v in vals):
+                        macros.append(sum(vals) / len(vals))
+            if macros:
+                out.append(row("macro", m, macros))
+    return out
+
 def paired_table(runs: list[RunResults], baseline: int = 0, *, n_boot: int = 10000,
                  seed: int = 0) -> list[dict]:
     """Every other run against `runs[baseline]`, benchmark by benchmark, on the problems both

@@ -58,7 +58,7 @@ def test_notebook_parameters_default_to_what_make_demo_writes():
     assert p["experiment"] == demo["tracking"]["experiment"]
     assert p["tracking_uri"] == "sqlite:///mlflow.db"  # `make demo`: ./mlflow.db
     assert p["run_ids"] == [] and p["epoch"] == "last"
-    assert len(tagged(nb, "table")) == 5 and len(tagged(nb, "figure")) == 2
+    assert len(tagged(nb, "table")) == 6 and len(tagged(nb, "figure")) == 2
 
 
 def test_notebook_script_is_in_jupytext_canonical_form():
@@ -121,13 +121,15 @@ def test_notebook_runs_every_cell_against_real_runs(two_runs, local_servers):
         png = [o["data"]["image/png"] for o in c.outputs if "image/png" in o.get("data", {})]
         assert png and len(base64.b64decode(png[-1])) > 5000, f"no figure in cell:\n{c.source}"
 
-    listing, chosen, evaluation, paired, samples = tables.values()
+    listing, chosen, evaluation, by_method, paired, samples = tables.values()
     # the experiment's two runs, their methods; each compared at its last epoch (2 and 1)
     assert body_rows(listing) == 2 and prefix_id in listing and sft_id in listing
     assert "prefix_rft" in listing and "sft" in listing
     assert body_rows(chosen) == 2
     # held-out: one row per run with a CI; then the prefix_rft run minus the sft baseline
     assert body_rows(evaluation) == 2 and "heldout" in evaluation
+    # one run per method: a row each, no CI over runs
+    assert body_rows(by_method) == 2 and "<td>prefix_rft</td>" in by_method and "<td>sft</td>" in by_method
     assert body_rows(paired) == 1 and "prefix_rft-" in paired
     assert re.search(r"<td>sft-\d+</td>", paired)  # the baseline column
     assert body_rows(samples) == 2 * 3  # 3 of the 4 held-out problems, side by side

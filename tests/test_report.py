@@ -245,6 +245,31 @@ def test_sample_rows_show_disagreements_first_and_cut_long_completions():
     assert rows[3]["completion"] == "b1" and rows[3]["extracted"] == "1"
 
 
+
+def test_method_table_pools_seeds_with_t_intervals():
+    # prefix_rft, three seeds: a = 0.75, 0.5, 0.25 (mean 0.5, SD 0.25, t_{0.975,2} = 4.303:
+    # half 4.303 * 0.25 / sqrt(3) = 0.62109); b = 0.25, 0.5 (seed 3 has no b: mean 0.375,
+    # SD 0.176777, half 12.706 * 0.125 = 1.58825); macro over the runs with both: s1 0.5, s2 0.5
+    p1 = RunResults("p-1", {"a": {"x": 1.0, "y": 0.5}, "b": {"x": 0.0, "y": 0.5}}, method="prefix_rft")
+    p2 = RunResults("p-2", {"a": {"x": 0.5, "y": 0.5}, "b": {"x": 1.0, "y": 0.0}}, method="prefix_rft")
+    p3 = RunResults("p-3", {"a": {"x": 0.25, "y": 0.25}}, method="prefix_rft")
+    s1 = RunResults("s-1", {"a": {"x": 1.0, "y": 1.0}, "b": {"x": 0.0, "y": 0.0}}, method="sft")
+    rows = {(r["benchmark"], r["method"]): r for r in report.method_table([p1, s1, p2, p3])}
+    assert list(rows) == [("a", "prefix_rft"), ("a", "sft"), ("b", "prefix_rft"), ("b", "sft"),
+                          ("macro", "prefix_rft"), ("macro", "sft")]
+    a = rows[("a", "prefix_rft")]
+    assert a["runs"] == 3 and a["per_run"] == "0.7500, 0.5000, 0.2500"
+    assert a["mean"] == pytest.approx(0.5) and a["sd"] == pytest.approx(0.25)
+    assert (a["ci_low"], a["ci_high"]) == pytest.approx((0.5 - 0.62109, 0.5 + 0.62109), abs=2e-4)
+    b = rows[("b", "prefix_rft")]
+    assert b["runs"] == 2 and b["mean"] == pytest.approx(0.375)
+    assert b["ci_high"] - b["mean"] == pytest.approx(1.58825, abs=2e-4)
+    one = rows[("a", "sft")]
+    assert (one["runs"], one["mean"], one["sd"], one["ci_low"], one["ci_high"]) == (1, 1.0, None, None, None)
+    macro = rows[("macro", "prefix_rft")]
+    assert macro["runs"] == 2 and macro["mean"] == pytest.approx(0.5) and macro["sd"] == 0.0
+    assert rows[("macro", "sft")]["mean"] == pytest.approx(0.5)
+
 # ------------------------------------------------------------------------ figures
 def test_training_curves_one_panel_per_logged_metric():
     runs = {"r1": {"run_id": "r1", "history": {"loss": [(2, 0.5), (1, 0.9)],
