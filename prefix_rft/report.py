@@ -344,35 +344,27 @@ def method_table(runs: list[RunResults], *, alpha: float = 0.05) -> list[dict]:
     from prefix_rft.eval_metrics import seed_summary
 
     benches = sorted(set().union(*(r.per_problem for r in runs)))
-    methods = list(dict.fromkeys(r.method or r.name for r in runs))
-
-    def avg(r: RunResults, b: str) -> float | None:
-        vals = list(r.per_problem.get(b, {}).values())
-        return sum(vals) / len(vals) if vals else None
-
-    def row(bench: str, method: str, values: list[float]) -> dict:
-        s = seed_summary(values, alpha=alpha)
-        return {"benchmark": bench, "method": method, "runs": s.n,
-                "per_run": ", ".join(f"{v:.4f}" for v in values), "mean": s.mean, "sd": s.sd,
-                "ci_low": s.ci[0] if s.ci else None, "ci_high": s.ci[1] if s.ci else None}
+    keys = [*benches, "macro"] if len(benches) > 1 else benches
+    per_run = []  # (method, {benchmark or "macro": the run's avg@n})
+    for r in runs:
+        avgs = {b: sum(v) / len(v) for b in benches
+                if (v := list(r.per_problem.get(b, {}).values()))}
+        if len(benches) > 1 and len(avgs) == len(benches):
+            avgs["macro"] = sum(avgs.values()) / len(avgs)
+        per_run.append((r.method or r.name, avgs))
 
     out = []
-    for b in benches:
-        for m in methods:
-            values = [v for r in runs if (r.method or r.name) == m and (v := avg(r, b)) is not None]
+    for key in keys:
+        for m in dict.fromkeys(m for m, _ in per_run):
+            values = [avgs[key] for mm, avgs in per_run if mm == m and key in avgs]
             if values:
-                out.append(row(b, m, values))
-    if len(benches) > 1:
-        for m in methods:
-            macros = []
-            for r in runs:
-                if (r.method or r.name) == m:
-                    vals = [avg(r, b) for b in benches]
-                    if all(v is not None for v in vals):
-                        macros.append(sum(vals) / len(vals))
-            if macros:
-                out.append(row("macro", m, macros))
+                s = seed_summary(values, alpha=alpha)
+                out.append({"benchmark": key, "method": m, "runs": s.n,
+                            "per_run": ", ".join(f"{v:.4f}" for v in values), "mean": s.mean,
+                            "sd": s.sd, "ci_low": s.ci[0] if s.ci else None,
+                            "ci_high": s.ci[1] if s.ci else None})
     return out
+
 
 def paired_table(runs: list[RunResults], baseline: int = 0, *, n_boot: int = 10000,
                  seed: int = 0) -> list[dict]:

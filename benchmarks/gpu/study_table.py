@@ -33,6 +33,11 @@ ORDER = ("base", "sft", "rft", "sft_then_rft", "luffy", "relift", "prefix_rft", 
          "update_all_prefix")
 
 
+def _order(method: str | None) -> int:
+    """A method's place in ORDER (unknown methods last)."""
+    return ORDER.index(method) if method in ORDER else len(ORDER)
+
+
 def load(paths) -> list[dict]:
     rows, seen = [], set()
     for p in paths:
@@ -70,8 +75,7 @@ def command(row: dict) -> str:
 def tables(rows: list[dict], reference: str = "prefix_rft") -> str:
     ok = [r for r in rows if r.get("rc") == 0 and r.get("scores")]
     bad = [r for r in rows if r not in ok]
-    ok.sort(key=lambda r: (ORDER.index(r.get("method")) if r.get("method") in ORDER else 99,
-                           r.get("seed") or 0, r["date"]))
+    ok.sort(key=lambda r: (_order(r.get("method")), r.get("seed") or 0, r["date"]))
     out = ["| method | seed | " + " | ".join(f"{lv} final" for lv in LEVELS)
            + " | card | date (UTC) | MLflow run id | command |",
            "|" + "---|" * (len(LEVELS) + 6)]
@@ -102,14 +106,20 @@ def _macro(row: dict) -> float | None:
     return sum(v["value"] for v in vals) / len(vals) if all(vals) else None
 
 
+def _scores(runs: list[dict], level: str | None) -> list[float]:
+    """The runs' final scores on `level` (None: their mean of levels), runs lacking it left out."""
+    if level is None:
+        return [x for r in runs if (x := _macro(r)) is not None]
+    return [s["value"] for r in runs if (s := final(r, level))]
+
+
 def _ci(lo: float, hi: float) -> str:
     return f"[{lo:+.3f}, {hi:+.3f}]"
 
 
 def seed_tables(ok: list[dict], reference: str) -> list[str]:
     """Per method over its seeds; then `reference` minus each other method (Welch, over seeds)."""
-    methods = sorted({r.get("method") for r in ok},
-                     key=lambda m: ORDER.index(m) if m in ORDER else 99)
+    methods = sorted({r.get("method") for r in ok}, key=_order)
     runs = {m: sorted((r for r in ok if r.get("method") == m), key=lambda r: r.get("seed") or 0)
             for m in methods}
     out = ["| method | seeds | " + " | ".join(LEVELS) + " | mean of levels, per seed "
@@ -117,10 +127,10 @@ def seed_tables(ok: list[dict], reference: str) -> list[str]:
     for m in methods:
         cells = []
         for lv in LEVELS:
-            vals = [final(r, lv)["value"] for r in runs[m] if final(r, lv)]
+            vals = _scores(runs[m], lv)
             spread = f" ({min(vals):.3f}-{max(vals):.3f})" if len(vals) > 1 else ""
             cells.append(f"{sum(vals) / len(vals):.3f}{spread}" if vals else "-")
-        macros = [x for r in runs[m] if (x := _macro(r)) is not None]
+        macros = _scores(runs[m], None)
         if macros:
             s = em.seed_summary(macros)
             per_seed = ", ".join(f"{x:.3f}" for x in macros)
@@ -139,14 +149,10 @@ def seed_tables(ok: list[dict], reference: str) -> list[str]:
             "| method | seeds | " + " | ".join(LEVELS) + " | mean of levels | CI excludes 0 |",
             "|" + "---|" * (len(LEVELS) + 4)]
 
-    def scores(rs, lv):
-        return [final(r, lv)["value"] for r in rs if final(r, lv)] if lv else \
-            [x for r in rs if (x := _macro(r)) is not None]
-
     for m in others:
         cells, verdict = [], "-"
         for lv in (*LEVELS, None):
-            a, b = scores(runs[m], lv), scores(ref, lv)
+            a, b = _scores(runs[m], lv), _scores(ref, lv)
             if len(a) < 2 or len(b) < 2:
                 cells.append("-")
                 continue
@@ -179,9 +185,10 @@ def curves(rows: list[dict], dbs: list[str], out: str) -> None:
             return {k: h for k in CURVES if (h := t.metric_history(run_id, k))}
         raise SystemExit(f"MLflow run {run_id} is in none of {', '.join(dbs)}")
 
-    ok.sort(key=lambda r: ORDER.index(r.get("method")) if r.get("method") in ORDER else 99)
-    hist = {f"{r.get('method')} s{r.get('seed')}": history(r["mlflow_run_id"]) for r in ok}
-    groups = {f"{r.get('method')} s{r.get('seed')}": r.get("method") for r in ok}
+    ok.sort(key=lambda r: _order(r.get("method")))
+    labels = {f"{r.get('method')} s{r.get('seed')}": r for r in ok}
+    hist = {label: history(r["mlflow_run_id"]) for label, r in labels.items()}
+    groups = {label: r.get("method") for label, r in labels.items()}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     report.training_curves_figure(hist, CURVES, groups=groups, max_columns=3).savefig(out, dpi=100)
 
