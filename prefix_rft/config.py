@@ -65,10 +65,10 @@ class ModelConfig:
     )
     autocast: Literal["off", "bfloat16"] = _f(
         "off",
-        "Mixed precision of the training passes (old log-probs, entropies, backward, demo NLL): "
-        "their forward runs under torch.autocast in bfloat16 while the weights, gradients and "
-        "AdamW state stay in model.dtype (float32 master weights; requires dtype float32). "
-        "Rollouts and evaluation keep model.dtype.",
+        "Mixed precision of the training passes (old log-probs, entropies, backward, demo NLL) "
+        "and of the rollouts: their forward runs under torch.autocast in bfloat16 while the "
+        "weights, gradients and AdamW state stay in model.dtype (float32 master weights; "
+        "requires dtype float32). Evaluation keeps model.dtype.",
     )
     activation_checkpointing: bool = _f(
         False,
@@ -257,6 +257,14 @@ class RewardConfig:
     timeout_s: float = _f(5.0, "Per-item grading timeout (counted as status 'timeout').")
     max_failure_rate: float = _f(
         0.5, "Stop with an error when more than this share of a step's gradings time out/error."
+    )
+    truncated: Literal["grade", "zero"] = _f(
+        "grade",
+        "A rollout cut at rollout.max_response_len before its stop token: 'grade' = graded like "
+        "any other (the paper), 'zero' = reward 0, since it never finished its answer (status "
+        "'truncated', counted as reward/truncated). With 'grade' a policy that keeps writing after "
+        "its boxed answer is rewarded as long as the cut leaves that box whole; evaluation with "
+        "more tokens then sees a broken last box.",
     )
 
 

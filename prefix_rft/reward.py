@@ -610,7 +610,9 @@ class RewardGrader:
 def reward_metrics(results: Sequence[GradeResult]) -> dict[str, float]:
     """Stable, namespaced log keys for one batch of grades (anything with `.reward` and
     `.status`: grade results or graded trajectories). Fractions are 0.0 for an empty batch;
-    the counts (timeouts, parse failures, errors, gold_unparseable) are absolute numbers."""
+    the counts (timeouts, parse failures, errors, gold_unparseable, truncated) are absolute
+    numbers. `truncated` is the trainer's status for a correct answer it scored 0 because the
+    rollout was cut before its stop token (`reward.truncated: zero`)."""
     n = len(results)
     c = collections.Counter(r.status for r in results)
     return {
@@ -621,4 +623,5 @@ def reward_metrics(results: Sequence[GradeResult]) -> dict[str, float]:
         "reward/parse_failures": float(c["pred_unparseable"]),
         "reward/errors": float(c["error"]),
         "reward/gold_unparseable": float(c["gold_unparseable"]),
+        "reward/truncated": float(c["truncated"]),
     }

@@ -5,8 +5,9 @@
     SFT step = the same update with every demo token under the NLL rule (token mean)
 
 The old-log-prob pass is skipped when the update is on-policy (one optimizer step per rollout
-batch) and no entropy ranks tokens: pi_old is then the detached log-prob of the backward pass
-itself, the same loss and gradient (`Trainer.update` says why); `time/old_logprobs` is then 0.
+batch): pi_old is then the detached log-prob of the backward pass itself, the same loss and
+gradient (`Trainer.update` says why). Entropies that rank tokens come from a no-grad pass over
+only the rows that hold such tokens (Prefix-RFT's prefixed members).
 Scoring and backward passes run per micro-batch of trajectories, padded or, with `model.packing`
 (default: on CUDA), packed into one padding-free row (`prefix_rft/logprobs.py`); both give the
 same per-token log-probs, so the loss code is one (`logprobs.Pass`).
@@ -23,6 +24,7 @@ namespaced keys; the tracking layer (MLflow) consumes these dicts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -152,15 +154,17 @@ def compile_layers(model) -> int:
 
 
 def _fused_adamw(params: list) -> bool:
-    """torch's fused AdamW (one kernel for every parameter's update, where the default foreach
-    path launches several per step and tensor group) for plain CUDA parameters; sharded (DTensor)
-    and CPU parameters keep the default implementation."""
+    """torch's fused AdamW (one kernel, or one pass over memory, for every parameter's update,
+    where the default foreach path runs several per step and tensor group) for plain CUDA and CPU
+    parameters: on a 2-core CPU it updates SmolLM2-135M in 0.05 s instead of 0.31 s. Sharded
+    (DTensor) parameters keep the default implementation."""
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # pragma: no cover - torch without distributed
         DTensor = ()
     return bool(params) and all(
-        p.is_cuda and p.is_floating_point() and not isinstance(p, DTensor) for p in params
+        p.device.type in ("cuda", "cpu") and p.is_floating_point() and not isinstance(p, DTensor)
+        for p in params
     )
 
 
@@ -185,6 +189,16 @@ def needs_demos(cfg: Config) -> bool:
         cfg.sft.epochs > 0 or cfg.rollout.n_prefixed > 0 or cfg.rollout.n_full_demo > 0
         or cfg.relift.enabled
     )
+
+
+def _duration(seconds: float) -> str:
+    """12s, 3m 05s, 2h 04m."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
 
 
 def _rng(seed: int, *parts) -> random.Random:
@@ -422,11 +436,38 @@ class Trainer:
             with open(self.output_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
         every = self.cfg.log_every
-        step = metrics.get("step", 0)
-        if every and step % every == 0:
-            shown = {k: metrics[k] for k in ("phase", "step", "loss", "reward/mean", "demo/nll") if k in metrics}
-            log.info("%s", json.dumps(shown))
+        if every and metrics.get("phase") in ("sft", "rl") and self.train_steps % every == 0:
+            log.info("%s", self.progress_line(metrics))
+        elif metrics.get("phase") == "eval":
+            log.info("step %d/%d eval | held-out accuracy %.3f over %d problems", self.train_steps,
+                     self.total_steps, metrics["eval/accuracy"], metrics["eval/num_problems"])
         return metrics
+
+    @property
+    def total_steps(self) -> int:
+        """Training steps of the whole run, SFT and RL together (`train_steps` counts them)."""
+        return (self.sft_total_steps() if self.cfg.sft.epochs > 0 else 0) + self.cfg.rl.steps
+
+    def progress_line(self, metrics: dict) -> str:
+        """One log line for a step: where the run is, what it earns, when it will be done.
+        `step 6/16 rl | reward 0.344 (policy 0.292) | loss 0.0123 | demo nll 0.210 | 21.4 s/step,
+        ETA 3m 34s` (the pace: the mean step time of this process so far)."""
+        done, total = self.train_steps, self.total_steps
+        times = [m["time/step"] for m in self.history if m.get("phase") in ("sft", "rl")
+                 and "time/step" in m]
+        parts = [f"step {done}/{total} {metrics['phase']}"]
+        if "reward/mean" in metrics:
+            policy = metrics.get("reward/policy_mean")
+            parts.append(f"reward {metrics['reward/mean']:.3f}"
+                         + (f" (policy {policy:.3f})" if policy is not None else ""))
+        if "loss" in metrics:
+            parts.append(f"loss {metrics['loss']:.4g}")
+        if "demo/nll" in metrics:
+            parts.append(f"demo nll {metrics['demo/nll']:.3f}")
+        if times:
+            pace = sum(times) / len(times)
+            parts.append(f"{pace:.1f} s/step, ETA {_duration(pace * max(0, total - done))}")
+        return " | ".join(parts)
 
     # ------------------------------------------------------------------ rollouts
     def plan_and_generate(self, indices: Sequence[int]) -> tuple[list[Trajectory], dict]:
@@ -472,7 +513,7 @@ class Trainer:
                                         min(len(demo), r.max_response_len), r.demo_in_group,
                                         "stop" if len(demo) <= r.max_response_len else "length"))
         sampling = SamplingParams(r.temperature, r.top_p, seed=c.seed * 7919 + step)
-        with D.unsharded(self.model):
+        with D.unsharded(self.model), self._autocast():  # rollouts in the passes' precision
             outs = self.engine.generate(requests, 1, sampling) if requests else []
         for (g, i, kind, prefix, ratio), (out,) in zip(owners, outs):
             trajs.append(Trajectory(g, i, kind, self.prompt_ids(i), prefix + out.token_ids,
@@ -491,10 +532,15 @@ class Trainer:
         return self.reward_metrics(trajs)
 
     def grade(self, trajs: Sequence[Trajectory]) -> None:
+        """Reward and status of each trajectory (`reward.truncated: zero`: a correct answer in a
+        response cut at L_max before its stop token earns 0, status 'truncated')."""
         texts = [self.tokenizer.decode(t.response_ids, skip_special_tokens=True) for t in trajs]
         golds = [self.train_set[t.problem].answer for t in trajs]
+        zero_cut = self.cfg.reward.truncated == "zero"
         for t, res in zip(trajs, self.grader.grade(texts, golds)):
             t.reward, t.status = res.reward, res.status
+            if zero_cut and t.finish_reason == "length" and t.reward > 0:
+                t.reward, t.status = 0.0, "truncated"
 
     def reward_metrics(self, trajs: Sequence[Trajectory]) -> dict:
         """Reward metrics of graded trajectories; fails the step past reward.max_failure_rate."""
@@ -528,6 +574,12 @@ class Trainer:
                 t.advantage = a
 
     # ------------------------------------------------------------------ update machinery
+    def _autocast(self):
+        """`model.autocast` as a context (rollouts; the passes enter it per micro-batch)."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
     def _pass_options(self, micro: int, temperature: float, with_entropy: bool) -> dict:
         """What every training pass shares: this trainer's padding id, entropy chunk,
         `model.packing` and `model.autocast` (keyword arguments of `lp.passes` / `lp.score`)."""
@@ -550,6 +602,20 @@ class Trainer:
     def _score(self, trajs: Sequence[Trajectory], with_entropy: bool, micro: int, temperature: float):
         return self._score_ids([t.prompt_ids for t in trajs], [t.response_ids for t in trajs],
                                micro, temperature, with_entropy)
+
+    def _entropies(self, trajs: Sequence[Trajectory], micro: int, temperature: float) -> list[torch.Tensor]:
+        """Per-token entropies of the trajectories that hold entropy-ranked tokens (a no-grad
+        pass over those rows alone); zeros, never read, for the others. Under torchrun every row
+        is scored: FSDP2 needs the same number of forwards on every rank, and the ranks' counts
+        of ranked rows may differ (a prefix cut to 0 tokens)."""
+        ranked = [i for i, t in enumerate(trajs)
+                  if self.world_size > 1 or bool(self._candidates(t).any())]
+        out = [torch.zeros(len(t.response_ids)) for t in trajs]
+        if ranked:
+            _, ents = self._score([trajs[i] for i in ranked], True, micro, temperature)
+            for i, e in zip(ranked, ents):
+                out[i] = e
+        return out
 
     def _candidates(self, t: Trajectory) -> torch.Tensor:
         """Tokens ranked by entropy (demo tokens or generated tokens) that are trained at all."""
@@ -659,12 +725,14 @@ class Trainer:
         selection and normalisers see the whole mini-batch, and gradients are summed.
 
         The old-log-prob pass is skipped when the update is on-policy (`epochs` = `minibatches`
-        = 1: the one optimizer step runs on the policy that generated the batch) and no entropy
-        ranks tokens: PPO-rule tokens then take pi_old = the detached log-probs of the backward
-        pass itself, which gives the same loss and gradient (ratio = 1, clip inactive; TRL's
-        GRPOTrainer does the same with num_iterations = 1). With entropy selection the pass runs
-        anyway and yields pi_old for free; with several optimizer steps the later ones need the
-        stale pi_old of the rollout policy."""
+        = 1: the one optimizer step runs on the policy that generated the batch): PPO-rule tokens
+        then take pi_old = the detached log-probs of the backward pass itself, which gives the
+        same loss and gradient (ratio = 1, clip inactive; TRL's GRPOTrainer does the same with
+        num_iterations = 1). Where entropy ranks tokens, a no-grad pass still runs, but only over
+        the trajectories that hold ranked tokens (Prefix-RFT: the prefixed member of each group,
+        1 of 8 rows). With several optimizer steps the later ones need the stale pi_old of the
+        rollout policy: then every row is scored (with its entropies, where they rank tokens).
+        `time/old_logprobs` is the time of that no-grad pass (0 when none runs)."""
         need_entropy = select and self.cfg.loss.entropy_selection != "all" and any(
             bool(self._candidates(t).any()) for t in trajs
         )
@@ -672,17 +740,18 @@ class Trainer:
         needs_old = any(
             bool(((t.rule == L.RULE_PPO) | (t.rule == L.RULE_PPO_NOCLIP)).any()) for t in trajs
         )
-        old_is_current = on_policy(epochs, minibatches) and not need_entropy
+        old_is_current = on_policy(epochs, minibatches)
         groups = sorted({t.group for t in trajs})
         mine = set(owned_groups(groups, minibatches))
         own = [t for t in trajs if t.group in mine]
-        old_logprob_seconds = 0.0
-        if need_entropy or (needs_old and not old_is_current):
-            t0 = time.perf_counter()
+        stale_old = needs_old and not old_is_current  # every row's pi_old from a scoring pass
+        t0 = time.perf_counter()
+        if stale_old:
             old, ents = self._score(own, need_entropy, micro, temperature)
-            old_logprob_seconds = time.perf_counter() - t0
         else:
-            old, ents = [torch.zeros(len(t.response_ids)) for t in own], None
+            old = [torch.zeros(len(t.response_ids)) for t in own]
+            ents = self._entropies(own, micro, temperature) if need_entropy else None
+        old_logprob_seconds = time.perf_counter() - t0 if stale_old or need_entropy else 0.0
         for t, o, e in zip(own, old, ents or [None] * len(own)):
             t.old_logp = torch.where(t.rule == L.RULE_SHAPED, torch.zeros_like(o), o)  # pi_old = 1
             t.entropy = e
@@ -696,8 +765,7 @@ class Trainer:
                 batch_own = [t for t in batch if t.group in mine]
                 if need_entropy:
                     if not first:  # entropy of the *current* policy
-                        _, fresh = self._score(batch_own, True, micro, temperature)
-                        for t, e in zip(batch_own, fresh):
+                        for t, e in zip(batch_own, self._entropies(batch_own, micro, temperature)):
                             t.entropy = e
                     # every rank's rows in rank order = the mini-batch's order
                     for t, e in zip(batch, D.gather_rows([t.entropy for t in batch_own])):

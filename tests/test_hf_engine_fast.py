@@ -12,6 +12,7 @@ itself run on the GPU (benchmarks/generation_speed.py checks them there against 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -266,3 +267,27 @@ def test_fused_weights_follow_an_updated_policy():
     assert fast._decoders[next(iter(fast._decoders))] is dec  # the same decoder, refreshed
     assert after == _tokens(plain.generate(reqs, 2, SAMPLED))
     assert after != before
+
+
+def test_fast_path_decodes_under_the_callers_autocast(model):
+    """Under torch.autocast (the trainer's `model.autocast` rollouts) the fast path runs its
+    step in bfloat16, with a decoder of its own: its log-probs are the plain path's under the
+    same autocast, not the float32 ones; outside it, a float32 decoder decodes as before."""
+    fast = HFEngine(model, TOK, [STOP], max_batch_size=8, fast=True, compile="eager")
+    plain = HFEngine(model, TOK, [STOP], max_batch_size=8, fast=False)
+    reqs, sampling = _requests(), dataclasses.replace(SAMPLED, return_logprobs=True)
+
+    def logps(outs):
+        return torch.tensor([x for samples in outs for o in samples for x in o.logprobs])
+
+    ref = plain.generate(reqs, 2, sampling)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp, amp_plain = fast.generate(reqs, 2, sampling), plain.generate(reqs, 2, sampling)
+    assert [k[-1] for k in fast._decoders] == [torch.bfloat16]
+    assert _tokens(amp) == _tokens(amp_plain) == _tokens(ref)  # near-uniform tiny-model logits
+    assert float((logps(amp) - logps(ref)).abs().max()) > 1e-4  # the step ran in bfloat16
+    assert torch.allclose(logps(amp), logps(amp_plain), atol=2e-2)
+    again = fast.generate(reqs, 2, sampling)  # float32 again: a decoder of its own
+    assert _tokens(again) == _tokens(ref)
+    assert torch.allclose(logps(again), logps(ref), atol=1e-5)
+    assert sorted(str(k[-1]) for k in fast._decoders) == ["False", "torch.bfloat16"]

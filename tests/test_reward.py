@@ -161,6 +161,7 @@ def test_reward_metrics_keys_and_values():
         "reward/parse_failures": 1.0,
         "reward/errors": 1.0,
         "reward/gold_unparseable": 1.0,
+        "reward/truncated": 0.0,
     }
     assert reward_metrics([])["reward/mean"] == 0.0
 

@@ -217,3 +217,57 @@ def test_periodic_evaluation_is_recorded(smol_tokenizer):
     evals = [m for m in tr.history if m["phase"] == "eval"]
     assert [m["step"] for m in evals] == [1, 2]
     assert all(m["eval/num_problems"] == 2 and 0.0 <= m["eval/accuracy"] <= 1.0 for m in evals)
+
+
+def test_progress_line_has_step_reward_loss_and_eta(smol_tokenizer, caplog):
+    """One log line per step (what a Metaflow task log shows instead of a progress bar): the
+    run's step out of its total (SFT + RL), reward, loss, demo NLL, the mean step time of this
+    process so far and the time left at that pace."""
+    tr = _trainer(_cfg("sft_then_rft", sft={"epochs": 1, "batch_size": 4}, rl={"steps": 10}),
+                  smol_tokenizer)
+    assert tr.total_steps == 2 + 10  # 8 problems in 2 SFT batches, then 10 RL steps
+    tr.state.sft_step, tr.state.global_step = 2, 3  # 5 of 12 done
+    tr.history = [{"phase": "sft", "time/step": 20.0}, {"phase": "eval", "time/step": 99.0},
+                  {"phase": "rl", "time/step": 22.0}]
+    line = tr.progress_line({"phase": "rl", "reward/mean": 0.34375, "reward/policy_mean": 0.25,
+                             "loss": 0.0123456, "demo/nll": 0.2104})
+    # pace (20 + 22) / 2 = 21 s; 7 steps left: 147 s
+    assert line == ("step 5/12 rl | reward 0.344 (policy 0.250) | loss 0.01235 | demo nll 0.210 "
+                    "| 21.0 s/step, ETA 2m 27s")
+    tr.history = []
+    assert tr.progress_line({"phase": "sft", "loss": 1.5}) == "step 5/12 sft | loss 1.5"
+    with caplog.at_level("INFO", logger="prefix_rft.trainer"):
+        m = tr.rl_step()
+    assert [r.getMessage() for r in caplog.records] == [tr.progress_line(m)]
+    assert caplog.records[0].getMessage().startswith("step 6/12 rl | reward ")
+
+
+@pytest.mark.parametrize("seconds,text", [(0.4, "0s"), (59.6, "1m 00s"), (185, "3m 05s"),
+                                          (7440, "2h 04m")])
+def test_duration_text(seconds, text):
+    from prefix_rft.trainer import _duration
+
+    assert _duration(seconds) == text
+
+
+@pytest.mark.parametrize("truncated", ["grade", "zero"])
+def test_reward_of_a_response_cut_before_its_stop_token(smol_tokenizer, truncated):
+    """`reward.truncated`: with 'zero' a correct answer in a rollout cut at L_max (finish
+    reason 'length') earns 0 and is counted; a finished correct answer and a cut wrong one are
+    graded as always. Real Math-Verify grading of real token ids."""
+    from prefix_rft.trainer import Trajectory
+
+    tr = _trainer(_cfg(reward={"num_workers": 0, "truncated": truncated}), smol_tokenizer)
+    p = tr.train_set[4]  # What is 1 + 1?
+    ids = lambda text: smol_tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    trajs = [Trajectory(0, 4, "policy", tr.prompt_ids(4), ids(text), 0, True, finish)
+             for text, finish in [(f"So \\boxed{{{p.answer}}}.", "stop"),
+                                  (f"So \\boxed{{{p.answer}}}.\nSo \\boxed{{{p.answer}}}.\nSo",
+                                   "length"),
+                                  ("So \\boxed{7}.\nSo", "length")]]
+    tr.grade(trajs)
+    cut = (0.0, "truncated") if truncated == "zero" else (1.0, "correct")
+    assert [(t.reward, t.status) for t in trajs] == [(1.0, "correct"), cut, (0.0, "wrong")]
+    m = tr.reward_metrics(trajs)
+    assert m["reward/truncated"] == (1.0 if truncated == "zero" else 0.0)
+    assert m["reward/mean"] == pytest.approx((1.0 + cut[0]) / 3)

@@ -9,9 +9,9 @@
   Every micro-batch mixes trajectories of different lengths, advantages and rules, so a dropped
   or shifted response token, or an advantage, rule or old log-prob given to the wrong sequence,
   changes the loss by far more than the tolerances.
-* the on-policy update (one optimizer step per rollout batch, no entropy selection) skips the
-  old-log-prob pass and equals the update with that pass forced; with several optimizer steps
-  per batch, or entropy selection, the pass still runs.
+* the on-policy update (one optimizer step per rollout batch) skips the old-log-prob pass and
+  equals the update with that pass forced; with entropy selection a no-grad pass runs over the
+  rows that hold ranked tokens only; with several optimizer steps per batch every row is scored.
 """
 
 from __future__ import annotations
@@ -154,9 +154,34 @@ def test_on_policy_update_skips_the_old_logprob_pass(smol_tokenizer, monkeypatch
     _assert_same_update(start, _params(fast.model), _params(forced.model), tol=1e-6)
 
 
+@pytest.mark.parametrize("packing", ["off", "on"])
+def test_on_policy_entropy_pass_scores_only_ranked_rows(smol_tokenizer, monkeypatch, packing):
+    """Prefix-RFT on-policy: entropies rank demo tokens, which only the prefixed members hold, so
+    the no-grad pass runs over those rows alone; the update equals the one where every row is
+    scored and pi_old comes from that pass (the previous behaviour)."""
+    over = {"model": {"packing": packing}, "rollout": {"n_prefixed": 1, "max_response_len": 24},
+            "rl": {"num_minibatches": 1, "ppo_epochs": 1}}
+    fast, full = (_trainer(_cfg("prefix_rft", **over), smol_tokenizer) for _ in range(2))
+    trajs = _rollouts(fast)
+    prefixed = [t for t in trajs if t.demo_len > 0]
+    assert 0 < len(prefixed) < len(trajs) and any(t.advantage != 0 for t in trajs)
+    start = _params(fast.model)
+    calls = _count_scoring(monkeypatch, fast)
+    m_fast = _update(fast, copy.deepcopy(trajs))
+    assert len(calls) == 1 and len(calls[0][0]) == len(prefixed)  # the prefixed rows only
+    assert all(t.kind == "prefix" for t in calls[0][0]) and m_fast["time/old_logprobs"] > 0
+    assert 0 < m_fast["entropy/kept_fraction"] < 1
+    full_calls = _count_scoring(monkeypatch, full)
+    monkeypatch.setattr(trainer_mod, "on_policy", lambda epochs, minibatches: False)
+    m_full = _update(full, copy.deepcopy(trajs))
+    assert len(full_calls) == 1 and len(full_calls[0][0]) == len(trajs)
+    _assert_same_metrics(m_fast, m_full, tol=1e-6)
+    _assert_same_update(start, _params(fast.model), _params(full.model), tol=1e-6)
+
+
 @pytest.mark.parametrize("method,minibatches,epochs", [
     ("rft", 2, 1), ("rft", 1, 2),  # the later optimizer steps need the rollout policy's pi_old
-    ("prefix_rft", 1, 1),  # entropy selection: the pass runs and yields pi_old with it
+    ("prefix_rft", 1, 1),  # entropy selection: a no-grad pass over the prefixed rows
 ])
 def test_old_logprob_pass_runs_when_needed(smol_tokenizer, monkeypatch, method, minibatches, epochs):
     tr = _trainer(_cfg(method, rl={"num_minibatches": minibatches, "ppo_epochs": epochs}),
@@ -185,12 +210,31 @@ def test_packing_auto_is_on_where_packed_attention_is_one_kernel(packing, device
     assert trainer_mod.use_packing(cfg, torch.device(device)) is want
 
 
-def test_fused_adamw_only_for_plain_cuda_parameters():
+def test_fused_adamw_for_plain_parameters():
     cpu = [torch.nn.Parameter(torch.zeros(2))]
-    assert not trainer_mod._fused_adamw(cpu)
+    assert trainer_mod._fused_adamw(cpu)
     assert not trainer_mod._fused_adamw([])
+    assert not trainer_mod._fused_adamw([torch.nn.Parameter(torch.zeros(2, device="meta"))])
     opt, _ = trainer_mod.make_optimizer(cpu, trainer_mod.OptimConfig(), 1)
-    assert not opt.param_groups[0].get("fused")
+    assert opt.param_groups[0].get("fused")
+
+
+def test_fused_adamw_step_equals_the_default_one():
+    """The fused CPU kernel computes AdamW's update (weight decay, bias correction) as the default
+    implementation does, to float32 rounding, over several steps."""
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(1000, generator=gen)
+    grads = [torch.randn(1000, generator=gen) for _ in range(3)]
+    out = []
+    for fused in (True, False):
+        p = torch.nn.Parameter(start.clone())
+        opt = torch.optim.AdamW([p], lr=1e-2, weight_decay=0.1, fused=fused)
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        out.append(p.detach())
+    assert float((out[0] - start).abs().max()) > 1e-2  # three steps of ~lr each moved it
+    assert torch.allclose(out[0], out[1], rtol=0, atol=1e-6)
 
 
 def test_compile_layers_wraps_every_decoder_layer():

@@ -7,6 +7,8 @@
   changes the loss in its 3rd-4th digit) but moves every parameter the same way (cosine of the
   two updates > 0.99), padded and packed (the chunked log-prob head recomputes its logits in
   backward under the forward's autocast, else its bf16 hidden states meet float32 weights).
+  The rollouts are generated under the same autocast (the policy's forward sees it); the
+  held-out evaluation is not.
 * autocast needs float32 weights: bf16 weights with it fail at start-up, naming the key.
 """
 
@@ -61,6 +63,29 @@ def test_bf16_autocast_keeps_float32_master_weights(smol_tokenizer, method, over
     d_amp, d_ref = _delta(start, _params(amp.model)), _delta(start, _params(ref.model))
     assert float(d_ref.norm()) > 0
     assert float(torch.nn.functional.cosine_similarity(d_amp, d_ref, dim=0)) > 0.99
+
+
+def _autocast_seen(trainer, run) -> list:
+    """Whether torch.autocast was on at each policy forward of `run()` (a forward hook)."""
+    seen: list = []
+    hook = trainer.model.register_forward_hook(
+        lambda *_: seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")))
+    try:
+        run()
+    finally:
+        hook.remove()
+    return seen
+
+
+@pytest.mark.parametrize("autocast", ["bfloat16", "off"])
+def test_rollouts_follow_model_autocast_and_evaluation_does_not(smol_tokenizer, autocast):
+    tr = _trainer(_cfg("prefix_rft", model={"autocast": autocast}, eval={"num_problems": 2}, **RL),
+                  smol_tokenizer)
+    want = torch.bfloat16 if autocast == "bfloat16" else False
+    rollouts = _autocast_seen(tr, lambda: tr.plan_and_generate([0, 1]))
+    assert rollouts and set(rollouts) == {want}  # the prefill and every decode step
+    evaluation = _autocast_seen(tr, lambda: tr.evaluate(tr.train_set[:2]))
+    assert evaluation and set(evaluation) == {False}
 
 
 def test_autocast_needs_float32_weights():

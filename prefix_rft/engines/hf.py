@@ -20,7 +20,9 @@ two perturbed scores tie to within that error. Temperature 0 is plain argmax.
 Fast path (`fast=True`; default: on for CUDA where `graph_decode.supports` the model): our own
 static-KV-cache decode loop (`prefix_rft/engines/graph_decode.py`) whose whole step -- forward,
 the same temperature / top-p / Gumbel-max sampling, log-probs, stop and limit bookkeeping -- is
-one CUDA graph, compiled with inductor first (`compile`). The step's forward is
+one CUDA graph, compiled with inductor first (`compile`). Both paths run under the caller's
+torch.autocast, if any (the trainer's `model.autocast` rollouts); a fast-path decoder is built per
+autocast setting. The step's forward is
 `graph_decode.FusedDecodeForward` (q/k/v and gate/up one GEMM each, GQA packed; `fused`).
 Capturing (and compiling) happens on the first chunk of a new shape or sampling setting (seconds
 to tens of seconds on a GPU), so call `warmup()` once per process before timing anything. Shapes are bucketed so that captures stay
@@ -318,8 +320,10 @@ class HFEngine:
     def _decoder(self, rows: int, length: int, sampling: SamplingParams) -> graph_decode.GraphDecoder:
         """The fast-path decoder of this shape and sampling setting (built and captured once)."""
         greedy = sampling.temperature <= 0
+        dev = self.device.type  # a graph keeps the precision it was captured in: key on autocast
         key = (rows, length, 0.0 if greedy else sampling.temperature,
-               1.0 if greedy else sampling.top_p)
+               1.0 if greedy else sampling.top_p,
+               torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev))
         dec = self._decoders.pop(key, None)
         if dec is not None and not dec.still_valid():
             dec = None
