@@ -13,7 +13,6 @@ TORCH  ?= torch==2.13.0
 OUT    ?= runs/demo
 export HF_HUB_OFFLINE ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
-export METAFLOW_USER ?= $(shell id -un 2>/dev/null || echo user)
 
 .PHONY: setup demo train-demo test test-fast lint format clean servers servers-stop ui
 

@@ -20,7 +20,11 @@ from __future__ import annotations
 
 import os
 
-from metaflow import (
+from steps.common import ensure_metaflow_user
+
+ensure_metaflow_user()  # as root or without USER: Metaflow would refuse to start
+
+from metaflow import (  # noqa: E402
     Config,
     FlowSpec,
     Parameter,

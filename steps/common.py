@@ -64,10 +64,47 @@ def setup_logging() -> None:
     """One INFO line per training step and per checkpoint in the task logs. (Progress bars are
     for terminals: Metaflow shows a task's output line by line, and a bar redraws one line.)"""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
-    if not interactive():
-        os.environ.setdefault("TQDM_DISABLE", "1")  # weight loading/saving bars of transformers
+    if not interactive():  # bars redraw one line with \r: in a log they become one endless line
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        # transformers' own bars (weight loading, GGUF conversion, saving) follow huggingface_hub's
+        # switch, read when transformers is imported (after this: the steps import it lazily)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for noisy in ("mlflow", "urllib3", "botocore", "s3transfer", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+DEFAULT_METAFLOW_USER = "local"
+
+
+def ensure_metaflow_user(environ=os.environ) -> str | None:
+    """Give Metaflow a user name where it would find none it accepts. It takes METAFLOW_USER,
+    SUDO_USER, USERNAME or USER, refuses 'root', and stops before the first step without one,
+    which is every container or CI machine running as root. There the run is recorded under
+    DEFAULT_METAFLOW_USER; setting METAFLOW_USER chooses another name. Returns the name set, or
+    None where Metaflow has one already. Call before importing metaflow."""
+    if any(environ.get(k) not in (None, "", "root")
+           for k in ("METAFLOW_USER", "SUDO_USER", "USERNAME", "USER")):
+        return None
+    environ["METAFLOW_USER"] = DEFAULT_METAFLOW_USER
+    return DEFAULT_METAFLOW_USER
+
+
+def use_cpus(cpus: int, processes: int = 1) -> int:
+    """Size torch's CPU thread pool to the task's `@resources(cpu=...)` request (shared by
+    `processes` ranks), never above the cores this process may run on. Torch otherwise starts one
+    thread per core of the machine: Metaflow runs a flow's parallel tasks (the eval cells) side by
+    side on one machine, and a Kubernetes pod sees the node's cores, not its CPU limit, so the
+    tasks' threads outnumber the cores and spin against each other (measured: 3 demo eval cells
+    on 2 cores, 2 threads each, 173 s; 1 thread each, see docs/DEMO.md). Returns the count."""
+    import torch
+
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        available = os.cpu_count() or 1
+    threads = max(1, min(available, max(1, cpus) // max(1, processes)))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def interactive() -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 from prefix_rft.config import Config
 from prefix_rft.errors import UserError
 from prefix_rft.store import open_store
-from steps.common import fetch_into, log
+from steps.common import fetch_into, log, use_cpus
 from steps.data import read_data
 
 HELDOUT = "heldout"
@@ -124,6 +124,7 @@ def eval_task(cfg: Config, item: dict, *, data_ref: dict, tracker=None, tracking
     from prefix_rft.benchmark_eval import evaluate_benchmark, problem_accuracy, write_results
     from prefix_rft.reward import RewardGrader
 
+    use_cpus(cfg.pipeline.eval.cpus)
     epoch, bench = item["epoch"], item["benchmark"]
     shard, shards = item.get("shard", 0), item.get("shards", 1)
     protocol = protocol_for(cfg, item["spec"])

@@ -41,6 +41,7 @@ from steps.common import (
     injected_failure,
     log,
     tracker_for,
+    use_cpus,
 )
 from steps.data import read_data
 
@@ -78,6 +79,7 @@ def train_epoch(cfg: Config, *, epoch: int, plan: dict, data_ref: dict, start_re
         return _launch(nproc, cfg, epoch=epoch, plan=plan, data_ref=data_ref, start_ref=start_ref,
                        warm_start=warm_start, lineage_prefix=lineage_prefix, ctx=ctx,
                        tracking=tracking, progress=progress)
+    use_cpus(cfg.pipeline.train.cpus, D.world()[1])
     main = D.is_main()
     tracker = tracker if main else None
     store = open_store(lineage_prefix)

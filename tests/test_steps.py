@@ -718,3 +718,36 @@ def test_local_runs_keep_local_storage(monkeypatch):
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")  # e.g. a notebook in a pod
     assert sstart.remote_platform() is None
     sstart.check_remote_storage(resolve(minimal()), "sqlite:///mlflow.db")  # no error
+
+
+@pytest.mark.parametrize("env,want", [
+    ({"USER": "root"}, "local"),  # a container or CI machine: Metaflow refuses 'root'
+    ({}, "local"),  # no user name at all
+    ({"USER": "root", "USERNAME": "root", "SUDO_USER": ""}, "local"),
+    ({"USER": "ana"}, None),  # Metaflow's own choice stands
+    ({"USER": "root", "SUDO_USER": "ana"}, None),
+    ({"USER": "root", "METAFLOW_USER": "ci-bot"}, None),
+])
+def test_metaflow_gets_a_user_name_it_accepts(env, want):
+    environ = dict(env)
+    assert scommon.ensure_metaflow_user(environ) == want
+    if want:
+        assert environ["METAFLOW_USER"] == want
+    else:
+        assert environ == env
+
+
+def test_use_cpus_sizes_torch_threads_to_the_request():
+    import os
+
+    import torch
+
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0))
+    try:
+        assert scommon.use_cpus(1) == 1 and torch.get_num_threads() == 1
+        assert scommon.use_cpus(64) == cores == torch.get_num_threads()  # never above the cores
+        assert scommon.use_cpus(2 * cores, processes=2) == cores  # ranks share the request
+        assert scommon.use_cpus(1, processes=4) == 1
+    finally:
+        torch.set_num_threads(before)
