@@ -127,6 +127,7 @@ def load_checkpoint(trainer, path: str | Path) -> None:
         missing, unexpected = D.load_full_model_state(trainer.model, weights)
     else:
         missing, unexpected = trainer.model.load_state_dict(weights, strict=False)
+    del weights  # copied into the model: free it before the optimizer state arrives (peak memory)
     missing = [k for k in missing if not _is_tied(trainer.model, k)]
     if missing or unexpected:
         raise UserError(f"{path}/model: weights do not match the model (missing {missing[:3]}, "
