@@ -63,12 +63,15 @@ class ModelConfig:
         "weights or model.autocast (FlashAttention varlen, one kernel per layer), off elsewhere (float32 packed "
         "rows would run one attention call per sequence; padded batches are faster there).",
     )
-    autocast: Literal["off", "bfloat16"] = _f(
+    autocast: Literal["off", "bfloat16", "auto"] = _f(
         "off",
         "Mixed precision of the training passes (old log-probs, entropies, backward, demo NLL) "
         "and of the rollouts: their forward runs under torch.autocast in bfloat16 while the "
         "weights, gradients and AdamW state stay in model.dtype (float32 master weights; "
-        "requires dtype float32). Evaluation keeps model.dtype.",
+        "requires dtype float32). Evaluation keeps model.dtype. auto = bfloat16 where the "
+        "device multiplies bfloat16 natively (a CUDA GPU with bf16, a CPU with AVX-512 BF16 or "
+        "AMX: about 2.3x float32 on 2 AVX-512 BF16 cores) and dtype is float32, else off "
+        "(elsewhere a CPU emulates bf16 and runs slower than float32).",
     )
     activation_checkpointing: bool = _f(
         False,
@@ -662,7 +665,7 @@ def validate(cfg: Config, where: str = "") -> None:
     check_world(cfg, pl.processes())
     if cfg.tracking.timeout_s < 1:
         bad("tracking.timeout_s", "must be >= 1")
-    if cfg.model.autocast != "off" and cfg.model.dtype != "float32":
+    if cfg.model.autocast == "bfloat16" and cfg.model.dtype != "float32":
         bad("model.autocast", f"{cfg.model.autocast} autocast keeps float32 master weights: it "
             f"needs model.dtype float32, got {cfg.model.dtype}")
     for name, opt in (("rl", cfg.rl.optim), ("sft", cfg.sft.optim), ("relift", cfg.relift.optim)):

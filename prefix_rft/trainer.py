@@ -133,9 +133,30 @@ def use_packing(model_cfg, device: torch.device) -> bool:
     if model_cfg.packing != "auto":
         return model_cfg.packing == "on"
     return device.type == "cuda" and (
-        model_cfg.dtype in ("bfloat16", "float16") or model_cfg.autocast != "off"
+        model_cfg.dtype in ("bfloat16", "float16") or autocast_dtype(model_cfg, device) is not None
         or model_cfg.attn_implementation.startswith("flash_attention")
     )
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 matrices natively (faster than float32): a CUDA GPU
+    with bf16 support, or a CPU with AVX-512 BF16 or AMX tiles (oneDNN emulates bf16 on other
+    CPUs, slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        return any(getattr(cpu, name, lambda: False)()
+                   for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
+
+
+def autocast_dtype(model_cfg, device: torch.device) -> torch.dtype | None:
+    """`model.autocast` on `device`: the dtype of the passes' and rollouts' forward, or None
+    (model.dtype). auto = bfloat16 over float32 weights where the device has native bf16."""
+    if model_cfg.autocast == "auto":
+        return torch.bfloat16 if model_cfg.dtype == "float32" and native_bf16(device) else None
+    return None if model_cfg.autocast == "off" else getattr(torch, model_cfg.autocast)
 
 
 def compile_layers(model) -> int:
@@ -254,8 +275,11 @@ class Trainer:
         random.seed(cfg.seed)
         self.device = D.device_for(cfg.model.device)
         self.packed = use_packing(cfg.model, self.device)  # padding-free passes (`lp.passes`)
-        # mixed precision of the training passes (float32 master weights): `model.autocast`
-        self.autocast = None if cfg.model.autocast == "off" else getattr(torch, cfg.model.autocast)
+        # mixed precision of the passes and rollouts (float32 master weights): `model.autocast`
+        self.autocast = autocast_dtype(cfg.model, self.device)
+        if cfg.model.autocast == "auto":
+            log.info("model.autocast auto: %s on %s", self.autocast or "off (float32)",
+                     self.device.type)
         if tokenizer is None:
             tokenizer = models.load_tokenizer(cfg.model.name_or_path, chat_template=cfg.model.chat_template)
         self.tokenizer = tokenizer

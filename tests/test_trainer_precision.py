@@ -88,6 +88,32 @@ def test_rollouts_follow_model_autocast_and_evaluation_does_not(smol_tokenizer, 
     assert evaluation and set(evaluation) == {False}
 
 
+@pytest.mark.parametrize("setting,dtype,device,native,want", [
+    ("auto", "float32", "cpu", True, torch.bfloat16),  # AVX-512 BF16 / AMX: ~2.3x float32
+    ("auto", "float32", "cpu", False, None),  # emulated bf16 would be slower than float32
+    ("auto", "float32", "cuda", True, torch.bfloat16),
+    ("auto", "bfloat16", "cuda", True, None),  # bf16 weights: nothing to autocast
+    ("bfloat16", "float32", "cpu", False, torch.bfloat16),  # asked for explicitly
+    ("off", "float32", "cpu", True, None),
+])
+def test_autocast_auto_follows_native_bf16(monkeypatch, setting, dtype, device, native, want):
+    from prefix_rft import trainer as trainer_mod
+    from prefix_rft.config import ModelConfig
+
+    monkeypatch.setattr(trainer_mod, "native_bf16", lambda d: native)
+    cfg = ModelConfig(name_or_path="m", autocast=setting, dtype=dtype)
+    assert trainer_mod.autocast_dtype(cfg, torch.device(device)) is want
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch):
+    from prefix_rft.trainer import native_bf16
+
+    for avx512_bf16, amx, want in [(True, False, True), (False, True, True), (False, False, False)]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert native_bf16(torch.device("cpu")) is want
+
+
 def test_autocast_needs_float32_weights():
     with pytest.raises(UserError, match="model.autocast.*float32"):
         _cfg("sft", model={"autocast": "bfloat16", "dtype": "bfloat16"})
