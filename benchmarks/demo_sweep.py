@@ -11,7 +11,7 @@ Each run (one process; `--set` overrides of the variant, then `seed=S`) builds t
 `prefix-rft train` does, trains to each `--eval-at` step and evaluates the held-out set there with
 the config's `eval` section (the pipeline's `heldout` cell: the same greedy evaluation), without
 writing checkpoints. Results: OUT/runs/<variant>-s<seed>.json (accuracy per eval step, training
-seconds, the metrics of every step) and OUT/summary.json + a printed table per variant and eval
+seconds, the metrics of every step, the graded evaluation samples) and OUT/summary.json + a printed table per variant and eval
 step: mean, min, max of the accuracy over seeds and how many seeds reach `--target`.
 """
 
@@ -60,7 +60,7 @@ def one(a) -> None:
     t0 = time.perf_counter()
     trainer = Trainer(cfg, progress=False)
     setup_s = time.perf_counter() - t0
-    evals, train_s = {}, 0.0
+    evals, samples, train_s = {}, {}, 0.0
     try:
         for step in a.eval_at:
             if trainer.state.phase == "done":
@@ -68,14 +68,16 @@ def one(a) -> None:
             t = time.perf_counter()
             trainer.fit(max_steps=step - trainer.train_steps, autosave=False)
             train_s += time.perf_counter() - t
-            evals[str(trainer.train_steps)] = trainer.evaluate()["eval/accuracy"]
+            ev = trainer.evaluate()
+            evals[str(trainer.train_steps)] = ev["eval/accuracy"]
+            samples[str(trainer.train_steps)] = ev["samples"]
     finally:
         trainer.close()
     steps = [m for m in trainer.history if m.get("phase") in ("rl", "sft")]
     Path(a.result).write_text(json.dumps({
         "seed": a.seed, "overrides": a.set, "device": str(trainer.device), "setup_s": setup_s,
         "train_s": train_s, "seconds_per_step": train_s / max(1, len(steps)), "accuracy": evals,
-        "steps": steps}))
+        "steps": steps, "samples": samples}))
 
 
 def summarize(results: dict[str, list[dict]], target: float) -> tuple[dict, str]:
