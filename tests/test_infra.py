@@ -341,5 +341,6 @@ def test_argo_cron_schedule_comes_from_the_config(compiled):
     train = templates(demo)["recursive-train-epoch"]
     assert (train["container"]["resources"]["limits"] or {}).get("nvidia.com/gpu", "0") == "0"
     # @kubernetes takes the larger of @resources and its own default (4096 MB)
-    assert _mb(train["container"]["resources"]["requests"]["memory"]) == max(4000, 4096)
+    asked = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())["pipeline"]["train"]
+    assert _mb(train["container"]["resources"]["requests"]["memory"]) == max(asked["memory_mb"], 4096)
     assert "/dev/shm" not in [m["mountPath"] for m in train["container"]["volumeMounts"]]
