@@ -1,6 +1,6 @@
 # prefix-rft: everything a newcomer runs.
 #   make demo   set up and run the pipeline (flows/prefix_rft_flow.py) on the embedded default:
-#               SmolLM2-135M, Prefix-RFT, synthetic task, 2 epochs, evaluation, MLflow (CPU, ~18 min)
+#               SmolLM2-135M, Prefix-RFT, synthetic task, 3 epochs, evaluation, MLflow (CPU, ~11 min)
 #   make test   set up and run the test suite
 #   make servers / servers-stop   a local MLflow server + S3 (moto) for the UI and S3 runs
 #   make ui     the MLflow UI on ./mlflow.db (what `make demo` logs to)
