@@ -49,10 +49,10 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
-	$(VENV)/bin/ruff check prefix_rft steps flows infra tests notebooks
+	$(VENV)/bin/ruff check prefix_rft steps flows infra tests notebooks perf studies configs/study
 
 format: setup
-	$(VENV)/bin/ruff format prefix_rft steps flows infra tests notebooks
+	$(VENV)/bin/ruff format prefix_rft steps flows infra tests notebooks perf studies configs/study
 
 .PHONY: argo-json
 argo-json: setup  # compile the Argo Workflows deployment offline: make argo-json CONFIG=configs/...yaml

@@ -82,7 +82,7 @@ class ModelConfig:
         False,
         "torch.compile (inductor) every decoder layer for the training passes and the prefill: "
         "fused norms, rotary embedding and activations; a one-time compile per shape family, "
-        "then faster passes (benchmarks/train_throughput.py --compile).",
+        "then faster passes (perf/train_throughput.py --compile).",
     )
     decoding: Literal["auto", "generate", "graph", "compiled"] = _f(
         "auto",

@@ -1,4 +1,4 @@
-"""benchmarks/cpu_regression.py's verdict on two whole-demo results (`compare`): a slower flow or
+"""perf/cpu_regression.py's verdict on two whole-demo results (`compare`): a slower flow or
 phase, a larger peak memory or a lower best held-out accuracy is a regression (exit 1) past its
 threshold, and not below it. The results are hand-made; the script's timing itself is measured,
 never asserted (docs/PERFORMANCE.md)."""
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def bench():
     spec = importlib.util.spec_from_file_location("cpu_regression",
-                                                  ROOT / "benchmarks" / "cpu_regression.py")
+                                                  ROOT / "perf" / "cpu_regression.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

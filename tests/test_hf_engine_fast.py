@@ -7,7 +7,7 @@ A 256-token tiny random model (no tokenizer: the engine only needs a pad id) kee
 the CPU the fast path's step runs eagerly (CUDA graphs need CUDA), and once through torch.compile
 with fullgraph=True and the "eager" backend: dynamo must trace the whole step as one graph with
 no graph break and no host sync (what capture needs); inductor's code generation and the capture
-itself run on the GPU (benchmarks/generation_speed.py checks them there against the plain path).
+itself run on the GPU (perf/generation_speed.py checks them there against the plain path).
 """
 
 from __future__ import annotations

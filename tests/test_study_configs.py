@@ -131,9 +131,9 @@ def test_readme_documents_every_method():
 
 
 def test_study_table_from_summaries(tmp_path):
-    """benchmarks/gpu/study_table.py: one row per run, the mean over seeds per method."""
+    """studies/study_table.py: one row per run, the mean over seeds per method."""
     spec = importlib.util.spec_from_file_location(
-        "study_table", STUDY.parents[1] / "benchmarks" / "gpu" / "study_table.py")
+        "study_table", STUDY.parents[1] / "studies" / "study_table.py")
     st = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(st)
 
@@ -152,7 +152,7 @@ def test_study_table_from_summaries(tmp_path):
     text = st.tables(st.load([tmp_path / "a.json", tmp_path / "b.json"]))
     lines = text.splitlines()
     assert lines[2].startswith("| sft | 1 | 0.250 [0.150, 0.350] |")  # ORDER: sft before rft
-    assert "`bash benchmarks/gpu/study.sh configs/study/rft.yaml:2`" in lines[4]
+    assert "`bash studies/study.sh configs/study/rft.yaml:2`" in lines[4]
     # rft over seeds: 0.5, 0.75 -> mean 0.625, SD 0.17678, SE 0.125; t_{0.975,1} = 12.706:
     # 0.625 -+ 1.588 = [-0.963, 2.213]
     assert ("| rft | 2 | 0.625 (0.500-0.750) | 0.625 (0.500-0.750) | 0.625 (0.500-0.750) "
@@ -172,7 +172,7 @@ def test_results_md_tables_are_the_committed_summaries():
     rounds returned (docs/results/): a number edited by hand, or a round added to one and not the
     other, fails here."""
     spec = importlib.util.spec_from_file_location(
-        "study_table", STUDY.parents[1] / "benchmarks" / "gpu" / "study_table.py")
+        "study_table", STUDY.parents[1] / "studies" / "study_table.py")
     st = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(st)
     root = STUDY.parents[1]

@@ -2,15 +2,15 @@
 # Run study configs (configs/study/) through the real pipeline flow on the lent GPU machine, one
 # after the other (or STUDY_JOBS at a time), every run logged to one sqlite MLflow file; the small results come back in $OUT.
 #
-#   bash benchmarks/gpu/study.sh [CONFIG[:SEED] ...]
-#   run(carry=[".whl-flow/c01"], command="bash benchmarks/gpu/study.sh")       # stage chunk 1
-#   run(carry=[".whl-flow/c03"], command="STUDY_JOBS=3 STUDY_MAX_WORKERS=2 bash benchmarks/gpu/study.sh sft rft ...")
+#   bash studies/study.sh [CONFIG[:SEED] ...]
+#   run(carry=[".whl-flow/c01"], command="bash studies/study.sh")       # stage chunk 1
+#   run(carry=[".whl-flow/c03"], command="STUDY_JOBS=3 STUDY_MAX_WORKERS=2 bash studies/study.sh sft rft ...")
 #
 # CONFIG: a method name of configs/study/ (sft, rft, sft_then_rft, luffy, relift, prefix_rft,
 # freeze_prefix, update_all_prefix) or a config path; SEED (optional) becomes `--seed SEED`
 # (default: the file's seed, 1). Example: `study.sh sft rft:2 configs/study/luffy.yaml:3`.
 #
-# 1. Wheels (benchmarks/gpu/fetch_flow_wheels.sh -> .whl-flow/cNN): every call copies the chunk
+# 1. Wheels (perf/gpu/fetch_flow_wheels.sh -> .whl-flow/cNN): every call copies the chunk
 #    folders it was carried with into /tmp/whl-flow; once all parts named in SHA256SUMS are
 #    there it re-joins the split wheel, verifies the sha256 sums and installs everything with
 #    `pip install --no-index --no-deps --target /tmp/site` (once per machine). A call with no
@@ -47,7 +47,7 @@
 set -uo pipefail
 
 T0=$(date +%s)
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY=${STUDY_PY:-python3}
 STUDY_DIR=${STUDY_DIR:-/tmp/study}
@@ -67,7 +67,7 @@ if [ "${STUDY_NO_INSTALL:-0}" != 1 ]; then
   done
   if [ ! -f "$MARK" ]; then
     if [ ! -f "$WHL/SHA256SUMS" ]; then
-      echo "no wheels staged yet: carry .whl-flow/cNN (benchmarks/gpu/fetch_flow_wheels.sh)"
+      echo "no wheels staged yet: carry .whl-flow/cNN (perf/gpu/fetch_flow_wheels.sh)"
       [ $# -eq 0 ] && exit 0 || exit 3
     fi
     missing=0

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# benchmarks/demo_sweep.py on the lent GPU machine: many seeds of CPU-sized configs at once (the
+# perf/demo_sweep.py on the lent GPU machine: many seeds of CPU-sized configs at once (the
 # demo's float32 SmolLM2-135M is launch-bound on a GPU, so a dozen runs share one card).
 #
-#   run(carry=[".whl-flow/c01"], command="bash benchmarks/gpu/study.sh")   # stage c01, c02, c03
-#   run(command="bash benchmarks/gpu/demo_sweep.sh --seeds 1-8 --jobs 12 --variant base= ...")
+#   run(carry=[".whl-flow/c01"], command="bash studies/study.sh")   # stage c01, c02, c03
+#   run(command="bash perf/gpu/demo_sweep.sh --seeds 1-8 --jobs 12 --variant base= ...")
 #
-# The wheels are benchmarks/gpu/fetch_flow_wheels.sh's set, staged and installed by study.sh into
+# The wheels are perf/gpu/fetch_flow_wheels.sh's set, staged and installed by study.sh into
 # /tmp/site. Decoding runs transformers' generate (`model.decoding=generate`), the code path the
 # CPU demo takes; float32 on CUDA trains padded, as on the CPU. Only the sampled tokens' floating
 # point differs from a CPU run, so a variant's spread over seeds is what the CPU demo would show,
@@ -23,10 +23,10 @@ export PREFIX_RFT_CACHE=/tmp/demo-sweep-cache
 python3 -c "from prefix_rft.models import ensure_smollm2_hf; print(ensure_smollm2_hf())" || exit 1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 mkdir -p "$OUT/sweep"
-timeout "${SWEEP_DEADLINE_S:-540}" python3 benchmarks/demo_sweep.py --code "${SWEEP_CODE:-$ROOT}" --out "/tmp/demo-sweep${SWEEP_TAG:-}" \
+timeout "${SWEEP_DEADLINE_S:-540}" python3 perf/demo_sweep.py --code "${SWEEP_CODE:-$ROOT}" --out "/tmp/demo-sweep${SWEEP_TAG:-}" \
   --threads 1 --set-all "${SWEEP_SET-model.decoding=generate}" "$@"
 rc=$?
-[ $rc = 124 ] && { echo "deadline: the runs that finished:"; python3 benchmarks/demo_sweep.py --summarize --out "/tmp/demo-sweep${SWEEP_TAG:-}"; }
+[ $rc = 124 ] && { echo "deadline: the runs that finished:"; python3 perf/demo_sweep.py --summarize --out "/tmp/demo-sweep${SWEEP_TAG:-}"; }
 cp "/tmp/demo-sweep${SWEEP_TAG:-}/summary.json" "$OUT/sweep/summary${SWEEP_TAG:-}.json" 2>/dev/null
 tar -C "/tmp/demo-sweep${SWEEP_TAG:-}" -czf "$OUT/sweep/runs${SWEEP_TAG:-}.tgz" runs
 exit $rc

@@ -1,8 +1,8 @@
 """Generation throughput: transformers' `model.generate` vs the HF engine's plain and fast paths.
 
-    python benchmarks/generation_speed.py --model smollm2-135m-instruct --dtype bfloat16 \
+    python perf/generation_speed.py --model smollm2-135m-instruct --dtype bfloat16 \
         --shapes 64x256,256x256 --out gen_speed.json                      # GPU: the reference run
-    python benchmarks/generation_speed.py --model tiny --shapes 4x16 --prompt-len 16 \
+    python perf/generation_speed.py --model tiny --shapes 4x16 --prompt-len 16 \
         --out /tmp/gen_speed.json                                         # CPU smoke run
 
 Modes (--modes, all by default):

@@ -3,8 +3,8 @@ variants of a config, each trained in its own process, held-out accuracy measure
 One run of the demo (8 prompts a step) is one draw of a noisy outcome: this is how the demo's
 settings were chosen and how a claimed accuracy is checked (docs/DEMO.md).
 
-    python benchmarks/demo_sweep.py --seeds 1-8 --eval-at 10,20 --jobs 2 --out runs/sweep
-    python benchmarks/demo_sweep.py --variant base= --variant "lr3=rl.optim.lr=3e-5" \\
+    python perf/demo_sweep.py --seeds 1-8 --eval-at 10,20 --jobs 2 --out runs/sweep
+    python perf/demo_sweep.py --variant base= --variant "lr3=rl.optim.lr=3e-5" \\
         --seeds 1-8 --eval-at 6,12 --jobs 16 --out $OUT/sweep         # a GPU machine: many at once
 
 Each run (one process; `--set` overrides of the variant, then `seed=S`) builds the trainer as

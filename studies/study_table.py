@@ -1,9 +1,9 @@
 """The study's result tables (Markdown, for docs/RESULTS.md) from the summary.json files that
-benchmarks/gpu/study.sh writes (one row per run: config, method, seed, card, date, MLflow run id,
+studies/study.sh writes (one row per run: config, method, seed, card, date, MLflow run id,
 scores per epoch and level with the bootstrap CI).
 
-    python benchmarks/gpu/study_table.py round1/summary.json round2/summary.json > table.md
-    python benchmarks/gpu/study_table.py round1/summary.json round2/summary.json \
+    python studies/study_table.py round1/summary.json round2/summary.json > table.md
+    python studies/study_table.py round1/summary.json round2/summary.json \
         --db round1/mlflow.db --db round2/mlflow.db \
         --curves docs/figures/study_curves.png      # + the training curves of those runs
 
@@ -24,7 +24,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prefix_rft import eval_metrics as em  # noqa: E402
 
 LEVELS = ("synthetic_add", "synthetic_mul", "synthetic_word")
@@ -69,7 +69,7 @@ def _cell(s: dict | None) -> str:
 def command(row: dict) -> str:
     seed = f":{row['seed']}" if row.get("seed") is not None else ""
     extra = f"STUDY_SET='{row['set']}' " if row.get("set") else ""
-    return f"`{extra}bash benchmarks/gpu/study.sh {row['config']}{seed}`"
+    return f"`{extra}bash studies/study.sh {row['config']}{seed}`"
 
 
 def tables(rows: list[dict], reference: str = "prefix_rft") -> str:

@@ -1,10 +1,10 @@
 """Data-parallel training (torchrun + FSDP2) against one process: same update, throughput scaling,
 HF export. Run it once per process count, then compare:
 
-    torchrun --standalone --nproc_per_node 1 benchmarks/multi_gpu.py run --out $OUT/n1 ...
-    torchrun --standalone --nproc_per_node 2 benchmarks/multi_gpu.py run --out $OUT/n2 ...
-    python benchmarks/multi_gpu.py compare $OUT/n1 $OUT/n2          # -> compare.json + table
-    python benchmarks/multi_gpu.py load $OUT/n2/checkpoint           # the eval engine loads it
+    torchrun --standalone --nproc_per_node 1 perf/multi_gpu.py run --out $OUT/n1 ...
+    torchrun --standalone --nproc_per_node 2 perf/multi_gpu.py run --out $OUT/n2 ...
+    python perf/multi_gpu.py compare $OUT/n1 $OUT/n2          # -> compare.json + table
+    python perf/multi_gpu.py load $OUT/n2/checkpoint           # the eval engine loads it
 
 `run` trains `--steps` Prefix-RFT steps of a random-weight model (any width/depth; the tokenizer
 is a real one) on the built-in synthetic task, through the real Trainer: rollouts sharded by

@@ -2,10 +2,10 @@
 GRPOTrainer on the identical workload in the same run (`--trl`).
 
     # CPU smoke (tiny random model with SmolLM2's tokenizer, seconds per step)
-    python benchmarks/rl_step.py --model tiny --presets rft,prefix_rft --prompts 2 \
+    python perf/rl_step.py --model tiny --presets rft,prefix_rft --prompts 2 \
         --max-new-tokens 16 --warmup 1 --steps 2 --trl --out runs/bench/rl_step_tiny.json
     # GPU: SmolLM2-135M-Instruct (HF dir, or the GGUF file, converted on first use), bf16
-    python benchmarks/rl_step.py --model /tmp/m/smol.gguf --presets rft --trl --steps 3 \
+    python perf/rl_step.py --model /tmp/m/smol.gguf --presets rft --trl --steps 3 \
         --out $OUT/rl_step.json
 
 Workload (identical for every preset and for TRL): `--prompts` prompts x `--group` samples of
@@ -320,7 +320,7 @@ def run_preset(preset: str, args, model_path: str, tok, pool, device) -> dict:
 TRL_MISSING = (
     "TRL baseline: `import trl, datasets` failed ({err}). It needs trl==1.16.0, datasets==4.7.0, "
     "dill==0.4.0 and multiprocess==0.70.18. On the GPU machine: run "
-    "`bash benchmarks/gpu/fetch_trl_wheels.sh` here, carry `.whl-trl`, and start the command with "
+    "`bash perf/gpu/fetch_trl_wheels.sh` here, carry `.whl-trl`, and start the command with "
     "`python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "
     ".whl-trl/c*/*.whl && export PYTHONPATH=/tmp/site:$PWD`."
 )

@@ -3,7 +3,7 @@ GQA 12/2 heads) and SmolLM2's tokenizer (vocab 49,152) as a HF directory, for th
 on machines without hub access: both engines load the same directory, and random weights rarely
 emit the stop token, so every sample runs to max_new_tokens (a fixed, comparable workload).
 
-    python benchmarks/gpu/make_random_model.py --tokenizer DIR --out /tmp/rand-qwen1.5b
+    python perf/gpu/make_random_model.py --tokenizer DIR --out /tmp/rand-qwen1.5b
 """
 
 import argparse

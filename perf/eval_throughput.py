@@ -1,9 +1,9 @@
 """Evaluation throughput: (problems x samples) per second and generated tokens per second of an
 engine on a benchmark slice, through the same code path as `prefix-rft eval`.
 
-    python benchmarks/eval_throughput.py --model smollm2-135m-instruct --engine hf \
+    python perf/eval_throughput.py --model smollm2-135m-instruct --engine hf \
         --benchmark math500 --problems 16 --n 4 --max-new-tokens 256 --dtype float32
-    python benchmarks/eval_throughput.py --model /path/to/hf_dir --engine vllm --problems 128 \
+    python perf/eval_throughput.py --model /path/to/hf_dir --engine vllm --problems 128 \
         --n 8 --max-new-tokens 1024 --dtype bfloat16 --out results.jsonl
 
 One untimed warm-up generation (2 problems, n=1) runs first (CUDA kernels, vLLM graphs), then the

@@ -1,11 +1,11 @@
 """The fixed CPU benchmarks of `make demo`, and a check of a new release against recorded
 baselines. Scripts, not tests: wall-clock time is never asserted in the test suite.
 
-    python benchmarks/cpu_regression.py demo --out runs/bench/demo_flow.json \
-        --baseline benchmarks/baselines/cpu_demo_flow.json        # the whole flow, ~8 min
-    python benchmarks/cpu_regression.py run --out runs/bench/cpu_demo.json \
-        --baseline benchmarks/baselines/cpu_demo.json             # the training step, ~2 min
-    python benchmarks/cpu_regression.py compare new.json benchmarks/baselines/cpu_demo_flow.json
+    python perf/cpu_regression.py demo --out runs/bench/demo_flow.json \
+        --baseline perf/baselines/cpu_demo_flow.json        # the whole flow, ~8 min
+    python perf/cpu_regression.py run --out runs/bench/cpu_demo.json \
+        --baseline perf/baselines/cpu_demo.json             # the training step, ~2 min
+    python perf/cpu_regression.py compare new.json perf/baselines/cpu_demo_flow.json
 
 `demo`: the whole pipeline exactly as `make demo` runs it (`flows/prefix_rft_flow.py --config
 config configs/demo.yaml run`, a subprocess), with its MLflow store, Metaflow datastore and
@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import rl_step  # noqa: E402  (benchmarks/rl_step.py: shared measurement helpers)
+import rl_step  # noqa: E402  (perf/rl_step.py: shared measurement helpers)
 
 ROOT = rl_step.ROOT
 PHASES = ("wall_s", "cpu_s", "time/generation", "time/reward", "time/old_logprobs", "time/update")

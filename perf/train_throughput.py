@@ -2,11 +2,11 @@
 for Qwen2.5-1.5B's architecture with random weights (built from a hand-written config; no
 download), through prefix-rft's packed log-prob pass (`prefix_rft.logprobs.packed_logprobs`).
 
-    python benchmarks/train_throughput.py --tiny                       # CPU smoke, seconds
-    python benchmarks/train_throughput.py --micro-rows 4 --steps 10 --out $OUT/train_tp.json
-    python benchmarks/train_throughput.py --layout padded --micro-rows 4        # the padded path
-    python benchmarks/train_throughput.py --attention mask --micro-rows 1      # dense block mask
-    python benchmarks/train_throughput.py --checkpointing --micro-rows 8 --precision amp
+    python perf/train_throughput.py --tiny                       # CPU smoke, seconds
+    python perf/train_throughput.py --micro-rows 4 --steps 10 --out $OUT/train_tp.json
+    python perf/train_throughput.py --layout padded --micro-rows 4        # the padded path
+    python perf/train_throughput.py --attention mask --micro-rows 1      # dense block mask
+    python perf/train_throughput.py --checkpointing --micro-rows 8 --precision amp
 
 Workload: rows of exactly `--seq` tokens, each filled with documents whose lengths are drawn
 uniformly from [--doc-min, --doc-max] (the last one cut to fit), random token ids. Every position
