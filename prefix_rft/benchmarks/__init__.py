@@ -1,91 +1,25 @@
-"""Benchmark registry: the evaluation sets of ALGORITHM.md section 7, as plain problems.
+"""Benchmark registry: the evaluation sets, read as plain problems with every acceptable answer.
 
-This package owns benchmark data: the vendored files under ``data/`` (sources, row counts,
-licences and sha256 in ``data/PROVENANCE.md``) and turning each file into `BenchmarkProblem`s
-with every acceptable gold answer, with the known defects of the public copies repaired
-(``shared/benchmarks/README.md``).
+`load_benchmark(name, source=...)` returns `BenchmarkProblem`s for:
 
-Names (`ALL_BENCHMARKS`):
+* `BENCHMARKS`, the six math sets (``aime24``, ``aime25``, ``amc``, ``math500``, ``minerva``,
+  ``olympiadbench``), and `OOD_BENCHMARKS`, LUFFY's multiple-choice ``arc_c`` and
+  ``gpqa_diamond``: the vendored files under ``data/``. ``source="default"`` reads the
+  per-benchmark files, ``source="luffy"`` the rows of LUFFY's evaluation parquet (its avg@32
+  repeats included, `LUFFY_DATA_SOURCES`).
+* ``synthetic:LEVEL`` (``add``, ``mul``, ``word``, ``tiny``; filed as ``synthetic_add`` etc.,
+  `benchmark_label`): the built-in task's whole ``test`` split of that level
+  (`prefix_rft.data.synthetic`, never trained on), in a fixed order (`SYNTHETIC_ORDER_SEED`,
+  independent of the run's seed, so every run sees the same first K problems).
+* a problems file of your own (a name that is not known and looks like a path: it has a ``/``,
+  a data suffix, or exists): read with `prefix_rft.data.readers.read_problems`; the benchmark
+  is the file stem, ids are the file's own or ``<stem>-<row>``, the one gold is the only answer.
 
-* `BENCHMARKS`, the six math sets: ``aime24``, ``aime25``, ``amc``, ``math500``, ``minerva``,
-  ``olympiadbench``.
-* `OOD_BENCHMARKS`, LUFFY's out-of-distribution multiple-choice sets: ``arc_c`` (ARC-Challenge,
-  1172 rows, ``luffy/valid.arc_c.parquet``) and ``gpqa_diamond`` (198 rows,
-  ``luffy/valid.gpqa.parquet``). The problem text is LUFFY's user message verbatim: the question
-  and its options ``A) ... D)``; every GPQA prompt begins with LUFFY's "Answer the following
-  multiple choice question. The last line of your response should be of the following format:
-  'ANSWER: $LETTER' ..." instruction, which is kept because it is part of LUFFY's prompt (the
-  grader still reads the final ``\\boxed{}``, so a prompt template must ask for one). The answer
-  is the option label as LUFFY has it: a letter ``A``..``D``, except 22 ARC-c rows whose options
-  are numbered ``1) ... 4)`` as in upstream ARC, with the digit as answer (3 ARC-c problems also
-  have an option ``E)``; none has it as answer). Ids are LUFFY's
-  ``extra_info.index``. There is one copy of these sets, so both sources read the same file.
-
-Sources (``load_benchmark(name, source=...)``):
-
-* ``"default"``: the per-benchmark files below, with their repairs.
-* ``"luffy"``: the rows of LUFFY's evaluation file ``luffy/valid.all.parquet`` whose
-  ``data_source`` is the benchmark's LUFFY name (`LUFFY_DATA_SOURCES`: ``aime``, ``aime25``,
-  ``amc``, ``math``, ``minerva``, ``olympiad_bench``), every row as LUFFY evaluates it: AIME24,
-  AIME25 and AMC are repeated 32 times each (960, 960, 2656 rows: LUFFY's avg@32 is the mean
-  over these rows), the others appear once (500, 272, 675). The problem text is the user message
-  verbatim (LUFFY's system message is dropped, as LUFFY's ``--remove_system True`` does); the
-  gold is ``reward_model.ground_truth``, kept as an acceptable answer, with the repairs below.
-  Ids are LUFFY's ``extra_info.index`` (per benchmark, 0-based), plus ``#k`` (the k-th copy,
-  0-based) for repeated problems. Another file in LUFFY's layout (``valid.parquet``, ReLIFT's
-  ``valid.parquet``) can be given as ``path``.
-
-The built-in synthetic task's held-out split, one difficulty level per benchmark:
-``synthetic:add``, ``synthetic:mul``, ``synthetic:word`` (and ``synthetic:tiny``), filed as
-``synthetic_add`` etc. (`benchmark_label`). A level's benchmark is its whole ``test`` split
-(`prefix_rft.data.synthetic`: a fixed hash puts about 1 in 5 problems there, never in ``train``;
-tiny 7, add 1973, mul 158, word 1742 problems) in a fixed seeded order (`SYNTHETIC_ORDER_SEED`,
-independent of any training seed, so every run and seed sees the same first K problems). The
-pipeline evaluates these with the ``eval`` section's protocol, like ``heldout``.
-
-A problems file of your own: ``load_benchmark("path/to/file.jsonl")`` (anything that is not a
-known name and looks like a path: it has a ``/``, a data suffix, or exists) is read with
-`prefix_rft.data.readers.read_problems` (schema auto-detected, e.g. ``problem`` / ``answer``
-fields; ``split="test"`` for a directory; no demonstrations needed), whatever ``source`` says.
-The benchmark name is the file stem; ids are the file's own or ``<stem>-<row>``; the one gold
-answer is the only answer.
-
-Repairs, per benchmark (default source unless said otherwise):
-
-* ``aime24`` (``aime24/aime.json``, the copy whose text matches LUFFY's): answers with leading
-  zeros (``023``) get the integer form first and keep the original as a second answer.
-  ``problem_number`` 0 in that file is problem 15 (the file numbers 1..14, 0). LUFFY source:
-  the same leading-zero repair.
-* ``aime25`` (``aime25/test.json``): JSON-escape corruption restored in the problem text: form
-  feed -> ``\\f`` (``\\frac``), TAB -> ``\\t`` (``\\triangle``), and likewise backspace ->
-  ``\\b`` and carriage return -> ``\\r`` should they occur. Ids are the 0-based row numbers.
-  LUFFY source (clean text): the gold ``336^\\circ`` (index 19) gets ``336`` first, the original
-  kept second; leading zeros as for aime24.
-* ``amc`` (``amc/amc.json``, the 83 problems of AMC 12 2022+2023): float answers (``142.0``)
-  become integer strings (``142``). Ids come from the AoPS url (``2022_AMC_12A/1``). LUFFY
-  source: the float strings (``"142.0"``) get the integer form first, the original kept second.
-* ``math500`` (``math500/test.jsonl``): as is; ids are ``unique_id``. Its two literal TABs are
-  genuine (asy code, from upstream MATH) and are kept. LUFFY source: identical text and answers.
-* ``minerva`` (``minerva_math/minerva.json``): the gold is the final ``\\boxed{}`` of the row's
-  own ``solution`` (the answer Qwen2.5-Math's evaluation and LUFFY use; LUFFY's 272 ground truths
-  equal it), followed by the file's ``answer`` variants (stripped, duplicates dropped) as further
-  acceptable answers. Exception: when the problem text carries a worked earlier subproblem (a
-  ``\\boxed{}`` inside the problem, 70 rows), the ``answer`` list is dropped (unless it equals
-  the solution's box), because in 34 of those rows it holds the earlier subproblem's answer, not
-  the asked one (e.g. idx 57 asks for the doubling time, 0.53, and lists the population, 4.4e7);
-  in the other 3 (idx 5, 13, 105) it only spells the solution's answer differently.
-  Then, in both sources, each answer that Math-Verify cannot read as meant gets a LaTeX form
-  inserted before it (the original kept): e-notation ``8.7e8`` -> ``8.7 \\times 10^{8}``
-  (Math-Verify reads ``8.7e8`` as 8.7*e*8 with Euler's e, so ``8.7 \\times 10^{8}`` would be
-  graded wrong), ``np.arcsin(10/13)`` -> ``\\arcsin(10/13)`` (parsed only as a string),
-  ``-1./3`` -> ``-1/3`` (parsed only as a string).
-* ``olympiadbench`` (``olympiadbench/test.jsonl``): ``question`` / ``final_answer`` (a list);
-  answers are kept as written, also for ``is_multiple_answer`` rows (``$69$,$84$``: the grader
-  compares the whole set), and units are not appended. LUFFY source: identical.
-
-``tests/test_benchmark_grader_check.py`` grades every benchmark's golds with the real grader;
-the problems where that check fails for a reason the loader cannot repair are listed, with the
-reason, in ``tests/data/grader_exceptions.yaml``.
+``data/PROVENANCE.md`` records each vendored file's source, licence and sha256, which file each
+name and source reads, and the known defects of the public copies with the repair this module
+applies to each (leading zeros, float answers, JSON-escape damage, Minerva's answer lists and
+the forms Math-Verify misreads). ``tests/test_benchmark_grader_check.py`` grades every gold with
+the real grader; the exceptions it allows are listed in ``tests/data/grader_exceptions.yaml``.
 """
 
 from __future__ import annotations
@@ -202,9 +136,9 @@ def load_benchmark(
     """Load a benchmark: one of `ALL_BENCHMARKS`, or a problems file of your own.
 
     ``name`` a known benchmark: read from ``path`` if given, else from the vendored file of
-    ``source`` (``"default"`` or ``"luffy"``, see the module docstring). A ``path`` must have
-    the format of the file it replaces (a JSON array for ``.json``, JSON lines otherwise, LUFFY's
-    parquet layout for the ``"luffy"`` source and the OOD sets).
+    ``source`` (``"default"`` or ``"luffy"``; ``data/PROVENANCE.md`` says what each reads). A
+    ``path`` must have the format of the file it replaces (a JSON array for ``.json``, JSON lines
+    otherwise, LUFFY's parquet layout for the ``"luffy"`` source and the OOD sets).
 
     ``name`` ``hub:owner/name[:config]``: a hub dataset's test split with problem/answer fields
     (needs network and the ``hub`` extra).
