@@ -1,6 +1,6 @@
 """Data-parallel training on one node: torchrun (one process per GPU) + FSDP2 sharding.
 
-The algorithm must not change with the number of GPUs (ALGORITHM.md). How the trainer keeps it:
+The algorithm must not change with the number of GPUs (docs/ALGORITHM.md). How the trainer keeps it:
 
 * rollouts: each rank generates, and grades, only the groups it owns; every rollout has its own
   sampling seed (engines/base.py), so a group samples the same tokens whichever rank runs it.

@@ -1,8 +1,8 @@
 """Held-out accuracy of the policy on problems: avg@n with Math-Verify grading.
 
 The small evaluation the trainer runs before and after training (the `make demo` report).
-The benchmark protocol (avg@32 on the six math sets, pass@k, CIs) builds on this in the
-evaluation issue.
+The benchmark protocol (avg@32 on the six math sets, pass@k, CIs) is
+`prefix_rft.benchmark_eval`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one hybrid token-level loss (ALGORITHM.md sections 1, 3 and 4).
+"""The one hybrid token-level loss (docs/ALGORITHM.md sections 1, 3 and 4).
 
 grad L = -(1/Z) [ sum_{t generated} a_it grad log pi(y_it) + sum_{t demo} b_it grad log pi(y*_it) ]
 

@@ -2,7 +2,7 @@
 
 Everything here is a pure function of (config, training step, seed), so a resumed run draws the
 same prefixes as a straight one. Token ids in, token ids out: a prefix is `demo_ids[:m]`, never
-decoded and re-encoded (ALGORITHM.md section 2).
+decoded and re-encoded (docs/ALGORITHM.md section 2).
 """
 
 from __future__ import annotations

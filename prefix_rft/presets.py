@@ -4,7 +4,7 @@ A preset says which tokens are trained and with what weight (`loss.*`), how each
 rollouts is planned (`rollout.*`), and which phases run (`sft.epochs`, `rl.steps`,
 `relift.enabled`). It is a nested dict merged over the `Config` defaults (which are the paper's
 Prefix-RFT settings); a YAML file and `--set` overrides win over it.
-Numbers in brackets are the paper's Qwen2.5-Math-7B math averages (ALGORITHM.md section 5).
+Numbers in brackets are the paper's Qwen2.5-Math-7B math averages (docs/ALGORITHM.md section 5).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ _PRESETS = [
            44.2),
     Preset("prefix_rft", "Prefix-RFT: 1 of G starts from a cosine-scheduled demo prefix; top-20% "
            "entropy demo tokens trained with the group's PPO weight (Dr. GRPO).", {}, 51.8),
-    # ---- ablations of the paper (ALGORITHM.md section 3)
+    # ---- ablations of the paper (docs/ALGORITHM.md section 5)
     Preset("freeze_prefix", "Ablation: Prefix-RFT without gradient on demo tokens.",
            {"loss": {"demo_rule": "none"}}, 45.4),
     Preset("update_all_prefix", "Ablation: Prefix-RFT training every demo token (no entropy clip).",

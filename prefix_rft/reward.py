@@ -1,4 +1,4 @@
-"""The 0/1 verifiable reward: Math-Verify on the final ``\\boxed{}`` answer (ALGORITHM.md section 4).
+"""The 0/1 reward: Math-Verify on the final ``\\boxed{}`` answer (docs/ALGORITHM.md section 4).
 
 This module owns answer extraction, grading one completion against its gold answer(s), and
 grading batches in a process pool with a per-item timeout. The trainer, the data filter and the
@@ -8,8 +8,8 @@ How one item is graded (`grade_one`):
 
 1. `answer_region`: with ``think_tags`` the text after the last ``</think>``; without, the whole
    completion. If ``think_tags`` is on and there is no ``</think>``, the whole completion is graded
-   (a template that never emits think tags must not silently score 0 on everything, PEERS
-   complaint 7; truncation is the length limit's business, not the grader's).
+   (a template that never emits think tags must not silently score 0 on everything;
+   truncation is the length limit's business, not the grader's).
 2. `extract_final_boxed`: the content of the LAST ``\\boxed{..}`` / ``\\boxed {..}`` /
    ``\\fbox{..}`` of that region, brace-matched with nesting. None (status ``no_answer``) if there
    is none or if the last one is never closed (a truncated answer). Only this box is graded: an
@@ -21,7 +21,7 @@ How one item is graded (`grade_one`):
 Statuses (`STATUSES`), in the order they are decided:
 
 * ``gold_unparseable``: no gold answer parses to anything (a data defect: filter such rows at
-  data preparation, PEERS complaint 7). Decided before looking at the completion, so every
+  data preparation). Decided before looking at the completion, so every
   completion of such a prompt is counted.
 * ``no_answer``: no (closed) final box in the answer region.
 * ``pred_unparseable``: the box content parses to nothing (e.g. an empty box).
@@ -32,7 +32,7 @@ Statuses (`STATUSES`), in the order they are decided:
 
 Every status except ``correct`` gives reward 0.0, and none of them is silent: `RewardGrader.counts`
 counts them, `reward_metrics` reports them, and the first message of each kind of timeout/error is
-logged as a warning (PEERS complaint 4: a swallowed timeout error once turned every reward into 0).
+logged as a warning (a swallowed timeout error would otherwise turn every reward into 0 unseen).
 
 Timeouts. Math-Verify's own timeout uses ``signal.alarm`` (whole seconds, main thread only), so it
 is switched off and this module installs its own ``SIGALRM`` interval timer (``setitimer``,
@@ -203,7 +203,7 @@ def gold_is_parseable(gold: str, *, timeout_s: float = 5.0) -> bool:
     """True if Math-Verify parses ``gold`` into something non-empty within ``timeout_s``.
 
     Meant for data preparation: drop rows that would otherwise score ``gold_unparseable`` for
-    every completion (PEERS complaint 7). The time limit works in the main thread only.
+    every completion. The time limit works in the main thread only.
     """
     try:
         with _time_limit(timeout_s):

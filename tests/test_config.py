@@ -1,6 +1,6 @@
-"""Configuration: presets (ALGORITHM.md section 5), resolution order, errors naming the key.
+"""Configuration: presets (docs/ALGORITHM.md section 5), resolution order, errors naming the key.
 
-No model loading, no network. Expected values are written out by hand from ALGORITHM.md.
+No model loading, no network. Expected values are written out by hand from docs/ALGORITHM.md.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def flat(cfg: Config) -> dict:
 
 
 # ============================================================================ presets
-# Values each preset must have, from ALGORITHM.md sections 2-5 (the defaults are the paper's
+# Values each preset must have, from docs/ALGORITHM.md sections 2-5 (the defaults are the paper's
 # Prefix-RFT settings, so every preset is also checked against the unchanged keys it relies on).
 PREFIX_RFT = {
     "rollout.n_prefixed": 1,
@@ -115,7 +115,7 @@ EXPECTED = {
     "entropy_bottom20": {"loss.entropy_selection": "bottom", "loss.entropy_fraction": 0.2},
 }
 
-# The paper's Qwen2.5-Math-7B math averages (ALGORITHM.md sections 3 and 5).
+# The paper's Qwen2.5-Math-7B math averages (docs/ALGORITHM.md section 5).
 PAPER_SCORES = {
     "sft": 44.1, "rft": 45.5, "sft_then_rft": 48.2, "rl_sft_loss": 40.1,
     "luffy": 50.1, "relift": 47.8, "uft": 44.2, "prefix_rft": 51.8, "freeze_prefix": 45.4,

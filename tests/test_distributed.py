@@ -1,5 +1,5 @@
 """Data-parallel training on real processes (gloo, CPU): the algorithm must not depend on the
-number of GPUs (ALGORITHM.md), so two processes must give what one process gives on the whole
+number of GPUs (docs/ALGORITHM.md), so two processes must give what one process gives on the whole
 batch.
 
 * the collectives of prefix_rft/distributed.py on 2 spawned ranks, with hand-worked values;

