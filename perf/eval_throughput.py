@@ -41,6 +41,7 @@ def main() -> None:
 
     from prefix_rft import benchmark_eval as BE
     from prefix_rft.benchmarks import load_benchmark
+    from prefix_rft.engines.factory import EngineSpec, make_engine
     from prefix_rft.models import load_tokenizer, resolve_model_path
     from prefix_rft.reward import RewardGrader
 
@@ -48,8 +49,9 @@ def main() -> None:
     tok = load_tokenizer(model_dir)
     problems = load_benchmark(a.benchmark)[: a.problems]
     t0 = time.perf_counter()
-    engine, kind = BE.make_engine(a.engine, model_dir, tok, dtype=a.dtype, max_batch_size=a.batch_size,
-                                  seed=a.seed, gpu_memory_utilization=a.gpu_memory_utilization)
+    engine, kind = make_engine(a.engine, EngineSpec(
+        tok, model_dir=model_dir, dtype=a.dtype, max_batch_size=a.batch_size, seed=a.seed,
+        gpu_memory_utilization=a.gpu_memory_utilization), key="--engine")
     load_s = time.perf_counter() - t0
     protocol = BE.Protocol("throughput", n=a.n, temperature=a.temperature, top_p=0.95,
                            max_new_tokens=a.max_new_tokens, seed=a.seed)

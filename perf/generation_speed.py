@@ -93,7 +93,7 @@ ENGINE_MODES = {"engine": dict(fast=False), "engine-graph": dict(fast=True, comp
 
 
 def _engine(model, rows: int, mode: str, pad_id: int):
-    from prefix_rft.engines import HFEngine
+    from prefix_rft.engines.hf import HFEngine
 
     # the only stop id is outside the vocabulary: every row runs the full length
     return HFEngine(model, SimpleNamespace(pad_token_id=pad_id), [model.config.vocab_size],

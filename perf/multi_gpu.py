@@ -66,7 +66,7 @@ def cmd_run(args) -> int:
     from prefix_rft import distributed as D
     from prefix_rft import models
     from prefix_rft.config import resolve
-    from prefix_rft.engines.hf import HFEngine
+    from prefix_rft.engines.factory import EngineSpec, make_engine
     from prefix_rft.trainer import Trainer
 
     D.init_from_env()
@@ -78,8 +78,8 @@ def cmd_run(args) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     trainer = Trainer(cfg, model=model, tokenizer=tok, progress=rank == 0)
     # the plain decoding path on any process count, so 1 and N GPUs sample the same rollouts
-    trainer.engine = HFEngine(trainer.model, tok, trainer.stop_ids,
-                              max_batch_size=cfg.rollout.max_batch_size, fast=False)
+    trainer.engine, _ = make_engine("hf", EngineSpec(
+        tok, model=trainer.model, max_batch_size=cfg.rollout.max_batch_size, decoding="generate"))
     if trainer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(trainer.device)
     t0 = time.perf_counter()
@@ -169,13 +169,14 @@ def cmd_load(args) -> int:
     import tempfile
 
     from prefix_rft import models
-    from prefix_rft.benchmark_eval import make_engine, resolve_model_dir
+    from prefix_rft.benchmark_eval import resolve_model_dir
     from prefix_rft.engines.base import GenerationRequest, SamplingParams
+    from prefix_rft.engines.factory import EngineSpec, make_engine
     from prefix_rft.prompting import encode_prompt
 
     model_dir = resolve_model_dir(args.checkpoint, tempfile.mkdtemp())  # manifest verified
     tok = models.load_tokenizer(model_dir)
-    engine, _ = make_engine("hf", model_dir, tok)
+    engine, _ = make_engine("hf", EngineSpec(tok, model_dir=model_dir, max_batch_size=64))
     req = GenerationRequest(encode_prompt(tok, "What is 2 + 3?"), 16)
     out = engine.generate([req], 1, SamplingParams(temperature=0.0))[0][0]
     engine.close()

@@ -202,33 +202,3 @@ def resolve_model_dir(uri: str, scratch: str | Path) -> str:
         raise UserError(f"--model {uri}: no such checkpoint or model directory")
     return uri  # a hub id
 
-
-def make_engine(kind: str, model_dir: str, tokenizer, *, dtype: str = "bfloat16", device: str = "auto",
-                max_batch_size: int = 64, seed: int = 0, gpu_memory_utilization: float = 0.85,
-                max_model_len: int | None = None, decoding: str = "auto"):
-    """`hf` (any device), `vllm` (GPU), or `auto` (vLLM when importable with a GPU, else HF).
-    `decoding`: the HF engine's mode (`model.decoding`: auto, generate, graph, compiled)."""
-    from prefix_rft.engines import vllm as vllm_engine
-    from prefix_rft.prompting import stop_token_ids
-
-    if kind not in ("auto", "hf", "vllm"):
-        raise UserError(f"--engine {kind!r}: expected auto, hf or vllm")
-    if kind == "auto":
-        kind = "vllm" if vllm_engine.available() else "hf"
-    stops = stop_token_ids(tokenizer)
-    if kind == "vllm":
-        return vllm_engine.VLLMEngine(model_dir, stops, dtype=dtype, seed=seed,
-                                      gpu_memory_utilization=gpu_memory_utilization,
-                                      max_model_len=max_model_len), "vllm"
-    import torch
-
-    from prefix_rft.engines.hf import HFEngine, decoding_options
-    from prefix_rft.models import load_policy
-
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
-    if dev.type == "cpu" and dtype in ("bfloat16", "float16"):
-        dtype = "float32"  # half precision on CPU is slow and not what users mean
-    model = load_policy(model_dir, dtype=dtype).to(dev).eval()
-    return HFEngine(model, tokenizer, stops, max_batch_size=max_batch_size,
-                    **decoding_options(decoding)), "hf"

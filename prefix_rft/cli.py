@@ -251,6 +251,7 @@ def cmd_eval(args) -> int:
 
     from prefix_rft import benchmark_eval as BE
     from prefix_rft.benchmarks import benchmark_label, load_benchmark
+    from prefix_rft.engines.factory import EngineSpec, make_engine
     from prefix_rft.models import load_tokenizer
     from prefix_rft.reward import RewardGrader
 
@@ -267,9 +268,10 @@ def cmd_eval(args) -> int:
             problems = load_benchmark(name, source=args.source)
             sets[benchmark_label(name)] = problems[: args.max_problems] if args.max_problems else problems
         tok = load_tokenizer(model_dir, chat_template=args.chat_template)
-        engine, kind = BE.make_engine(args.engine, model_dir, tok, dtype=args.dtype,
-                                      device=args.device, max_batch_size=args.batch_size,
-                                      seed=protocol.seed, decoding=args.decoding)
+        engine, kind = make_engine(args.engine, EngineSpec(
+            tok, model_dir=model_dir, dtype=args.dtype, device=args.device,
+            max_batch_size=args.batch_size, seed=protocol.seed, decoding=args.decoding),
+            key="--engine")
         results = []
         with RewardGrader(num_workers=args.workers) as grader:
             for name, problems in sets.items():

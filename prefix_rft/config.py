@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
+from prefix_rft.engines.factory import training_engine_problem
 from prefix_rft.errors import UserError
 
 NON_TRAINING_SECTIONS = ("pipeline", "tracking")
@@ -169,6 +170,12 @@ class RolloutConfig:
     temperature: float = _f(1.0, "Sampling temperature during training (paper: 1.0).")
     top_p: float = _f(1.0, "Nucleus sampling during training.")
     max_batch_size: int = _f(256, "Rows generated together by the engine.")
+    engine: str = _f(
+        "auto",
+        "Generation engine of the rollouts, by its name in prefix_rft.engines.factory: hf, or auto "
+        "(= hf: the trainer generates from its in-memory policy). vLLM rollouts are not supported "
+        "in training yet.",
+    )
     prefix_schedule: ScheduleConfig = _sub(ScheduleConfig, "Prefix-ratio schedule.")
 
 
@@ -618,6 +625,8 @@ def validate(cfg: Config, where: str = "") -> None:
 
     if r.group_size < 1:
         bad("rollout.group_size", "must be >= 1")
+    if (problem := training_engine_problem(r.engine)) is not None:
+        bad("rollout.engine", problem)
     if r.n_prefixed < 0 or r.n_full_demo < 0 or r.n_prefixed + r.n_full_demo > r.group_size:
         bad("rollout.n_prefixed", "n_prefixed + n_full_demo must be between 0 and group_size")
     s = r.prefix_schedule

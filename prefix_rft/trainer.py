@@ -42,7 +42,7 @@ from prefix_rft import loss as L
 from prefix_rft.config import Config, OptimConfig, check_world
 from prefix_rft.data.problem import Problem
 from prefix_rft.engines.base import GenerationRequest, SamplingParams
-from prefix_rft.engines.hf import HFEngine, decoding_options
+from prefix_rft.engines.factory import EngineSpec, make_engine
 from prefix_rft.errors import UserError
 from prefix_rft.prefix import cut_prefix, prefix_length, prefix_window, sample_ratio
 
@@ -316,9 +316,10 @@ class Trainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         # The compiled static-cache path captures weight addresses; FSDP2 re-gathers weights into
         # new buffers for every rollout phase, so data-parallel runs decode the plain way.
-        decoding = decoding_options(cfg.model.decoding) if self.world_size == 1 else {"fast": False}
-        self.engine = HFEngine(self.model, tokenizer, self.stop_ids,
-                               max_batch_size=cfg.rollout.max_batch_size, **decoding)
+        decoding = cfg.model.decoding if self.world_size == 1 else "generate"
+        self.engine, _ = make_engine(cfg.rollout.engine, EngineSpec(
+            tokenizer, model=self.model, max_batch_size=cfg.rollout.max_batch_size,
+            decoding=decoding), key="rollout.engine")
         self._prompt_cache: dict[int, list[int]] = {}
         self._demo_cache: dict[tuple[int, int], list[int]] = {}
         self._grader = grader

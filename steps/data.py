@@ -18,8 +18,8 @@ from pathlib import Path
 from prefix_rft.config import Config
 from prefix_rft.data import filter_openr1, save_problems
 from prefix_rft.data.filter import data_fraction
-from prefix_rft.data.problem import Problem, load_problems
-from prefix_rft.data.readers import detect_schema, iter_rows
+from prefix_rft.data.problem import Problem
+from prefix_rft.data.readers import detect_schema, iter_rows, load_problems
 from prefix_rft.data.sources import test_problems, training_problems
 from prefix_rft.errors import UserError
 from prefix_rft.store import CheckpointRef, fetch_checkpoint, open_store

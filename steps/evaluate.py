@@ -97,7 +97,7 @@ def _problems(cfg: Config, spec: str, data_ref: dict):
 def _engine(cfg: Config, ref: dict | None, scratch: Path):
     """(engine, tokenizer, engine kind) for a checkpoint ref, or for the starting model."""
     from prefix_rft import models
-    from prefix_rft.benchmark_eval import make_engine
+    from prefix_rft.engines.factory import EngineSpec, make_engine
 
     if ref is not None:
         model_dir = str(fetch_into(ref, scratch) / "model")
@@ -106,16 +106,16 @@ def _engine(cfg: Config, ref: dict | None, scratch: Path):
         model_dir = cfg.model.name_or_path
         tok = models.load_tokenizer(model_dir, chat_template=cfg.model.chat_template)
         if cfg.model.random_init:  # tests/throughput: the same seeded weights training started from
-            from prefix_rft.engines.hf import HFEngine, decoding_options
-            from prefix_rft.prompting import stop_token_ids
-
             model = models.tiny_random_model(len(tok), **dict(cfg.model.random_init)).eval()
-            return HFEngine(model, tok, stop_token_ids(tok), max_batch_size=cfg.rollout.max_batch_size,
-                            **decoding_options(cfg.model.decoding)), tok, "hf"
+            engine, kind = make_engine("hf", EngineSpec(
+                tok, model=model, max_batch_size=cfg.rollout.max_batch_size,
+                decoding=cfg.model.decoding))
+            return engine, tok, kind
         model_dir = models.resolve_model_path(model_dir)
-    engine, kind = make_engine(cfg.pipeline.eval_engine, model_dir, tok, dtype=cfg.model.dtype,
-                               device=cfg.model.device, max_batch_size=cfg.rollout.max_batch_size,
-                               seed=cfg.seed, decoding=cfg.model.decoding)
+    engine, kind = make_engine(cfg.pipeline.eval_engine, EngineSpec(
+        tok, model_dir=model_dir, dtype=cfg.model.dtype, device=cfg.model.device,
+        max_batch_size=cfg.rollout.max_batch_size, seed=cfg.seed, decoding=cfg.model.decoding),
+        key="pipeline.eval_engine")
     return engine, tok, kind
 
 

@@ -85,6 +85,19 @@ def test_save_then_load_round_trips(tmp_path, suffix):
     assert read_problems(path, schema="problems", require_demos=False) == problems
 
 
+def test_problem_record_module_imports_no_reader():
+    """The record sits below every reader: `problem.py` imports nothing of `prefix_rft.data`
+    (not even inside a function), so problem <-> readers cannot form an import cycle."""
+    import ast
+
+    import prefix_rft.data.problem as problem_module
+
+    tree = ast.parse(Path(problem_module.__file__).read_text())
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m.startswith("prefix_rft.data")]
+
+
 def test_save_rejects_unknown_extension(tmp_path):
     with pytest.raises(UserError, match=r"problems\.csv.*expected one of \.jsonl, \.parquet"):
         save_problems([], tmp_path / "problems.csv")

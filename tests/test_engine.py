@@ -1,13 +1,29 @@
-"""The Hugging Face generation engine: token ids in/out, per-row limits, stops, seeds, log-probs."""
+"""The Hugging Face generation engine (token ids in/out, per-row limits, stops, seeds, log-probs)
+and the engine factory that training and evaluation build their engines through."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from prefix_rft import logprobs as lp
-from prefix_rft.engines import GenerationRequest, HFEngine, SamplingParams
+from prefix_rft.engines import (
+    EngineSpec,
+    GenerationOutput,
+    GenerationRequest,
+    SamplingParams,
+    engine_names,
+    make_engine,
+    register_engine,
+    unregister_engine,
+)
+from prefix_rft.engines.hf import HFEngine
+from prefix_rft.errors import UserError
 from prefix_rft.models import tiny_random_model
 from prefix_rft.prompting import encode_prompt, stop_token_ids
+from tests.test_trainer import _cfg, _trainer
 
 
 def _engine(tok, seed=0):
@@ -80,3 +96,113 @@ def assert_logprobs_match_score(model, pad_id, req, samples, temperature):
                              with_entropy=False)
         gen_part = scored[0][len(req.prefix_ids):]
         assert torch.allclose(gen_part, torch.tensor(o.logprobs), atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ the factory
+DUMMY = "fixed-answer-test"
+ANSWER = "The answer is \\boxed{1}."
+
+
+class FixedAnswerEngine:
+    """Answers every request with the same token ids (ANSWER, then the stop id), cut to the
+    request's limit, and records what it was asked."""
+
+    def __init__(self, spec: EngineSpec):
+        self.spec = spec
+        self.stop_id = spec.stop_ids()[0]
+        self.answer = spec.tokenizer.encode(ANSWER, add_special_tokens=False) + [self.stop_id]
+        self.calls: list[tuple[list[GenerationRequest], int, SamplingParams]] = []
+
+    def generate(self, requests, n, sampling):
+        self.calls.append((list(requests), n, sampling))
+        outs = []
+        for r in requests:
+            ids = self.answer[: r.max_new_tokens]
+            reason = "stop" if ids and ids[-1] == self.stop_id else "length"
+            outs.append([GenerationOutput(list(ids), reason) for _ in range(n)])
+        return outs
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fixed_answer_engine():
+    """Registers FixedAnswerEngine as DUMMY for one test; yields the engines it builds."""
+    built: list[FixedAnswerEngine] = []
+
+    @register_engine(DUMMY)
+    def _build(spec: EngineSpec) -> FixedAnswerEngine:
+        built.append(FixedAnswerEngine(spec))
+        return built[-1]
+
+    yield built
+    unregister_engine(DUMMY)
+
+
+def test_registered_engine_trains_one_step(fixed_answer_engine, smol_tokenizer):
+    cfg = _cfg(rollout={"engine": DUMMY})
+    tr = _trainer(cfg, smol_tokenizer)
+    (engine,) = fixed_answer_engine
+    assert tr.engine is engine and engine.spec.model is tr.model
+    assert engine.spec.tokenizer is smol_tokenizer and engine.calls == []
+    metrics = tr.rl_step()
+    (requests, n, sampling), = engine.calls
+    r = cfg.rollout
+    assert n == 1 and (sampling.temperature, sampling.top_p) == (r.temperature, r.top_p)
+    assert r.n_full_demo == 0 and r.n_prefixed >= 1  # prefix_rft: every member is generated
+    assert len(requests) == r.num_prompts * r.group_size
+    prompts = {}
+    for req in requests:
+        prompts.setdefault(tuple(req.prompt_ids), []).append(req)
+    assert len(prompts) == r.num_prompts
+    for prompt, reqs in prompts.items():
+        (i,) = [i for i in range(len(tr.train_set)) if tr.prompt_ids(i) == list(prompt)]
+        demos = [tr.demo_ids(i, d) for d in range(len(tr.train_set[i].demonstrations))]
+        n_policy = r.group_size - r.n_prefixed
+        assert [len(q.prefix_ids) > 0 for q in reqs] == [False] * n_policy + [True] * r.n_prefixed
+        for q in reqs:
+            assert q.max_new_tokens == r.max_response_len - len(q.prefix_ids)
+            assert any(list(q.prefix_ids) == d[: len(q.prefix_ids)] for d in demos)
+    assert metrics["step"] == 1
+    assert metrics["completions/mean_length"] > 0
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    assert numbers and all(math.isfinite(v) for v in numbers.values()), numbers
+
+
+def test_rollout_engine_is_validated_against_the_registry(fixed_answer_engine):
+    assert _cfg(rollout={"engine": DUMMY}).rollout.engine == DUMMY
+    assert _cfg().rollout.engine == "auto"
+    with pytest.raises(UserError, match="key 'rollout.engine': 'vllm' rollouts in training are "
+                                        "not supported yet"):
+        _cfg(rollout={"engine": "vllm"})
+    with pytest.raises(UserError, match="key 'rollout.engine': 'tpu' is not an engine that can "
+                                        f"train; expected auto, hf or {DUMMY}"):
+        _cfg(rollout={"engine": "tpu"})
+
+
+def test_unregistered_engine_is_rejected():
+    assert DUMMY not in engine_names()
+    with pytest.raises(UserError, match=f"key 'rollout.engine': '{DUMMY}' is not an engine"):
+        _cfg(rollout={"engine": DUMMY})
+    assert engine_names() == ["auto", "hf", "vllm"]
+    assert engine_names(training=True) == ["auto", "hf"]
+
+
+def test_registering_a_name_twice_fails(fixed_answer_engine):
+    with pytest.raises(ValueError, match="already registered"):
+        register_engine(DUMMY)(FixedAnswerEngine)
+
+
+def test_auto_is_hf_for_an_in_memory_policy(smol_tokenizer):
+    model = tiny_random_model(len(smol_tokenizer), hidden_size=32, num_layers=2, num_heads=2)
+    engine, name = make_engine("auto", EngineSpec(smol_tokenizer, model=model, max_batch_size=3,
+                                                  decoding="generate"))
+    assert name == "hf" and isinstance(engine, HFEngine)
+    assert engine.model is model and engine.max_batch_size == 3 and engine.fast is False
+    assert engine.stop_ids == stop_token_ids(smol_tokenizer)
+
+
+def test_unknown_engine_names_the_key():
+    with pytest.raises(UserError, match="pipeline.eval_engine 'tpu': expected auto, hf or vllm"):
+        make_engine("tpu", EngineSpec(None), key="pipeline.eval_engine")

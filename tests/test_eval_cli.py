@@ -10,6 +10,7 @@ import pytest
 from prefix_rft import benchmark_eval as BE
 from prefix_rft.cli import main
 from prefix_rft.engines import vllm as vllm_engine
+from prefix_rft.engines.factory import EngineSpec, make_engine
 from prefix_rft.errors import UserError
 
 
@@ -94,7 +95,7 @@ def test_missing_answer_field_names_file_and_row(smollm2_dir, tmp_path, capsys):
 
 def test_engine_names(smollm2_dir):
     with pytest.raises(UserError, match="--engine 'tpu': expected auto, hf or vllm"):
-        BE.make_engine("tpu", str(smollm2_dir), None)
+        make_engine("tpu", EngineSpec(None, model_dir=str(smollm2_dir)), key="--engine")
 
 
 @pytest.mark.skipif(_vllm_importable(), reason="vLLM is installed here")

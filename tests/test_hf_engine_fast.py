@@ -19,8 +19,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from prefix_rft.engines import GenerationRequest, HFEngine, SamplingParams, graph_decode
-from prefix_rft.engines.hf import _seed_for, gumbel_noise, row_keys, row_seed, sampling_processors
+from prefix_rft.engines import GenerationRequest, SamplingParams, graph_decode
+from prefix_rft.engines.hf import (
+    HFEngine,
+    _seed_for,
+    gumbel_noise,
+    row_keys,
+    row_seed,
+    sampling_processors,
+)
 from prefix_rft.models import tiny_random_model
 from tests.test_engine import assert_logprobs_match_score
 

@@ -2,8 +2,8 @@
 files and the hub, LUFFY's OpenR1 filter, seeded data fractions and a synthetic arithmetic task."""
 
 from prefix_rft.data.filter import FilterStats, data_fraction, dedupe_problems, filter_openr1
-from prefix_rft.data.problem import Problem, load_problems, save_problems
-from prefix_rft.data.readers import iter_rows, read_problems
+from prefix_rft.data.problem import Problem, save_problems
+from prefix_rft.data.readers import iter_rows, load_problems, read_problems
 from prefix_rft.data.synthetic import synthetic_arithmetic
 
 __all__ = [

@@ -6,7 +6,9 @@ the worked expert solutions (demonstrations) that Prefix-RFT cuts prefixes from.
 
 The save format (schema "problems") is one record per row with the fields `id`, `prompt`,
 `answer`, `demonstrations` (list of strings) and `source`, written as JSON lines (`.jsonl`) or
-Parquet (`.parquet`), chosen by the file extension. `load_problems` reads it back.
+Parquet (`.parquet`), chosen by the file extension. `prefix_rft.data.readers.load_problems` reads
+it back. This module imports nothing else of `prefix_rft.data`: every reader depends on it, not
+the other way round.
 """
 
 from __future__ import annotations
@@ -86,9 +88,3 @@ def save_problems(problems: Iterable[Problem], path: str | Path) -> Path:
     os.replace(tmp, path)
     return path
 
-
-def load_problems(path: str | Path, *, require_demos: bool = False) -> list[Problem]:
-    """Read a file written by `save_problems` (schema "problems")."""
-    from prefix_rft.data.readers import read_problems
-
-    return read_problems(path, schema="problems", require_demos=require_demos)

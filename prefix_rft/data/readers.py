@@ -135,6 +135,11 @@ def read_problems(
     return problems
 
 
+def load_problems(path: str | Path, *, require_demos: bool = False) -> list[Problem]:
+    """Read a file written by `prefix_rft.data.problem.save_problems` (schema "problems")."""
+    return read_problems(path, schema="problems", require_demos=require_demos)
+
+
 def detect_schema(fields: dict) -> str | None:
     """The schema a row's fields belong to, or None when none fits."""
     if "generations" in fields or "correctness_math_verify" in fields:

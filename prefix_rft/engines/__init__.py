@@ -1,7 +1,10 @@
 """Generation engines behind one interface: token ids in, token ids out.
 
-`base` defines the interface; `hf` is the Hugging Face transformers implementation (CPU and GPU).
-`vllm` implements the same interface with vLLM (optional, CUDA GPUs).
+`base` defines the interface; `factory` is the registry every engine is built through (training
+and evaluation alike); `hf` is the Hugging Face transformers implementation (CPU and GPU) and
+`vllm` the vLLM one (GPU, evaluation). Importing this package loads neither torch nor vLLM: take
+an engine class from its own module (`prefix_rft.engines.hf.HFEngine`) or, better, build it with
+`make_engine`.
 """
 
 from prefix_rft.engines.base import (
@@ -10,6 +13,24 @@ from prefix_rft.engines.base import (
     GenerationRequest,
     SamplingParams,
 )
-from prefix_rft.engines.hf import HFEngine
+from prefix_rft.engines.factory import (
+    EngineSpec,
+    engine_names,
+    make_engine,
+    register_chooser,
+    register_engine,
+    unregister_engine,
+)
 
-__all__ = ["GenerationEngine", "GenerationOutput", "GenerationRequest", "SamplingParams", "HFEngine"]
+__all__ = [
+    "EngineSpec",
+    "GenerationEngine",
+    "GenerationOutput",
+    "GenerationRequest",
+    "SamplingParams",
+    "engine_names",
+    "make_engine",
+    "register_chooser",
+    "register_engine",
+    "unregister_engine",
+]
