@@ -141,21 +141,12 @@ def cmd_presets(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from prefix_rft import config as C
+    from prefix_rft.config import keys_text, show_config
 
     if args.config_command == "keys":
-        for key, default, help_ in C.describe_keys():
-            print(f"{key} = {default}\n    {help_}")
+        print(keys_text(), end="")
         return 0
-    if not args.preset and not args.config:
-        raise UserError("config show: give --preset NAME or --config FILE")
-    data = C.read_yaml(args.config) if args.config else {}
-    if args.preset:
-        data["method"] = args.preset
-    data.setdefault("model", {}).setdefault("name_or_path", "<model>")
-    data.setdefault("data", {}).setdefault("train", "<data>")
-    cfg = C.resolve(data, args.set, source=args.config or f"preset {args.preset}")
-    print(cfg.to_yaml(), end="")
+    print(show_config(args.config, args.preset, args.set), end="")
     return 0
 
 

@@ -12,12 +12,12 @@ import pytest
 from prefix_rft.config import (
     Config,
     describe_keys,
-    flatten,
     load_config,
     parse_overrides,
     read_yaml,
     resolve,
 )
+from prefix_rft.dicts import flatten
 from prefix_rft.errors import UserError
 from prefix_rft.presets import PRESETS, preset_values
 

@@ -20,8 +20,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from prefix_rft.config import flow_config_parser, resolve
 from prefix_rft.errors import UserError
+from steps.flow_config import flow_config_parser, resolve_flow
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = ROOT / "flows" / "prefix_rft_flow.py"
@@ -215,7 +215,7 @@ def test_metaflow_profiles(profile, required):
 def _cfg(**pipeline):
     data = {"method": "prefix_rft", "model": {"name_or_path": "m"},
             "data": {"train": "synthetic:add", "test": "synthetic:add"}, "pipeline": pipeline}
-    return resolve(data, source="cfg.yaml")
+    return resolve_flow(data, source="cfg.yaml")
 
 
 @pytest.mark.parametrize("cron", ["0 3 * * 1", "*/30 2-4 1,15 * MON-FRI", "@daily", "0 0 ? * SUN"])
