@@ -3,7 +3,7 @@
     prefix-rft presets                               list the method presets
     prefix-rft config show --preset NAME             the fully resolved config of a preset
     prefix-rft config show --config FILE [--set k=v ...]
-    prefix-rft config keys                           every config key with its default and meaning
+    prefix-rft config keys                           every training config key, its default and meaning
     prefix-rft train --config FILE [--set k=v ...] --output DIR [--resume CKPT|latest]
     prefix-rft filter-data --input SPEC --output FILE --tokenizer MODEL [--max-tokens 8192]
     prefix-rft eval --model PATH_OR_URI [--benchmarks aime24,amc,...] [--protocol default|paper]
@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--config", help="YAML config file")
     show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key (repeatable), e.g. --set rl.steps=10")
-    csub.add_parser("keys", help="every config key with its default and what it does")
+    csub.add_parser("keys", help="every training config key with its default and what it does "
+                    "(the pipeline's own keys: python -m steps.flow_config keys)")
 
     tr = sub.add_parser("train", help="train a policy with a config",
                         formatter_class=argparse.RawDescriptionHelpFormatter,

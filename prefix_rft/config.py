@@ -427,12 +427,14 @@ def _coerce(value, tp, key: str, where: str):
     return value
 
 
-def _build(cls, data: dict, prefix: str, where: str):
+def _build(cls, data: dict, prefix: str, where: str, suggest: tuple[str, ...] = ()):
+    """`cls` from the mapping `data`; an unknown key is refused with the closest of its fields
+    (or of `suggest`, further names accepted at this level) as a suggestion."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for k in data:
         if k not in names:
-            close = difflib.get_close_matches(str(k), names, n=1)
+            close = difflib.get_close_matches(str(k), names + list(suggest), n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             raise UserError(f"{where}unknown key '{prefix}{k}'{hint}")
     kwargs = {}
@@ -506,7 +508,7 @@ def resolve(
         if name not in declared:
             merged.pop(name, None)
     where = f"{source}: " if source else ""
-    cfg = _build(cls, merged, "", where)
+    cfg = _build(cls, merged, "", where, suggest=NON_TRAINING_SECTIONS)
     cfg.validate(where)
     return cfg
 

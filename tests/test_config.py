@@ -5,11 +5,17 @@ No model loading, no network. Expected values are written out by hand from ALGOR
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import importlib.util
+from pathlib import Path
 
 import pytest
+import yaml
 
+import prefix_rft
 from prefix_rft.config import (
+    NON_TRAINING_SECTIONS,
     Config,
     describe_keys,
     load_config,
@@ -459,3 +465,63 @@ def test_config_hash_survives_yaml_round_trip_with_defaults(tmp_path):
     again = load_config(p)
     assert again == cfg  # dataclass equality holds (0 == 0.0) ...
     assert again.config_hash() == cfg.config_hash()  # ... the hash does not
+
+
+# ============================================================================ one file, two readers
+PIPELINE_SECTIONS = {"pipeline": {"epochs": 3, "benchmarks": ["synthetic:add"],
+                                  "train": {"gpus": 2}},
+                     "tracking": {"experiment": "x", "timeout_s": 5}}
+
+
+def test_pipeline_and_tracking_sections_are_skipped_by_the_library(tmp_path):
+    """A file written for the flow trains as is: `Config` has no pipeline or tracking section,
+    and the config (and its hash) is the one of the same file without them."""
+    bare = {"method": "prefix_rft", **BASE}
+    with_flow = tmp_path / "flow.yaml"
+    with_flow.write_text(yaml.safe_dump({**bare, **PIPELINE_SECTIONS}))
+    cfg = load_config(with_flow, ["pipeline.epochs=4", "tracking.uri=http://x"])
+    assert set(NON_TRAINING_SECTIONS) == {"pipeline", "tracking"}
+    assert not set(NON_TRAINING_SECTIONS) & {f.name for f in dataclasses.fields(cfg)}
+    assert cfg == resolve(bare) and cfg.config_hash() == resolve(bare).config_hash()
+    assert "pipeline" not in cfg.to_yaml() and "tracking" not in cfg.to_yaml()
+
+
+def test_unknown_keys_next_to_pipeline_sections_are_still_named(tmp_path):
+    p = tmp_path / "flow.yaml"
+    p.write_text(yaml.safe_dump({"method": "rft", **BASE, **PIPELINE_SECTIONS,
+                                 "loss": {"demo_rul": "none"}}))
+    with pytest.raises(UserError) as e:
+        load_config(p)
+    assert str(e.value) == (f"{p}: unknown key 'loss.demo_rul' (did you mean 'loss.demo_rule'?)")
+    with pytest.raises(UserError, match="unknown key 'pipline' \\(did you mean 'pipeline'\\?\\)"):
+        cfg_for("rft", pipline={"epochs": 2})
+
+
+def _imports(module: str) -> set[str]:
+    """The prefix_rft modules `module`'s source imports, at the top or inside functions."""
+    path = Path(prefix_rft.__file__).parent.joinpath(*module.split(".")[1:])
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("prefix_rft"):
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names
+                         if importlib.util.find_spec(node.module).submodule_search_locations
+                         and importlib.util.find_spec(f"{node.module}.{a.name}") is not None)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("prefix_rft."))
+    return found - {"prefix_rft", module}
+
+
+@pytest.mark.parametrize("module", ["prefix_rft.config", "prefix_rft.presets", "prefix_rft.dicts"])
+def test_config_modules_are_in_no_import_cycle(module):
+    """Lazy imports count: nothing `module` reaches, directly or not, imports it back."""
+    seen, todo = set(), [module]
+    while todo:
+        for dep in _imports(todo.pop()):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    assert module not in seen, f"{module} imports itself through {sorted(seen)}"
+    if module == "prefix_rft.config":
+        assert seen == {"prefix_rft.dicts", "prefix_rft.errors", "prefix_rft.presets"}
