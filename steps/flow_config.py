@@ -160,6 +160,9 @@ class TrackingConfig:
 
 @dataclass
 class FlowConfig(Config):
+    """What the pipeline runs: the training `Config` (its hash included, which ignores the two
+    sections below) plus how the flow executes (`pipeline`) and logs (`tracking`) it."""
+
     pipeline: PipelineConfig = section(PipelineConfig, "The Metaflow pipeline (flows/): epochs, "
                                        "checkpoints, evaluation, resources.")
     tracking: TrackingConfig = section(TrackingConfig, "MLflow tracking of pipeline runs.")
