@@ -60,8 +60,8 @@ class PrefixRFTFlow(FlowSpec):
     """Train a policy with a method preset (Prefix-RFT by default), checkpoint every epoch,
     evaluate every checkpoint, and log it all to MLflow."""
 
-    config = Config("config", default=DEFAULT_CONFIG, parser="prefix_rft.config.flow_config_parser",
-                    help="YAML training config (see `prefix-rft config keys`); default: the "
+    config = Config("config", default=DEFAULT_CONFIG, parser="steps.flow_config.flow_config_parser",
+                    help="YAML config (see `python -m steps.flow_config keys`); default: the "
                     "embedded demo (SmolLM2-135M, synthetic arithmetic, CPU).")
     seed = Parameter("seed", type=int, default=None, help="Override the config's seed.")
     epochs = Parameter("epochs", type=int, default=None, help="Override pipeline.epochs.")

@@ -3,7 +3,7 @@
     prefix-rft presets                               list the method presets
     prefix-rft config show --preset NAME             the fully resolved config of a preset
     prefix-rft config show --config FILE [--set k=v ...]
-    prefix-rft config keys                           every config key with its default and meaning
+    prefix-rft config keys                           every training config key, its default and meaning
     prefix-rft train --config FILE [--set k=v ...] --output DIR [--resume CKPT|latest]
     prefix-rft filter-data --input SPEC --output FILE --tokenizer MODEL [--max-tokens 8192]
     prefix-rft eval --model PATH_OR_URI [--benchmarks aime24,amc,...] [--protocol default|paper]
@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--config", help="YAML config file")
     show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key (repeatable), e.g. --set rl.steps=10")
-    csub.add_parser("keys", help="every config key with its default and what it does")
+    csub.add_parser("keys", help="every training config key with its default and what it does "
+                    "(the pipeline's own keys: python -m steps.flow_config keys)")
 
     tr = sub.add_parser("train", help="train a policy with a config",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -141,21 +142,12 @@ def cmd_presets(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from prefix_rft import config as C
+    from prefix_rft.config import keys_text, show_config
 
     if args.config_command == "keys":
-        for key, default, help_ in C.describe_keys():
-            print(f"{key} = {default}\n    {help_}")
+        print(keys_text(), end="")
         return 0
-    if not args.preset and not args.config:
-        raise UserError("config show: give --preset NAME or --config FILE")
-    data = C.read_yaml(args.config) if args.config else {}
-    if args.preset:
-        data["method"] = args.preset
-    data.setdefault("model", {}).setdefault("name_or_path", "<model>")
-    data.setdefault("data", {}).setdefault("train", "<data>")
-    cfg = C.resolve(data, args.set, source=args.config or f"preset {args.preset}")
-    print(cfg.to_yaml(), end="")
+    print(show_config(args.config, args.preset, args.set), end="")
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+from prefix_rft.dicts import deep_merge
 from prefix_rft.errors import UserError
 
 _NO_PREFIX = {"rollout": {"n_prefixed": 0, "n_full_demo": 0}}
@@ -33,8 +34,6 @@ class Preset:
 
 
 def _merge(*parts: dict) -> dict:
-    from prefix_rft.config import deep_merge
-
     out: dict = {}
     for p in parts:
         out = deep_merge(out, p)

@@ -9,4 +9,5 @@ Metaflow, so every step runs (and is tested) as a plain function:
     evaluate.py  plan_eval, eval_task, join_eval
     finish.py    end, and the exit hook's FAILED marking
     common.py    run context, lineage layout, tracker helpers
+    flow_config.py  FlowConfig (training config + pipeline + tracking), the Metaflow config parser
 """

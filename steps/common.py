@@ -19,8 +19,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefix_rft.config import Config, resolve
 from prefix_rft.errors import UserError
+from steps.flow_config import FlowConfig, resolve_flow
 
 log = logging.getLogger("prefix_rft.pipeline")
 
@@ -129,12 +129,12 @@ def git_tags(where: Path) -> dict[str, str]:
             "git.dirty": str(dirty).lower()}
 
 
-def config_from_dict(data: dict) -> Config:
+def config_from_dict(data: dict) -> FlowConfig:
     """The resolved config a step received (already validated by `start`)."""
-    return resolve(data, source="pipeline config")
+    return resolve_flow(data, source="pipeline config")
 
 
-def lineage_prefix(cfg: Config, flow_name: str, lineage: str) -> str:
+def lineage_prefix(cfg: FlowConfig, flow_name: str, lineage: str) -> str:
     root = cfg.pipeline.checkpoint_root
     if root.startswith("file://"):
         root = root[len("file://"):]

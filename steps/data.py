@@ -15,7 +15,6 @@ import math
 import tempfile
 from pathlib import Path
 
-from prefix_rft.config import Config
 from prefix_rft.data import filter_openr1, save_problems
 from prefix_rft.data.filter import data_fraction
 from prefix_rft.data.problem import Problem
@@ -25,12 +24,13 @@ from prefix_rft.errors import UserError
 from prefix_rft.store import CheckpointRef, fetch_checkpoint, open_store
 from prefix_rft.trainer import needs_demos, sft_steps
 from steps.common import log
+from steps.flow_config import FlowConfig
 
 TRAIN_FILE = "train.parquet"
 TEST_FILE = "test.parquet"
 
 
-def _is_raw_openr1(cfg: Config) -> bool:
+def _is_raw_openr1(cfg: FlowConfig) -> bool:
     if cfg.data.schema == "openr1":
         return True
     if cfg.data.schema != "auto" or cfg.data.train.startswith("synthetic:"):
@@ -40,7 +40,7 @@ def _is_raw_openr1(cfg: Config) -> bool:
     return False
 
 
-def load_training_set(cfg: Config) -> tuple[list[Problem], dict]:
+def load_training_set(cfg: FlowConfig) -> tuple[list[Problem], dict]:
     """The training problems after filtering, fraction and max_problems; plus stats."""
     if not _is_raw_openr1(cfg):
         problems = training_problems(cfg.data, seed=cfg.seed, require_demos=needs_demos(cfg))
@@ -61,7 +61,7 @@ def load_training_set(cfg: Config) -> tuple[list[Problem], dict]:
     return problems, stats.as_dict()
 
 
-def epoch_plan(cfg: Config, num_train: int) -> dict:
+def epoch_plan(cfg: FlowConfig, num_train: int) -> dict:
     """How the method's training steps split into pipeline epochs."""
     sft = sft_steps(num_train, cfg.sft)
     total = sft + cfg.rl.steps
@@ -78,7 +78,7 @@ def epoch_plan(cfg: Config, num_train: int) -> dict:
             "sft_steps": sft, "rl_steps": cfg.rl.steps}
 
 
-def filter_data(cfg: Config, *, lineage_prefix: str, tracker=None, tracking: dict | None = None) -> dict:
+def filter_data(cfg: FlowConfig, *, lineage_prefix: str, tracker=None, tracking: dict | None = None) -> dict:
     train, stats = load_training_set(cfg)
     if not train:
         raise UserError(f"data.train={cfg.data.train!r}: no training problems left after filtering "

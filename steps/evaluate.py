@@ -21,11 +21,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from prefix_rft.config import Config
 from prefix_rft.errors import UserError
 from prefix_rft.store import open_store
 from steps.common import fetch_into, log, use_cpus
 from steps.data import read_data
+from steps.flow_config import FlowConfig
 
 HELDOUT = "heldout"
 
@@ -40,7 +40,7 @@ def metric_key(benchmark: str, n: int) -> str:
     return f"eval/{benchmark}/avg_at_{n}"  # MLflow metric names cannot contain '@'
 
 
-def plan_eval(cfg: Config, epochs_done: list[dict], warm_start: dict | None) -> list[dict]:
+def plan_eval(cfg: FlowConfig, epochs_done: list[dict], warm_start: dict | None) -> list[dict]:
     """The (epoch, checkpoint, benchmark) cells to evaluate, one task each."""
     items = []
     cells: list[tuple[int, dict | None]] = []
@@ -64,7 +64,7 @@ def uses_eval_section(spec: str) -> bool:
     return spec == HELDOUT or is_synthetic(spec)
 
 
-def protocol_for(cfg: Config, spec: str):
+def protocol_for(cfg: FlowConfig, spec: str):
     """heldout and synthetic:LEVEL: the config's `eval` section (protocol name 'heldout'); a named
     benchmark/file: pipeline.eval_protocol with the pipeline.eval_* overrides."""
     from prefix_rft.benchmark_eval import Protocol, get_protocol
@@ -78,7 +78,7 @@ def protocol_for(cfg: Config, spec: str):
                                                   seed=cfg.seed)
 
 
-def _problems(cfg: Config, spec: str, data_ref: dict):
+def _problems(cfg: FlowConfig, spec: str, data_ref: dict):
     from prefix_rft.benchmarks import is_synthetic, load_benchmark
 
     if spec == HELDOUT:
@@ -94,7 +94,7 @@ def _problems(cfg: Config, spec: str, data_ref: dict):
     return problems[:k] if k else problems
 
 
-def _engine(cfg: Config, ref: dict | None, scratch: Path):
+def _engine(cfg: FlowConfig, ref: dict | None, scratch: Path):
     """(engine, tokenizer, engine kind) for a checkpoint ref, or for the starting model."""
     from prefix_rft import models
     from prefix_rft.engines.factory import EngineSpec, make_engine
@@ -119,7 +119,7 @@ def _engine(cfg: Config, ref: dict | None, scratch: Path):
     return engine, tok, kind
 
 
-def eval_task(cfg: Config, item: dict, *, data_ref: dict, tracker=None, tracking: dict | None = None,
+def eval_task(cfg: FlowConfig, item: dict, *, data_ref: dict, tracker=None, tracking: dict | None = None,
               n_boot: int = 2000) -> dict:
     from prefix_rft.benchmark_eval import evaluate_benchmark, problem_accuracy, write_results
     from prefix_rft.reward import RewardGrader
@@ -294,7 +294,7 @@ def learning_curves(tracker, run_id: str, results: list[dict]):
     return fig
 
 
-def join_eval(cfg: Config, results: list[dict], failures: list[dict], epochs_done: list[dict], *,
+def join_eval(cfg: FlowConfig, results: list[dict], failures: list[dict], epochs_done: list[dict], *,
               lineage_prefix: str, tracker=None, tracking: dict | None = None) -> dict:
     results, failures, merged = merge_shards(results, failures, seed=cfg.seed)
     if tracker is not None and tracking:

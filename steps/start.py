@@ -9,23 +9,19 @@ there, with the checkpoint's URI, before any training or generation.
 
 from __future__ import annotations
 
-from prefix_rft.config import (
-    check_flow_config,
-    deep_merge,
-    flatten,
-    parse_overrides,
-    resolve,
-)
+from prefix_rft.config import parse_overrides
+from prefix_rft.dicts import deep_merge, flatten
 from prefix_rft.errors import UserError
 from prefix_rft.store import CheckpointRef, open_checkpoint
 from prefix_rft.tracking import Tracker, resolve_uri
 from steps.common import RunContext, lineage_prefix, log
+from steps.flow_config import FlowConfig, check_flow_config, resolve_flow
 
 
 def resolve_flow_config(config_data: dict, *, seed: int | None = None, epochs: int | None = None,
                         max_problems: int | None = None, overrides: str | None = None,
-                        source: str = "flow config"):
-    """The flow's Config (a YAML mapping) + the run's Parameters -> a validated `Config`.
+                        source: str = "flow config") -> FlowConfig:
+    """The flow's Config (a YAML mapping) + the run's Parameters -> a validated `FlowConfig`.
     `overrides`: "key=value key=value" (the `--set` Parameter), applied last."""
     import shlex
 
@@ -39,7 +35,7 @@ def resolve_flow_config(config_data: dict, *, seed: int | None = None, epochs: i
         over.setdefault("pipeline", {})["epochs"] = epochs
     if max_problems is not None:
         over.setdefault("data", {})["max_problems"] = max_problems
-    return resolve(deep_merge(dict(config_data), over), source=source)
+    return resolve_flow(deep_merge(dict(config_data), over), source=source)
 
 
 def start(config_data: dict, ctx: RunContext, *, seed: int | None = None, epochs: int | None = None,
@@ -87,7 +83,7 @@ def remote_platform() -> str | None:
     return value if value in ("kubernetes", "aws-batch") else None
 
 
-def check_remote_storage(cfg, tracking_uri: str) -> None:
+def check_remote_storage(cfg: FlowConfig, tracking_uri: str) -> None:
     """On Kubernetes/Batch every task has its own disk, gone when it ends: a sqlite tracking
     store or a local checkpoint root would silently split a run over pods. Refuse them."""
     where = remote_platform()

@@ -32,7 +32,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from prefix_rft import distributed as D
-from prefix_rft.config import Config
 from prefix_rft.store import CheckpointRef, open_store
 from steps.common import (
     RunContext,
@@ -44,6 +43,7 @@ from steps.common import (
     use_cpus,
 )
 from steps.data import read_data
+from steps.flow_config import FlowConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def _start_id(start_ref: dict | None, warm_start: dict | None) -> str:
     return "base"
 
 
-def build_trainer(cfg: Config, train, test, *, weights_from: Path | None, output_dir: Path,
+def build_trainer(cfg: FlowConfig, train, test, *, weights_from: Path | None, output_dir: Path,
                   progress: bool):
     """A `Trainer` on the config's model, or on the weights of a checkpoint's model/ dir."""
     from prefix_rft import models
@@ -71,7 +71,7 @@ def build_trainer(cfg: Config, train, test, *, weights_from: Path | None, output
                    output_dir=output_dir, progress=progress)
 
 
-def train_epoch(cfg: Config, *, epoch: int, plan: dict, data_ref: dict, start_ref: dict | None,
+def train_epoch(cfg: FlowConfig, *, epoch: int, plan: dict, data_ref: dict, start_ref: dict | None,
                 warm_start: dict | None, lineage_prefix: str, ctx: RunContext, tracker=None,
                 tracking: dict | None = None, progress: bool = True) -> dict:
     nproc = cfg.pipeline.processes()
@@ -164,7 +164,7 @@ def train_epoch(cfg: Config, *, epoch: int, plan: dict, data_ref: dict, start_re
 
 
 
-def _launch(nproc: int, cfg: Config, *, ctx: RunContext, **kw) -> dict:
+def _launch(nproc: int, cfg: FlowConfig, *, ctx: RunContext, **kw) -> dict:
     """Run this step as `nproc` torchrun workers on this node; return rank 0's result."""
     work = Path(tempfile.mkdtemp(prefix="prefix-rft-torchrun-"))
     try:

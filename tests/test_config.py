@@ -8,16 +8,18 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import yaml
 
 from prefix_rft.config import (
+    NON_TRAINING_SECTIONS,
     Config,
     describe_keys,
-    flatten,
     load_config,
     parse_overrides,
     read_yaml,
     resolve,
 )
+from prefix_rft.dicts import flatten
 from prefix_rft.errors import UserError
 from prefix_rft.presets import PRESETS, preset_values
 
@@ -459,3 +461,33 @@ def test_config_hash_survives_yaml_round_trip_with_defaults(tmp_path):
     again = load_config(p)
     assert again == cfg  # dataclass equality holds (0 == 0.0) ...
     assert again.config_hash() == cfg.config_hash()  # ... the hash does not
+
+
+# ============================================================================ one file, two readers
+PIPELINE_SECTIONS = {"pipeline": {"epochs": 3, "benchmarks": ["synthetic:add"],
+                                  "train": {"gpus": 2}},
+                     "tracking": {"experiment": "x", "timeout_s": 5}}
+
+
+def test_pipeline_and_tracking_sections_are_skipped_by_the_library(tmp_path):
+    """A file written for the flow trains as is: `Config` has no pipeline or tracking section,
+    and the config (and its hash) is the one of the same file without them."""
+    bare = {"method": "prefix_rft", **BASE}
+    with_flow = tmp_path / "flow.yaml"
+    with_flow.write_text(yaml.safe_dump({**bare, **PIPELINE_SECTIONS}))
+    cfg = load_config(with_flow, ["pipeline.epochs=4", "tracking.uri=http://x"])
+    assert set(NON_TRAINING_SECTIONS) == {"pipeline", "tracking"}
+    assert not set(NON_TRAINING_SECTIONS) & {f.name for f in dataclasses.fields(cfg)}
+    assert cfg == resolve(bare) and cfg.config_hash() == resolve(bare).config_hash()
+    assert "pipeline" not in cfg.to_yaml() and "tracking" not in cfg.to_yaml()
+
+
+def test_unknown_keys_next_to_pipeline_sections_are_still_named(tmp_path):
+    p = tmp_path / "flow.yaml"
+    p.write_text(yaml.safe_dump({"method": "rft", **BASE, **PIPELINE_SECTIONS,
+                                 "loss": {"demo_rul": "none"}}))
+    with pytest.raises(UserError) as e:
+        load_config(p)
+    assert str(e.value) == (f"{p}: unknown key 'loss.demo_rul' (did you mean 'loss.demo_rule'?)")
+    with pytest.raises(UserError, match="unknown key 'pipline' \\(did you mean 'pipeline'\\?\\)"):
+        cfg_for("rft", pipline={"epochs": 2})

@@ -23,8 +23,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from prefix_rft import distributed as D
-from prefix_rft.config import resolve
 from prefix_rft.errors import UserError
+from steps.flow_config import resolve_flow
 from tests import pipeline_configs
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -78,15 +78,15 @@ def test_uneven_batches_are_refused_naming_the_keys():
             "rollout": {"num_prompts": 6}, "rl": {"num_minibatches": 2},
             "pipeline": {"train_processes": 2}}
     with pytest.raises(UserError, match=r"rollout.num_prompts=6 must be a multiple of 4"):
-        resolve(base)
+        resolve_flow(base)
     base["rollout"]["num_prompts"] = 8
-    assert resolve(base).pipeline.processes() == 2
+    assert resolve_flow(base).pipeline.processes() == 2
     sft = {"method": "sft", "model": {"name_or_path": "m"}, "data": {"train": "synthetic:tiny"},
            "sft": {"batch_size": 5}, "pipeline": {"train": {"gpus": 2}}}
     with pytest.raises(UserError, match=r"sft.batch_size=5 must be a multiple of 2"):
-        resolve(sft)
+        resolve_flow(sft)
     with pytest.raises(UserError, match="pipeline.train_processes"):
-        resolve({**base, "pipeline": {"train_processes": 0}})
+        resolve_flow({**base, "pipeline": {"train_processes": 0}})
 
 
 # ============================================================================ train_epoch

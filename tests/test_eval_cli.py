@@ -193,11 +193,11 @@ def test_pipeline_eval_task_on_a_named_benchmark(smollm2_dir, tmp_path):
     """The pipeline's eval_task runs the same code as `prefix-rft eval`: a registry benchmark with
     the pipeline's protocol overrides, the parent metric at step=epoch, a child run with the
     per-sample parquet."""
-    from prefix_rft.config import resolve
     from prefix_rft.tracking import Tracker
     from steps.evaluate import eval_task, protocol_for
+    from steps.flow_config import resolve_flow
 
-    cfg = resolve({
+    cfg = resolve_flow({
         "method": "rft", "seed": 5,
         "model": {"name_or_path": str(smollm2_dir),
                   "random_init": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "seed": 0}},
@@ -225,10 +225,10 @@ def test_pipeline_eval_task_on_a_named_benchmark(smollm2_dir, tmp_path):
 
 
 def test_sharded_evaluation_plan_and_merge():
-    from prefix_rft.config import resolve
     from steps.evaluate import merge_shards, plan_eval
+    from steps.flow_config import resolve_flow
 
-    cfg = resolve({"method": "rft", "model": {"name_or_path": "m"}, "data": {"train": "synthetic:tiny"},
+    cfg = resolve_flow({"method": "rft", "model": {"name_or_path": "m"}, "data": {"train": "synthetic:tiny"},
                    "pipeline": {"benchmarks": ["amc", "heldout"], "eval_shards": 3, "eval_base": False}})
     epochs = [{"epoch": 1, "checkpoint": {"uri": "u1"}}, {"epoch": 2, "checkpoint": {"uri": "u2"}}]
     items = plan_eval(cfg, epochs, None)

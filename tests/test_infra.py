@@ -20,8 +20,10 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from prefix_rft.config import flow_config_parser, resolve
+from prefix_rft.config import NON_TRAINING_SECTIONS, Config, keys_text, load_config
 from prefix_rft.errors import UserError
+from steps.flow_config import FlowConfig, flow_config_parser, load_flow_config, resolve_flow
+from steps.flow_config import main as flow_config_main
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = ROOT / "flows" / "prefix_rft_flow.py"
@@ -215,7 +217,7 @@ def test_metaflow_profiles(profile, required):
 def _cfg(**pipeline):
     data = {"method": "prefix_rft", "model": {"name_or_path": "m"},
             "data": {"train": "synthetic:add", "test": "synthetic:add"}, "pipeline": pipeline}
-    return resolve(data, source="cfg.yaml")
+    return resolve_flow(data, source="cfg.yaml")
 
 
 @pytest.mark.parametrize("cron", ["0 3 * * 1", "*/30 2-4 1,15 * MON-FRI", "@daily", "0 0 ? * SUN"])
@@ -234,6 +236,33 @@ def test_schedule_accepts_cron(cron):
 def test_deployment_keys_are_validated(pipeline, message):
     with pytest.raises(UserError, match=re.escape(message)):
         _cfg(**pipeline)
+
+
+def test_flow_config_is_the_training_config_plus_pipeline_and_tracking():
+    """One YAML serves both readers: the flow's config holds every training key with the same
+    values and hash as `prefix-rft train` reads, plus the two sections it alone reads."""
+    path = ROOT / "configs" / "demo.yaml"
+    train, flow = load_config(path), load_flow_config(path)
+    assert isinstance(flow, FlowConfig) and isinstance(flow, Config)
+    assert flow.config_hash() == train.config_hash()
+    both = flow.to_dict()
+    assert list(both)[-2:] == ["pipeline", "tracking"]
+    assert {k: v for k, v in both.items() if k not in NON_TRAINING_SECTIONS} == train.to_dict()
+    assert flow.pipeline.train.gpus == yaml.safe_load(path.read_text())["pipeline"]["train"]["gpus"]
+
+
+def test_flow_config_keys_and_show(capsys):
+    """`python -m steps.flow_config keys/show`: the flow's keys, which `prefix-rft config keys`
+    (training only) no longer lists."""
+    assert flow_config_main(["keys"]) == 0
+    keys = capsys.readouterr().out
+    assert keys.startswith(keys_text()) and "\npipeline.schedule = None\n" in keys
+    assert "\ntracking.timeout_s = 10\n" in keys and "pipeline." not in keys_text()
+    assert flow_config_main(["show", "--config", str(ROOT / "configs" / "demo.yaml"),
+                             "--set", "pipeline.epochs=5"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["pipeline"]["epochs"] == 5
+    assert flow_config_main(["show", "--preset", "rft", "--set", "pipeline.epochs=0"]) == 2
+    assert capsys.readouterr().err == "error: preset rft: key 'pipeline.epochs': must be >= 1\n"
 
 
 def test_flow_config_parser_defaults_for_the_deployment():

@@ -19,8 +19,9 @@ import copy
 import pytest
 
 from prefix_rft import logprobs as lp
-from prefix_rft.config import deep_merge, resolve
+from prefix_rft.config import resolve
 from prefix_rft.data import Problem
+from prefix_rft.dicts import deep_merge
 from prefix_rft.trainer import Trainer, rule_for_tokens
 
 pytestmark = pytest.mark.slow

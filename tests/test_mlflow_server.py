@@ -121,7 +121,7 @@ def test_pipeline_logs_to_the_team_server(as_user, smollm2_dir, tmp_path):
     as tests/test_steps.py's chain, with credentials only in MLFLOW_TRACKING_USERNAME/PASSWORD."""
     from mlflow import MlflowClient
 
-    from prefix_rft.config import flatten
+    from prefix_rft.dicts import flatten
     from steps.common import RunContext
 
     team = as_user

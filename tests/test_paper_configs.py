@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from prefix_rft.config import flatten, load_config, read_yaml
+from prefix_rft.config import load_config, read_yaml
+from prefix_rft.dicts import flatten
 from prefix_rft.models import shipped_chat_templates
 from prefix_rft.prefix import prefix_window
 from prefix_rft.presets import PRESETS
+from steps.flow_config import load_flow_config
 
 PAPER_DIR = Path(__file__).resolve().parents[1] / "configs" / "paper"
 
@@ -98,7 +100,7 @@ PAPER_SFT = {
 
 def _resolved(name: str, method: str | None = None) -> dict:
     overrides = [f"method={method}"] if method else None
-    return flatten(load_config(PAPER_DIR / name, overrides).to_dict())
+    return flatten(load_flow_config(PAPER_DIR / name, overrides).to_dict())
 
 
 def _preset_keys() -> set[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prefix_rft.config import check_flow_config, flatten, flow_config_parser, resolve
+from prefix_rft.dicts import flatten
 from prefix_rft.errors import UserError
 from prefix_rft.store import (
     MANIFEST,
@@ -31,6 +31,7 @@ from steps import finish as sfinish
 from steps import start as sstart
 from steps import train as strain
 from steps.common import FAIL_AT_ENV, RunContext, tracker_for
+from steps.flow_config import check_flow_config, flow_config_parser, resolve_flow
 from tests import pipeline_configs
 
 STEPS_TOTAL = pipeline_configs.STEPS_TOTAL
@@ -98,21 +99,21 @@ def chain(smollm2_dir, mlflow_uri, tmp_path_factory):
 
 # ==================================================================================== epoch_plan
 def test_epoch_plan_even_split():
-    cfg = resolve(minimal(**{"rl.steps": 20, "pipeline.epochs": 2}))
+    cfg = resolve_flow(minimal(**{"rl.steps": 20, "pipeline.epochs": 2}))
     # 20 RL steps over 2 epochs: ceil(20 / 2) = 10 per epoch; total min(20, 2 * 10) = 20
     assert sdata.epoch_plan(cfg, num_train=100) == {
         "epochs": 2, "steps_per_epoch": 10, "total_steps": 20, "sft_steps": 0, "rl_steps": 20}
 
 
 def test_epoch_plan_uneven_split():
-    cfg = resolve(minimal(**{"rl.steps": 5, "pipeline.epochs": 2}))
+    cfg = resolve_flow(minimal(**{"rl.steps": 5, "pipeline.epochs": 2}))
     # ceil(5 / 2) = 3 per epoch: epoch 1 = steps 1-3, epoch 2 = steps 4-5; total min(5, 6) = 5
     assert sdata.epoch_plan(cfg, num_train=100) == {
         "epochs": 2, "steps_per_epoch": 3, "total_steps": 5, "sft_steps": 0, "rl_steps": 5}
 
 
 def test_epoch_plan_sft_preset():
-    cfg = resolve(minimal(method="sft", **{"sft.epochs": 3, "sft.batch_size": 4}))
+    cfg = resolve_flow(minimal(method="sft", **{"sft.epochs": 3, "sft.batch_size": 4}))
     assert cfg.rl.steps == 0  # the sft preset has no RL phase
     # 10 problems / batch 4 -> ceil(10 / 4) = 3 steps per SFT epoch; 3 epochs -> 9 SFT steps;
     # + 0 RL = 9 steps; pipeline.epochs defaults to 2: ceil(9 / 2) = 5 per epoch;
@@ -122,7 +123,7 @@ def test_epoch_plan_sft_preset():
 
 
 def test_epoch_plan_fractional_sft_epochs_plus_rl():
-    cfg = resolve(minimal(method="sft_then_rft", **{"sft.epochs": 0.5, "sft.batch_size": 4,
+    cfg = resolve_flow(minimal(method="sft_then_rft", **{"sft.epochs": 0.5, "sft.batch_size": 4,
                                                      "rl.steps": 3, "pipeline.epochs": 1}))
     # ceil(10 / 4) = 3 per SFT epoch; ceil(0.5 * 3) = ceil(1.5) = 2 SFT steps; + 3 RL = 5;
     # one epoch: ceil(5 / 1) = 5 per epoch, total min(5, 5) = 5
@@ -131,7 +132,7 @@ def test_epoch_plan_fractional_sft_epochs_plus_rl():
 
 
 def test_epoch_plan_refuses_an_empty_last_epoch():
-    cfg = resolve(minimal(**{"rl.steps": 20, "pipeline.epochs": 3,
+    cfg = resolve_flow(minimal(**{"rl.steps": 20, "pipeline.epochs": 3,
                              "pipeline.steps_per_epoch": 10}))
     # (3 - 1) * 10 = 20 >= 20 steps: epoch 3 would train nothing
     with pytest.raises(UserError) as e:
@@ -142,7 +143,7 @@ def test_epoch_plan_refuses_an_empty_last_epoch():
 
 
 def test_epoch_plan_explicit_steps_per_epoch_caps_the_total():
-    cfg = resolve(minimal(**{"rl.steps": 20, "pipeline.epochs": 2,
+    cfg = resolve_flow(minimal(**{"rl.steps": 20, "pipeline.epochs": 2,
                              "pipeline.steps_per_epoch": 5}))
     # 2 epochs of 5 steps: (2 - 1) * 5 = 5 < 20 is fine; total min(20, 2 * 5) = 10
     assert sdata.epoch_plan(cfg, num_train=100) == {
@@ -150,7 +151,7 @@ def test_epoch_plan_explicit_steps_per_epoch_caps_the_total():
 
 
 def test_epoch_plan_no_training_steps():
-    cfg = resolve(minimal(method="sft", **{"sft.epochs": 0}))  # rl.steps 0 from the preset
+    cfg = resolve_flow(minimal(method="sft", **{"sft.epochs": 0}))  # rl.steps 0 from the preset
     with pytest.raises(UserError, match="no training steps"):
         sdata.epoch_plan(cfg, num_train=10)
 
@@ -238,7 +239,7 @@ def test_start_opens_the_mlflow_run(smollm2_dir, mlflow_uri, tmp_path):
     ctx = RunContext(flow_name=FLOW, run_id="42", user="alice")
     data = tiny_config(smollm2_dir, tmp_path, mlflow_uri)
     m = sstart.start(data, ctx, seed=3)
-    cfg = resolve(data | {"seed": 3})
+    cfg = resolve_flow(data | {"seed": 3})
     assert m["config"] == cfg.to_dict() and m["config_hash"] == cfg.config_hash()
     assert m["lineage"] == "42"
     assert m["lineage_prefix"] == f"{(tmp_path / 'checkpoints').resolve()}/{FLOW}/42"
@@ -567,7 +568,7 @@ def test_markdown_table_without_failures():
     (False, "last", [2, 2]),  # 1 x 2 = 2
 ])
 def test_plan_eval_items(eval_base, eval_epochs, expected):
-    cfg = resolve(minimal(pipeline={"eval_base": eval_base, "eval_epochs": eval_epochs,
+    cfg = resolve_flow(minimal(pipeline={"eval_base": eval_base, "eval_epochs": eval_epochs,
                                     "benchmarks": ["heldout", "path/to/amc.jsonl"]}))
     done = [{"epoch": 1, "checkpoint": {"uri": "c1"}}, {"epoch": 2, "checkpoint": {"uri": "c2"}}]
     warm = {"uri": "w"}
@@ -580,7 +581,7 @@ def test_plan_eval_items(eval_base, eval_epochs, expected):
 
 
 def test_join_eval_keeps_best_and_last(tmp_path):
-    cfg = resolve(minimal(**{"pipeline.keep_epochs": "best_and_last"}))
+    cfg = resolve_flow(minimal(**{"pipeline.keep_epochs": "best_and_last"}))
     store = open_store(tmp_path / "ckpts")
     src = tmp_path / "src"
     src.mkdir()
@@ -629,13 +630,13 @@ def test_injected_failure_bad_spec(monkeypatch, spec):
 
 def test_lineage_prefix(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    rel = resolve(minimal(**{"pipeline.checkpoint_root": "ckpts/x"}))
+    rel = resolve_flow(minimal(**{"pipeline.checkpoint_root": "ckpts/x"}))
     assert scommon.lineage_prefix(rel, "Flow", "7") == f"{tmp_path.resolve()}/ckpts/x/Flow/7"
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    home = resolve(minimal(**{"pipeline.checkpoint_root": "~/ck/"}))
+    home = resolve_flow(minimal(**{"pipeline.checkpoint_root": "~/ck/"}))
     assert scommon.lineage_prefix(home, "Flow", "7") == f"{tmp_path.resolve()}/home/ck/Flow/7"
     for root in ("s3://b/p/", "s3://b/p"):
-        s3 = resolve(minimal(**{"pipeline.checkpoint_root": root}))
+        s3 = resolve_flow(minimal(**{"pipeline.checkpoint_root": root}))
         assert scommon.lineage_prefix(s3, "Flow", "7") == "s3://b/p/Flow/7"  # no "//"
 
 
@@ -700,12 +701,12 @@ def test_where_to_look_for_a_server():
 @pytest.mark.parametrize("where", ["kubernetes", "aws-batch"])
 def test_start_refuses_local_storage_on_kubernetes_or_batch(where, monkeypatch, tmp_path):
     monkeypatch.setenv("METAFLOW_RUNTIME_ENVIRONMENT", where)  # what Metaflow sets remotely
-    cfg = resolve(minimal())
+    cfg = resolve_flow(minimal())
     with pytest.raises(UserError, match=f"key 'tracking.uri': sqlite:///x.db is local to this {where} task"):
         sstart.check_remote_storage(cfg, "sqlite:///x.db")
     with pytest.raises(UserError, match="key 'pipeline.checkpoint_root': runs/pipeline/checkpoints"):
         sstart.check_remote_storage(cfg, "https://mlflow.example.com")
-    ok = resolve(minimal(**{"pipeline.checkpoint_root": "s3://bucket/ckpt"}))
+    ok = resolve_flow(minimal(**{"pipeline.checkpoint_root": "s3://bucket/ckpt"}))
     sstart.check_remote_storage(ok, "https://mlflow.example.com")  # passes
     # and start() applies it before creating anything
     with pytest.raises(UserError, match="tracking.uri"):
@@ -717,7 +718,7 @@ def test_local_runs_keep_local_storage(monkeypatch):
     monkeypatch.delenv("METAFLOW_RUNTIME_ENVIRONMENT", raising=False)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")  # e.g. a notebook in a pod
     assert sstart.remote_platform() is None
-    sstart.check_remote_storage(resolve(minimal()), "sqlite:///mlflow.db")  # no error
+    sstart.check_remote_storage(resolve_flow(minimal()), "sqlite:///mlflow.db")  # no error
 
 
 @pytest.mark.parametrize("env,want", [

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prefix_rft.config import NON_TRAINING_SECTIONS, flatten, load_config, read_yaml
+from prefix_rft.config import NON_TRAINING_SECTIONS, read_yaml
+from prefix_rft.dicts import flatten
 from prefix_rft.presets import PRESETS, preset_values
 from prefix_rft.trainer import needs_demos, sft_steps
 from steps.data import epoch_plan
+from steps.flow_config import load_flow_config
 
 STUDY = Path(__file__).resolve().parents[1] / "configs" / "study"
 METHODS = ["sft", "rft", "sft_then_rft", "luffy", "relift", "prefix_rft", "freeze_prefix",
@@ -31,7 +33,7 @@ def _make_configs():
 
 
 def cfg(name: str):
-    return load_config(STUDY / f"{name}.yaml")
+    return load_flow_config(STUDY / f"{name}.yaml")
 
 
 def test_the_study_has_one_file_per_method_and_the_base():

@@ -13,10 +13,10 @@ import hashlib
 import pytest
 
 from prefix_rft.benchmarks import benchmark_label, load_benchmark
-from prefix_rft.config import resolve
 from prefix_rft.data.synthetic import pool_size, synthetic_arithmetic
 from prefix_rft.errors import UserError
 from steps import evaluate as seval
+from steps.flow_config import resolve_flow
 
 SPECS = ["synthetic:add", "synthetic:mul", "synthetic:word"]
 
@@ -84,7 +84,7 @@ def test_labels_and_metric_keys():
 
 
 def test_plan_eval_one_cell_per_level():
-    cfg = resolve(minimal(benchmarks=SPECS, eval_base=True))
+    cfg = resolve_flow(minimal(benchmarks=SPECS, eval_base=True))
     done = [{"epoch": 1, "checkpoint": {"uri": "c1"}}]
     items = seval.plan_eval(cfg, done, None)
     # (epoch 0, epoch 1) x 3 levels = 6 cells, epoch-major
@@ -93,7 +93,7 @@ def test_plan_eval_one_cell_per_level():
 
 
 def test_protocol_is_the_eval_section_like_heldout():
-    cfg = resolve({**minimal(benchmarks=SPECS, eval_protocol="paper", eval_n=32),
+    cfg = resolve_flow({**minimal(benchmarks=SPECS, eval_protocol="paper", eval_n=32),
                    "seed": 7, "eval": {"n_samples": 4, "temperature": 0.6, "top_p": 0.95,
                                        "max_new_tokens": 96}})
     for spec in SPECS:
@@ -111,15 +111,15 @@ def test_protocol_is_the_eval_section_like_heldout():
     (0, {"add": 1973, "mul": 158, "word": 1742}),  # 0 = the whole split
 ])
 def test_problems_per_cell(num_problems, expected):
-    cfg = resolve({**minimal(benchmarks=SPECS, eval_max_problems=3),  # not for these cells
+    cfg = resolve_flow({**minimal(benchmarks=SPECS, eval_max_problems=3),  # not for these cells
                    "eval": {"num_problems": num_problems}})
     for level, n in expected.items():
         assert len(seval._problems(cfg, f"synthetic:{level}", data_ref={})) == n
 
 
 def test_same_problems_for_every_training_seed():
-    a = resolve({**minimal(benchmarks=SPECS), "seed": 1, "eval": {"num_problems": 32}})
-    b = resolve({**minimal(benchmarks=SPECS), "seed": 2, "eval": {"num_problems": 32}})
+    a = resolve_flow({**minimal(benchmarks=SPECS), "seed": 1, "eval": {"num_problems": 32}})
+    b = resolve_flow({**minimal(benchmarks=SPECS), "seed": 2, "eval": {"num_problems": 32}})
     for spec in SPECS:
         assert seval._problems(a, spec, {}) == seval._problems(b, spec, {})
 
@@ -132,7 +132,7 @@ def test_same_problems_for_every_training_seed():
 ])
 def test_unknown_level_names_the_key(spec, message):
     with pytest.raises(UserError) as e:
-        resolve(minimal(benchmarks=["synthetic:add", spec]), source="study.yaml")
+        resolve_flow(minimal(benchmarks=["synthetic:add", spec]), source="study.yaml")
     assert str(e.value).startswith(f"study.yaml: key 'pipeline.benchmarks': benchmark {spec!r}: ")
     assert message in str(e.value)
     with pytest.raises(UserError, match="synthetic level"):
@@ -141,7 +141,7 @@ def test_unknown_level_names_the_key(spec, message):
 
 def test_eval_task_on_a_level(smollm2_dir, tmp_path):
     """One real cell (a 1-layer random-weight model with SmolLM2's tokenizer, no tracker)."""
-    cfg = resolve({"method": "rft", "seed": 1,
+    cfg = resolve_flow({"method": "rft", "seed": 1,
                    "model": {"name_or_path": str(smollm2_dir),
                              "random_init": {"hidden_size": 32, "num_layers": 1, "num_heads": 2,
                                              "seed": 0}},
@@ -162,7 +162,7 @@ def test_pipeline_data_without_a_heldout_set(tmp_path):
     every later task reads it back as [] (the synthetic:LEVEL cells do not need it)."""
     from steps.data import filter_data, read_data
 
-    cfg = resolve({**minimal(benchmarks=SPECS), "data": {"train": "synthetic:add,mul,word",
+    cfg = resolve_flow({**minimal(benchmarks=SPECS), "data": {"train": "synthetic:add,mul,word",
                                                          "test": None, "synthetic_train_size": 6}})
     m = filter_data(cfg, lineage_prefix=str(tmp_path / "lineage"))
     assert (m["num_train"], m["num_test"]) == (6, 0)

@@ -39,7 +39,7 @@ def _cfg(method="prefix_rft", **over):
         "reward": {"num_workers": 0},
         "eval": {"num_problems": 0},
     }
-    from prefix_rft.config import deep_merge
+    from prefix_rft.dicts import deep_merge
 
     return resolve(deep_merge(data, over))
 

@@ -1,0 +1,293 @@
+"""The pipeline's configuration: the training `Config` plus how the flow runs and logs it.
+
+`FlowConfig` extends the library's `Config` with two sections that a training run by itself
+(`prefix-rft train`) skips: `pipeline` (epochs, checkpoints, evaluation cells, retries, task
+resources, the deployment's schedule) and `tracking` (MLflow). One YAML file serves both: the
+library ignores these sections, the flow reads and validates them here. The config hash is the
+library's, so it is the same for a file whatever its pipeline and tracking sections say.
+
+`flow_config_parser` is the Metaflow `Config` parser of `flows/prefix_rft_flow.py`: it fills in
+the pipeline defaults the decorators read at deploy time; `start` then validates the whole file.
+
+    python -m steps.flow_config keys                       every key, pipeline and tracking included
+    python -m steps.flow_config show --config FILE [--set k=v ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+from dataclasses import dataclass
+from typing import Literal
+
+import yaml
+
+from prefix_rft.config import (
+    Config,
+    check_world,
+    keys_text,
+    load_config,
+    option,
+    resolve,
+    section,
+    show_config,
+)
+from prefix_rft.dicts import deep_merge
+from prefix_rft.errors import UserError
+
+MAX_RETRIES = 4  # Metaflow allows at most 6 attempts: @retry(times) + 2
+BAD_PIPELINE = "__bad_pipeline__"  # marker flow_config_parser leaves for a non-mapping `pipeline`
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*?/,\-]+$")
+_CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+
+
+@dataclass
+class ResourcesConfig:
+    cpus: int = option(2, "CPU cores requested for the task (@resources).")
+    gpus: int = option(0, "GPUs requested for the task (@resources; ignored by local runs).")
+    memory_mb: int = option(8000, "Memory requested for the task, in MB (@resources).")
+    timeout_minutes: int = option(240, "Kill the task after this long (@timeout).")
+
+
+@dataclass
+class PipelineConfig:
+    epochs: int = option(
+        2,
+        "Training epochs of the pipeline: one `train_epoch` task each, a checkpoint at its end. "
+        "An epoch is `steps_per_epoch` training steps (SFT and RL steps both count).",
+    )
+    steps_per_epoch: int | None = option(
+        None, "Training steps per epoch (null = the method's total steps split evenly over epochs)."
+    )
+    checkpoint_root: str = option(
+        "runs/pipeline/checkpoints",
+        "Where checkpoints go: a local directory or s3://bucket/prefix. Each training lineage "
+        "writes under ROOT/<flow>/<lineage run id>/<run id>/step-NNNNNN.",
+    )
+    keep_epochs: Literal["all", "best_and_last"] = option(
+        "all", "Epoch-end checkpoints kept after evaluation (in-epoch ones follow `keep_last`)."
+    )
+    benchmarks: list = option(
+        ["heldout"],
+        "Evaluated after training, each checkpoint x benchmark in its own task: 'heldout' "
+        "(data.test, with the `eval` section's settings), 'synthetic:LEVEL' (the built-in "
+        "task's held-out split of one level: tiny, add, mul, word; filed as synthetic_LEVEL; "
+        "also with the `eval` section's settings), a benchmark name (aime24, aime25, amc, "
+        "math500, minerva, olympiadbench, arc_c, gpqa_diamond) or a problems file.",
+    )
+    eval_base: bool = option(True, "Also evaluate the starting model (reported as epoch 0).")
+    eval_protocol: Literal["default", "paper"] = option(
+        "default",
+        "Protocol of the named benchmarks: default = avg@32 everywhere (temperature 0.6, top_p "
+        "0.95, 8192 new tokens); paper = avg@32 on AIME24/25/AMC, avg@1 on the rest. 'heldout' "
+        "and 'synthetic:LEVEL' use the `eval` section instead.",
+    )
+    eval_n: int | None = option(None, "Override the protocol's samples per problem (all benchmarks).")
+    eval_max_new_tokens: int | None = option(None, "Override the protocol's generation limit.")
+    eval_max_problems: int | None = option(
+        None, "Only the first K problems of each named benchmark or file (smoke); 'heldout' and "
+        "'synthetic:LEVEL' take eval.num_problems.")
+    eval_source: Literal["default", "luffy"] = option(
+        "default", "Benchmark copies: ours (default) or LUFFY's valid.all.parquet problem set."
+    )
+    eval_engine: Literal["auto", "hf", "vllm"] = option(
+        "auto", "Generation engine of eval tasks: auto = vLLM when installed with a GPU, else HF."
+    )
+    eval_shards: int = option(
+        1,
+        "Data parallelism of evaluation: each (epoch, benchmark) is split into this many tasks "
+        "(every K-th problem each, one GPU each); join_eval merges them per problem.",
+    )
+    eval_epochs: Literal["all", "last"] = option("all", "Which epoch-end checkpoints are evaluated.")
+    train_retries: int = option(
+        1, "@retry of train_epoch: a retried task resumes from its latest in-epoch checkpoint."
+    )
+    eval_retries: int = option(
+        0, "@retry of eval_task before @catch records the failure (e.g. 1 in production, for "
+        "preempted GPU nodes; every retry waits 2 minutes)."
+    )
+    shared_memory_mb: int | None = option(
+        None,
+        "Size of /dev/shm, in MB, for the GPU steps (train_epoch, eval_task) on Kubernetes/AWS "
+        "Batch (@resources shared_memory). null = the platform default (the container's 64 MB "
+        "unless METAFLOW_KUBERNETES_SHARED_MEMORY is set); NCCL across several GPUs and vLLM "
+        "want more, e.g. 16000. Ignored by local runs.",
+    )
+    schedule: str | None = option(
+        None,
+        "Cron schedule of the production deployment (`argo-workflows create` turns it into a "
+        "CronWorkflow): 5 fields in the Argo controller's time zone (UTC by default), e.g. "
+        "'0 3 * * 1' = Mondays 03:00, or @daily/@weekly; "
+        "null = no schedule (trigger runs by hand). Read from the --config file at deploy time "
+        "by @schedule, so `--set` cannot change it.",
+    )
+    train_processes: int | None = option(
+        None,
+        "Data-parallel processes of each train_epoch task, launched with torchrun on the task's "
+        "node (one per GPU, FSDP2-sharded policy, NCCL; gloo on CPU): null = one per GPU of "
+        "`pipeline.train.gpus` (one process without GPUs). Batch sizes must split evenly "
+        "(rollout.num_prompts over processes x rl.num_minibatches, sft.batch_size, "
+        "relift.buffer_size over processes). Multi-node: see infra/README.md.",
+    )
+    train: ResourcesConfig = section(ResourcesConfig, "Resources of each train_epoch task.")
+    eval: ResourcesConfig = section(ResourcesConfig, "Resources of each eval_task.")
+
+    def processes(self) -> int:
+        """Training processes per train_epoch task (`train_processes`, else one per GPU)."""
+        return self.train_processes or max(1, self.train.gpus)
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = option(
+        None,
+        "MLflow tracking URI. null = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working "
+        "directory (no server needed; open it with `mlflow ui --backend-store-uri sqlite:///mlflow.db`).",
+    )
+    experiment: str = option("prefix-rft", "MLflow experiment of the pipeline's runs.")
+    run_name: str | None = option(None, "MLflow run name (null = <method>-<metaflow run id>).")
+    registered_model: str | None = option(
+        "prefix-rft-{method}",
+        "Model-registry name for the best checkpoint (alias 'best'); {method} is filled in; "
+        "null = do not register.",
+    )
+    system_metrics: bool = option(True, "Log CPU/GPU/memory as system/* metrics during training.")
+    log_samples: int = option(16, "Sample completions per evaluation logged as an MLflow table.")
+    timeout_s: int = option(10, "Seconds a tracking-server request may take before it fails.")
+
+
+@dataclass
+class FlowConfig(Config):
+    """What the pipeline runs: the training `Config` (its hash included, which ignores the two
+    sections below) plus how the flow executes (`pipeline`) and logs (`tracking`) it."""
+
+    pipeline: PipelineConfig = section(PipelineConfig, "The Metaflow pipeline (flows/): epochs, "
+                                       "checkpoints, evaluation, resources.")
+    tracking: TrackingConfig = section(TrackingConfig, "MLflow tracking of pipeline runs.")
+
+    def validate(self, where: str = "") -> None:
+        """The training checks, then the pipeline's and tracking's; a UserError naming the key."""
+        super().validate(where)
+        validate_pipeline(self.pipeline, where)
+        check_world(self, self.pipeline.processes())
+        if self.tracking.timeout_s < 1:
+            raise UserError(f"{where}key 'tracking.timeout_s': must be >= 1")
+
+
+def resolve_flow(data: dict | None = None, overrides: list[str] | dict | None = None, *,
+                 source: str = "") -> FlowConfig:
+    """Defaults + preset + `data` + overrides -> a validated `FlowConfig` (see `resolve`)."""
+    return resolve(data, overrides, source=source, cls=FlowConfig)
+
+
+def load_flow_config(path, overrides: list[str] | None = None) -> FlowConfig:
+    """The YAML file at `path` with `overrides` as a validated `FlowConfig`."""
+    return load_config(path, overrides, cls=FlowConfig)
+
+
+def validate_pipeline(pl: PipelineConfig, where: str = "") -> None:
+    """Cross-field checks of the `pipeline` section; a UserError naming the key."""
+    from prefix_rft.benchmarks import synthetic_level
+
+    def bad(key, msg):
+        raise UserError(f"{where}key 'pipeline.{key}': {msg}")
+
+    if pl.epochs < 1:
+        bad("epochs", "must be >= 1")
+    if pl.steps_per_epoch is not None and pl.steps_per_epoch < 1:
+        bad("steps_per_epoch", "must be >= 1 (or null)")
+    if not pl.benchmarks:
+        bad("benchmarks", "give at least one benchmark")
+    for spec in pl.benchmarks:
+        if isinstance(spec, str) and spec.startswith("synthetic:"):
+            try:
+                synthetic_level(spec)
+            except UserError as e:
+                bad("benchmarks", str(e))
+    if pl.eval_shards < 1:
+        bad("eval_shards", "must be >= 1")
+    if not 0 <= pl.eval_retries <= MAX_RETRIES:
+        bad("eval_retries", f"must be between 0 and {MAX_RETRIES} (Metaflow's limit)")
+    if pl.shared_memory_mb is not None and pl.shared_memory_mb < 1:
+        bad("shared_memory_mb", "must be >= 1 (or null for the platform default)")
+    if pl.schedule is not None and not valid_cron(pl.schedule):
+        bad("schedule", f"{pl.schedule!r} is not a 5-field cron expression (minute "
+            "hour day-of-month month day-of-week, e.g. '0 3 * * 1') or @hourly/@daily/"
+            "@weekly/@monthly/@yearly")
+    if pl.train_processes is not None and pl.train_processes < 1:
+        bad("train_processes", "must be >= 1 (or null: one per GPU)")
+
+
+def valid_cron(expr: str) -> bool:
+    """A 5-field cron expression or a macro, as Argo's CronWorkflow takes them (a shape check:
+    Argo itself rejects out-of-range values when the schedule is deployed)."""
+    fields = expr.split()
+    if len(fields) == 1:
+        return fields[0] in _CRON_MACROS
+    return len(fields) == 5 and all(_CRON_FIELD.match(f) for f in fields)
+
+
+def flow_config_parser(text: str) -> dict:
+    """Metaflow `Config` parser of the pipeline flow: the YAML mapping with the `pipeline`
+    defaults filled in, so decorators (@resources, @timeout, @retry) can read them from any
+    config. It never rejects a config: the flow's `start` step validates it fully and fails
+    with a message naming the key (a parser error would surface as a Metaflow traceback)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        data = {"__invalid_yaml__": str(e)}
+    if not isinstance(data, dict):
+        data = {"__not_a_mapping__": repr(data)[:200]}
+    defaults = {"pipeline": dataclasses.asdict(PipelineConfig())}
+    if data.get("pipeline", {}) is None:  # `pipeline:` with every key commented out
+        data["pipeline"] = {}
+    if isinstance(data.get("pipeline"), dict):
+        for sub in ("train", "eval"):
+            if sub in data["pipeline"] and data["pipeline"][sub] is None:
+                data["pipeline"][sub] = {}
+    user_pipeline = data.get("pipeline")
+    if user_pipeline is not None and not isinstance(user_pipeline, dict):
+        return {**data, "pipeline": defaults["pipeline"], BAD_PIPELINE: repr(user_pipeline)[:200]}
+    return deep_merge(defaults, data)
+
+
+def check_flow_config(data: dict, source: str) -> dict:
+    """Turn the markers `flow_config_parser` leaves for a broken file into one-line errors."""
+    if "__invalid_yaml__" in data:
+        raise UserError(f"{source}: malformed YAML: {data['__invalid_yaml__']}")
+    if "__not_a_mapping__" in data:
+        raise UserError(f"{source}: expected a mapping of config keys at the top level, got "
+                        f"{data['__not_a_mapping__']}")
+    if BAD_PIPELINE in data:
+        raise UserError(f"{source}: key 'pipeline': expected a mapping, got {data[BAD_PIPELINE]}")
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`keys` / `show` of the whole flow config, like `prefix-rft config` does for training."""
+    p = argparse.ArgumentParser(prog="python -m steps.flow_config",
+                                description="The pipeline's config: training keys plus the "
+                                "pipeline and tracking sections.")
+    sub = p.add_subparsers(dest="command", required=True)
+    show = sub.add_parser("show", help="print the fully resolved flow config as YAML")
+    show.add_argument("--preset", help="method preset to resolve (defaults + preset)")
+    show.add_argument("--config", help="YAML config file")
+    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key (repeatable), e.g. --set pipeline.epochs=3")
+    sub.add_parser("keys", help="every flow config key with its default and what it does")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "keys":
+            print(keys_text(FlowConfig), end="")
+        else:
+            print(show_config(args.config, args.preset, args.set, cls=FlowConfig), end="")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
