@@ -34,7 +34,8 @@ when the cell is split into n shards):
                of `benchmark_eval.write_results` (`SAMPLES_FILE`, `SUMMARY_FILE`: the same
                format as a `prefix-rft eval` output directory, so their names live there)
 
-The best epoch's checkpoint is registered in the model registry under the alias `best`.
+The best epoch's checkpoint is registered in the model registry under the alias `best`, the
+version tagged with that epoch, its macro score and the benchmarks averaged.
 """
 
 from __future__ import annotations
@@ -96,6 +97,11 @@ def metric_key(benchmark: str, n: int) -> str:
     return eval_metric(benchmark, f"avg_at_{n}")
 
 
+def metric_stat(key: str) -> str:
+    """The statistic an eval metric key names: `avg_at_32` of `eval/aime24/avg_at_32`."""
+    return key.rsplit("/", 1)[-1]
+
+
 # ----------------------------------------------------------------------------- parent run: artifacts
 CONFIG_ARTIFACT = "config.yaml"
 DATA_SAMPLE_ARTIFACT = "data/train_sample.json"
@@ -105,6 +111,13 @@ BEST_MODEL_ARTIFACT = "best_model"
 
 # ----------------------------------------------------------------------------- model registry
 BEST_ALIAS = "best"
+
+
+def registered_version_tags(epoch: int, macro_score: float, benchmarks) -> dict[str, str]:
+    """The tags of the registered model version of the best epoch: the epoch, its macro score
+    and the benchmarks the score averages."""
+    return {"epoch": str(epoch), "macro_score": f"{macro_score:.6f}",
+            "benchmarks": ",".join(benchmarks)}
 
 # ----------------------------------------------------------------------------- evaluation child runs
 # Tags of a child run; `epoch`, `benchmark` and `engine` are also its params.

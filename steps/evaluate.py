@@ -264,7 +264,7 @@ def best_epoch(results: list[dict]) -> tuple[int | None, float | None, list[str]
 
 def markdown_table(results: list[dict], failures: list[dict]) -> str:
     epochs, benches, cell = score_table(results)
-    metric = {r["benchmark"]: r["metric"].split("/")[-1] for r in results}
+    metric = {r["benchmark"]: run_layout.metric_stat(r["metric"]) for r in results}
     head = "| epoch | " + " | ".join(f"{b} ({metric[b]})" for b in benches) + " | macro |"
     lines = [head, "|" + "---|" * (len(benches) + 2)]
     for e in epochs:
@@ -347,9 +347,9 @@ def join_eval(cfg: Config, results: list[dict], failures: list[dict], epochs_don
                                           run_layout.BEST_MODEL_ARTIFACT)
                 source = (tracker.run_info(run_id).info.artifact_uri.rstrip("/") + "/"
                           + run_layout.BEST_MODEL_ARTIFACT)
-            version = tracker.register(name, source, run_id, alias=run_layout.BEST_ALIAS,
-                                       tags={"epoch": str(best), "macro_score": f"{score:.6f}",
-                                             "benchmarks": ",".join(common)})
+            version = tracker.register(
+                name, source, run_id, alias=run_layout.BEST_ALIAS,
+                tags=run_layout.registered_version_tags(best, score, common))
             out["registered"] = {"name": name, "version": version, "alias": run_layout.BEST_ALIAS,
                                  "source": source}
     if cfg.pipeline.keep_epochs == "best_and_last" and epochs_done:

@@ -23,6 +23,9 @@ def test_names_are_the_strings_in_mlflow():
     assert L.shard_value(1, 3) == "1/3" and L.shard_count("1/3") == 3
     assert L.shard_count(L.UNSHARDED) == 1
     assert L.protocol_params({"n": 4, "top_p": 0.95}) == {"protocol.n": 4, "protocol.top_p": 0.95}
+    assert L.metric_stat("eval/synthetic_add/avg_at_4") == "avg_at_4"
+    assert L.registered_version_tags(2, 0.5, ["amc", "aime24"]) == {
+        "epoch": "2", "macro_score": "0.500000", "benchmarks": "amc,aime24"}
     assert L.checkpoint_tag(2) == "checkpoint.epoch_2"
     assert L.resumed_from_tag(2) == "epoch_2.resumed_from"
     assert (L.BEST_EPOCH_TAG, L.BEST_MACRO_METRIC, L.BEST_ALIAS) == (
