@@ -23,8 +23,8 @@
 # Each run is one pipeline run (`flows/prefix_rft_flow.py`): a parent MLflow run with the
 # training metrics (`step` = training step) and one child run per evaluated (epoch, benchmark)
 # whose `samples.parquet` artifact holds every graded sample. The logic lives in
-# `prefix_rft/report.py` (tables, figures) and `prefix_rft/tracking.py` (reading MLflow); this
-# notebook only shows it. Every table and figure cell fails with a message naming what was empty.
+# `prefix_rft/report.py` (tables, figures) and `prefix_rft/tracking.py` (reading MLflow), with
+# the names of the run layout in `prefix_rft/run_layout.py`; this notebook only shows it. Every table and figure cell fails with a message naming what was empty.
 #
 # Open it with jupytext (`notebooks/README.md`), set the parameters below, run all cells.
 
@@ -36,7 +36,7 @@ run_ids = []  # compare these runs (ids); empty: every listed run whose status i
 statuses = ["FINISHED"]
 epoch = "last"  # which evaluation of each run: "last", "best" (tag best_epoch) or an epoch number
 baseline = ""  # run id, run name or method that the others are compared to; "" = the oldest run
-curves = ["reward/mean", "demo/nll", "loss", "prefix/advantage"]
+curves = []  # training metrics to plot; empty = prefix_rft.run_layout.TRAINING_CURVES
 group_by_method = True  # when a method has several runs (seeds): one curve per method, min-max band
 n_boot = 10000  # bootstrap resamples (CIs) and sign flips (p-values)
 seed = 0
@@ -59,7 +59,7 @@ ROOT = Path.cwd() if (Path.cwd() / "prefix_rft").is_dir() else Path.cwd().parent
 if str(ROOT) not in sys.path:  # the repository's package, also when it is not installed
     sys.path.insert(0, str(ROOT))
 
-from prefix_rft import report
+from prefix_rft import report, run_layout
 from prefix_rft.errors import UserError
 from prefix_rft.tracking import Tracker, run_record
 
@@ -138,10 +138,11 @@ selection = show_table([{"run": r.name, "run_id": r.run_id, "method": r.method, 
 # method is one line, the mean of its runs, with a band from their lowest to their highest value.
 
 # %% tags=["figure"]
-histories = report.training_histories(tracker, records, curves)
+keys = curves or run_layout.TRAINING_CURVES
+histories = report.training_histories(tracker, records, keys)
 methods = {r.name: r.method or r.name for r in compared}
 groups = methods if group_by_method and len(set(methods.values())) < len(methods) else None
-show_figure(report.training_curves_figure(histories, curves, groups=groups), "training curves")
+show_figure(report.training_curves_figure(histories, keys, groups=groups), "training curves")
 
 # %% [markdown]
 # ## Evaluation

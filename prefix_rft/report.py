@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prefix_rft import run_layout
 from prefix_rft.errors import UserError
 
 
@@ -168,12 +169,12 @@ def comparison_figure(runs: list[RunResults], *, names: list[str] | None = None,
 # ----------------------------------------------------------------------- pipeline runs (MLflow)
 # What notebooks/compare_runs.py shows. Reading MLflow goes through `prefix_rft.tracking.Tracker`
 # (any object with its `pipeline_runs`, `eval_runs`, `run_info`, `download_artifact` and
-# `metric_history` methods); everything below that is plain data in, plain data out.
+# `metric_history` methods); everything below that is plain data in, plain data out. The tag,
+# param and metric names are `prefix_rft.run_layout`'s, the ones the pipeline's steps write.
 
-KEY_PARAMS = ("method", "model.name_or_path", "data.train", "seed", "pipeline.epochs",
+KEY_PARAMS = (run_layout.METHOD_PARAM, "model.name_or_path", "data.train", "seed", "pipeline.epochs",
               "sft.epochs", "rl.steps", "sft.optim.lr", "rl.optim.lr", "rollout.group_size",
               "rollout.n_prefixed", "eval.n_samples")
-TRAINING_CURVES = ("reward/mean", "demo/nll", "loss", "prefix/advantage")
 
 
 def locate_tracking_uri(uri: str | None, roots) -> str:
@@ -214,23 +215,30 @@ def _iso(ms: int | None) -> str | None:
 def runs_overview(runs: list[dict], params=KEY_PARAMS) -> list[dict]:
     """One row per run (records of `Tracker.pipeline_runs`): label, id, method, status, start,
     best epoch and its macro score, and the `params` that at least one run has."""
-    present = [p for p in params if p != "method" and any(p in r["params"] for r in runs)]
+    present = [p for p in params
+               if p != run_layout.METHOD_PARAM and any(p in r["params"] for r in runs)]
     rows = []
     for label, r in zip(run_labels(runs), runs):
-        best = r["tags"].get("best_epoch")
-        rows.append({"run": label, "run_id": r["run_id"], "method": r["params"].get("method"),
+        rows.append({"run": label, "run_id": r["run_id"],
+                     "method": r["params"].get(run_layout.METHOD_PARAM),
                      "status": r["status"], "started": _iso(r.get("start_time")),
-                     "best_epoch": int(best) if best not in (None, "") else None,
-                     "best_macro": r["metrics"].get("eval/best_macro")}
+                     "best_epoch": _best_epoch(r),
+                     "best_macro": r["metrics"].get(run_layout.BEST_MACRO_METRIC)}
                     | {p: r["params"].get(p) for p in present})
     return rows
+
+
+def _best_epoch(run: dict) -> int | None:
+    """A run record's best epoch (its `best_epoch` tag), None before its evaluation is joined."""
+    best = run["tags"].get(run_layout.BEST_EPOCH_TAG)
+    return int(best) if best not in (None, "") else None
 
 
 def find_run(runs: list[dict], key: str) -> int:
     """Index of the run whose id, else label, else method (the first such run) is `key`."""
     labels = run_labels(runs)
     for matches in (lambda i: runs[i]["run_id"] == key, lambda i: labels[i] == key,
-                    lambda i: runs[i]["params"].get("method") == key):
+                    lambda i: runs[i]["params"].get(run_layout.METHOD_PARAM) == key):
         for i in range(len(runs)):
             if matches(i):
                 return i
@@ -273,7 +281,7 @@ def complete_cells(cells: list[dict]) -> tuple[dict[str, list[dict]], list[str]]
         by_bench.setdefault(c["benchmark"], []).append(c)
     ok, missing = {}, []
     for bench, parts in sorted(by_bench.items()):
-        shards = int(str(parts[0]["shard"]).split("/")[-1])
+        shards = run_layout.shard_count(parts[0]["shard"])
         if len({p["shard"] for p in parts}) == shards:
             ok[bench] = parts
         else:
@@ -295,9 +303,7 @@ def load_pipeline_run(tracker, run: dict | str, *, epoch: str | int = "last",
         run = run_record(tracker.run_info(run))
     name = name or run["name"] or run["run_id"]
     cells = latest_cells(tracker.eval_runs(run["run_id"]))
-    best = run["tags"].get("best_epoch")
-    want = choose_epoch([c["epoch"] for c in cells], epoch,
-                        best=int(best) if best not in (None, "") else None, run=name)
+    want = choose_epoch([c["epoch"] for c in cells], epoch, best=_best_epoch(run), run=name)
     by_bench, missing = complete_cells([c for c in cells if c["epoch"] == want])
     columns = None if samples else ["benchmark", "problem_id", "correct"]
     records, n = [], {}
@@ -306,9 +312,9 @@ def load_pipeline_run(tracker, run: dict | str, *, epoch: str | int = "last",
             for c in parts:
                 path = tracker.download_artifact(c["run_id"], SAMPLES_FILE, Path(tmp) / c["run_id"])
                 records += pq.read_table(path, columns=columns).to_pylist()
-            n[bench] = int(parts[0]["params"].get("protocol.n", 0) or 0) or None
+            n[bench] = int(parts[0]["params"].get(run_layout.protocol_param("n"), 0) or 0) or None
     return RunResults(name, problem_accuracy(records), n, run_id=run["run_id"],
-                      method=run["params"].get("method"), epoch=want,
+                      method=run["params"].get(run_layout.METHOD_PARAM), epoch=want,
                       samples=records if samples else [], incomplete=missing)
 
 
@@ -419,7 +425,8 @@ def sample_rows(runs: list[RunResults], *, problems: int = 3, chars: int = 500) 
     return out
 
 
-def training_histories(tracker, runs: list[dict], keys=TRAINING_CURVES) -> dict[str, dict]:
+def training_histories(tracker, runs: list[dict],
+                       keys=run_layout.TRAINING_CURVES) -> dict[str, dict]:
     """label -> metric -> [(training step, value)] for each run (records of
     `Tracker.pipeline_runs`) and each key in `keys` it logged."""
     out = {}
@@ -429,7 +436,7 @@ def training_histories(tracker, runs: list[dict], keys=TRAINING_CURVES) -> dict[
 
 
 def training_curves_figure(histories: dict[str, dict[str, list[tuple[int, float]]]],
-                           keys=TRAINING_CURVES, *, groups: dict[str, str] | None = None,
+                           keys=run_layout.TRAINING_CURVES, *, groups: dict[str, str] | None = None,
                            max_columns: int = 4):
     """One panel per metric of `keys` that some run logged (x = training step; at most
     `max_columns` panels a row), one line per run, in the same colour in every panel.

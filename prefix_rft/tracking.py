@@ -1,17 +1,11 @@
 """MLflow tracking: the only module of the library that imports `mlflow`.
 
 The pipeline keeps one MLflow *parent run* per training lineage (created by the flow's `start`
-step, reopened by every later step and by resumed Metaflow runs), logs
-
-    params                   the flattened resolved config (`rl.optim.lr`, `method`, ...)
-    training metrics         step = training step (SFT + RL steps), names as the trainer emits them
-    eval/<bench>/avg_at_<n>  step = epoch (0 = the starting model)
-    system/*                 CPU/GPU/memory while training (MLflow's system-metrics monitor)
-    tags                     metaflow.* (flow, run id, user, resumes), git commit, checkpoint URIs
-
-and one nested child run per (epoch, benchmark) evaluation with its sample table. Every call
-goes through `Tracker`, which talks to the server with an explicit run id (no global "active
-run"), so steps in separate processes and machines can log to the same run. Reports read
+step, reopened by every later step and by resumed Metaflow runs) and one nested child run per
+evaluation task; `prefix_rft.run_layout` names what goes where. Besides what the steps log, the
+parent run gets `system/*` (CPU/GPU/memory while training, MLflow's system-metrics monitor).
+Every call goes through `Tracker`, which talks to the server with an explicit run id (no global
+"active run"), so steps in separate processes and machines can log to the same run. Reports read
 through it too (`pipeline_runs`, `eval_runs`, `download_artifact`, `metric_history`), getting
 plain dicts (`run_record`) rather than MLflow entities.
 """
@@ -27,12 +21,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from prefix_rft import run_layout
 from prefix_rft.errors import UserError
 
 log = logging.getLogger(__name__)
 
 PARAM_MAX_CHARS = 6000  # MLflow's limit on a param value
-PARENT_TAG = "mlflow.parentRunId"
 
 
 def resolve_uri(configured: str | None) -> str:
@@ -140,7 +134,7 @@ class Tracker:
                    parent_run_id: str | None = None) -> str:
         tags = {k: str(v) for k, v in tags.items() if v is not None}
         if parent_run_id:
-            tags[PARENT_TAG] = parent_run_id
+            tags[run_layout.PARENT_TAG] = parent_run_id
         run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)
         return run.info.run_id
 
@@ -223,26 +217,26 @@ class Tracker:
         while len(out) < max_runs:
             page = self.client.search_runs([exp_id], "", max_results=1000,
                                            order_by=["attributes.start_time DESC"], page_token=token)
-            out += [run_record(r) for r in page if PARENT_TAG not in r.data.tags]
+            out += [run_record(r) for r in page if run_layout.PARENT_TAG not in r.data.tags]
             token = page.token
             if not token:
                 break
         return out[:max_runs]
 
     def eval_runs(self, run_id: str) -> list[dict]:
-        """The evaluation child runs of a pipeline run (tagged `epoch` and `benchmark` by
-        steps/evaluate.py), oldest first, as plain dicts with `epoch` (int), `benchmark` and
-        `shard` ("k/n") added."""
+        """The evaluation child runs of a pipeline run (those tagged `epoch` and `benchmark`; see
+        `run_layout`), oldest first, as plain dicts with `epoch` (int), `benchmark` and `shard`
+        ("k/n") added."""
         exp_id = self.client.get_run(run_id).info.experiment_id
-        runs = self.client.search_runs([exp_id], f"tags.{PARENT_TAG} = '{run_id}'",
+        runs = self.client.search_runs([exp_id], f"tags.{run_layout.PARENT_TAG} = '{run_id}'",
                                        max_results=10000, order_by=["attributes.start_time ASC"])
         out = []
         for r in runs:
             tags = r.data.tags
-            if "epoch" in tags and "benchmark" in tags:
-                out.append(run_record(r) | {"epoch": int(tags["epoch"]),
-                                            "benchmark": tags["benchmark"],
-                                            "shard": tags.get("shard", "0/1")})
+            if run_layout.EPOCH in tags and run_layout.BENCHMARK in tags:
+                out.append(run_record(r) | {
+                    "epoch": int(tags[run_layout.EPOCH]), "benchmark": tags[run_layout.BENCHMARK],
+                    "shard": tags.get(run_layout.SHARD, run_layout.UNSHARDED)})
         return out
 
     def download_artifact(self, run_id: str, path: str, dst_dir: str | Path) -> Path:

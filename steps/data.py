@@ -15,6 +15,7 @@ import math
 import tempfile
 from pathlib import Path
 
+from prefix_rft import run_layout
 from prefix_rft.data import filter_openr1, save_problems
 from prefix_rft.data.filter import data_fraction
 from prefix_rft.data.problem import Problem
@@ -94,13 +95,14 @@ def filter_data(cfg: FlowConfig, *, lineage_prefix: str, tracker=None, tracking:
     log.info("data: %d training problems, %d held-out -> %s", len(train), len(test), ref.uri)
     if tracker is not None and tracking:
         run_id = tracking["run_id"]
-        tracker.log_metrics(run_id, {f"data/{k}": v for k, v in stats.items()}
-                            | {"data/num_train": len(train), "data/num_test": len(test)}, step=0)
-        tracker.set_tags(run_id, {"data.uri": ref.uri})
+        tracker.log_metrics(run_id, {run_layout.data_metric(k): v for k, v in stats.items()}
+                            | {run_layout.data_metric("num_train"): len(train),
+                               run_layout.data_metric("num_test"): len(test)}, step=0)
+        tracker.set_tags(run_id, {run_layout.DATA_URI_TAG: ref.uri})
         tracker.log_table(run_id, [
             {"id": p.id, "prompt": p.prompt[:500], "answer": p.answer,
              "demo_chars": len(p.demonstrations[0]) if p.demonstrations else 0}
-            for p in train[:20]], "data/train_sample.json")
+            for p in train[:20]], run_layout.DATA_SAMPLE_ARTIFACT)
     return {"data": ref.to_dict(), "stats": stats, "num_train": len(train), "num_test": len(test),
             "plan": plan}
 

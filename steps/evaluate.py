@@ -13,7 +13,8 @@ MLflow: the parent run gets `eval/<benchmark>/avg_at_<n>` at `step=epoch`; each 
 nested child run `eval-<benchmark>-epoch<e>` with the protocol as params, the summary metrics,
 a table of sample completions and the per-sample results (parquet). `join_eval` logs the score
 table (Markdown), the learning-curve figure and registers the best epoch's checkpoint in the
-model registry under the alias `best`.
+model registry under the alias `best`. Every name is from `prefix_rft.run_layout`, which the
+readers (`prefix_rft.tracking`, `prefix_rft.report`) use too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from prefix_rft import run_layout
 from prefix_rft.errors import UserError
 from prefix_rft.store import open_store
 from steps.common import fetch_into, log, use_cpus
@@ -34,10 +36,6 @@ def benchmark_name(spec: str) -> str:
     from prefix_rft.benchmarks import benchmark_label
 
     return spec if spec == HELDOUT else benchmark_label(spec)
-
-
-def metric_key(benchmark: str, n: int) -> str:
-    return f"eval/{benchmark}/avg_at_{n}"  # MLflow metric names cannot contain '@'
 
 
 def plan_eval(cfg: FlowConfig, epochs_done: list[dict], warm_start: dict | None) -> list[dict]:
@@ -121,7 +119,7 @@ def _engine(cfg: FlowConfig, ref: dict | None, scratch: Path):
 
 def eval_task(cfg: FlowConfig, item: dict, *, data_ref: dict, tracker=None, tracking: dict | None = None,
               n_boot: int = 2000) -> dict:
-    from prefix_rft.benchmark_eval import evaluate_benchmark, problem_accuracy, write_results
+    from prefix_rft.benchmark_eval import evaluate_benchmark, problem_accuracy
     from prefix_rft.reward import RewardGrader
 
     use_cpus(cfg.pipeline.eval.cpus)
@@ -141,7 +139,7 @@ def eval_task(cfg: FlowConfig, item: dict, *, data_ref: dict, tracker=None, trac
         finally:
             engine.close()
         n = protocol.n_for(bench)
-        key = metric_key(bench, n)
+        key = run_layout.metric_key(bench, n)
         s = res.summary
         summary = {
             "epoch": epoch, "benchmark": bench, "metric": key, "value": s["avg_at_n"], "n": n,
@@ -154,41 +152,55 @@ def eval_task(cfg: FlowConfig, item: dict, *, data_ref: dict, tracker=None, trac
         log.info("epoch %d %s: %s = %.4f [%.4f, %.4f] over %d problems (%s engine)", epoch, bench,
                  key, s["avg_at_n"], s["ci_low"], s["ci_high"], s["num_problems"], kind)
         if tracker is not None and tracking:
-            parent = tracking["run_id"]
-            if shards == 1:  # a sharded cell is logged by join_eval, once all shards are in
-                tracker.log_metrics(parent, _cell_metrics(summary), step=epoch)
-            name = f"eval-{bench}-epoch{epoch}" + (f"-shard{shard}of{shards}" if shards > 1 else "")
-            child = tracker.create_run(tracking["experiment"], name, {
-                "epoch": epoch, "benchmark": bench, "checkpoint": label, "engine": kind,
-                "shard": f"{shard}/{shards}",
-            }, parent_run_id=parent)
-            tracker.log_params(child, {f"protocol.{k}": v for k, v in protocol.to_dict().items()}
-                               | {"benchmark": bench, "epoch": epoch, "engine": kind})
-            child_metrics = {"avg_at_n": s["avg_at_n"], key: s["avg_at_n"], "ci_low": s["ci_low"],
-                             "ci_high": s["ci_high"], "num_problems": s["num_problems"],
-                             "no_answer_frac": s["no_answer_frac"],
-                             "mean_tokens": s["mean_tokens"]}
-            child_metrics |= {f"pass_at_{k}": v for k, v in s["pass_at_k"].items()}
-            if s.get("maj_at_n") is not None:
-                child_metrics[f"maj_at_{n}"] = s["maj_at_n"]
-            tracker.log_metrics(child, child_metrics, step=epoch)
-            preview = [{k: r[k] for k in ("problem_id", "sample", "completion", "extracted", "correct")}
-                       for r in res.records[: cfg.tracking.log_samples]]
-            tracker.log_table(child, preview, "samples_preview.json")
-            out = Path(tmp) / "results"
-            write_results(out, [res])
-            tracker.log_artifact(child, out / "samples.parquet")
-            tracker.log_artifact(child, out / "summary.json")
-            tracker.terminate(child, "FINISHED")
-            summary["child_run_id"] = child
+            summary["child_run_id"] = _log_cell(cfg, tracker, tracking, summary, res, Path(tmp))
         return summary
+
+
+def _log_cell(cfg: FlowConfig, tracker, tracking: dict, summary: dict, res, scratch: Path) -> str:
+    """Log one evaluated cell (`summary` as eval_task returns it, `res` its BenchmarkResult):
+    the parent run's metrics (unless the cell is sharded: join_eval logs it once all shards are
+    in) and a FINISHED child run with the protocol, the scores and the per-sample results.
+    Returns the child run's id."""
+    from prefix_rft.benchmark_eval import SAMPLES_FILE, SUMMARY_FILE, write_results
+
+    parent, epoch, bench = tracking["run_id"], summary["epoch"], summary["benchmark"]
+    shard, shards, kind, n = summary["shard"], summary["shards"], summary["engine"], summary["n"]
+    if shards == 1:
+        tracker.log_metrics(parent, _cell_metrics(summary), step=epoch)
+    name = run_layout.eval_run_name(bench, epoch, shard, shards)
+    child = tracker.create_run(tracking["experiment"], name, {
+        run_layout.EPOCH: epoch, run_layout.BENCHMARK: bench,
+        run_layout.CHECKPOINT: summary["checkpoint_uri"], run_layout.ENGINE: kind,
+        run_layout.SHARD: run_layout.shard_value(shard, shards),
+    }, parent_run_id=parent)
+    tracker.log_params(child, run_layout.protocol_params(summary["protocol"]) | {
+        run_layout.BENCHMARK: bench, run_layout.EPOCH: epoch, run_layout.ENGINE: kind})
+    s = res.summary
+    child_metrics = {"avg_at_n": s["avg_at_n"], summary["metric"]: s["avg_at_n"],
+                     "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+                     "num_problems": s["num_problems"], "no_answer_frac": s["no_answer_frac"],
+                     "mean_tokens": s["mean_tokens"]}
+    child_metrics |= {f"pass_at_{k}": v for k, v in s["pass_at_k"].items()}
+    if s.get("maj_at_n") is not None:
+        child_metrics[f"maj_at_{n}"] = s["maj_at_n"]
+    tracker.log_metrics(child, child_metrics, step=epoch)
+    preview = [{k: r[k] for k in ("problem_id", "sample", "completion", "extracted", "correct")}
+               for r in res.records[: cfg.tracking.log_samples]]
+    tracker.log_table(child, preview, run_layout.SAMPLES_PREVIEW_ARTIFACT)
+    out = scratch / "results"
+    write_results(out, [res])
+    tracker.log_artifact(child, out / SAMPLES_FILE)
+    tracker.log_artifact(child, out / SUMMARY_FILE)
+    tracker.terminate(child, "FINISHED")
+    return child
 
 
 def _cell_metrics(cell: dict) -> dict[str, float]:
     """What the parent run gets for one (epoch, benchmark) result, at step=epoch."""
     b = cell["benchmark"]
-    return {cell["metric"]: cell["value"], f"eval/{b}/ci_low": cell["ci"][0],
-            f"eval/{b}/ci_high": cell["ci"][1], f"eval/{b}/no_answer_frac": cell["no_answer_frac"]}
+    return {cell["metric"]: cell["value"], run_layout.eval_metric(b, "ci_low"): cell["ci"][0],
+            run_layout.eval_metric(b, "ci_high"): cell["ci"][1],
+            run_layout.eval_metric(b, "no_answer_frac"): cell["no_answer_frac"]}
 
 
 # --------------------------------------------------------------------------------- join
@@ -252,7 +264,7 @@ def best_epoch(results: list[dict]) -> tuple[int | None, float | None, list[str]
 
 def markdown_table(results: list[dict], failures: list[dict]) -> str:
     epochs, benches, cell = score_table(results)
-    metric = {r["benchmark"]: r["metric"].split("/")[-1] for r in results}
+    metric = {r["benchmark"]: run_layout.metric_stat(r["metric"]) for r in results}
     head = "| epoch | " + " | ".join(f"{b} ({metric[b]})" for b in benches) + " | macro |"
     lines = [head, "|" + "---|" * (len(benches) + 2)]
     for e in epochs:
@@ -275,7 +287,7 @@ def learning_curves(tracker, run_id: str, results: list[dict]):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, key in zip(axes[:2], ("reward/mean", "loss")):
+    for ax, key in zip(axes[:2], (run_layout.REWARD_MEAN, run_layout.LOSS)):
         hist = tracker.metric_history(run_id, key) if tracker else []
         if hist:
             steps, vals = zip(*sorted(hist))
@@ -308,14 +320,16 @@ def join_eval(cfg: FlowConfig, results: list[dict], failures: list[dict], epochs
            "table": markdown_table(results, failures), "registered": None, "pruned": []}
     if tracker is not None and tracking:
         run_id = tracking["run_id"]
-        tags = {"eval.failed_tasks": len(failures), "eval.tasks": len(results) + len(failures)}
+        tags = {run_layout.EVAL_FAILED_TASKS_TAG: len(failures),
+                run_layout.EVAL_TASKS_TAG: len(results) + len(failures)}
         if best is not None:
-            tags |= {"best_epoch": best, "best_checkpoint": out["best_checkpoint"]}
-            tracker.log_metrics(run_id, {"eval/best_macro": score}, step=best)
+            tags |= {run_layout.BEST_EPOCH_TAG: best,
+                     run_layout.BEST_CHECKPOINT_TAG: out["best_checkpoint"]}
+            tracker.log_metrics(run_id, {run_layout.BEST_MACRO_METRIC: score}, step=best)
         tracker.set_tags(run_id, tags)
-        tracker.log_text(run_id, out["table"], "eval/summary.md")
+        tracker.log_text(run_id, out["table"], run_layout.EVAL_TABLE_ARTIFACT)
         fig = learning_curves(tracker, run_id, results)
-        tracker.log_figure(run_id, fig, "learning_curves.png")
+        tracker.log_figure(run_id, fig, run_layout.LEARNING_CURVES_ARTIFACT)
         import matplotlib.pyplot as plt
 
         plt.close(fig)
@@ -330,12 +344,14 @@ def join_eval(cfg: FlowConfig, results: list[dict], failures: list[dict], epochs
                             "pipeline.checkpoint_root to avoid the copy)")
                 with tempfile.TemporaryDirectory() as tmp:
                     tracker.log_artifacts(run_id, fetch_into(refs[best], Path(tmp)) / "model",
-                                          "best_model")
-                source = tracker.run_info(run_id).info.artifact_uri.rstrip("/") + "/best_model"
-            version = tracker.register(name, source, run_id, alias="best",
-                                       tags={"epoch": str(best), "macro_score": f"{score:.6f}",
-                                             "benchmarks": ",".join(common)})
-            out["registered"] = {"name": name, "version": version, "alias": "best", "source": source}
+                                          run_layout.BEST_MODEL_ARTIFACT)
+                source = (tracker.run_info(run_id).info.artifact_uri.rstrip("/") + "/"
+                          + run_layout.BEST_MODEL_ARTIFACT)
+            version = tracker.register(
+                name, source, run_id, alias=run_layout.BEST_ALIAS,
+                tags=run_layout.registered_version_tags(best, score, common))
+            out["registered"] = {"name": name, "version": version, "alias": run_layout.BEST_ALIAS,
+                                 "source": source}
     if cfg.pipeline.keep_epochs == "best_and_last" and epochs_done:
         keep = {refs[epochs_done[-1]["epoch"]]["uri"]} | ({out["best_checkpoint"]} if best else set())
         for e in epochs_done:

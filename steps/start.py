@@ -9,6 +9,7 @@ there, with the checkpoint's URI, before any training or generation.
 
 from __future__ import annotations
 
+from prefix_rft import run_layout
 from prefix_rft.config import parse_overrides
 from prefix_rft.dicts import deep_merge, flatten
 from prefix_rft.errors import UserError
@@ -51,15 +52,16 @@ def start(config_data: dict, ctx: RunContext, *, seed: int | None = None, epochs
     uri = resolve_uri(cfg.tracking.uri)
     check_remote_storage(cfg, uri)
     tracker = Tracker(uri, timeout_s=cfg.tracking.timeout_s)
-    tags = ctx.tags() | {"method": cfg.method, "config_hash": cfg.config_hash()}
+    tags = ctx.tags() | {run_layout.METHOD_TAG: cfg.method,
+                         run_layout.CONFIG_HASH_TAG: cfg.config_hash()}
     if warm:
-        tags |= {"warm_start.uri": warm.uri, "warm_start.step": warm.step}
+        tags |= {run_layout.WARM_START_URI_TAG: warm.uri, run_layout.WARM_START_STEP_TAG: warm.step}
     run_name = cfg.tracking.run_name or f"{cfg.method}-{ctx.run_id}"
     run_id = tracker.create_run(cfg.tracking.experiment, run_name, tags)
     tracker.log_params(run_id, flatten(cfg.to_dict()))
-    tracker.log_text(run_id, cfg.to_yaml(), "config.yaml")
+    tracker.log_text(run_id, cfg.to_yaml(), run_layout.CONFIG_ARTIFACT)
     prefix = lineage_prefix(cfg, ctx.flow_name, ctx.run_id)
-    tracker.set_tags(run_id, {"checkpoint.prefix": prefix})
+    tracker.set_tags(run_id, {run_layout.CHECKPOINT_PREFIX_TAG: prefix})
     info = tracker.run_info(run_id).info
     log.info("MLflow run %s (experiment %s) at %s", run_id, cfg.tracking.experiment, uri)
     return {

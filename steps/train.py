@@ -32,6 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from prefix_rft import distributed as D
+from prefix_rft import run_layout
 from prefix_rft.store import CheckpointRef, open_store
 from steps.common import (
     RunContext,
@@ -116,7 +117,7 @@ def train_epoch(cfg: FlowConfig, *, epoch: int, plan: dict, data_ref: dict, star
                 lambda m: tracker.log_metrics(
                     run_id, {k: v for k, v in m.items() if k != "step"}, step=trainer.train_steps))
             if previous is not None:
-                tracker.set_tags(run_id, {f"epoch_{epoch}.resumed_from": previous.uri})
+                tracker.set_tags(run_id, {run_layout.resumed_from_tag(epoch): previous.uri})
 
         def commit(end_of_epoch: bool) -> CheckpointRef | None:
             name = trainer.checkpoint_name()
@@ -153,8 +154,8 @@ def train_epoch(cfg: FlowConfig, *, epoch: int, plan: dict, data_ref: dict, star
             return {"epoch": epoch, "rank": D.world()[0]}
         last = trainer.history[-1] if trainer.history else {}
         if tracker is not None:
-            tracker.set_tags(run_id, {f"checkpoint.epoch_{epoch}": ref.uri,
-                                      "checkpoint.latest": ref.uri})
+            tracker.set_tags(run_id, {run_layout.checkpoint_tag(epoch): ref.uri,
+                                      run_layout.CHECKPOINT_LATEST_TAG: ref.uri})
         return {"epoch": epoch, "checkpoint": ref.to_dict(),
                 "resumed_from": previous.uri if previous else None,
                 "steps": [first, trainer.train_steps],

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from prefix_rft import run_layout
 from prefix_rft.dicts import flatten
 from prefix_rft.errors import UserError
 from prefix_rft.store import (
@@ -509,7 +510,7 @@ def test_train_epoch_from_a_warm_start(chain, tmp_path):
 # ==================================================================================== evaluate
 def _res(epoch, bench, value, n=1):
     return {"epoch": epoch, "benchmark": bench, "value": value,
-            "metric": seval.metric_key(bench, n)}
+            "metric": run_layout.metric_key(bench, n)}
 
 
 def test_best_epoch_excludes_epoch_0_and_breaks_ties_late():
@@ -605,7 +606,7 @@ def test_benchmark_name_and_metric_key():
     assert seval.benchmark_name("path/to/amc.jsonl") == "amc"
     assert seval.benchmark_name("heldout") == "heldout"
     assert seval.benchmark_name("/data/aime24.parquet") == "aime24"
-    assert seval.metric_key("aime24", 32) == "eval/aime24/avg_at_32"
+    assert run_layout.metric_key("aime24", 32) == "eval/aime24/avg_at_32"
 
 
 # ==================================================================================== common

@@ -12,6 +12,7 @@ import hashlib
 
 import pytest
 
+from prefix_rft import run_layout
 from prefix_rft.benchmarks import benchmark_label, load_benchmark
 from prefix_rft.data.synthetic import pool_size, synthetic_arithmetic
 from prefix_rft.errors import UserError
@@ -80,7 +81,7 @@ def test_labels_and_metric_keys():
                                                    "synthetic_word"]
     assert [seval.benchmark_name(s) for s in SPECS] == ["synthetic_add", "synthetic_mul",
                                                        "synthetic_word"]
-    assert seval.metric_key("synthetic_add", 4) == "eval/synthetic_add/avg_at_4"
+    assert run_layout.metric_key("synthetic_add", 4) == "eval/synthetic_add/avg_at_4"
 
 
 def test_plan_eval_one_cell_per_level():

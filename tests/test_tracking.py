@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from prefix_rft.errors import UserError
+from prefix_rft.run_layout import PARENT_TAG
 from prefix_rft.tracking import (
     PARAM_MAX_CHARS,
-    PARENT_TAG,
     Tracker,
     _numeric,
     check_reachable,
