@@ -31,7 +31,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,6 +39,7 @@ import torch
 from prefix_rft import distributed as D
 from prefix_rft import logprobs as lp
 from prefix_rft import loss as L
+from prefix_rft.checkpoint import load_checkpoint, save_checkpoint
 from prefix_rft.config import Config, OptimConfig, check_world
 from prefix_rft.data.problem import Problem
 from prefix_rft.engines.base import GenerationRequest, SamplingParams
@@ -962,10 +963,46 @@ class Trainer:
             )
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, path: str | Path) -> Path:
-        from prefix_rft.checkpoint import save_checkpoint
+    def state_dict(self) -> dict:
+        """Everything besides the weights that continues this run exactly: the `TrainState`
+        (as a dict), the optimizer and LR-scheduler states (optimizers keyed by parameter name:
+        collective under torchrun, complete on rank 0) and the python/torch RNG states."""
+        return {
+            "state": asdict(self.state),
+            "optimizer": D.full_optimizer_state(self.model, self.opt) if self.opt else None,
+            "scheduler": self.sched.state_dict() if self.sched else None,
+            "relift_optimizer": (D.full_optimizer_state(self.model, self.relift_opt)
+                                 if self.relift_opt else None),
+            "relift_scheduler": self.relift_sched.state_dict() if self.relift_sched else None,
+            "rng": {
+                "python": random.getstate(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+        }
 
-        return save_checkpoint(self, path)
+    def load_state_dict(self, sd: dict) -> None:
+        """Restore what `state_dict` returned: the state, the phase's optimizer and schedule
+        (rebuilt, then loaded), ReLIFT's, and the RNG states."""
+        self.state = TrainState(**sd["state"])
+        self.state.relift_buffer = [tuple(x) for x in self.state.relift_buffer]
+        self._make_phase_optimizer()
+        if sd["optimizer"] is not None:
+            _load_optimizer(self.model, self.opt, sd["optimizer"])
+            self.sched.load_state_dict(sd["scheduler"])
+        if sd["relift_optimizer"] is not None and self.relift_opt is not None:
+            _load_optimizer(self.model, self.relift_opt, sd["relift_optimizer"])
+            self.relift_sched.load_state_dict(sd["relift_scheduler"])
+        rng = sd["rng"]
+        random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def save(self, path: str | Path) -> Path:
+        """Write a checkpoint directory (`prefix_rft.checkpoint`); every rank must call it."""
+        return save_checkpoint(path, model=self.model, tokenizer=self.tokenizer,
+                               trainer_state=self.state_dict(), config=self.cfg)
 
     def checkpoint_name(self) -> str:
         """`step-000012` in the RL phase, `step-000000-sft000034` during SFT: sorts in order."""
@@ -975,6 +1012,13 @@ class Trainer:
         return name
 
     def load(self, path: str | Path) -> None:
-        from prefix_rft.checkpoint import load_checkpoint
+        """Continue from a checkpoint: its weights, then its trainer state."""
+        self.load_state_dict(load_checkpoint(path, self.model))
 
-        load_checkpoint(self, path)
+
+def _load_optimizer(model, opt, state: dict) -> None:
+    """Name-keyed states (any number of GPUs); index-keyed ones (`opt.state_dict()`) too."""
+    if all(isinstance(k, int) for k in state.get("state", {})) and state.get("state"):
+        opt.load_state_dict(state)
+    else:
+        D.load_full_optimizer_state(model, opt, state)
