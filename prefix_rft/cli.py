@@ -160,7 +160,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from prefix_rft.checkpoint import latest_checkpoint
+    from prefix_rft.checkpoint import latest_checkpoint, prune_checkpoints
     from prefix_rft.config import load_config
     from prefix_rft.trainer import Trainer
 
@@ -190,11 +190,17 @@ def cmd_train(args) -> int:
             logging.info("held-out accuracy before training: %.3f", before["eval/accuracy"])
             if main:
                 summary_path.write_text(json.dumps(summary, indent=1))
+        written: list[Path] = []
+
+        def keep_last(path: Path, final: bool) -> None:  # OUTPUT/checkpoints keeps `keep_last`
+            written.append(path)
+            if main:
+                prune_checkpoints(path.parent, cfg.keep_last, keep=path)
+
         t0 = time.time()
-        trainer.fit(max_steps=args.max_steps)
+        trainer.fit(max_steps=args.max_steps, on_checkpoint=keep_last)
         summary["train_seconds"] = summary.get("train_seconds", 0) + time.time() - t0
-        final = trainer.save(out / "checkpoints" / trainer.checkpoint_name())
-        summary["checkpoint"] = str(final)
+        summary["checkpoint"] = str(written[-1])  # the final one
         summary["state"] = {"phase": trainer.state.phase, "global_step": trainer.state.global_step,
                             "sft_step": trainer.state.sft_step}
         if trainer.history:
