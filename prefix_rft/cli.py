@@ -228,24 +228,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_filter_data(args) -> int:
-    from prefix_rft.data import filter_openr1, save_problems
-    from prefix_rft.data.readers import iter_rows
+    from prefix_rft.data import save_problems
+    from prefix_rft.data.filter import filter_openr1_source
     from prefix_rft.models import load_tokenizer
-    from prefix_rft.reward import gold_is_parseable
 
-    tok = load_tokenizer(args.tokenizer)
-
-    def rows():
-        for n, row in enumerate(iter_rows(args.input)):
-            if args.limit is not None and n >= args.limit:
-                return
-            yield row.fields
-
-    def count_tokens(text: str) -> int:
-        return len(tok(text, add_special_tokens=False)["input_ids"])
-
-    problems, stats = filter_openr1(rows(), count_tokens=count_tokens, gold_ok=gold_is_parseable,
-                                    max_trace_tokens=args.max_tokens)
+    problems, stats = filter_openr1_source(args.input, load_tokenizer(args.tokenizer),
+                                           max_trace_tokens=args.max_tokens, limit=args.limit)
     save_problems(problems, args.output)
     print(json.dumps(stats.as_dict(), indent=1))
     print(f"wrote {len(problems)} problems to {args.output}")
