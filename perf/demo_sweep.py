@@ -66,7 +66,7 @@ def one(a) -> None:
             if trainer.state.phase == "done":
                 break
             t = time.perf_counter()
-            trainer.fit(max_steps=step - trainer.train_steps, autosave=False)
+            trainer.fit(max_steps=step - trainer.train_steps)
             train_s += time.perf_counter() - t
             ev = trainer.evaluate()
             evals[str(trainer.train_steps)] = ev["eval/accuracy"]

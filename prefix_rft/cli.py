@@ -152,7 +152,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from prefix_rft.checkpoint import latest_checkpoint
+    from prefix_rft.checkpoint import latest_checkpoint, prune_checkpoints
     from prefix_rft.config import load_config
     from prefix_rft.trainer import Trainer
 
@@ -182,11 +182,17 @@ def cmd_train(args) -> int:
             logging.info("held-out accuracy before training: %.3f", before["eval/accuracy"])
             if main:
                 summary_path.write_text(json.dumps(summary, indent=1))
+        written: list[Path] = []
+
+        def keep_last(path: Path, final: bool) -> None:  # OUTPUT/checkpoints keeps `keep_last`
+            written.append(path)
+            if main:
+                prune_checkpoints(path.parent, cfg.keep_last, keep=path)
+
         t0 = time.time()
-        trainer.fit(max_steps=args.max_steps)
+        trainer.fit(max_steps=args.max_steps, on_checkpoint=keep_last)
         summary["train_seconds"] = summary.get("train_seconds", 0) + time.time() - t0
-        final = trainer.save(out / "checkpoints" / trainer.checkpoint_name())
-        summary["checkpoint"] = str(final)
+        summary["checkpoint"] = str(written[-1])  # the final one
         summary["state"] = {"phase": trainer.state.phase, "global_step": trainer.state.global_step,
                             "sft_step": trainer.state.sft_step}
         if trainer.history:
@@ -214,24 +220,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_filter_data(args) -> int:
-    from prefix_rft.data import filter_openr1, save_problems
-    from prefix_rft.data.readers import iter_rows
+    from prefix_rft.data import save_problems
+    from prefix_rft.data.filter import filter_openr1_source
     from prefix_rft.models import load_tokenizer
-    from prefix_rft.reward import gold_is_parseable
 
-    tok = load_tokenizer(args.tokenizer)
-
-    def rows():
-        for n, row in enumerate(iter_rows(args.input)):
-            if args.limit is not None and n >= args.limit:
-                return
-            yield row.fields
-
-    def count_tokens(text: str) -> int:
-        return len(tok(text, add_special_tokens=False)["input_ids"])
-
-    problems, stats = filter_openr1(rows(), count_tokens=count_tokens, gold_ok=gold_is_parseable,
-                                    max_trace_tokens=args.max_tokens)
+    problems, stats = filter_openr1_source(args.input, load_tokenizer(args.tokenizer),
+                                           max_trace_tokens=args.max_tokens, limit=args.limit)
     save_problems(problems, args.output)
     print(json.dumps(stats.as_dict(), indent=1))
     print(f"wrote {len(problems)} problems to {args.output}")

@@ -30,8 +30,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,6 +39,7 @@ import torch
 from prefix_rft import distributed as D
 from prefix_rft import logprobs as lp
 from prefix_rft import loss as L
+from prefix_rft.checkpoint import load_checkpoint, save_checkpoint
 from prefix_rft.config import Config, OptimConfig, check_world
 from prefix_rft.data.problem import Problem
 from prefix_rft.engines.base import GenerationRequest, SamplingParams
@@ -406,47 +407,78 @@ class Trainer:
         """Training steps done so far, SFT and RL together (the pipeline's step axis)."""
         return self.state.sft_step + self.state.global_step
 
-    def fit(self, max_steps: int | None = None, autosave: bool = True) -> list[dict]:
-        """Run the remaining phases (or at most `max_steps` steps of them); return metrics.
-        `autosave`: save every `save_every` steps under output_dir/checkpoints (the pipeline
-        turns this off and commits checkpoints to its own store)."""
+    def fit(self, max_steps: int | None = None,
+            on_checkpoint: Callable[[Path, bool], None] | None = None) -> list[dict]:
+        """Run the remaining phases (or at most `max_steps` steps of them); return the metrics.
+
+        `on_checkpoint` is the one save policy of every caller. With it, a checkpoint is
+        written to output_dir/checkpoints/<checkpoint_name()> every `save_every` training steps
+        (SFT and RL counted together, `train_steps`) while more steps follow in this call, and
+        once more when the call ends; `on_checkpoint(path, final)` then runs on every rank and
+        decides what becomes of it (the CLI prunes old ones locally, the pipeline commits it to
+        its store). Without it, nothing is written."""
+        if on_checkpoint is not None and self.output_dir is None:
+            raise ValueError("Trainer.fit(on_checkpoint=...) needs a trainer with an output_dir")
+        done = 0
+        for phase in ("sft", "rl"):
+            if self.state.phase == phase:
+                left = None if max_steps is None else max_steps - done
+                done += self._run_phase(phase, left, on_checkpoint)
+        if on_checkpoint is not None:
+            self._checkpoint(on_checkpoint, final=True)
+        return self.history
+
+    def _run_phase(self, phase: str, limit: int | None, on_checkpoint) -> int:
+        """Steps of `phase` until it ends or `limit` steps ran (then the next phase begins);
+        returns how many ran."""
         from tqdm.auto import tqdm
 
+        sft = phase == "sft"
+        total = self.sft_total_steps() if sft else self.cfg.rl.steps
+
+        def count() -> int:
+            return self.state.sft_step if sft else self.state.global_step
+
+        bar = tqdm(total=total, initial=count(), desc="sft" if sft else self.cfg.method,
+                   disable=not self.progress)
         done = 0
-        if self.state.phase == "sft":
-            total = self.sft_total_steps()
-            bar = tqdm(total=total, initial=self.state.sft_step, desc="sft", disable=not self.progress)
-            while self.state.sft_step < total and (max_steps is None or done < max_steps):
-                m = self.sft_step()
-                done += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{m['loss']:.3f}")
-                if autosave and self.cfg.save_every and self.output_dir and self.state.sft_step % self.cfg.save_every == 0:
-                    self.save(self.output_dir / "checkpoints" / self.checkpoint_name())
-            bar.close()
-            if self.state.sft_step >= total:
-                self.state.phase = "rl" if self.cfg.rl.steps > 0 else "done"
-                if self.state.phase == "rl":
-                    self._make_phase_optimizer()
-        if self.state.phase == "rl":
-            total = self.cfg.rl.steps
-            bar = tqdm(total=total, initial=self.state.global_step, desc=self.cfg.method,
-                       disable=not self.progress)
-            while self.state.global_step < total and (max_steps is None or done < max_steps):
-                m = self.rl_step()
-                done += 1
-                bar.update(1)
-                bar.set_postfix(reward=f"{m['reward/mean']:.3f}")
-                if autosave and self.cfg.save_every and self.output_dir and self.state.global_step % self.cfg.save_every == 0:
-                    self.save(self.output_dir / "checkpoints" / self.checkpoint_name())
-                every = self.cfg.eval.every_steps
-                if every and self.test_set and self.state.global_step % every == 0:
-                    ev = {k: v for k, v in self.evaluate().items() if k != "samples"}
-                    self._record({"phase": "eval", "step": self.state.global_step, **ev})
-            bar.close()
-            if self.state.global_step >= total:
-                self.state.phase = "done"
-        return self.history
+        while count() < total and (limit is None or done < limit):
+            m = self.sft_step() if sft else self.rl_step()
+            done += 1
+            bar.update(1)
+            bar.set_postfix(**({"loss": f"{m['loss']:.3f}"} if sft
+                               else {"reward": f"{m['reward/mean']:.3f}"}))
+            if not sft:
+                self._maybe_evaluate()
+            if count() >= total:
+                self._end_phase()
+            more = self.state.phase != "done" and (limit is None or done < limit)
+            every = self.cfg.save_every
+            if on_checkpoint is not None and more and every and self.train_steps % every == 0:
+                self._checkpoint(on_checkpoint, final=False)
+        bar.close()
+        if count() >= total and self.state.phase == phase:
+            self._end_phase()
+        return done
+
+    def _end_phase(self) -> None:
+        """SFT -> RL (with its own optimizer and schedule) or done; RL -> done."""
+        if self.state.phase == "sft" and self.cfg.rl.steps > 0:
+            self.state.phase = "rl"
+            self._make_phase_optimizer()
+        else:
+            self.state.phase = "done"
+
+    def _maybe_evaluate(self) -> None:
+        """The held-out evaluation every `eval.every_steps` RL steps, recorded as a metrics row."""
+        every = self.cfg.eval.every_steps
+        if every and self.test_set and self.state.global_step % every == 0:
+            ev = {k: v for k, v in self.evaluate().items() if k != "samples"}
+            self._record({"phase": "eval", "step": self.state.global_step, **ev})
+
+    def _checkpoint(self, on_checkpoint, final: bool) -> None:
+        path = self.save(self.output_dir / "checkpoints" / self.checkpoint_name())
+        on_checkpoint(path, final)
 
     def _record(self, metrics: dict) -> dict:
         """Keep a step's metrics; rank 0 alone passes them on (listeners, metrics.jsonl, log):
@@ -963,10 +995,46 @@ class Trainer:
             )
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, path: str | Path) -> Path:
-        from prefix_rft.checkpoint import save_checkpoint
+    def state_dict(self) -> dict:
+        """Everything besides the weights that continues this run exactly: the `TrainState`
+        (as a dict), the optimizer and LR-scheduler states (optimizers keyed by parameter name:
+        collective under torchrun, complete on rank 0) and the python/torch RNG states."""
+        return {
+            "state": asdict(self.state),
+            "optimizer": D.full_optimizer_state(self.model, self.opt) if self.opt else None,
+            "scheduler": self.sched.state_dict() if self.sched else None,
+            "relift_optimizer": (D.full_optimizer_state(self.model, self.relift_opt)
+                                 if self.relift_opt else None),
+            "relift_scheduler": self.relift_sched.state_dict() if self.relift_sched else None,
+            "rng": {
+                "python": random.getstate(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+        }
 
-        return save_checkpoint(self, path)
+    def load_state_dict(self, sd: dict) -> None:
+        """Restore what `state_dict` returned: the state, the phase's optimizer and schedule
+        (rebuilt, then loaded), ReLIFT's, and the RNG states."""
+        self.state = TrainState(**sd["state"])
+        self.state.relift_buffer = [tuple(x) for x in self.state.relift_buffer]
+        self._make_phase_optimizer()
+        if sd["optimizer"] is not None:
+            _load_optimizer(self.model, self.opt, sd["optimizer"])
+            self.sched.load_state_dict(sd["scheduler"])
+        if sd["relift_optimizer"] is not None and self.relift_opt is not None:
+            _load_optimizer(self.model, self.relift_opt, sd["relift_optimizer"])
+            self.relift_sched.load_state_dict(sd["relift_scheduler"])
+        rng = sd["rng"]
+        random.setstate(rng["python"])
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def save(self, path: str | Path) -> Path:
+        """Write a checkpoint directory (`prefix_rft.checkpoint`); every rank must call it."""
+        return save_checkpoint(path, model=self.model, tokenizer=self.tokenizer,
+                               trainer_state=self.state_dict(), config=self.cfg)
 
     def checkpoint_name(self) -> str:
         """`step-000012` in the RL phase, `step-000000-sft000034` during SFT: sorts in order."""
@@ -976,6 +1044,13 @@ class Trainer:
         return name
 
     def load(self, path: str | Path) -> None:
-        from prefix_rft.checkpoint import load_checkpoint
+        """Continue from a checkpoint: its weights, then its trainer state."""
+        self.load_state_dict(load_checkpoint(path, self.model))
 
-        load_checkpoint(self, path)
+
+def _load_optimizer(model, opt, state: dict) -> None:
+    """Name-keyed states (any number of GPUs); index-keyed ones (`opt.state_dict()`) too."""
+    if all(isinstance(k, int) for k in state.get("state", {})) and state.get("state"):
+        opt.load_state_dict(state)
+    else:
+        D.load_full_optimizer_state(model, opt, state)

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 from prefix_rft import run_layout
-from prefix_rft.data import filter_openr1, save_problems
-from prefix_rft.data.filter import data_fraction
+from prefix_rft.data import save_problems
+from prefix_rft.data.filter import data_fraction, filter_openr1_source
 from prefix_rft.data.problem import Problem
 from prefix_rft.data.readers import detect_schema, iter_rows, load_problems
 from prefix_rft.data.sources import test_problems, training_problems
@@ -47,14 +47,10 @@ def load_training_set(cfg: FlowConfig) -> tuple[list[Problem], dict]:
         problems = training_problems(cfg.data, seed=cfg.seed, require_demos=needs_demos(cfg))
         return problems, {"input_rows": len(problems), "kept": len(problems)}
     from prefix_rft.models import load_tokenizer
-    from prefix_rft.reward import gold_is_parseable
 
     tok = load_tokenizer(cfg.model.name_or_path, chat_template=cfg.model.chat_template)
-    problems, stats = filter_openr1(
-        (row.fields for row in iter_rows(cfg.data.train, split="train")),
-        count_tokens=lambda text: len(tok(text, add_special_tokens=False)["input_ids"]),
-        gold_ok=gold_is_parseable, max_trace_tokens=cfg.rollout.max_response_len,
-    )
+    problems, stats = filter_openr1_source(cfg.data.train, tok,
+                                           max_trace_tokens=cfg.rollout.max_response_len)
     if cfg.data.fraction < 1.0:
         problems = data_fraction(problems, cfg.data.fraction, cfg.data.fraction_seed)
     if cfg.data.max_problems is not None:

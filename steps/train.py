@@ -8,8 +8,9 @@ Where an epoch starts (first match wins):
   4. the base model of the config.
 "The same state" is the manifest hash of the epoch's starting checkpoint (or "base"/the warm-start
 hash), so a `resume train_epoch` that re-trains earlier epochs never picks up checkpoints made on
-top of the old ones. A checkpoint is committed every `save_every` training steps and at the end
-of the epoch; in-epoch checkpoints beyond `keep_last` are pruned, epoch-end ones are kept for
+top of the old ones. `Trainer.fit` decides when a checkpoint is written (every `save_every`
+training steps and at the end of the epoch, as for `prefix-rft train`); its hook here commits each
+to the store. In-epoch checkpoints beyond `keep_last` are pruned, epoch-end ones are kept for
 evaluation. Training metrics go to the MLflow parent run live, with `step` = training step.
 
 Several GPUs (`pipeline.train_processes`, default one per GPU of `pipeline.train.gpus`): the task
@@ -119,39 +120,34 @@ def train_epoch(cfg: FlowConfig, *, epoch: int, plan: dict, data_ref: dict, star
             if previous is not None:
                 tracker.set_tags(run_id, {run_layout.resumed_from_tag(epoch): previous.uri})
 
-        def commit(end_of_epoch: bool) -> CheckpointRef | None:
-            name = trainer.checkpoint_name()
-            local = trainer.save(scratch / "ckpt" / name)  # collective; rank 0 writes
-            if not main:
-                return None
-            ref = store.commit(local, f"{ctx.run_id}/{name}", step=trainer.train_steps, epoch=epoch,
-                               config_hash=cfg.config_hash(), meta={
-                                   "kind": "checkpoint", "end_of_epoch": end_of_epoch,
-                                   "start_id": start_id, "run_id": ctx.run_id,
-                                   "task_id": ctx.task_id, "phase": trainer.state.phase,
-                                   "global_step": trainer.state.global_step,
-                                   "sft_step": trainer.state.sft_step, "method": cfg.method})
-            shutil.rmtree(local, ignore_errors=True)
-            if cfg.keep_last > 0:
-                store.prune(cfg.keep_last, prefix=ctx.run_id, where=lambda r: (
-                    r.meta.get("kind") == "checkpoint" and not r.meta.get("end_of_epoch")))
-            log.info("epoch %d: checkpoint %s", epoch, ref.uri)
-            return ref
+        committed: list[CheckpointRef] = []
+
+        def commit(local: Path, end_of_epoch: bool) -> None:
+            """The flow's checkpoint hook: rank 0 commits `local` to the store and prunes."""
+            if main:
+                ref = store.commit(local, f"{ctx.run_id}/{local.name}", step=trainer.train_steps,
+                                   epoch=epoch, config_hash=cfg.config_hash(), meta={
+                                       "kind": "checkpoint", "end_of_epoch": end_of_epoch,
+                                       "start_id": start_id, "run_id": ctx.run_id,
+                                       "task_id": ctx.task_id, "phase": trainer.state.phase,
+                                       "global_step": trainer.state.global_step,
+                                       "sft_step": trainer.state.sft_step, "method": cfg.method})
+                shutil.rmtree(local, ignore_errors=True)
+                if cfg.keep_last > 0:
+                    store.prune(cfg.keep_last, prefix=ctx.run_id, where=lambda r: (
+                        r.meta.get("kind") == "checkpoint" and not r.meta.get("end_of_epoch")))
+                log.info("epoch %d: checkpoint %s", epoch, ref.uri)
+                committed.append(ref)
+            if not end_of_epoch:
+                injected_failure(epoch, trainer.train_steps)
 
         monitor = (tracker.system_metrics(run_id, cfg.tracking.system_metrics) if tracker
                    else contextlib.nullcontext())
         with monitor, contextlib.closing(trainer):  # closing: stop the grader processes
-            while trainer.train_steps < target and trainer.state.phase != "done":
-                n = target - trainer.train_steps
-                if cfg.save_every:
-                    n = min(n, cfg.save_every - trainer.train_steps % cfg.save_every)
-                trainer.fit(max_steps=n, autosave=False)
-                if trainer.train_steps < target and trainer.state.phase != "done":
-                    commit(end_of_epoch=False)
-                    injected_failure(epoch, trainer.train_steps)
-            ref = commit(end_of_epoch=True)
+            trainer.fit(max_steps=max(0, target - trainer.train_steps), on_checkpoint=commit)
         if not main:
             return {"epoch": epoch, "rank": D.world()[0]}
+        ref = committed[-1]
         last = trainer.history[-1] if trainer.history else {}
         if tracker is not None:
             tracker.set_tags(run_id, {run_layout.checkpoint_tag(epoch): ref.uri,

@@ -3,7 +3,10 @@ accumulation, the prefix round trip in token-id space, and bit-exact resume."""
 
 from __future__ import annotations
 
+import ast
+import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,6 +184,40 @@ def test_relift_buffer_and_optimizer_survive_resume(smol_tokenizer, tmp_path):
     assert back.state.relift_buffer == tr.state.relift_buffer
     assert back.relift_opt.state_dict()["state"].keys() == tr.relift_opt.state_dict()["state"].keys()
     assert float(back.relift_opt.state_dict()["state"][0]["step"]) == 1.0
+
+
+def test_fit_writes_checkpoints_by_one_save_policy(smol_tokenizer, tmp_path):
+    """`save_every` counts SFT and RL steps together; a checkpoint due on the call's last step is
+    the final one only; the SFT -> RL switch happens before a checkpoint is taken."""
+    cfg = _cfg(sft={"epochs": 1, "batch_size": 4, "micro_batch_size": 4}, rl={"steps": 2},
+               save_every=3)
+    tr = _trainer(cfg, smol_tokenizer, output_dir=tmp_path / "run")
+    seen = []
+
+    def hook(path, final):
+        state = json.loads((path / "state.json").read_text())
+        seen.append((path.relative_to(tmp_path).as_posix(), final, state["phase"]))
+
+    tr.fit(max_steps=2, on_checkpoint=hook)  # the 2 SFT steps (6 problems, batches of 4)
+    assert seen == [("run/checkpoints/step-000000", True, "rl")]
+    tr.fit(on_checkpoint=hook)  # train_steps 3 (a multiple of 3, more to come) and the end at 4
+    assert seen[1:] == [("run/checkpoints/step-000001", False, "rl"),
+                        ("run/checkpoints/step-000002", True, "done")]
+    with pytest.raises(ValueError, match="output_dir"):
+        _trainer(cfg, smol_tokenizer).fit(on_checkpoint=hook)
+
+
+def test_checkpoint_format_imports_nothing_from_the_trainer():
+    import prefix_rft.checkpoint as C
+
+    tree = ast.parse(Path(C.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported |= {node.module or ""} | {f"{node.module}.{a.name}" for a in node.names}
+    assert not any(m.startswith("prefix_rft.trainer") for m in imported), imported
 
 
 def test_luffy_full_demo_member_is_not_generated(smol_tokenizer):

@@ -127,6 +127,27 @@ def filter_openr1(
     return kept, stats
 
 
+def filter_openr1_source(spec: str, tokenizer, *, max_trace_tokens: int,
+                         limit: int | None = None) -> tuple[list[Problem], FilterStats]:
+    """`filter_openr1` over the raw rows of `spec` (a file, a directory of files or a hub
+    dataset; its train split; at most `limit` rows), trace lengths counted in `tokenizer`'s
+    tokens and gold answers checked with Math-Verify. What `prefix-rft filter-data` and the
+    pipeline's filter_data step both run."""
+    from prefix_rft.data.readers import iter_rows
+    from prefix_rft.reward import gold_is_parseable
+
+    def rows():
+        for n, row in enumerate(iter_rows(spec, split="train")):
+            if limit is not None and n >= limit:
+                return
+            yield row.fields
+
+    return filter_openr1(
+        rows(), count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+        gold_ok=gold_is_parseable, max_trace_tokens=max_trace_tokens,
+    )
+
+
 def dedupe_problems(problems: Iterable[Problem]) -> list[Problem]:
     """Drop problems whose normalised text repeats an earlier one (first occurrence wins)."""
     seen: set[str] = set()
