@@ -23,8 +23,8 @@
 # Each run is one pipeline run (`flows/prefix_rft_flow.py`): a parent MLflow run with the
 # training metrics (`step` = training step) and one child run per evaluated (epoch, benchmark)
 # whose `samples.parquet` artifact holds every graded sample. The logic lives in
-# `prefix_rft/report.py` (tables, figures) and `prefix_rft/tracking.py` (reading MLflow), with
-# the names of the run layout in `prefix_rft/run_layout.py`; this notebook only shows it. Every table and figure cell fails with a message naming what was empty.
+# `prefix_rft/eval/report.py` (tables, figures) and `prefix_rft/io/tracking.py` (reading MLflow), with
+# the names of the run layout in `prefix_rft/io/run_layout.py`; this notebook only shows it. Every table and figure cell fails with a message naming what was empty.
 #
 # Open it with jupytext (`notebooks/README.md`), set the parameters below, run all cells.
 
@@ -36,7 +36,7 @@ run_ids = []  # compare these runs (ids); empty: every listed run whose status i
 statuses = ["FINISHED"]
 epoch = "last"  # which evaluation of each run: "last", "best" (tag best_epoch) or an epoch number
 baseline = ""  # run id, run name or method that the others are compared to; "" = the oldest run
-curves = []  # training metrics to plot; empty = prefix_rft.run_layout.TRAINING_CURVES
+curves = []  # training metrics to plot; empty = prefix_rft.io.run_layout.TRAINING_CURVES
 group_by_method = True  # when a method has several runs (seeds): one curve per method, min-max band
 n_boot = 10000  # bootstrap resamples (CIs) and sign flips (p-values)
 seed = 0
@@ -59,9 +59,10 @@ ROOT = Path.cwd() if (Path.cwd() / "prefix_rft").is_dir() else Path.cwd().parent
 if str(ROOT) not in sys.path:  # the repository's package, also when it is not installed
     sys.path.insert(0, str(ROOT))
 
-from prefix_rft import report, run_layout
 from prefix_rft.errors import UserError
-from prefix_rft.tracking import Tracker, run_record
+from prefix_rft.eval import report
+from prefix_rft.io import run_layout
+from prefix_rft.io.tracking import Tracker, run_record
 
 
 def show_table(rows, what, **fmt):
@@ -148,7 +149,7 @@ show_figure(report.training_curves_figure(histories, keys, groups=groups), "trai
 # ## Evaluation
 #
 # avg@n per benchmark: the mean over problems of the per-problem accuracy over its n samples;
-# 95% CI: percentile bootstrap over problems (`prefix_rft.eval_metrics.bootstrap_ci`).
+# 95% CI: percentile bootstrap over problems (`prefix_rft.eval.metrics.bootstrap_ci`).
 
 # %% tags=["table"]
 evaluation = show_table(report.eval_table(compared, n_boot=n_boot, seed=seed), "evaluation table")
@@ -160,7 +161,7 @@ show_figure(report.comparison_figure(compared, n_boot=n_boot, seed=seed), "evalu
 # ## Methods over runs
 #
 # The runs of each method (its seeds) pooled: per benchmark each run's avg@n, their mean and
-# Student's t 95% CI over runs (`prefix_rft.eval_metrics.seed_summary`). The CI says where
+# Student's t 95% CI over runs (`prefix_rft.eval.metrics.seed_summary`). The CI says where
 # another seed could land, which the bootstrap over one run's problems cannot. A method with one
 # run has no SD or CI.
 
@@ -171,7 +172,7 @@ by_method = show_table(report.method_table(compared), "methods over runs")
 # ## Paired differences
 #
 # Each run minus the baseline on the problems both evaluated
-# (`prefix_rft.eval_metrics.paired_comparison`): the mean per-problem difference, its bootstrap
+# (`prefix_rft.eval.metrics.paired_comparison`): the mean per-problem difference, its bootstrap
 # 95% CI, a two-sided sign-flip permutation p-value, and on how many problems each did better.
 
 # %% tags=["table"]

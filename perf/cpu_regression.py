@@ -74,8 +74,8 @@ def git_commit() -> str | None:
 
 def run(a) -> dict:
     import prefix_rft
-    from prefix_rft.config import load_config
-    from prefix_rft.trainer import Trainer
+    from prefix_rft.core.config import load_config
+    from prefix_rft.train.trainer import Trainer
 
     load_before = os.getloadavg()
     if load_before[0] > (os.cpu_count() or 1):

@@ -51,8 +51,8 @@ def one(a) -> None:
     """One seed of one variant (a child process)."""
     import torch
 
-    from prefix_rft.config import load_config
-    from prefix_rft.trainer import Trainer
+    from prefix_rft.core.config import load_config
+    from prefix_rft.train.trainer import Trainer
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -39,11 +39,11 @@ def main() -> None:
 
     import torch
 
-    from prefix_rft import benchmark_eval as BE
-    from prefix_rft.benchmarks import load_benchmark
-    from prefix_rft.engines.factory import EngineSpec, make_engine
+    from prefix_rft.eval import protocol as BE
+    from prefix_rft.eval.benchmarks import load_benchmark
     from prefix_rft.models import load_tokenizer, resolve_model_path
-    from prefix_rft.reward import RewardGrader
+    from prefix_rft.rollout.engines.factory import EngineSpec, make_engine
+    from prefix_rft.rollout.reward import RewardGrader
 
     model_dir = resolve_model_path(a.model)
     tok = load_tokenizer(model_dir)

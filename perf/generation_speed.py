@@ -10,7 +10,7 @@ Modes (--modes, all by default):
   generate-static  the same with cache_implementation="static" (+ compiled decoding on CUDA): the
                    most transformers itself gives
   engine           HFEngine(fast=False): per-row seeded Gumbel-max sampling through generate
-  engine-graph     HFEngine(fast=True, compile=False): prefix_rft.engines.graph_decode, the whole
+  engine-graph     HFEngine(fast=True, compile=False): prefix_rft.rollout.engines.graph_decode, the whole
                    decode step (forward, sampling, bookkeeping) one CUDA graph of eager kernels
   engine-fast      HFEngine(fast=True): the same step compiled by inductor, then captured (the
                    engine's default on CUDA); its forward is graph_decode.FusedDecodeForward
@@ -93,7 +93,7 @@ ENGINE_MODES = {"engine": dict(fast=False), "engine-graph": dict(fast=True, comp
 
 
 def _engine(model, rows: int, mode: str, pad_id: int):
-    from prefix_rft.engines.hf import HFEngine
+    from prefix_rft.rollout.engines.hf import HFEngine
 
     # the only stop id is outside the vocabulary: every row runs the full length
     return HFEngine(model, SimpleNamespace(pad_token_id=pad_id), [model.config.vocab_size],
@@ -101,7 +101,7 @@ def _engine(model, rows: int, mode: str, pad_id: int):
 
 
 def _requests(prompts, new: int, seed: int):
-    from prefix_rft.engines import GenerationRequest
+    from prefix_rft.rollout.engines import GenerationRequest
 
     return [GenerationRequest(p.tolist(), new, seed=seed * 1_000_003 + r)
             for r, p in enumerate(prompts)]
@@ -109,7 +109,7 @@ def _requests(prompts, new: int, seed: int):
 
 def _engine_call(engine, prompts, new: int, a: argparse.Namespace) -> Callable[[], None]:
     """One `HFEngine.generate` call on `prompts` (one chunk) that always runs `new` tokens."""
-    from prefix_rft.engines import SamplingParams
+    from prefix_rft.rollout.engines import SamplingParams
 
     reqs = _requests(prompts, new, a.seed)
     sampling = SamplingParams(temperature=a.temperature, top_p=a.top_p, seed=a.seed)
@@ -123,7 +123,7 @@ def _engine_call(engine, prompts, new: int, a: argparse.Namespace) -> Callable[[
 
 def check_against_plain(engines: dict, prompts, new: int, a: argparse.Namespace) -> list[dict]:
     """Tokens and log-probs of every fast engine vs the plain engine, greedy and sampled."""
-    from prefix_rft.engines import SamplingParams
+    from prefix_rft.rollout.engines import SamplingParams
 
     reqs = _requests(prompts, new, a.seed)
     out = []

@@ -63,11 +63,11 @@ def _model(args, vocab: int):
 
 
 def cmd_run(args) -> int:
-    from prefix_rft import distributed as D
     from prefix_rft import models
-    from prefix_rft.config import resolve
-    from prefix_rft.engines.factory import EngineSpec, make_engine
-    from prefix_rft.trainer import Trainer
+    from prefix_rft.core.config import resolve
+    from prefix_rft.rollout.engines.factory import EngineSpec, make_engine
+    from prefix_rft.train import distributed as D
+    from prefix_rft.train.trainer import Trainer
 
     D.init_from_env()
     rank, world = D.world()
@@ -169,10 +169,10 @@ def cmd_load(args) -> int:
     import tempfile
 
     from prefix_rft import models
-    from prefix_rft.benchmark_eval import resolve_model_dir
-    from prefix_rft.engines.base import GenerationRequest, SamplingParams
-    from prefix_rft.engines.factory import EngineSpec, make_engine
-    from prefix_rft.prompting import encode_prompt
+    from prefix_rft.eval.protocol import resolve_model_dir
+    from prefix_rft.rollout.engines.base import GenerationRequest, SamplingParams
+    from prefix_rft.rollout.engines.factory import EngineSpec, make_engine
+    from prefix_rft.rollout.prompting import encode_prompt
 
     model_dir = resolve_model_dir(args.checkpoint, tempfile.mkdtemp())  # manifest verified
     tok = models.load_tokenizer(model_dir)

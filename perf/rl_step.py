@@ -92,7 +92,7 @@ class RegexGrader:
     """The TRL anchor script's reward: 1 if the last \\boxed{...} (no nested braces) == gold."""
 
     def grade(self, texts, golds):
-        from prefix_rft.reward import GradeResult
+        from prefix_rft.rollout.reward import GradeResult
 
         out = []
         for text, gold in zip(texts, golds):
@@ -111,7 +111,7 @@ class RegexGrader:
 def make_grader(kind: str, workers: int):
     if kind == "regex":
         return RegexGrader()
-    from prefix_rft.reward import RewardGrader
+    from prefix_rft.rollout.reward import RewardGrader
 
     return RewardGrader(num_workers=workers, timeout_s=5.0)
 
@@ -140,8 +140,8 @@ def tiny_init(args) -> dict:
 
 
 def build_config(preset: str, args, model_path: str):
-    from prefix_rft.config import resolve
-    from prefix_rft.presets import preset_values
+    from prefix_rft.core.config import resolve
+    from prefix_rft.core.presets import preset_values
 
     pv = preset_values(preset)
     roll = {"num_prompts": args.prompts, "group_size": args.group,
@@ -237,7 +237,7 @@ def derived(row: dict, n_params: int, peak_tflops: float | None) -> dict:
 
 
 def run_preset(preset: str, args, model_path: str, tok, pool, device) -> dict:
-    from prefix_rft.trainer import Trainer
+    from prefix_rft.train.trainer import Trainer
 
     cfg = build_config(preset, args, model_path)
     grader = make_grader(args.reward, args.reward_workers)
@@ -340,8 +340,8 @@ def run_trl(args, model_path: str, tok, pool, device) -> dict:
     from transformers import AutoModelForCausalLM, TrainerCallback
 
     from prefix_rft import models
-    from prefix_rft.config import OptimConfig
-    from prefix_rft.prompting import build_messages
+    from prefix_rft.core.config import OptimConfig
+    from prefix_rft.rollout.prompting import build_messages
 
     opt = OptimConfig()
     rows = [{"prompt": build_messages(p.prompt), "answer": p.answer} for p in pool]
@@ -398,7 +398,7 @@ def run_trl(args, model_path: str, tok, pool, device) -> dict:
     trainer = GRPOTrainer(model=model, reward_funcs=boxed_answer, args=cfg, train_dataset=ds,
                           processing_class=tok, callbacks=[timer])
     # the prompts must tokenise exactly as ours
-    from prefix_rft.prompting import encode_prompt
+    from prefix_rft.rollout.prompting import encode_prompt
 
     text = tok.apply_chat_template(rows[0]["prompt"], tokenize=False, add_generation_prompt=True)
     same_ids = tok(text, add_special_tokens=False)["input_ids"] == encode_prompt(tok, pool[0].prompt)
@@ -510,7 +510,7 @@ def environment(device: torch.device) -> dict:
 
 
 def parse_args(argv=None):
-    from prefix_rft.presets import PRESETS
+    from prefix_rft.core.presets import PRESETS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny",

@@ -1,6 +1,6 @@
 """Training throughput of forward + backward on packed 4k-token rows: tokens/s, MFU, peak memory,
 for Qwen2.5-1.5B's architecture with random weights (built from a hand-written config; no
-download), through prefix-rft's packed log-prob pass (`prefix_rft.logprobs.packed_logprobs`).
+download), through prefix-rft's packed log-prob pass (`prefix_rft.train.logprobs.packed_logprobs`).
 
     python perf/train_throughput.py --tiny                       # CPU smoke, seconds
     python perf/train_throughput.py --micro-rows 4 --steps 10 --out $OUT/train_tp.json
@@ -17,13 +17,13 @@ optimizer step (AdamW, timed separately from forward + backward).
 
 Layouts (`--attn-impl` = the model's attention implementation: sdpa, eager, flex_attention):
   packed  (default) padding-free. `--attention varlen` (default): the micro-batch's rows are one
-          row of micro_rows x seq tokens through `prefix_rft.logprobs.packed_logprobs`, attention
+          row of micro_rows x seq tokens through `prefix_rft.train.logprobs.packed_logprobs`, attention
           per document (torch's FlashAttention varlen kernel on CUDA in bf16, per-document SDPA
           elsewhere). `--attention mask`: a [micro_rows, seq] batch whose position ids restart
           per document; transformers builds the block-diagonal causal mask for --attn-impl
           (dense [seq, seq] for sdpa/eager, a BlockMask for flex_attention).
   padded  each document is its own row, right-padded to the micro-batch's longest document
-          (attention mask, --attn-impl; what prefix_rft.logprobs.collate does today). Same
+          (attention mask, --attn-impl; what prefix_rft.train.logprobs.collate does today). Same
           documents, same real tokens; padding is computed but not counted.
 Head: `fused` = hidden states through the chunked lm_head log-softmax (no [tokens, vocab]
 logits kept for backward; the backward recomputes each chunk's logits); `model` = the HF model's
@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from prefix_rft import logprobs as lp  # noqa: E402
+from prefix_rft.train import logprobs as lp  # noqa: E402
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
@@ -242,7 +242,7 @@ def main(argv=None) -> dict:
 
         enable_activation_checkpointing(model)
     if a.compile:
-        from prefix_rft.trainer import compile_layers
+        from prefix_rft.train.trainer import compile_layers
 
         compile_layers(model)  # what model.compile_layers does in the trainer
     n_params = sum(p.numel() for p in model.parameters())

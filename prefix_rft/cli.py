@@ -132,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_presets(args) -> int:
-    from prefix_rft.presets import PRESETS
+    from prefix_rft.core.presets import PRESETS
 
     width = max(len(n) for n in PRESETS)
     for p in PRESETS.values():
@@ -142,7 +142,7 @@ def cmd_presets(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from prefix_rft.config import keys_text, show_config
+    from prefix_rft.core.config import keys_text, show_config
 
     if args.config_command == "keys":
         print(keys_text(), end="")
@@ -152,9 +152,9 @@ def cmd_config(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from prefix_rft.checkpoint import latest_checkpoint, prune_checkpoints
-    from prefix_rft.config import load_config
-    from prefix_rft.trainer import Trainer
+    from prefix_rft.core.config import load_config
+    from prefix_rft.train.checkpoint import latest_checkpoint, prune_checkpoints
+    from prefix_rft.train.trainer import Trainer
 
     cfg = load_config(args.config, args.set)
     out = Path(args.output)
@@ -235,11 +235,11 @@ def cmd_filter_data(args) -> int:
 def cmd_eval(args) -> int:
     import tempfile
 
-    from prefix_rft import benchmark_eval as BE
-    from prefix_rft.benchmarks import benchmark_label, load_benchmark
-    from prefix_rft.engines.factory import EngineSpec, make_engine
+    from prefix_rft.eval import protocol as BE
+    from prefix_rft.eval.benchmarks import benchmark_label, load_benchmark
     from prefix_rft.models import load_tokenizer
-    from prefix_rft.reward import RewardGrader
+    from prefix_rft.rollout.engines.factory import EngineSpec, make_engine
+    from prefix_rft.rollout.reward import RewardGrader
 
     protocol = BE.get_protocol(args.protocol).replace(
         n=args.n, temperature=args.temperature, top_p=args.top_p,
@@ -281,7 +281,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from prefix_rft import report
+    from prefix_rft.eval import report
 
     if len(args.sources) < 2:
         raise UserError("compare: give two or more result dirs or mlflow:RUN_ID sources")

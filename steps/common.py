@@ -159,7 +159,7 @@ def injected_failure(epoch: int, step: int) -> None:
 
 def tracker_for(tracking: dict):
     """A `Tracker` for the `tracking` record that `start` produced (uri, run id, timeout)."""
-    from prefix_rft.tracking import Tracker
+    from prefix_rft.io.tracking import Tracker
 
     return Tracker(tracking["uri"], timeout_s=tracking.get("timeout_s", 10))
 
@@ -180,7 +180,7 @@ def mark_resumed(tracker, tracking: dict, ctx: RunContext) -> None:
 def fetch_into(ref, scratch: Path) -> Path:
     """A local directory with a checkpoint's verified files (`ref`: a CheckpointRef or its dict):
     the directory itself for a local store, a download under `scratch` (removed with it) for S3."""
-    from prefix_rft.store import CheckpointRef, fetch_checkpoint, is_s3
+    from prefix_rft.io.store import CheckpointRef, fetch_checkpoint, is_s3
 
     r = ref if isinstance(ref, CheckpointRef) else CheckpointRef.from_dict(ref)
     dest = Path(scratch) / f"fetched-{r.manifest_sha256[:12]}" if is_s3(r.uri) else None

@@ -15,15 +15,15 @@ import math
 import tempfile
 from pathlib import Path
 
-from prefix_rft import run_layout
 from prefix_rft.data import save_problems
 from prefix_rft.data.filter import data_fraction, filter_openr1_source
 from prefix_rft.data.problem import Problem
 from prefix_rft.data.readers import detect_schema, iter_rows, load_problems
 from prefix_rft.data.sources import test_problems, training_problems
 from prefix_rft.errors import UserError
-from prefix_rft.store import CheckpointRef, fetch_checkpoint, open_store
-from prefix_rft.trainer import needs_demos, sft_steps
+from prefix_rft.io import run_layout
+from prefix_rft.io.store import CheckpointRef, fetch_checkpoint, open_store
+from prefix_rft.train.trainer import needs_demos, sft_steps
 from steps.common import log
 from steps.flow_config import FlowConfig
 

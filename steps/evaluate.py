@@ -13,8 +13,8 @@ MLflow: the parent run gets `eval/<benchmark>/avg_at_<n>` at `step=epoch`; each 
 nested child run `eval-<benchmark>-epoch<e>` with the protocol as params, the summary metrics,
 a table of sample completions and the per-sample results (parquet). `join_eval` logs the score
 table (Markdown), the learning-curve figure and registers the best epoch's checkpoint in the
-model registry under the alias `best`. Every name is from `prefix_rft.run_layout`, which the
-readers (`prefix_rft.tracking`, `prefix_rft.report`) use too.
+model registry under the alias `best`. Every name is from `prefix_rft.io.run_layout`, which the
+readers (`prefix_rft.io.tracking`, `prefix_rft.eval.report`) use too.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from prefix_rft import run_layout
 from prefix_rft.errors import UserError
-from prefix_rft.store import open_store
+from prefix_rft.io import run_layout
+from prefix_rft.io.store import open_store
 from steps.common import fetch_into, log, use_cpus
 from steps.data import read_data
 from steps.flow_config import FlowConfig
@@ -33,7 +33,7 @@ HELDOUT = "heldout"
 
 
 def benchmark_name(spec: str) -> str:
-    from prefix_rft.benchmarks import benchmark_label
+    from prefix_rft.eval.benchmarks import benchmark_label
 
     return spec if spec == HELDOUT else benchmark_label(spec)
 
@@ -57,7 +57,7 @@ def plan_eval(cfg: FlowConfig, epochs_done: list[dict], warm_start: dict | None)
 
 def uses_eval_section(spec: str) -> bool:
     """heldout and the synthetic levels' held-out splits are evaluated with the `eval` section."""
-    from prefix_rft.benchmarks import is_synthetic
+    from prefix_rft.eval.benchmarks import is_synthetic
 
     return spec == HELDOUT or is_synthetic(spec)
 
@@ -65,7 +65,7 @@ def uses_eval_section(spec: str) -> bool:
 def protocol_for(cfg: FlowConfig, spec: str):
     """heldout and synthetic:LEVEL: the config's `eval` section (protocol name 'heldout'); a named
     benchmark/file: pipeline.eval_protocol with the pipeline.eval_* overrides."""
-    from prefix_rft.benchmark_eval import Protocol, get_protocol
+    from prefix_rft.eval.protocol import Protocol, get_protocol
 
     if uses_eval_section(spec):
         e = cfg.eval
@@ -77,7 +77,7 @@ def protocol_for(cfg: FlowConfig, spec: str):
 
 
 def _problems(cfg: FlowConfig, spec: str, data_ref: dict):
-    from prefix_rft.benchmarks import is_synthetic, load_benchmark
+    from prefix_rft.eval.benchmarks import is_synthetic, load_benchmark
 
     if spec == HELDOUT:
         problems = read_data(data_ref)[1]
@@ -95,7 +95,7 @@ def _problems(cfg: FlowConfig, spec: str, data_ref: dict):
 def _engine(cfg: FlowConfig, ref: dict | None, scratch: Path):
     """(engine, tokenizer, engine kind) for a checkpoint ref, or for the starting model."""
     from prefix_rft import models
-    from prefix_rft.engines.factory import EngineSpec, make_engine
+    from prefix_rft.rollout.engines.factory import EngineSpec, make_engine
 
     if ref is not None:
         model_dir = str(fetch_into(ref, scratch) / "model")
@@ -119,8 +119,8 @@ def _engine(cfg: FlowConfig, ref: dict | None, scratch: Path):
 
 def eval_task(cfg: FlowConfig, item: dict, *, data_ref: dict, tracker=None, tracking: dict | None = None,
               n_boot: int = 2000) -> dict:
-    from prefix_rft.benchmark_eval import evaluate_benchmark, problem_accuracy
-    from prefix_rft.reward import RewardGrader
+    from prefix_rft.eval.protocol import evaluate_benchmark, problem_accuracy
+    from prefix_rft.rollout.reward import RewardGrader
 
     use_cpus(cfg.pipeline.eval.cpus)
     epoch, bench = item["epoch"], item["benchmark"]
@@ -161,7 +161,7 @@ def _log_cell(cfg: FlowConfig, tracker, tracking: dict, summary: dict, res, scra
     the parent run's metrics (unless the cell is sharded: join_eval logs it once all shards are
     in) and a FINISHED child run with the protocol, the scores and the per-sample results.
     Returns the child run's id."""
-    from prefix_rft.benchmark_eval import SAMPLES_FILE, SUMMARY_FILE, write_results
+    from prefix_rft.eval.protocol import SAMPLES_FILE, SUMMARY_FILE, write_results
 
     parent, epoch, bench = tracking["run_id"], summary["epoch"], summary["benchmark"]
     shard, shards, kind, n = summary["shard"], summary["shards"], summary["engine"], summary["n"]
@@ -209,7 +209,7 @@ def merge_shards(results: list[dict], failures: list[dict], *, n_boot: int = 200
     """Combine the shards of each (epoch, benchmark) cell into one result (mean and bootstrap CI
     over all its problems). A cell with a failed shard becomes a failure. Returns (results,
     failures, merged cells that join_eval still has to log)."""
-    from prefix_rft.eval_metrics import bootstrap_ci
+    from prefix_rft.eval.metrics import bootstrap_ci
 
     failed = {(f["epoch"], f["benchmark"]) for f in failures}
     cells: dict[tuple[int, str], list[dict]] = {}

@@ -24,7 +24,7 @@ from typing import Literal
 
 import yaml
 
-from prefix_rft.config import (
+from prefix_rft.core.config import (
     Config,
     check_world,
     keys_text,
@@ -34,7 +34,7 @@ from prefix_rft.config import (
     section,
     show_config,
 )
-from prefix_rft.dicts import deep_merge
+from prefix_rft.core.dicts import deep_merge
 from prefix_rft.errors import UserError
 
 MAX_RETRIES = 4  # Metaflow allows at most 6 attempts: @retry(times) + 2
@@ -189,7 +189,7 @@ def load_flow_config(path, overrides: list[str] | None = None) -> FlowConfig:
 
 def validate_pipeline(pl: PipelineConfig, where: str = "") -> None:
     """Cross-field checks of the `pipeline` section; a UserError naming the key."""
-    from prefix_rft.benchmarks import synthetic_level
+    from prefix_rft.eval.benchmarks import synthetic_level
 
     def bad(key, msg):
         raise UserError(f"{where}key 'pipeline.{key}': {msg}")

@@ -9,12 +9,12 @@ there, with the checkpoint's URI, before any training or generation.
 
 from __future__ import annotations
 
-from prefix_rft import run_layout
-from prefix_rft.config import parse_overrides
-from prefix_rft.dicts import deep_merge, flatten
+from prefix_rft.core.config import parse_overrides
+from prefix_rft.core.dicts import deep_merge, flatten
 from prefix_rft.errors import UserError
-from prefix_rft.store import CheckpointRef, open_checkpoint
-from prefix_rft.tracking import Tracker, resolve_uri
+from prefix_rft.io import run_layout
+from prefix_rft.io.store import CheckpointRef, open_checkpoint
+from prefix_rft.io.tracking import Tracker, resolve_uri
 from steps.common import RunContext, lineage_prefix, log
 from steps.flow_config import FlowConfig, check_flow_config, resolve_flow
 

@@ -32,9 +32,9 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from prefix_rft import distributed as D
-from prefix_rft import run_layout
-from prefix_rft.store import CheckpointRef, open_store
+from prefix_rft.io import run_layout
+from prefix_rft.io.store import CheckpointRef, open_store
+from prefix_rft.train import distributed as D
 from steps.common import (
     RunContext,
     config_from_dict,
@@ -62,7 +62,7 @@ def build_trainer(cfg: FlowConfig, train, test, *, weights_from: Path | None, ou
                   progress: bool):
     """A `Trainer` on the config's model, or on the weights of a checkpoint's model/ dir."""
     from prefix_rft import models
-    from prefix_rft.trainer import Trainer
+    from prefix_rft.train.trainer import Trainer
 
     model = tokenizer = None
     if weights_from is not None:

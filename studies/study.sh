@@ -125,7 +125,7 @@ from prefix_rft.models import ensure_smollm2_hf
 print(f"\nSmolLM2: {ensure_smollm2_hf()} ({time.time() - t:.0f} s with the imports)")
 # the MLflow tables and the configs' experiments, before lanes start flows at the same time
 import os, yaml
-from prefix_rft.tracking import Tracker
+from prefix_rft.io.tracking import Tracker
 tracker = Tracker(os.environ["MLFLOW_TRACKING_URI"])
 for arg in sys.argv[1:]:
     spec = arg.split(":")[0]

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from prefix_rft import eval_metrics as em  # noqa: E402
+from prefix_rft.eval import metrics as em  # noqa: E402
 
 LEVELS = ("synthetic_add", "synthetic_mul", "synthetic_word")
 CURVES = ("reward/mean", "reward/policy_mean", "demo/nll", "loss", "prefix/advantage")
@@ -168,10 +168,10 @@ def seed_tables(ok: list[dict], reference: str) -> list[str]:
 def curves(rows: list[dict], dbs: list[str], out: str) -> None:
     """Reward (all members; policy samples only), demo NLL, loss and prefix advantage over training
     steps: per method the mean over its seeds with a min-max band
-    (`prefix_rft.report.training_curves_figure` with groups), from the sqlite MLflow files that
+    (`prefix_rft.eval.report.training_curves_figure` with groups), from the sqlite MLflow files that
     study.sh returns (one per round: a run is read from the file that has it)."""
-    from prefix_rft import report
-    from prefix_rft.tracking import Tracker
+    from prefix_rft.eval import report
+    from prefix_rft.io.tracking import Tracker
 
     ok = [r for r in rows if r.get("rc") == 0 and r.get("mlflow_run_id")]
     trackers = [Tracker(f"sqlite:///{Path(db).resolve()}", check=False) for db in dbs]

@@ -32,13 +32,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prefix_rft.benchmarks import (
+from prefix_rft.eval.benchmarks import (
     BENCHMARKS,
     OOD_BENCHMARKS,
     BenchmarkProblem,
     load_benchmark,
 )
-from prefix_rft.reward import RewardGrader
+from prefix_rft.rollout.reward import RewardGrader
 
 EXCEPTIONS_FILE = Path(__file__).resolve().parent / "data" / "grader_exceptions.yaml"
 

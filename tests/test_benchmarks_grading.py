@@ -1,4 +1,4 @@
-"""Tests for prefix_rft.benchmarks (vendored files, loader, defect repairs, LUFFY source, OOD sets,
+"""Tests for prefix_rft.eval.benchmarks (vendored files, loader, defect repairs, LUFFY source, OOD sets,
 problems files) and the acceptance test of the grader on every benchmark's gold answers (results
 recorded in docs/GRADING.md; the stricter check with its listed exceptions, over the LUFFY and OOD
 views too, is tests/test_benchmark_grader_check.py).
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from prefix_rft.benchmarks import (
+from prefix_rft.errors import UserError
+from prefix_rft.eval.benchmarks import (
     ALL_BENCHMARKS,
     BENCHMARKS,
     DATA_DIR,
@@ -27,8 +28,7 @@ from prefix_rft.benchmarks import (
     default_path,
     load_benchmark,
 )
-from prefix_rft.errors import UserError
-from prefix_rft.reward import RewardGrader, extract_final_boxed, grade_one
+from prefix_rft.rollout.reward import RewardGrader, extract_final_boxed, grade_one
 
 EXPECTED_ROWS = {
     "aime24": 30,

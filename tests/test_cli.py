@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from prefix_rft.presets import PRESETS
+from prefix_rft.core.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,7 @@ def test_row_without_demo_names_file_row_field(tmp_path, smol_env):
 def test_filter_data_writes_problems_and_counts(tmp_path, smol_env, smol_tokenizer, smollm2_dir):
     from prefix_rft.data import filter_openr1, read_problems
     from prefix_rft.data.readers import iter_rows
-    from prefix_rft.reward import gold_is_parseable
+    from prefix_rft.rollout.reward import gold_is_parseable
 
     raw = ROOT / "tests" / "data" / "openr1_raw.jsonl"
     out = tmp_path / "filtered.jsonl"

@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 import yaml
 
-from prefix_rft.config import (
+from prefix_rft.core.config import (
     NON_TRAINING_SECTIONS,
     Config,
     describe_keys,
@@ -19,9 +19,9 @@ from prefix_rft.config import (
     read_yaml,
     resolve,
 )
-from prefix_rft.dicts import flatten
+from prefix_rft.core.dicts import flatten
+from prefix_rft.core.presets import PRESETS, preset_values
 from prefix_rft.errors import UserError
-from prefix_rft.presets import PRESETS, preset_values
 
 BASE = {"model": {"name_or_path": "some/model"}, "data": {"train": "synthetic:add"}}
 

@@ -532,7 +532,7 @@ def test_filter_ids_fall_back_to_source_and_row():
 
 
 def test_filter_with_math_verify_gold_check():
-    from prefix_rft.reward import gold_is_parseable
+    from prefix_rft.rollout.reward import gold_is_parseable
 
     problems, stats = filter_openr1(
         raw_rows(), count_tokens=words, gold_ok=gold_is_parseable, max_trace_tokens=20

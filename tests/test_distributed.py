@@ -2,7 +2,7 @@
 number of GPUs (docs/ALGORITHM.md), so two processes must give what one process gives on the whole
 batch.
 
-* the collectives of prefix_rft/distributed.py on 2 spawned ranks, with hand-worked values;
+* the collectives of prefix_rft/train/distributed.py on 2 spawned ranks, with hand-worked values;
 * the acceptance test: the pipeline's train_epoch step with `pipeline.train_processes: 2` (it
   launches itself under torchrun; FSDP2-sharded policy, gloo) against the same step in one
   process: a Prefix-RFT step (a prefixed member per group, top-20% entropy selection of demo
@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from prefix_rft import distributed as D
 from prefix_rft.errors import UserError
+from prefix_rft.train import distributed as D
 from steps.flow_config import resolve_flow
 from tests import pipeline_configs
 
@@ -127,7 +127,7 @@ def _run_epoch(model_dir, root: Path, mlflow_uri: str, processes: int, run_id: s
 def _weights(ref: dict) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    from prefix_rft.store import CheckpointRef, fetch_checkpoint
+    from prefix_rft.io.store import CheckpointRef, fetch_checkpoint
 
     path = fetch_checkpoint(CheckpointRef.from_dict(ref))
     out = {}
@@ -138,7 +138,7 @@ def _weights(ref: dict) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module", params=["off", "on"], ids=["padded", "packed"])
 def two_runs(smollm2_dir, tmp_path_factory, request):
-    from prefix_rft.tracking import Tracker
+    from prefix_rft.io.tracking import Tracker
 
     root = tmp_path_factory.mktemp("dist")
     uri = f"sqlite:///{root}/mlflow.db"
@@ -193,8 +193,8 @@ def test_two_processes_log_the_same_metrics_once(two_runs):
 
 def test_a_two_process_checkpoint_resumes_in_one_process(two_runs, tmp_path):
     """Full weights + name-keyed optimizer state: the 2-GPU checkpoint is an ordinary one."""
-    from prefix_rft.store import CheckpointRef, fetch_checkpoint
-    from prefix_rft.trainer import Trainer
+    from prefix_rft.io.store import CheckpointRef, fetch_checkpoint
+    from prefix_rft.train.trainer import Trainer
 
     _, (cfg, _, _), (_, _, e2) = two_runs
     path = fetch_checkpoint(CheckpointRef.from_dict(e2["checkpoint"]))

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from prefix_rft import logprobs as lp
-from prefix_rft.engines import (
+from prefix_rft.errors import UserError
+from prefix_rft.models import tiny_random_model
+from prefix_rft.rollout.engines import (
     EngineSpec,
     GenerationOutput,
     GenerationRequest,
@@ -19,10 +20,9 @@ from prefix_rft.engines import (
     register_engine,
     unregister_engine,
 )
-from prefix_rft.engines.hf import HFEngine
-from prefix_rft.errors import UserError
-from prefix_rft.models import tiny_random_model
-from prefix_rft.prompting import encode_prompt, stop_token_ids
+from prefix_rft.rollout.engines.hf import HFEngine
+from prefix_rft.rollout.prompting import encode_prompt, stop_token_ids
+from prefix_rft.train import logprobs as lp
 from tests.test_trainer import _cfg, _trainer
 
 

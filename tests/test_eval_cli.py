@@ -7,11 +7,11 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from prefix_rft import benchmark_eval as BE
 from prefix_rft.cli import main
-from prefix_rft.engines import vllm as vllm_engine
-from prefix_rft.engines.factory import EngineSpec, make_engine
 from prefix_rft.errors import UserError
+from prefix_rft.eval import protocol as BE
+from prefix_rft.rollout.engines import vllm as vllm_engine
+from prefix_rft.rollout.engines.factory import EngineSpec, make_engine
 
 
 def _vllm_importable() -> bool:
@@ -106,9 +106,9 @@ def test_vllm_engine_reports_missing_install():
 
 @pytest.mark.skipif(not vllm_engine.available(), reason="needs vLLM and a CUDA GPU")
 def test_vllm_engine_generates(smollm2_dir, smol_tokenizer):
-    from prefix_rft.engines.base import GenerationRequest, SamplingParams
-    from prefix_rft.engines.vllm import VLLMEngine
-    from prefix_rft.prompting import encode_prompt, stop_token_ids
+    from prefix_rft.rollout.engines.base import GenerationRequest, SamplingParams
+    from prefix_rft.rollout.engines.vllm import VLLMEngine
+    from prefix_rft.rollout.prompting import encode_prompt, stop_token_ids
 
     eng = VLLMEngine(str(smollm2_dir), stop_token_ids(smol_tokenizer), dtype="bfloat16",
                      gpu_memory_utilization=0.3)
@@ -193,7 +193,7 @@ def test_pipeline_eval_task_on_a_named_benchmark(smollm2_dir, tmp_path):
     """The pipeline's eval_task runs the same code as `prefix-rft eval`: a registry benchmark with
     the pipeline's protocol overrides, the parent metric at step=epoch, a child run with the
     per-sample parquet."""
-    from prefix_rft.tracking import Tracker
+    from prefix_rft.io.tracking import Tracker
     from steps.evaluate import eval_task, protocol_for
     from steps.flow_config import resolve_flow
 

@@ -1,4 +1,4 @@
-"""Benchmark metrics (prefix_rft.eval_metrics): avg@n, pass@k, maj@n, bootstrap CIs, paired tests.
+"""Benchmark metrics (prefix_rft.eval.metrics): avg@n, pass@k, maj@n, bootstrap CIs, paired tests.
 
 Expected numbers are worked out by hand in the comments, or (for the random parts) by a small
 independent pure-Python loop over the same random draws; nothing calls the function under test
@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from prefix_rft.eval_metrics import (
+from prefix_rft.eval.metrics import (
     PairedComparison,
     SeedDifference,
     avg_at_k,

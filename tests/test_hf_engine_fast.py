@@ -19,8 +19,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from prefix_rft.engines import GenerationRequest, SamplingParams, graph_decode
-from prefix_rft.engines.hf import (
+from prefix_rft.models import tiny_random_model
+from prefix_rft.rollout.engines import GenerationRequest, SamplingParams, graph_decode
+from prefix_rft.rollout.engines.hf import (
     HFEngine,
     _seed_for,
     gumbel_noise,
@@ -28,7 +29,6 @@ from prefix_rft.engines.hf import (
     row_seed,
     sampling_processors,
 )
-from prefix_rft.models import tiny_random_model
 from tests.test_engine import assert_logprobs_match_score
 
 VOCAB = 256
@@ -187,7 +187,7 @@ def test_logprobs_match_trainer_scoring(model, fast_engine, fast):
 def test_fast_path_runs_through_the_trainers_varlen_dispatcher():
     """The trainer's packed passes swap the model's attention for a dispatcher
     (`install_varlen_attention`); decoding must still trace as one graph and match."""
-    from prefix_rft.logprobs import install_varlen_attention
+    from prefix_rft.train.logprobs import install_varlen_attention
 
     m = tiny_random_model(VOCAB, hidden_size=32, num_layers=2, num_heads=2, seed=4)
     install_varlen_attention(m)
@@ -199,9 +199,9 @@ def test_fast_path_runs_through_the_trainers_varlen_dispatcher():
 
 
 def test_decoding_modes_choose_the_engine_path(model):
-    from prefix_rft.config import resolve
-    from prefix_rft.engines.hf import decoding_options
+    from prefix_rft.core.config import resolve
     from prefix_rft.errors import UserError
+    from prefix_rft.rollout.engines.hf import decoding_options
 
     paths = {}
     for mode in ("auto", "generate", "graph", "compiled"):

@@ -20,7 +20,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from prefix_rft.config import NON_TRAINING_SECTIONS, Config, keys_text, load_config
+from prefix_rft.core.config import NON_TRAINING_SECTIONS, Config, keys_text, load_config
 from prefix_rft.errors import UserError
 from steps.flow_config import FlowConfig, flow_config_parser, load_flow_config, resolve_flow
 from steps.flow_config import main as flow_config_main

@@ -18,11 +18,11 @@ import copy
 
 import pytest
 
-from prefix_rft import logprobs as lp
-from prefix_rft.config import resolve
+from prefix_rft.core.config import resolve
+from prefix_rft.core.dicts import deep_merge
 from prefix_rft.data import Problem
-from prefix_rft.dicts import deep_merge
-from prefix_rft.trainer import Trainer, rule_for_tokens
+from prefix_rft.train import logprobs as lp
+from prefix_rft.train.trainer import Trainer, rule_for_tokens
 
 pytestmark = pytest.mark.slow
 

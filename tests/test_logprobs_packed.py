@@ -8,8 +8,8 @@ import random
 import pytest
 import torch
 
-from prefix_rft import logprobs as lp
 from prefix_rft.models import tiny_random_model
+from prefix_rft.train import logprobs as lp
 
 VOCAB = 97
 TOL = 1e-5

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from prefix_rft import loss as L
-from prefix_rft.config import LossConfig, resolve
-from prefix_rft.loss import (
+from prefix_rft.core import loss as L
+from prefix_rft.core.config import LossConfig, resolve
+from prefix_rft.core.loss import (
     RULE_NLL,
     RULE_NONE,
     RULE_PPO,
@@ -30,7 +30,7 @@ from prefix_rft.loss import (
     token_losses,
     token_norms,
 )
-from prefix_rft.trainer import Trainer, Trajectory, rule_for_tokens
+from prefix_rft.train.trainer import Trainer, Trajectory, rule_for_tokens
 
 T = torch.tensor
 

@@ -121,7 +121,7 @@ def test_pipeline_logs_to_the_team_server(as_user, smollm2_dir, tmp_path):
     as tests/test_steps.py's chain, with credentials only in MLFLOW_TRACKING_USERNAME/PASSWORD."""
     from mlflow import MlflowClient
 
-    from prefix_rft.dicts import flatten
+    from prefix_rft.core.dicts import flatten
     from steps.common import RunContext
 
     team = as_user
@@ -285,7 +285,7 @@ def test_start_checks_credentials_against_an_authenticated_server(team, monkeypa
     """/health is open on the team server; the tracker's start-up check asks a real API question
     so a missing or wrong password fails in `start`, naming the variables to set."""
     from prefix_rft.errors import UserError
-    from prefix_rft.tracking import check_reachable
+    from prefix_rft.io.tracking import check_reachable
 
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)

@@ -160,7 +160,7 @@ def test_converted_logits_equal_gguf_logits(smollm2_dir):
 
 @pytest.mark.slow
 def test_smollm2_greedy_generation(smollm2_dir, smol_tokenizer):
-    from prefix_rft.prompting import encode_prompt, stop_token_ids
+    from prefix_rft.rollout.prompting import encode_prompt, stop_token_ids
 
     model = load_policy(str(smollm2_dir))
     prompt = encode_prompt(smol_tokenizer, "What is 7 + 5?")

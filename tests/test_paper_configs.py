@@ -1,7 +1,7 @@
 """configs/paper/: the paper's settings resolve to the paper's numbers, for every method.
 
 The files hold only method-independent keys; method-specific keys come from the presets
-(prefix_rft/presets.py). These tests check that (1) each file resolves and carries the numbers of
+(prefix_rft/core/presets.py). These tests check that (1) each file resolves and carries the numbers of
 docs/ALGORITHM.md sections 2-6 key by key, (2) no file writes a key that any preset sets (a file value
 would silently override that preset under `--set method=NAME`), (3) every preset applied on top of
 each file gets its own method-specific values, and (4) the data-fraction variants differ from the
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from prefix_rft.config import load_config, read_yaml
-from prefix_rft.dicts import flatten
+from prefix_rft.core.config import load_config, read_yaml
+from prefix_rft.core.dicts import flatten
+from prefix_rft.core.prefix import prefix_window
+from prefix_rft.core.presets import PRESETS
 from prefix_rft.models import shipped_chat_templates
-from prefix_rft.prefix import prefix_window
-from prefix_rft.presets import PRESETS
 from steps.flow_config import load_flow_config
 
 PAPER_DIR = Path(__file__).resolve().parents[1] / "configs" / "paper"

@@ -42,7 +42,7 @@ def test_happy_path_two_epochs(happy, local_servers):
     assert len(epochs) == 2
     assert sorted(t.data.trained_epoch for t in epochs) == [1, 2]
     # both epoch checkpoints are committed, loadable and verified
-    from prefix_rft.store import fetch_checkpoint, open_checkpoint
+    from prefix_rft.io.store import fetch_checkpoint, open_checkpoint
 
     refs = sorted((t.data.checkpoint for t in epochs), key=lambda r: r["step"])
     assert [r["step"] for r in refs] == [2, 4]
@@ -126,7 +126,7 @@ def test_failure_in_epoch_two_then_resume(local_servers, smollm2_dir, tmp_path):
     client = mlflow_client(local_servers)
     p = parent_run(client, run)
     assert p.info.status == "FAILED"  # the exit hook
-    from prefix_rft.store import open_store
+    from prefix_rft.io.store import open_store
 
     committed = open_store(cfg["data"]["pipeline"]["checkpoint_root"]).list()
     # epoch 1's end (step 2) and epoch 2's in-epoch checkpoint (step 3) are committed
@@ -185,7 +185,7 @@ def test_s3_checkpoints_and_a_failing_eval_task(local_servers, s3_env, smollm2_d
     namespace(None)
     refs = sorted((t.data.checkpoint for t in run["train_epoch"]), key=lambda r: r["step"])
     assert all(r["uri"].startswith(prefix + "/") for r in refs)
-    from prefix_rft.store import fetch_checkpoint, open_checkpoint
+    from prefix_rft.io.store import fetch_checkpoint, open_checkpoint
 
     for r in refs:
         assert (fetch_checkpoint(open_checkpoint(r["uri"])) / "trainer_state.pt").exists()

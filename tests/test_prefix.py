@@ -10,8 +10,8 @@ import random
 
 import pytest
 
-from prefix_rft.config import ScheduleConfig
-from prefix_rft.prefix import (
+from prefix_rft.core.config import ScheduleConfig
+from prefix_rft.core.prefix import (
     cut_prefix,
     prefix_length,
     prefix_window,

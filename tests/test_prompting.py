@@ -1,4 +1,4 @@
-"""prefix_rft.prompting (and chat-template selection in prefix_rft.models.load_tokenizer)."""
+"""prefix_rft.rollout.prompting (and chat-template selection in prefix_rft.models.load_tokenizer)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from prefix_rft.errors import UserError
 from prefix_rft.models import TEMPLATES_DIR, load_tokenizer, shipped_chat_templates
-from prefix_rft.prompting import (
+from prefix_rft.rollout.prompting import (
     USER_SUFFIX,
     build_messages,
     encode_prompt,

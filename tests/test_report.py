@@ -1,4 +1,4 @@
-"""`prefix_rft.report`'s pipeline-run half (what notebooks/compare_runs.py shows): locating the
+"""`prefix_rft.eval.report`'s pipeline-run half (what notebooks/compare_runs.py shows): locating the
 tracking URI, the run overview, choosing the evaluation of a run (epoch, re-runs, shards), the
 evaluation and paired tables, sample completions and the training-curve figure. Plain data in,
 numbers worked out by hand; MLflow is replaced by a small fake tracker (the real one is
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from prefix_rft import benchmark_eval as BE
-from prefix_rft import report
 from prefix_rft.errors import UserError
-from prefix_rft.eval_metrics import bootstrap_ci
-from prefix_rft.report import RunResults
+from prefix_rft.eval import protocol as BE
+from prefix_rft.eval import report
+from prefix_rft.eval.metrics import bootstrap_ci
+from prefix_rft.eval.report import RunResults
 
 
 def rec(run_id, name, *, method="sft", status="FINISHED", start=0, params=None, tags=None,

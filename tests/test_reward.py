@@ -1,4 +1,4 @@
-"""Tests for prefix_rft.reward: answer extraction, grading statuses, the process-pool grader and
+"""Tests for prefix_rft.rollout.reward: answer extraction, grading statuses, the process-pool grader and
 its timeouts (a timeout or error must never silently become reward 0)."""
 
 import logging
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from prefix_rft.reward import (
+from prefix_rft.rollout.reward import (
     STATUSES,
     GradeResult,
     RewardGrader,
@@ -257,7 +257,7 @@ def test_grader_parent_deadline_kills_hung_worker(caplog):
     completions = [rf"\boxed{{{i}}}" for i in range(20)]
     golds = [str(i) for i in range(20)]
     completions[7] = r"HANG \boxed{7}"
-    with caplog.at_level(logging.WARNING, logger="prefix_rft.reward"):
+    with caplog.at_level(logging.WARNING, logger="prefix_rft.rollout.reward"):
         with _HangingGrader(num_workers=2, timeout_s=0.2) as g:
             t = time.monotonic()
             r = g.grade(completions, golds)

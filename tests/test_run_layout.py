@@ -1,6 +1,6 @@
-"""`prefix_rft.run_layout`: the names pinned to the strings users see in MLflow, and one pipeline
+"""`prefix_rft.io.run_layout`: the names pinned to the strings users see in MLflow, and one pipeline
 run written by the real step functions (start, filter_data, eval_task with a sharded cell,
-join_eval) into a sqlite store and read back through `Tracker` and `prefix_rft.report` with the
+join_eval) into a sqlite store and read back through `Tracker` and `prefix_rft.eval.report` with the
 layout's names, so a name changed on one side only fails here."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from prefix_rft import run_layout as L
+from prefix_rft.io import run_layout as L
 
 
 def test_names_are_the_strings_in_mlflow():
@@ -34,7 +34,7 @@ def test_names_are_the_strings_in_mlflow():
 
 
 def test_imports_nothing_of_mlflow():
-    code = ("import sys, prefix_rft.run_layout; "
+    code = ("import sys, prefix_rft.io.run_layout; "
             "sys.exit(any(m.split('.')[0] == 'mlflow' for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
@@ -71,7 +71,7 @@ def written(smollm2_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_parent_run_round_trip(written):
-    from prefix_rft import report
+    from prefix_rft.eval import report
 
     t, tracking, s = written["tracker"], written["tracking"], written["summary"]
     (run,) = t.pipeline_runs(tracking["experiment"])  # the children are not pipeline runs
@@ -99,8 +99,8 @@ def test_parent_run_round_trip(written):
 
 @pytest.mark.slow
 def test_child_runs_round_trip(written):
-    from prefix_rft import report
-    from prefix_rft.benchmark_eval import SAMPLES_FILE
+    from prefix_rft.eval import report
+    from prefix_rft.eval.protocol import SAMPLES_FILE
 
     t, run_id = written["tracker"], written["tracking"]["run_id"]
     evals = t.eval_runs(run_id)

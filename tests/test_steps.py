@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prefix_rft import run_layout
-from prefix_rft.dicts import flatten
+from prefix_rft.core.dicts import flatten
 from prefix_rft.errors import UserError
-from prefix_rft.store import (
+from prefix_rft.io import run_layout
+from prefix_rft.io.store import (
     MANIFEST,
     CheckpointRef,
     fetch_checkpoint,
@@ -78,7 +78,7 @@ def flip_byte(path: Path) -> None:
 def mlflow_uri(tmp_path_factory) -> str:
     """One sqlite MLflow file for the module (creating its tables takes ~5 s); the experiment is
     created up front with its artifacts beside the file (not in ./mlruns of the working dir)."""
-    from prefix_rft.tracking import Tracker
+    from prefix_rft.io.tracking import Tracker
 
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root}/mlflow.db"
@@ -652,7 +652,7 @@ def test_run_context_tags():
 
 
 def test_mark_resumed_and_mark_failed(mlflow_uri):
-    from prefix_rft.tracking import Tracker
+    from prefix_rft.io.tracking import Tracker
 
     tracker = Tracker(mlflow_uri)
     run_id = tracker.create_run(EXPERIMENT, "resumed", {})
@@ -672,7 +672,7 @@ def test_mark_resumed_and_mark_failed(mlflow_uri):
 
 
 def test_end_warns_about_failed_evaluations(mlflow_uri):
-    from prefix_rft.tracking import Tracker
+    from prefix_rft.io.tracking import Tracker
 
     run_id = Tracker(mlflow_uri).create_run(EXPERIMENT, "end", {})
     tracking = {"uri": mlflow_uri, "run_id": run_id, "experiment": EXPERIMENT,

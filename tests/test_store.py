@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from prefix_rft.errors import UserError
-from prefix_rft.store import (
+from prefix_rft.io.store import (
     MANIFEST,
     CheckpointRef,
     LocalStore,
@@ -50,7 +50,7 @@ def _tree(root: Path, files: dict[str, bytes]) -> Path:
 
 
 def _ckpt_files(seed: int = 0) -> dict[str, bytes]:
-    """A checkpoint-shaped tree (as prefix_rft.checkpoint writes it), content depending on seed."""
+    """A checkpoint-shaped tree (as prefix_rft.train.checkpoint writes it), content depending on seed."""
     weights = hashlib.sha256(str(seed).encode()).digest() * 2048  # 64 KiB
     return {"model/model.safetensors": weights, "model/config.json": b'{"hidden_size": 32}',
             "trainer_state.pt": bytes([seed % 256]) * 1000, "config.yaml": b"method: sft\n",
@@ -287,7 +287,7 @@ def test_s3_errors_name_the_uri(s3_env, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------- interruptions
 COMMIT_SCRIPT = """
 import sys
-from prefix_rft.store import open_store
+from prefix_rft.io.store import open_store
 store = open_store(sys.argv[1], max_concurrency=int(sys.argv[5]), multipart_threshold=5 * 2**20,
                    multipart_chunksize=5 * 2**20)
 store.commit(sys.argv[2], sys.argv[3], step=int(sys.argv[4]), epoch=None, config_hash="h")
@@ -425,9 +425,9 @@ def test_local_commit_in_place_writes_only_the_manifest(tmp_path):
 
 
 def test_save_checkpoint_writes_a_verifiable_manifest(smol_tokenizer, tmp_path):
-    from prefix_rft.config import resolve
+    from prefix_rft.core.config import resolve
     from prefix_rft.data import Problem
-    from prefix_rft.trainer import Trainer
+    from prefix_rft.train.trainer import Trainer
 
     cfg = resolve({
         "method": "sft",

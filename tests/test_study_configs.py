@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prefix_rft.config import NON_TRAINING_SECTIONS, read_yaml
-from prefix_rft.dicts import flatten
-from prefix_rft.presets import PRESETS, preset_values
-from prefix_rft.trainer import needs_demos, sft_steps
+from prefix_rft.core.config import NON_TRAINING_SECTIONS, read_yaml
+from prefix_rft.core.dicts import flatten
+from prefix_rft.core.presets import PRESETS, preset_values
+from prefix_rft.train.trainer import needs_demos, sft_steps
 from steps.data import epoch_plan
 from steps.flow_config import load_flow_config
 

@@ -12,10 +12,10 @@ import hashlib
 
 import pytest
 
-from prefix_rft import run_layout
-from prefix_rft.benchmarks import benchmark_label, load_benchmark
 from prefix_rft.data.synthetic import pool_size, synthetic_arithmetic
 from prefix_rft.errors import UserError
+from prefix_rft.eval.benchmarks import benchmark_label, load_benchmark
+from prefix_rft.io import run_layout
 from steps import evaluate as seval
 from steps.flow_config import resolve_flow
 

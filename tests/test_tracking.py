@@ -1,4 +1,4 @@
-"""`prefix_rft.tracking`: URI resolution, the reachability check, and `Tracker` against both a
+"""`prefix_rft.io.tracking`: URI resolution, the reachability check, and `Tracker` against both a
 real MLflow server (the session's `local_servers`) and a sqlite file: explicit-run-id logging,
 param truncation and batching, metric filtering, run status changes, the model registry, tables.
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from prefix_rft.errors import UserError
-from prefix_rft.run_layout import PARENT_TAG
-from prefix_rft.tracking import (
+from prefix_rft.io.run_layout import PARENT_TAG
+from prefix_rft.io.tracking import (
     PARAM_MAX_CHARS,
     Tracker,
     _numeric,

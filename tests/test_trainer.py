@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefix_rft import loss as L
-from prefix_rft.config import resolve
+from prefix_rft.core import loss as L
+from prefix_rft.core.config import resolve
 from prefix_rft.data import Problem
-from prefix_rft.engines.hf import HFEngine
-from prefix_rft.trainer import Trainer, rule_for_tokens
+from prefix_rft.rollout.engines.hf import HFEngine
+from prefix_rft.train.trainer import Trainer, rule_for_tokens
 
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "seed": 0}
 
@@ -42,7 +42,7 @@ def _cfg(method="prefix_rft", **over):
         "reward": {"num_workers": 0},
         "eval": {"num_problems": 0},
     }
-    from prefix_rft.dicts import deep_merge
+    from prefix_rft.core.dicts import deep_merge
 
     return resolve(deep_merge(data, over))
 
@@ -208,7 +208,7 @@ def test_fit_writes_checkpoints_by_one_save_policy(smol_tokenizer, tmp_path):
 
 
 def test_checkpoint_format_imports_nothing_from_the_trainer():
-    import prefix_rft.checkpoint as C
+    import prefix_rft.train.checkpoint as C
 
     tree = ast.parse(Path(C.__file__).read_text())
     imported = set()
@@ -217,7 +217,7 @@ def test_checkpoint_format_imports_nothing_from_the_trainer():
             imported |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported |= {node.module or ""} | {f"{node.module}.{a.name}" for a in node.names}
-    assert not any(m.startswith("prefix_rft.trainer") for m in imported), imported
+    assert not any(m.startswith("prefix_rft.train.trainer") for m in imported), imported
 
 
 def test_luffy_full_demo_member_is_not_generated(smol_tokenizer):
@@ -273,7 +273,7 @@ def test_progress_line_has_step_reward_loss_and_eta(smol_tokenizer, caplog):
                     "| 21.0 s/step, ETA 2m 27s")
     tr.history = []
     assert tr.progress_line({"phase": "sft", "loss": 1.5}) == "step 5/12 sft | loss 1.5"
-    with caplog.at_level("INFO", logger="prefix_rft.trainer"):
+    with caplog.at_level("INFO", logger="prefix_rft.train.trainer"):
         m = tr.rl_step()
     assert [r.getMessage() for r in caplog.records] == [tr.progress_line(m)]
     assert caplog.records[0].getMessage().startswith("step 6/12 rl | reward ")
@@ -282,7 +282,7 @@ def test_progress_line_has_step_reward_loss_and_eta(smol_tokenizer, caplog):
 @pytest.mark.parametrize("seconds,text", [(0.4, "0s"), (59.6, "1m 00s"), (185, "3m 05s"),
                                           (7440, "2h 04m")])
 def test_duration_text(seconds, text):
-    from prefix_rft.trainer import _duration
+    from prefix_rft.train.trainer import _duration
 
     assert _duration(seconds) == text
 
@@ -292,7 +292,7 @@ def test_reward_of_a_response_cut_before_its_stop_token(smol_tokenizer, truncate
     """`reward.truncated`: with 'zero' a correct answer in a rollout cut at L_max (finish
     reason 'length') earns 0 and is counted; a finished correct answer and a cut wrong one are
     graded as always. Real Math-Verify grading of real token ids."""
-    from prefix_rft.trainer import Trajectory
+    from prefix_rft.train.trainer import Trajectory
 
     tr = _trainer(_cfg(reward={"num_workers": 0, "truncated": truncated}), smol_tokenizer)
     p = tr.train_set[4]  # What is 1 + 1?

@@ -21,7 +21,7 @@ import copy
 import pytest
 import torch
 
-from prefix_rft import trainer as trainer_mod
+from prefix_rft.train import trainer as trainer_mod
 from tests.test_trainer import _cfg, _prepared, _rollouts, _trainer
 
 TOL = 1e-5
@@ -204,7 +204,7 @@ def test_old_logprob_pass_runs_when_needed(smol_tokenizer, monkeypatch, method, 
 ])
 def test_packing_auto_is_on_where_packed_attention_is_one_kernel(packing, device, dtype, attn,
                                                                  want):
-    from prefix_rft.config import ModelConfig
+    from prefix_rft.core.config import ModelConfig
 
     cfg = ModelConfig(name_or_path="m", packing=packing, dtype=dtype, attn_implementation=attn)
     assert trainer_mod.use_packing(cfg, torch.device(device)) is want

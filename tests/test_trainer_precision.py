@@ -97,8 +97,8 @@ def test_rollouts_follow_model_autocast_and_evaluation_does_not(smol_tokenizer, 
     ("off", "float32", "cpu", True, None),
 ])
 def test_autocast_auto_follows_native_bf16(monkeypatch, setting, dtype, device, native, want):
-    from prefix_rft import trainer as trainer_mod
-    from prefix_rft.config import ModelConfig
+    from prefix_rft.core.config import ModelConfig
+    from prefix_rft.train import trainer as trainer_mod
 
     monkeypatch.setattr(trainer_mod, "native_bf16", lambda d: native)
     cfg = ModelConfig(name_or_path="m", autocast=setting, dtype=dtype)
@@ -106,7 +106,7 @@ def test_autocast_auto_follows_native_bf16(monkeypatch, setting, dtype, device, 
 
 
 def test_native_bf16_reads_the_cpu_flags(monkeypatch):
-    from prefix_rft.trainer import native_bf16
+    from prefix_rft.train.trainer import native_bf16
 
     for avx512_bf16, amx, want in [(True, False, True), (False, True, True), (False, False, False)]:
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
@@ -123,7 +123,7 @@ def test_chunked_head_backward_recomputes_under_the_forwards_autocast():
     """bf16 hidden states (what a decoder whose final norm returns its input dtype hands over
     under autocast) with float32 head weights: the chunked head's backward recomputes its logits
     under the forward's autocast, so gradients equal autograd through the same bf16 logits."""
-    from prefix_rft.logprobs import _ChunkedLogprobHead
+    from prefix_rft.train.logprobs import _ChunkedLogprobHead
 
     g = torch.Generator().manual_seed(0)
     h0 = torch.randn(10, 16, generator=g).bfloat16()

@@ -68,7 +68,7 @@ def filter_openr1(
     """Filter raw OpenR1-Math-220k rows into one-demonstration `Problem`s (LUFFY's rules).
 
     count_tokens: the policy tokenizer's length of a trace (e.g. `lambda s: len(tok(s).input_ids)`).
-    gold_ok: whether the gold answer parses (e.g. `prefix_rft.reward.gold_is_parseable`).
+    gold_ok: whether the gold answer parses (e.g. `prefix_rft.rollout.reward.gold_is_parseable`).
 
     Each row is checked against these rules IN THIS ORDER and, when dropped, counted under the
     first rule it fails only, so the counts add up to `input_rows - kept`:
@@ -134,7 +134,7 @@ def filter_openr1_source(spec: str, tokenizer, *, max_trace_tokens: int,
     tokens and gold answers checked with Math-Verify. What `prefix-rft filter-data` and the
     pipeline's filter_data step both run."""
     from prefix_rft.data.readers import iter_rows
-    from prefix_rft.reward import gold_is_parseable
+    from prefix_rft.rollout.reward import gold_is_parseable
 
     def rows():
         for n, row in enumerate(iter_rows(spec, split="train")):

@@ -6,13 +6,13 @@ Layout of a checkpoint directory:
                         ReLIFT buffer), RNG states (python, torch CPU/CUDA)
     config.yaml         the resolved config
     state.json          human-readable summary (step, phase, config hash)
-    MANIFEST.json       sha256 + size of every file (`prefix_rft.store`) - written last
+    MANIFEST.json       sha256 + size of every file (`prefix_rft.io.store`) - written last
 A checkpoint is written into a temporary sibling directory and renamed into place, so an
 interrupted save never leaves a directory that looks complete. Weights and optimizer states are
 the full (unsharded) ones, optimizer states keyed by parameter name: under torchrun every rank
 takes part in gathering them and rank 0 writes, so a checkpoint made on N GPUs is an ordinary HF
 directory and resumes on any number of GPUs. The manifest makes the directory
-a committed checkpoint of `prefix_rft.store` (which also puts checkpoints on S3).
+a committed checkpoint of `prefix_rft.io.store` (which also puts checkpoints on S3).
 
 This module is the file format only: it writes a model, its tokenizer, a config and the plain
 dict of everything else a run needs (`Trainer.state_dict()`), and reads them back, knowing
@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from prefix_rft import distributed as D
 from prefix_rft.errors import UserError
-from prefix_rft.store import write_manifest
+from prefix_rft.io.store import write_manifest
+from prefix_rft.train import distributed as D
 
 if TYPE_CHECKING:
-    from prefix_rft.config import Config
+    from prefix_rft.core.config import Config
 
 STATE_FILE = "state.json"
 TRAINER_STATE_FILE = "trainer_state.pt"

@@ -10,7 +10,7 @@ better than A" is backed by problems, not by two overlapping intervals.
 The second half serves notebooks/compare_runs.py (the runs of an MLflow experiment side by
 side): an overview of the runs, their training curves, the evaluation table with CIs, the paired
 differences to a baseline run, and sample completions. Reading MLflow goes through
-`prefix_rft.tracking.Tracker` (the only module that imports mlflow); the tables are lists of
+`prefix_rft.io.tracking.Tracker` (the only module that imports mlflow); the tables are lists of
 plain dicts and the figures plain matplotlib `Figure`s.
 """
 
@@ -21,8 +21,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefix_rft import run_layout
 from prefix_rft.errors import UserError
+from prefix_rft.io import run_layout
 
 
 @dataclass
@@ -45,7 +45,7 @@ def load_run(source: str, *, tracking_uri: str | None = None, epoch: int | None 
 
 
 def _load_dir(d: Path) -> RunResults:
-    from prefix_rft.benchmark_eval import SAMPLES_FILE, SUMMARY_FILE, per_problem
+    from prefix_rft.eval.protocol import SAMPLES_FILE, SUMMARY_FILE, per_problem
 
     if not (d / SAMPLES_FILE).exists():
         raise UserError(f"{d}: no {SAMPLES_FILE} (expected the output directory of `prefix-rft eval`)")
@@ -57,7 +57,7 @@ def _load_dir(d: Path) -> RunResults:
 
 
 def _load_mlflow(run_id: str, tracking_uri: str | None, epoch: int | None) -> RunResults:
-    from prefix_rft.tracking import Tracker, resolve_uri
+    from prefix_rft.io.tracking import Tracker, resolve_uri
 
     res = load_pipeline_run(Tracker(resolve_uri(tracking_uri)), run_id,
                             epoch="last" if epoch is None else epoch)
@@ -72,7 +72,7 @@ def _fmt(x: float) -> str:
 def comparison_rows(runs: list[RunResults], *, n_boot: int = 10000, seed: int = 0) -> list[dict]:
     """One row per benchmark (and 'macro'): each run's mean and CI, each later run's paired
     difference to the first."""
-    from prefix_rft.eval_metrics import bootstrap_ci, paired_comparison
+    from prefix_rft.eval.metrics import bootstrap_ci, paired_comparison
 
     benches = sorted(set().union(*(r.per_problem for r in runs)))
     rows = []
@@ -167,10 +167,10 @@ def comparison_figure(runs: list[RunResults], *, names: list[str] | None = None,
 
 
 # ----------------------------------------------------------------------- pipeline runs (MLflow)
-# What notebooks/compare_runs.py shows. Reading MLflow goes through `prefix_rft.tracking.Tracker`
+# What notebooks/compare_runs.py shows. Reading MLflow goes through `prefix_rft.io.tracking.Tracker`
 # (any object with its `pipeline_runs`, `eval_runs`, `run_info`, `download_artifact` and
 # `metric_history` methods); everything below that is plain data in, plain data out. The tag,
-# param and metric names are `prefix_rft.run_layout`'s, the ones the pipeline's steps write.
+# param and metric names are `prefix_rft.io.run_layout`'s, the ones the pipeline's steps write.
 
 KEY_PARAMS = (run_layout.METHOD_PARAM, "model.name_or_path", "data.train", "seed", "pipeline.epochs",
               "sft.epochs", "rl.steps", "sft.optim.lr", "rl.optim.lr", "rollout.group_size",
@@ -296,8 +296,8 @@ def load_pipeline_run(tracker, run: dict | str, *, epoch: str | int = "last",
     re-run evaluations supersede older ones), with all sample rows when `samples`."""
     import pyarrow.parquet as pq
 
-    from prefix_rft.benchmark_eval import SAMPLES_FILE, problem_accuracy
-    from prefix_rft.tracking import run_record
+    from prefix_rft.eval.protocol import SAMPLES_FILE, problem_accuracy
+    from prefix_rft.io.tracking import run_record
 
     if isinstance(run, str):
         run = run_record(tracker.run_info(run))
@@ -347,7 +347,7 @@ def method_table(runs: list[RunResults], *, alpha: float = 0.05) -> list[dict]:
     (`eval_metrics.seed_summary`; one run: no SD or CI); then, with more than one benchmark, a
     `macro` row per method over the runs that have every benchmark (each run's unweighted mean
     over benchmarks, as in `eval_table`). Methods in order of first appearance."""
-    from prefix_rft.eval_metrics import seed_summary
+    from prefix_rft.eval.metrics import seed_summary
 
     benches = sorted(set().union(*(r.per_problem for r in runs)))
     keys = [*benches, "macro"] if len(benches) > 1 else benches
@@ -377,7 +377,7 @@ def paired_table(runs: list[RunResults], baseline: int = 0, *, n_boot: int = 100
     """Every other run against `runs[baseline]`, benchmark by benchmark, on the problems both
     evaluated (`eval_metrics.paired_comparison`): diff = other - baseline, its bootstrap 95% CI,
     the sign-flip p-value and the problems each run did better on."""
-    from prefix_rft.eval_metrics import paired_comparison
+    from prefix_rft.eval.metrics import paired_comparison
 
     base = runs[baseline]
     out = []

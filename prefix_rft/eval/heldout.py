@@ -2,20 +2,20 @@
 
 The small evaluation the trainer runs before and after training (the `make demo` report).
 The benchmark protocol (avg@32 on the six math sets, pass@k, CIs) is
-`prefix_rft.benchmark_eval`.
+`prefix_rft.eval.protocol`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prefix_rft.engines.base import GenerationRequest, SamplingParams
+from prefix_rft.rollout.engines.base import GenerationRequest, SamplingParams
 
 
 def evaluate_problems(engine, tokenizer, problems: Sequence, grader, eval_cfg, *,
                       think_tags: bool = False, seed: int = 0) -> dict:
     """avg@n accuracy over `problems`; returns metrics and per-sample records."""
-    from prefix_rft.prompting import encode_prompt
+    from prefix_rft.rollout.prompting import encode_prompt
 
     if not problems:
         return {"eval/accuracy": float("nan"), "eval/num_problems": 0, "samples": []}

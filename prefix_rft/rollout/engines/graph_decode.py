@@ -62,7 +62,7 @@ SUPPORTED_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 def supports(model) -> bool:
     """Whether `model` can decode through `GraphDecoder` (a decoder-only model whose attention
     layers only call `cache.update` and read the 4-D mask as given)."""
-    from prefix_rft.logprobs import VARLEN_ATTENTION
+    from prefix_rft.train.logprobs import VARLEN_ATTENTION
 
     cfg = getattr(model, "config", None)
     return (

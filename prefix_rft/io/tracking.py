@@ -2,7 +2,7 @@
 
 The pipeline keeps one MLflow *parent run* per training lineage (created by the flow's `start`
 step, reopened by every later step and by resumed Metaflow runs) and one nested child run per
-evaluation task; `prefix_rft.run_layout` names what goes where. Besides what the steps log, the
+evaluation task; `prefix_rft.io.run_layout` names what goes where. Besides what the steps log, the
 parent run gets `system/*` (CPU/GPU/memory while training, MLflow's system-metrics monitor).
 Every call goes through `Tracker`, which talks to the server with an explicit run id (no global
 "active run"), so steps in separate processes and machines can log to the same run. Reports read
@@ -21,8 +21,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from prefix_rft import run_layout
 from prefix_rft.errors import UserError
+from prefix_rft.io import run_layout
 
 log = logging.getLogger(__name__)
 

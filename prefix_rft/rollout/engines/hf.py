@@ -18,7 +18,7 @@ forward's logits can differ in the last bits with the batch's shape, which flips
 two perturbed scores tie to within that error. Temperature 0 is plain argmax.
 
 Fast path (`fast=True`; default: on for CUDA where `graph_decode.supports` the model): our own
-static-KV-cache decode loop (`prefix_rft/engines/graph_decode.py`) whose whole step -- forward,
+static-KV-cache decode loop (`prefix_rft/rollout/engines/graph_decode.py`) whose whole step -- forward,
 the same temperature / top-p / Gumbel-max sampling, log-probs, stop and limit bookkeeping -- is
 one CUDA graph, compiled with inductor first (`compile`). Both paths run under the caller's
 torch.autocast, if any (the trainer's `model.autocast` rollouts); a fast-path decoder is built per
@@ -50,8 +50,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from prefix_rft.engines import graph_decode
-from prefix_rft.engines.base import GenerationOutput, GenerationRequest, SamplingParams
+from prefix_rft.rollout.engines import graph_decode
+from prefix_rft.rollout.engines.base import GenerationOutput, GenerationRequest, SamplingParams
 
 CACHE_BUCKET = 256
 """Static-cache lengths are multiples of this many tokens (fast path)."""
@@ -169,7 +169,7 @@ _DECODING = {"auto": {}, "generate": {"fast": False}, "graph": {"fast": True, "c
 
 
 def decoding_options(mode: str) -> dict:
-    """`HFEngine` keyword arguments of a `model.decoding` mode (see prefix_rft/config.py)."""
+    """`HFEngine` keyword arguments of a `model.decoding` mode (see prefix_rft/core/config.py)."""
     if mode not in _DECODING:
         raise ValueError(f"decoding {mode!r}: expected one of {', '.join(_DECODING)}")
     return _DECODING[mode]

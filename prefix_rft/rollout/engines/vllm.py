@@ -19,8 +19,8 @@ from __future__ import annotations
 import gc
 from collections.abc import Sequence
 
-from prefix_rft.engines.base import GenerationOutput, GenerationRequest, SamplingParams
 from prefix_rft.errors import UserError
+from prefix_rft.rollout.engines.base import GenerationOutput, GenerationRequest, SamplingParams
 
 
 def available() -> bool:

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefix_rft.engines.base import GenerationRequest, SamplingParams
 from prefix_rft.errors import UserError
+from prefix_rft.rollout.engines.base import GenerationRequest, SamplingParams
 
 SAMPLES_FILE = "samples.parquet"
 SUMMARY_FILE = "summary.json"
@@ -81,8 +81,8 @@ def evaluate_benchmark(engine, tokenizer, benchmark: str, problems: Sequence, pr
 
     `problems`: `BenchmarkProblem`s (problem text + every acceptable answer) or `Problem`s.
     """
-    from prefix_rft.eval_metrics import summarize
-    from prefix_rft.prompting import encode_prompt
+    from prefix_rft.eval.metrics import summarize
+    from prefix_rft.rollout.prompting import encode_prompt
 
     if not problems:
         raise UserError(f"benchmark {benchmark}: no problems to evaluate")
@@ -135,7 +135,7 @@ def evaluate_benchmark(engine, tokenizer, benchmark: str, problems: Sequence, pr
 
 
 def macro(results: Sequence[BenchmarkResult]) -> float | None:
-    from prefix_rft.eval_metrics import macro_average
+    from prefix_rft.eval.metrics import macro_average
 
     return macro_average({r.benchmark: r.summary["avg_at_n"] for r in results}) if results else None
 
@@ -179,8 +179,8 @@ def resolve_model_dir(uri: str, scratch: str | Path) -> str:
     """What to load for `--model`: a checkpoint (local dir or s3:// URI with MANIFEST.json, its
     files verified) -> its `model/` dir; a HF model dir -> itself; the SmolLM2 alias or a hub id
     -> unchanged. A path that does not exist fails here, before anything is loaded or generated."""
+    from prefix_rft.io.store import MANIFEST, fetch_checkpoint, is_s3, open_checkpoint
     from prefix_rft.models import SMOLLM2
-    from prefix_rft.store import MANIFEST, fetch_checkpoint, is_s3, open_checkpoint
 
     uri = str(uri)
     if is_s3(uri):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefix_rft.errors import UserError
-from prefix_rft.reward import extract_final_boxed
+from prefix_rft.rollout.reward import extract_final_boxed
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 

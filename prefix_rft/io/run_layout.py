@@ -1,5 +1,5 @@
 """The names of a pipeline run in MLflow, in one place for the steps that write it and the code
-that reads it back (`prefix_rft.tracking`, `prefix_rft.report`, notebooks/compare_runs.py).
+that reads it back (`prefix_rft.io.tracking`, `prefix_rft.eval.report`, notebooks/compare_runs.py).
 
 Plain strings and string builders only: this module imports nothing (MLflow included), so any
 layer can use it.
@@ -73,7 +73,7 @@ METHOD_PARAM = "method"  # the flattened config's top-level key
 # ----------------------------------------------------------------------------- parent run: metrics
 BEST_MACRO_METRIC = "eval/best_macro"
 
-# The trainer's per-step metrics that readers plot (prefix_rft/trainer.py and reward.py emit them).
+# The trainer's per-step metrics that readers plot (prefix_rft/train/trainer.py and reward.py emit them).
 REWARD_MEAN = "reward/mean"
 DEMO_NLL = "demo/nll"
 LOSS = "loss"

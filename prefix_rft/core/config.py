@@ -8,7 +8,7 @@ it builds declares them (a subclass of `Config` built with the machinery here, `
 `section`, `resolve(cls=...)`, `describe_keys(cls)`, adds such sections and their checks by
 overriding `Config.validate`).
 
-Resolution order (later wins): dataclass defaults -> the method preset (`prefix_rft.presets`) ->
+Resolution order (later wins): dataclass defaults -> the method preset (`prefix_rft.core.presets`) ->
 the YAML file -> `--set` overrides. Unknown keys, wrong types and missing required keys fail at
 start-up with a `UserError` naming the key (and the file). Every field carries a `help` string:
 `prefix-rft config show` prints the resolved config, `prefix-rft config keys` the documentation.
@@ -28,10 +28,10 @@ from typing import Any, Literal
 
 import yaml
 
-from prefix_rft.dicts import deep_merge, dotted_to_nested
-from prefix_rft.engines.factory import training_engine_problem
+from prefix_rft.core.dicts import deep_merge, dotted_to_nested
+from prefix_rft.core.presets import preset_values
 from prefix_rft.errors import UserError
-from prefix_rft.presets import preset_values
+from prefix_rft.rollout.engines.factory import training_engine_problem
 
 # Top-level sections of a config file that describe how a run is executed and logged, not what is
 # trained: a `Config` skips them, a subclass that declares them as fields reads them.
@@ -184,7 +184,7 @@ class RolloutConfig:
     max_batch_size: int = option(256, "Rows generated together by the engine.")
     engine: str = option(
         "auto",
-        "Generation engine of the rollouts, by its name in prefix_rft.engines.factory: hf, or auto "
+        "Generation engine of the rollouts, by its name in prefix_rft.rollout.engines.factory: hf, or auto "
         "(= hf: the trainer generates from its in-memory policy). vLLM rollouts are not supported "
         "in training yet.",
     )

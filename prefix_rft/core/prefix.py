@@ -11,7 +11,7 @@ import math
 import random
 from collections.abc import Sequence
 
-from prefix_rft.config import ScheduleConfig
+from prefix_rft.core.config import ScheduleConfig
 
 
 def _cosine(t: int, total: int, start: float, end: float) -> float:

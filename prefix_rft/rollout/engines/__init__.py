@@ -3,17 +3,17 @@
 `base` defines the interface; `factory` is the registry every engine is built through (training
 and evaluation alike); `hf` is the Hugging Face transformers implementation (CPU and GPU) and
 `vllm` the vLLM one (GPU, evaluation). Importing this package loads neither torch nor vLLM: take
-an engine class from its own module (`prefix_rft.engines.hf.HFEngine`) or, better, build it with
+an engine class from its own module (`prefix_rft.rollout.engines.hf.HFEngine`) or, better, build it with
 `make_engine`.
 """
 
-from prefix_rft.engines.base import (
+from prefix_rft.rollout.engines.base import (
     GenerationEngine,
     GenerationOutput,
     GenerationRequest,
     SamplingParams,
 )
-from prefix_rft.engines.factory import (
+from prefix_rft.rollout.engines.factory import (
     EngineSpec,
     engine_names,
     make_engine,

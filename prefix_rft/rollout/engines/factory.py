@@ -7,8 +7,8 @@ follows as they train) or a `model_dir` the engine loads itself (evaluation), pl
 engine may use (dtype, device, batch size, seed, decoding mode, vLLM memory settings).
 
 Built-in names:
-  hf    `prefix_rft.engines.hf.HFEngine` (any device; loads `model_dir` unless given `model`).
-  vllm  `prefix_rft.engines.vllm.VLLMEngine` (a CUDA GPU; loads `model_dir`; cannot train yet).
+  hf    `prefix_rft.rollout.engines.hf.HFEngine` (any device; loads `model_dir` unless given `model`).
+  vllm  `prefix_rft.rollout.engines.vllm.VLLMEngine` (a CUDA GPU; loads `model_dir`; cannot train yet).
   auto  a chooser, not an engine: vllm when the engine loads its own weights and vLLM is
         installed with a GPU, else hf (so training, which shares its policy, always gets hf).
 
@@ -29,8 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prefix_rft.engines.base import GenerationEngine
 from prefix_rft.errors import UserError
+from prefix_rft.rollout.engines.base import GenerationEngine
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class EngineSpec:
 
     def stop_ids(self) -> list[int]:
         """The token ids that end a response (the tokenizer's end-of-turn ids)."""
-        from prefix_rft.prompting import stop_token_ids
+        from prefix_rft.rollout.prompting import stop_token_ids
 
         return stop_token_ids(self.tokenizer)
 
@@ -130,7 +130,7 @@ def make_engine(name: str, spec: EngineSpec, *, key: str = "engine") -> tuple[Ge
 
 # ---------------------------------------------------------------------------------- built-ins
 def _choose_auto(spec: EngineSpec) -> str:
-    from prefix_rft.engines import vllm
+    from prefix_rft.rollout.engines import vllm
 
     return "vllm" if spec.model is None and vllm.available() else "hf"
 
@@ -140,7 +140,7 @@ register_chooser("auto", _choose_auto)
 
 @register_engine("hf")
 def _hf(spec: EngineSpec) -> GenerationEngine:
-    from prefix_rft.engines.hf import HFEngine, decoding_options
+    from prefix_rft.rollout.engines.hf import HFEngine, decoding_options
 
     model = spec.model if spec.model is not None else _load_hf_model(spec)
     return HFEngine(model, spec.tokenizer, spec.stop_ids(), max_batch_size=spec.max_batch_size,
@@ -164,7 +164,7 @@ def _load_hf_model(spec: EngineSpec):
 
 @register_engine("vllm", trains=False)
 def _vllm(spec: EngineSpec) -> GenerationEngine:
-    from prefix_rft.engines.vllm import VLLMEngine
+    from prefix_rft.rollout.engines.vllm import VLLMEngine
 
     if spec.model_dir is None:
         raise ValueError("engine 'vllm' loads its own weights: give EngineSpec.model_dir")

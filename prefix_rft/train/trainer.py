@@ -9,7 +9,7 @@ batch): pi_old is then the detached log-prob of the backward pass itself, the sa
 gradient (`Trainer.update` says why). Entropies that rank tokens come from a no-grad pass over
 only the rows that hold such tokens (Prefix-RFT's prefixed members).
 Scoring and backward passes run per micro-batch of trajectories, padded or, with `model.packing`
-(default: on CUDA), packed into one padding-free row (`prefix_rft/logprobs.py`); both give the
+(default: on CUDA), packed into one padding-free row (`prefix_rft/train/logprobs.py`); both give the
 same per-token log-probs, so the loss code is one (`logprobs.Pass`).
 
 Phases run in order: SFT (`sft.epochs` > 0), then RL (`rl.steps` > 0). ReLIFT's SFT steps run
@@ -17,7 +17,7 @@ inside the RL phase with their own optimizer. All randomness of a step (data ord
 prefix ratios, sampling seeds, random entropy selection) is a pure function of (seed, step), so
 a run resumed from a checkpoint continues exactly where a straight run would be.
 Under torchrun (WORLD_SIZE > 1) the same loop runs data-parallel with FSDP2 and gives the same
-update as one process on the whole batch (prefix_rft/distributed.py says how).
+update as one process on the whole batch (prefix_rft/train/distributed.py says how).
 Metrics are returned (and appended to `metrics.jsonl`) as one flat dict per step, with stable,
 namespaced keys; the tracking layer (MLflow) consumes these dicts.
 """
@@ -36,16 +36,16 @@ from pathlib import Path
 
 import torch
 
-from prefix_rft import distributed as D
-from prefix_rft import logprobs as lp
-from prefix_rft import loss as L
-from prefix_rft.checkpoint import load_checkpoint, save_checkpoint
-from prefix_rft.config import Config, OptimConfig, check_world
+from prefix_rft.core import loss as L
+from prefix_rft.core.config import Config, OptimConfig, check_world
+from prefix_rft.core.prefix import cut_prefix, prefix_length, prefix_window, sample_ratio
 from prefix_rft.data.problem import Problem
-from prefix_rft.engines.base import GenerationRequest, SamplingParams
-from prefix_rft.engines.factory import EngineSpec, make_engine
 from prefix_rft.errors import UserError
-from prefix_rft.prefix import cut_prefix, prefix_length, prefix_window, sample_ratio
+from prefix_rft.rollout.engines.base import GenerationRequest, SamplingParams
+from prefix_rft.rollout.engines.factory import EngineSpec, make_engine
+from prefix_rft.train import distributed as D
+from prefix_rft.train import logprobs as lp
+from prefix_rft.train.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -263,8 +263,9 @@ class Trainer:
         progress: bool = True,
         grader=None,
     ):
-        from prefix_rft import models, prompting
+        from prefix_rft import models
         from prefix_rft.data import sources
+        from prefix_rft.rollout import prompting
 
         self.cfg = cfg
         D.init_from_env()
@@ -336,7 +337,7 @@ class Trainer:
     @property
     def grader(self):
         if self._grader is None:
-            from prefix_rft.reward import RewardGrader
+            from prefix_rft.rollout.reward import RewardGrader
 
             self._grader = RewardGrader(
                 num_workers=self.cfg.reward.num_workers, timeout_s=self.cfg.reward.timeout_s,
@@ -362,7 +363,7 @@ class Trainer:
             self.relift_opt, self.relift_sched = make_optimizer(params, self.cfg.relift.optim, 1)
 
     def prompt_ids(self, i: int) -> list[int]:
-        from prefix_rft.prompting import encode_prompt
+        from prefix_rft.rollout.prompting import encode_prompt
 
         if i not in self._prompt_cache:
             self._prompt_cache[i] = encode_prompt(
@@ -371,7 +372,7 @@ class Trainer:
         return self._prompt_cache[i]
 
     def demo_ids(self, i: int, d: int) -> list[int]:
-        from prefix_rft.prompting import encode_response_text
+        from prefix_rft.rollout.prompting import encode_response_text
 
         key = (i, d)
         if key not in self._demo_cache:
@@ -601,7 +602,7 @@ class Trainer:
 
     def reward_metrics(self, trajs: Sequence[Trajectory]) -> dict:
         """Reward metrics of graded trajectories; fails the step past reward.max_failure_rate."""
-        from prefix_rft.reward import reward_metrics
+        from prefix_rft.rollout.reward import reward_metrics
 
         failures = sum(t.status in ("timeout", "error") for t in trajs)
         if trajs and failures / len(trajs) > self.cfg.reward.max_failure_rate:
@@ -985,7 +986,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, problems: Sequence[Problem] | None = None) -> dict:
-        from prefix_rft.evaluation import evaluate_problems
+        from prefix_rft.eval.heldout import evaluate_problems
 
         problems = list(problems if problems is not None else self.test_set)[: self.cfg.eval.num_problems]
         with D.unsharded(self.model):  # every rank evaluates all problems (rank 0 records)
@@ -1032,7 +1033,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
 
     def save(self, path: str | Path) -> Path:
-        """Write a checkpoint directory (`prefix_rft.checkpoint`); every rank must call it."""
+        """Write a checkpoint directory (`prefix_rft.train.checkpoint`); every rank must call it."""
         return save_checkpoint(path, model=self.model, tokenizer=self.tokenizer,
                                trainer_state=self.state_dict(), config=self.cfg)
 

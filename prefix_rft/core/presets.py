@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from prefix_rft.dicts import deep_merge
+from prefix_rft.core.dicts import deep_merge
 from prefix_rft.errors import UserError
 
 _NO_PREFIX = {"rollout": {"n_prefixed": 0, "n_full_demo": 0}}

@@ -4,7 +4,7 @@ A store is opened on a root URI (`/abs/dir`, `file:///abs/dir` or `s3://bucket/p
 checkpoint is a "directory" below the root, named by a relative path that may contain slashes:
 
     <root>/<name>/
-        model/...             whatever the writer put there (see `prefix_rft.checkpoint`)
+        model/...             whatever the writer put there (see `prefix_rft.train.checkpoint`)
         trainer_state.pt
         config.yaml
         state.json

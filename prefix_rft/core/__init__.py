@@ -1,0 +1,1 @@
+"""The method itself: the typed experiment config, method presets, the hybrid loss, the prefix schedule."""

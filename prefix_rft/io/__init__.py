@@ -1,0 +1,1 @@
+"""Where results go: the checkpoint store (local or S3), MLflow tracking and the run layout."""

@@ -1,0 +1,1 @@
+"""Producing and grading samples: generation engines behind one factory, chat prompting, rewards."""

@@ -1,0 +1,1 @@
+"""The training loop: the trainer, log-prob passes, checkpoints, multi-GPU helpers."""
