@@ -92,8 +92,10 @@ class PipelineConfig:
     eval_source: Literal["default", "luffy"] = option(
         "default", "Benchmark copies: ours (default) or LUFFY's valid.all.parquet problem set."
     )
-    eval_engine: Literal["auto", "hf", "vllm"] = option(
-        "auto", "Generation engine of eval tasks: auto = vLLM when installed with a GPU, else HF."
+    eval_engine: str = option(
+        "auto",
+        "Generation engine of eval tasks, by its name in prefix_rft.rollout.engines.factory: hf, "
+        "vllm, or auto = vLLM when installed with a GPU, else HF.",
     )
     eval_shards: int = option(
         1,
@@ -190,12 +192,16 @@ def load_flow_config(path, overrides: list[str] | None = None) -> FlowConfig:
 def validate_pipeline(pl: PipelineConfig, where: str = "") -> None:
     """Cross-field checks of the `pipeline` section; a UserError naming the key."""
     from prefix_rft.eval.benchmarks import synthetic_level
+    from prefix_rft.rollout.engines.factory import engine_names
 
     def bad(key, msg):
         raise UserError(f"{where}key 'pipeline.{key}': {msg}")
 
     if pl.epochs < 1:
         bad("epochs", "must be >= 1")
+    if pl.eval_engine not in engine_names():
+        bad("eval_engine", f"{pl.eval_engine!r} is not a registered engine; expected one of "
+                           f"{', '.join(engine_names())}")
     if pl.steps_per_epoch is not None and pl.steps_per_epoch < 1:
         bad("steps_per_epoch", "must be >= 1 (or null)")
     if not pl.benchmarks:

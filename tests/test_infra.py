@@ -373,3 +373,22 @@ def test_argo_cron_schedule_comes_from_the_config(compiled):
     asked = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())["pipeline"]["train"]
     assert _mb(train["container"]["resources"]["requests"]["memory"]) == max(asked["memory_mb"], 4096)
     assert "/dev/shm" not in [m["mountPath"] for m in train["container"]["volumeMounts"]]
+
+
+def test_eval_engine_is_checked_against_the_engine_registry():
+    from prefix_rft.rollout.engines.factory import register_engine, unregister_engine
+
+    assert _cfg(eval_engine="vllm").pipeline.eval_engine == "vllm"
+    with pytest.raises(UserError) as e:
+        _cfg(eval_engine="tpu")
+    assert str(e.value) == ("cfg.yaml: key 'pipeline.eval_engine': 'tpu' is not a registered "
+                            "engine; expected one of auto, hf, vllm")
+
+    @register_engine("tpu")
+    def _build(spec):  # never built here
+        raise AssertionError
+
+    try:
+        assert _cfg(eval_engine="tpu").pipeline.eval_engine == "tpu"
+    finally:
+        unregister_engine("tpu")
