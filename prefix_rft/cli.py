@@ -50,13 +50,9 @@ def _parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="show a resolved config or the config reference")
     csub = cfg.add_subparsers(dest="config_command", required=True)
-    show = csub.add_parser("show", help="print the fully resolved config as YAML")
-    show.add_argument("--preset", help="method preset to resolve (defaults + preset)")
-    show.add_argument("--config", help="YAML config file")
-    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config key (repeatable), e.g. --set rl.steps=10")
-    csub.add_parser("keys", help="every training config key with its default and what it does "
-                    "(the pipeline's own keys: python -m steps.flow_config keys)")
+    add_config_commands(csub, example="rl.steps=10",
+                        keys_help="every training config key with its default and what it does "
+                        "(the pipeline's own keys: python -m steps.flow_config keys)")
 
     tr = sub.add_parser("train", help="train a policy with a config",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -141,14 +137,32 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def cmd_config(args) -> int:
-    from prefix_rft.core.config import keys_text, show_config
+def add_config_commands(sub, *, example: str, keys_help: str) -> None:
+    """`show` and `keys` subcommands on `sub`: shared by `prefix-rft config` and the flow's
+    `python -m steps.flow_config`, which shows the same for its larger config class."""
+    show = sub.add_parser("show", help="print the fully resolved config as YAML")
+    show.add_argument("--preset", help="method preset to resolve (defaults + preset)")
+    show.add_argument("--config", help="YAML config file")
+    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help=f"override a config key (repeatable), e.g. --set {example}")
+    sub.add_parser("keys", help=keys_help)
 
-    if args.config_command == "keys":
-        print(keys_text(), end="")
-        return 0
-    print(show_config(args.config, args.preset, args.set), end="")
+
+def config_command(command: str, args, cls=None) -> int:
+    """Run `show` or `keys` (see `add_config_commands`) for config class `cls` (default: the
+    training `Config`)."""
+    from prefix_rft.core.config import Config, keys_text, show_config
+
+    cls = cls or Config
+    if command == "keys":
+        print(keys_text(cls), end="")
+    else:
+        print(show_config(args.config, args.preset, args.set, cls=cls), end="")
     return 0
+
+
+def cmd_config(args) -> int:
+    return config_command(args.config_command, args)
 
 
 def cmd_train(args) -> int:

@@ -24,15 +24,14 @@ from typing import Literal
 
 import yaml
 
+from prefix_rft.cli import add_config_commands, config_command
 from prefix_rft.core.config import (
     Config,
     check_world,
-    keys_text,
     load_config,
     option,
     resolve,
     section,
-    show_config,
 )
 from prefix_rft.core.dicts import deep_merge
 from prefix_rft.errors import UserError
@@ -277,22 +276,14 @@ def main(argv: list[str] | None = None) -> int:
                                 description="The pipeline's config: training keys plus the "
                                 "pipeline and tracking sections.")
     sub = p.add_subparsers(dest="command", required=True)
-    show = sub.add_parser("show", help="print the fully resolved flow config as YAML")
-    show.add_argument("--preset", help="method preset to resolve (defaults + preset)")
-    show.add_argument("--config", help="YAML config file")
-    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config key (repeatable), e.g. --set pipeline.epochs=3")
-    sub.add_parser("keys", help="every flow config key with its default and what it does")
+    add_config_commands(sub, example="pipeline.epochs=3",
+                        keys_help="every flow config key with its default and what it does")
     args = p.parse_args(argv)
     try:
-        if args.command == "keys":
-            print(keys_text(FlowConfig), end="")
-        else:
-            print(show_config(args.config, args.preset, args.set, cls=FlowConfig), end="")
+        return config_command(args.command, args, FlowConfig)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":
