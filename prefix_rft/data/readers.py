@@ -168,9 +168,9 @@ def iter_rows(spec: str | Path, *, split: str = "train") -> Iterator[RawRow]:
     path = Path(spec)
     if path.is_dir():
         for file in _files_for_split(path, split):
-            yield from _iter_file(file)
+            yield from iter_file(file)
     elif path.exists():
-        yield from _iter_file(path)
+        yield from iter_file(path)
     else:
         hint = ""
         if isinstance(spec, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
@@ -232,7 +232,11 @@ def _files_for_split(directory: Path, split: str) -> list[Path]:
     return chosen
 
 
-def _iter_file(path: Path) -> Iterator[RawRow]:
+def iter_file(path: Path) -> Iterator[RawRow]:
+    """Every row of one `.jsonl`, `.json` or `.parquet` file, by its suffix (the one file reader
+    of the library: `iter_rows` and the benchmark registry read through it). Rows are numbered
+    from 1 as in the file (the line number for `.jsonl`); an unreadable file, malformed JSON, a
+    row that is not an object or a file without rows raises `UserError` naming the file."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         yield from _iter_jsonl(path)
