@@ -242,7 +242,7 @@ def main(argv=None) -> dict:
 
         enable_activation_checkpointing(model)
     if a.compile:
-        from prefix_rft.train.trainer import compile_layers
+        from prefix_rft.train.precision import compile_layers
 
         compile_layers(model)  # what model.compile_layers does in the trainer
     n_params = sum(p.numel() for p in model.parameters())

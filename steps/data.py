@@ -23,7 +23,8 @@ from prefix_rft.data.sources import test_problems, training_problems
 from prefix_rft.errors import UserError
 from prefix_rft.io import run_layout
 from prefix_rft.io.store import CheckpointRef, fetch_checkpoint, open_store
-from prefix_rft.train.trainer import needs_demos, sft_steps
+from prefix_rft.train.phases import sft_steps
+from prefix_rft.train.planner import needs_demos
 from steps.common import log
 from steps.flow_config import FlowConfig
 

@@ -157,8 +157,8 @@ def test_registered_engine_trains_one_step(fixed_answer_engine, smol_tokenizer):
         prompts.setdefault(tuple(req.prompt_ids), []).append(req)
     assert len(prompts) == r.num_prompts
     for prompt, reqs in prompts.items():
-        (i,) = [i for i in range(len(tr.train_set)) if tr.prompt_ids(i) == list(prompt)]
-        demos = [tr.demo_ids(i, d) for d in range(len(tr.train_set[i].demonstrations))]
+        (i,) = [i for i in range(len(tr.train_set)) if tr.ids.prompt(i) == list(prompt)]
+        demos = [tr.ids.demo(i, d) for d in range(len(tr.train_set[i].demonstrations))]
         n_policy = r.group_size - r.n_prefixed
         assert [len(q.prefix_ids) > 0 for q in reqs] == [False] * n_policy + [True] * r.n_prefixed
         for q in reqs:

@@ -22,7 +22,9 @@ from prefix_rft.core.config import resolve
 from prefix_rft.core.dicts import deep_merge
 from prefix_rft.data import Problem
 from prefix_rft.train import logprobs as lp
-from prefix_rft.train.trainer import Trainer, rule_for_tokens
+from prefix_rft.train.grading import assign_advantages
+from prefix_rft.train.planner import rule_for_tokens
+from prefix_rft.train.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 
@@ -102,8 +104,9 @@ def test_one_prefix_rft_update_pulls_towards_kept_demo_tokens(smol_tokenizer, ha
     tr = _trainer(smol_tokenizer, {"method": "prefix_rft"})
     tr.model.load_state_dict(habit_policy)
     trajs, _ = tr.plan_and_generate(list(range(9)))
-    tr.score_rewards(trajs)
-    tr.assign_advantages(trajs)
+    tr.grade(trajs)
+    tr.reward_metrics(trajs)
+    assign_advantages(trajs, tr.cfg.loss.advantage)
     for t in trajs:
         t.rule = rule_for_tokens(t, tr.cfg.loss)
 

@@ -7,7 +7,6 @@ function under test (or a re-implementation of it) to obtain an expectation.
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -30,7 +29,8 @@ from prefix_rft.core.loss import (
     token_losses,
     token_norms,
 )
-from prefix_rft.train.trainer import Trainer, Trajectory, rule_for_tokens
+from prefix_rft.train.planner import Trajectory, rule_for_tokens
+from prefix_rft.train.update import prepare_minibatch
 
 T = torch.tensor
 
@@ -581,11 +581,8 @@ def test_rule_for_tokens_presets(preset, traj_args, expected):
 
 
 # ============================================================================ mini-batch selection
-def _fake_trainer(preset):
-    cfg = resolve({"method": preset, "model": {"name_or_path": "m"}, "data": {"train": "x"}})
-    fake = SimpleNamespace(cfg=cfg)
-    fake._candidates = lambda t: Trainer._candidates(fake, t)
-    return fake
+def _preset_cfg(preset):
+    return resolve({"method": preset, "model": {"name_or_path": "m"}, "data": {"train": "x"}})
 
 
 def _with(traj, loss_cfg, entropy):
@@ -595,8 +592,8 @@ def _with(traj, loss_cfg, entropy):
 
 
 def test_prepare_minibatch_prefix_rft_ranks_demo_tokens_of_whole_minibatch():
-    fake = _fake_trainer("prefix_rft")
-    lc = fake.cfg.loss
+    cfg = _preset_cfg("prefix_rft")
+    lc = cfg.loss
     trajs = [
         _with(_traj(3, 0, True, "policy"), lc, [9.0, 9.0, 9.0]),
         # demo entropies [.1 .9 .2 .3 .05 .4] + 2 generated
@@ -604,7 +601,8 @@ def test_prepare_minibatch_prefix_rft_ranks_demo_tokens_of_whole_minibatch():
         # demo entropies [.8 .35 .15 .25] + 1 generated
         _with(_traj(5, 4, True), lc, [0.8, 0.35, 0.15, 0.25, 0.0]),
     ]
-    Trainer.prepare_minibatch(fake, trajs, torch.Generator().manual_seed(0), "dr_grpo")
+    prepare_minibatch(trajs, torch.Generator().manual_seed(0), "dr_grpo", lc,
+                      cfg.rollout.max_response_len)
     # 10 demo tokens in the mini-batch -> k = ceil(0.2*10) = 2: 0.9 (traj 1) and 0.8 (traj 2);
     # generated tokens are never masked
     assert trajs[0].keep.tolist() == [True] * 3
@@ -618,13 +616,14 @@ def test_prepare_minibatch_prefix_rft_ranks_demo_tokens_of_whole_minibatch():
 def test_prepare_minibatch_rl_sft_loss_trains_the_whole_demo():
     # RL + SFT loss: 0.1 x NLL on the WHOLE demo (docs/ALGORITHM.md section 5): no entropy clip
     # may drop demo tokens (regression: the preset once kept the default top-20% selection)
-    fake = _fake_trainer("rl_sft_loss")
-    lc = fake.cfg.loss
+    cfg = _preset_cfg("rl_sft_loss")
+    lc = cfg.loss
     trajs = [
         _with(_traj(3, 0, True, "policy"), lc, [1.0, 1.0, 1.0]),
         _with(_traj(10, 10, False, "demo"), lc, ENT10),
     ]
-    Trainer.prepare_minibatch(fake, trajs, torch.Generator().manual_seed(0), "dr_grpo")
+    prepare_minibatch(trajs, torch.Generator().manual_seed(0), "dr_grpo", lc,
+                      cfg.rollout.max_response_len)
     assert trajs[1].keep.tolist() == [True] * 10
     # NLL norm = 1/(10 kept demo tokens)
     assert _as_list(trajs[1].norm) == pytest.approx([0.1] * 10)

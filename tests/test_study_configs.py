@@ -13,7 +13,8 @@ import yaml
 from prefix_rft.core.config import NON_TRAINING_SECTIONS, read_yaml
 from prefix_rft.core.dicts import flatten
 from prefix_rft.core.presets import PRESETS, preset_values
-from prefix_rft.train.trainer import needs_demos, sft_steps
+from prefix_rft.train.phases import sft_steps
+from prefix_rft.train.planner import needs_demos
 from steps.data import epoch_plan
 from steps.flow_config import load_flow_config
 

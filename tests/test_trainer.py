@@ -15,7 +15,10 @@ from prefix_rft.core import loss as L
 from prefix_rft.core.config import resolve
 from prefix_rft.data import Problem
 from prefix_rft.rollout.engines.hf import HFEngine
-from prefix_rft.train.trainer import Trainer, rule_for_tokens
+from prefix_rft.train.grading import assign_advantages
+from prefix_rft.train.planner import Trajectory, rule_for_tokens
+from prefix_rft.train.trainer import Trainer
+from prefix_rft.train.update import prepare_minibatch
 
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "seed": 0}
 
@@ -74,13 +77,13 @@ def test_prefix_round_trip_token_ids(smol_tokenizer):
     assert len(prefix_requests) == 8
     for t in prefixed:
         m = t.demo_len
-        demos = [tr.demo_ids(t.problem, d) for d in range(2)]
+        demos = [tr.ids.demo(t.problem, d) for d in range(2)]
         demo = next(d for d in demos if t.response_ids[:m] == d[:m])
         assert 1 <= m <= len(demo) - 1
         # the trained response starts with exactly the m demo ids
         assert t.response_ids[:m] == demo[:m]
         # ... and the engine saw prompt_ids + demo_ids[:m], exactly, with L_max - m new tokens
-        match = [r for r in prefix_requests if r.input_ids == tr.prompt_ids(t.problem) + demo[:m]]
+        match = [r for r in prefix_requests if r.input_ids == tr.ids.prompt(t.problem) + demo[:m]]
         assert match and match[0].max_new_tokens == cfg.rollout.max_response_len - m
         assert len(t.response_ids) <= cfg.rollout.max_response_len
         assert bool(t.demo_mask[:m].all()) and not bool(t.demo_mask[m:].any())
@@ -92,7 +95,7 @@ def _rollouts(tr, seed=0):
     rng = random.Random(seed)
     for t in trajs:
         t.reward = float(rng.random() < 0.5)
-    tr.assign_advantages(trajs)
+    assign_advantages(trajs, tr.cfg.loss.advantage)
     for t in trajs:
         t.rule = rule_for_tokens(t, tr.cfg.loss)
     return trajs
@@ -101,7 +104,7 @@ def _rollouts(tr, seed=0):
 def _prepared(tr, seed=0):
     """`_rollouts` with perturbed old log-probs (ratios != 1) and entropies."""
     trajs = _rollouts(tr, seed)
-    old, ents = tr._score(trajs, True, 4, tr.cfg.rollout.temperature)
+    old, ents = tr.updater.score(trajs, True, 4, tr.cfg.rollout.temperature)
     gen = torch.Generator().manual_seed(seed)
     for t, o, e in zip(trajs, old, ents):
         t.old_logp = o + 0.3 * torch.randn(o.shape, generator=gen)  # ratios on both sides of the clip
@@ -118,8 +121,9 @@ def test_gradient_identical_for_micro_batch_sizes(smol_tokenizer, method):
     grads = {}
     for micro in (1, 2, len(trajs)):
         tr.model.zero_grad(set_to_none=True)
-        tr.prepare_minibatch(trajs, torch.Generator().manual_seed(1), tr.cfg.loss.aggregation)
-        out = tr.backward_minibatch(trajs, micro, tr.cfg.loss.demo_nll_coef, 1.0)
+        prepare_minibatch(trajs, torch.Generator().manual_seed(1), tr.cfg.loss.aggregation,
+                          tr.cfg.loss, tr.cfg.rollout.max_response_len)
+        out = tr.updater.backward_minibatch(trajs, micro, tr.cfg.loss.demo_nll_coef, 1.0)
         grads[micro] = torch.cat([p.grad.flatten() for p in tr.model.parameters() if p.grad is not None])
         assert out["loss"] != 0.0
     full = grads[len(trajs)]
@@ -132,8 +136,9 @@ def test_gradient_identical_for_micro_batch_sizes(smol_tokenizer, method):
 def test_clip_metrics_and_loss_sign(smol_tokenizer):
     tr = _trainer(_cfg(), smol_tokenizer)
     trajs = _prepared(tr)
-    tr.prepare_minibatch(trajs, torch.Generator().manual_seed(1), "dr_grpo")
-    out = tr.backward_minibatch(trajs, 4, 0.1, 1.0)
+    prepare_minibatch(trajs, torch.Generator().manual_seed(1), "dr_grpo", tr.cfg.loss,
+                      tr.cfg.rollout.max_response_len)
+    out = tr.updater.backward_minibatch(trajs, 4, 0.1, 1.0)
     # perturbed old log-probs put some ratios outside [0.8, 1.2]
     assert out["n_ppo"] > 0 and out["clip_low"] + out["clip_high"] > 0
     # dr_grpo norms: each kept pg token weighs 1 / (N_traj * L_max) = 1 / (16 * 24)
@@ -231,14 +236,14 @@ def test_luffy_full_demo_member_is_not_generated(smol_tokenizer):
     assert len(demos) == 4
     for t in demos:
         assert t.in_group and t.demo_len == len(t.response_ids)
-        assert t.response_ids in [tr.demo_ids(t.problem, d) for d in range(2)]
+        assert t.response_ids in [tr.ids.demo(t.problem, d) for d in range(2)]
         assert bool((rule_for_tokens(t, tr.cfg.loss) == L.RULE_SHAPED).all())
     # pi_old = 1 for the off-policy tokens: their old log-prob is 0 after the scoring pass (which
     # runs with 2 optimizer steps; a 1-step update takes pi_old from the backward pass itself)
     for t in trajs:
         t.reward = 1.0 if t.kind == "demo" else 0.0
         t.rule = rule_for_tokens(t, tr.cfg.loss)
-    tr.assign_advantages(trajs)
+    assign_advantages(trajs, tr.cfg.loss.advantage)
     assert [t.advantage for t in trajs if t.group == 0] == [-0.25, -0.25, -0.25, 0.75]
     tr.update(trajs, micro=4, minibatches=2, epochs=1, opt=tr.opt, sched=tr.sched,
               optim_cfg=tr.cfg.rl.optim, nll_coef=0.1, aggregation="dr_grpo", temperature=1.0,
@@ -292,12 +297,10 @@ def test_reward_of_a_response_cut_before_its_stop_token(smol_tokenizer, truncate
     """`reward.truncated`: with 'zero' a correct answer in a rollout cut at L_max (finish
     reason 'length') earns 0 and is counted; a finished correct answer and a cut wrong one are
     graded as always. Real Math-Verify grading of real token ids."""
-    from prefix_rft.train.trainer import Trajectory
-
     tr = _trainer(_cfg(reward={"num_workers": 0, "truncated": truncated}), smol_tokenizer)
     p = tr.train_set[4]  # What is 1 + 1?
     ids = lambda text: smol_tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
-    trajs = [Trajectory(0, 4, "policy", tr.prompt_ids(4), ids(text), 0, True, finish)
+    trajs = [Trajectory(0, 4, "policy", tr.ids.prompt(4), ids(text), 0, True, finish)
              for text, finish in [(f"So \\boxed{{{p.answer}}}.", "stop"),
                                   (f"So \\boxed{{{p.answer}}}.\nSo \\boxed{{{p.answer}}}.\nSo",
                                    "length"),

@@ -21,7 +21,10 @@ import copy
 import pytest
 import torch
 
-from prefix_rft.train import trainer as trainer_mod
+from prefix_rft.core.config import OptimConfig
+from prefix_rft.train import optim, precision
+from prefix_rft.train import update as update_mod
+from prefix_rft.train.update import prepare_minibatch
 from tests.test_trainer import _cfg, _prepared, _rollouts, _trainer
 
 TOL = 1e-5
@@ -103,8 +106,9 @@ def test_backward_packed_equals_padded_with_clipping(smol_tokenizer, method):
     out = {}
     for tr in (on, off):
         tr.model.zero_grad(set_to_none=True)
-        tr.prepare_minibatch(trajs, torch.Generator().manual_seed(1), tr.cfg.loss.aggregation)
-        out[tr.packed] = tr.backward_minibatch(trajs, 5, tr.cfg.loss.demo_nll_coef, 1.0)
+        prepare_minibatch(trajs, torch.Generator().manual_seed(1), tr.cfg.loss.aggregation,
+                          tr.cfg.loss, tr.cfg.rollout.max_response_len)
+        out[tr.packed] = tr.updater.backward_minibatch(trajs, 5, tr.cfg.loss.demo_nll_coef, 1.0)
     assert out[False]["clip_low"] > 0 and out[False]["clip_high"] > 0
     assert {k: out[True][k] for k in ("clip_low", "clip_high", "n_ppo")} == {
         k: out[False][k] for k in ("clip_low", "clip_high", "n_ppo")}
@@ -124,13 +128,13 @@ def _update(tr, trajs):
 
 def _count_scoring(monkeypatch, tr) -> list:
     calls = []
-    score = tr._score
+    score = tr.updater.score
 
     def counted(*a, **k):
         calls.append(a)
         return score(*a, **k)
 
-    monkeypatch.setattr(tr, "_score", counted)
+    monkeypatch.setattr(tr.updater, "score", counted)
     return calls
 
 
@@ -146,7 +150,7 @@ def test_on_policy_update_skips_the_old_logprob_pass(smol_tokenizer, monkeypatch
     assert calls == [] and m_fast["time/old_logprobs"] == 0.0
     # the same update with pi_old from the scoring pass
     forced_calls = _count_scoring(monkeypatch, forced)
-    monkeypatch.setattr(trainer_mod, "on_policy", lambda epochs, minibatches: False)
+    monkeypatch.setattr(update_mod, "on_policy", lambda epochs, minibatches: False)
     m_forced = _update(forced, copy.deepcopy(trajs))
     assert len(forced_calls) == 1 and m_forced["time/old_logprobs"] > 0
     assert m_forced["grad_norm"] > 0
@@ -172,7 +176,7 @@ def test_on_policy_entropy_pass_scores_only_ranked_rows(smol_tokenizer, monkeypa
     assert all(t.kind == "prefix" for t in calls[0][0]) and m_fast["time/old_logprobs"] > 0
     assert 0 < m_fast["entropy/kept_fraction"] < 1
     full_calls = _count_scoring(monkeypatch, full)
-    monkeypatch.setattr(trainer_mod, "on_policy", lambda epochs, minibatches: False)
+    monkeypatch.setattr(update_mod, "on_policy", lambda epochs, minibatches: False)
     m_full = _update(full, copy.deepcopy(trajs))
     assert len(full_calls) == 1 and len(full_calls[0][0]) == len(trajs)
     _assert_same_metrics(m_fast, m_full, tol=1e-6)
@@ -207,15 +211,15 @@ def test_packing_auto_is_on_where_packed_attention_is_one_kernel(packing, device
     from prefix_rft.core.config import ModelConfig
 
     cfg = ModelConfig(name_or_path="m", packing=packing, dtype=dtype, attn_implementation=attn)
-    assert trainer_mod.use_packing(cfg, torch.device(device)) is want
+    assert precision.use_packing(cfg, torch.device(device)) is want
 
 
 def test_fused_adamw_for_plain_parameters():
     cpu = [torch.nn.Parameter(torch.zeros(2))]
-    assert trainer_mod._fused_adamw(cpu)
-    assert not trainer_mod._fused_adamw([])
-    assert not trainer_mod._fused_adamw([torch.nn.Parameter(torch.zeros(2, device="meta"))])
-    opt, _ = trainer_mod.make_optimizer(cpu, trainer_mod.OptimConfig(), 1)
+    assert optim._fused_adamw(cpu)
+    assert not optim._fused_adamw([])
+    assert not optim._fused_adamw([torch.nn.Parameter(torch.zeros(2, device="meta"))])
+    opt, _ = optim.make_optimizer(cpu, OptimConfig(), 1)
     assert opt.param_groups[0].get("fused")
 
 
@@ -242,7 +246,7 @@ def test_compile_layers_wraps_every_decoder_layer():
     from prefix_rft.models import tiny_random_model
 
     m = tiny_random_model(64, hidden_size=16, num_layers=3, num_heads=2)
-    assert trainer_mod.compile_layers(m) == 3
+    assert precision.compile_layers(m) == 3
     assert all(layer._compiled_call_impl is not None for layer in m.model.layers)
     with pytest.raises(UserError, match="model.compile_layers"):
-        trainer_mod.compile_layers(torch.nn.Linear(2, 2))
+        precision.compile_layers(torch.nn.Linear(2, 2))

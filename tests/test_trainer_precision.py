@@ -98,15 +98,15 @@ def test_rollouts_follow_model_autocast_and_evaluation_does_not(smol_tokenizer, 
 ])
 def test_autocast_auto_follows_native_bf16(monkeypatch, setting, dtype, device, native, want):
     from prefix_rft.core.config import ModelConfig
-    from prefix_rft.train import trainer as trainer_mod
+    from prefix_rft.train import precision
 
-    monkeypatch.setattr(trainer_mod, "native_bf16", lambda d: native)
+    monkeypatch.setattr(precision, "native_bf16", lambda d: native)
     cfg = ModelConfig(name_or_path="m", autocast=setting, dtype=dtype)
-    assert trainer_mod.autocast_dtype(cfg, torch.device(device)) is want
+    assert precision.autocast_dtype(cfg, torch.device(device)) is want
 
 
 def test_native_bf16_reads_the_cpu_flags(monkeypatch):
-    from prefix_rft.train.trainer import native_bf16
+    from prefix_rft.train.precision import native_bf16
 
     for avx512_bf16, amx, want in [(True, False, True), (False, True, True), (False, False, False)]:
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)

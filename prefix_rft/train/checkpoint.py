@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -136,3 +137,29 @@ def load_checkpoint(path: str | Path, model) -> dict:
 
 def _is_tied(model, key: str) -> bool:
     return bool(getattr(model.config, "tie_word_embeddings", False)) and key.endswith("lm_head.weight")
+
+
+def load_optimizer_state(model, opt, state: dict) -> None:
+    """Load an optimizer state saved by a trainer: name-keyed (any number of GPUs) or
+    index-keyed (`opt.state_dict()`)."""
+    if all(isinstance(k, int) for k in state.get("state", {})) and state.get("state"):
+        opt.load_state_dict(state)
+    else:
+        D.load_full_optimizer_state(model, opt, state)
+
+
+def rng_states() -> dict:
+    """The python, torch CPU and CUDA random states, to continue a run's draws exactly."""
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def restore_rng_states(rng: dict) -> None:
+    """Set the random states `rng_states` returned."""
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
