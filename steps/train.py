@@ -121,25 +121,8 @@ def train_epoch(cfg: FlowConfig, *, epoch: int, plan: dict, data_ref: dict, star
                 tracker.set_tags(run_id, {run_layout.resumed_from_tag(epoch): previous.uri})
 
         committed: list[CheckpointRef] = []
-
-        def commit(local: Path, end_of_epoch: bool) -> None:
-            """The flow's checkpoint hook: rank 0 commits `local` to the store and prunes."""
-            if main:
-                ref = store.commit(local, f"{ctx.run_id}/{local.name}", step=trainer.train_steps,
-                                   epoch=epoch, config_hash=cfg.config_hash(), meta={
-                                       "kind": "checkpoint", "end_of_epoch": end_of_epoch,
-                                       "start_id": start_id, "run_id": ctx.run_id,
-                                       "task_id": ctx.task_id, "phase": trainer.state.phase,
-                                       "global_step": trainer.state.global_step,
-                                       "sft_step": trainer.state.sft_step, "method": cfg.method})
-                shutil.rmtree(local, ignore_errors=True)
-                if cfg.keep_last > 0:
-                    store.prune(cfg.keep_last, prefix=ctx.run_id, where=lambda r: (
-                        r.meta.get("kind") == "checkpoint" and not r.meta.get("end_of_epoch")))
-                log.info("epoch %d: checkpoint %s", epoch, ref.uri)
-                committed.append(ref)
-            if not end_of_epoch:
-                injected_failure(epoch, trainer.train_steps)
+        commit = _commit_hook(cfg, store, trainer, ctx, epoch=epoch, start_id=start_id, main=main,
+                              committed=committed)
 
         monitor = (tracker.system_metrics(run_id, cfg.tracking.system_metrics) if tracker
                    else contextlib.nullcontext())
@@ -159,6 +142,32 @@ def train_epoch(cfg: FlowConfig, *, epoch: int, plan: dict, data_ref: dict, star
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
+
+def _commit_hook(cfg: FlowConfig, store, trainer, ctx: RunContext, *, epoch: int, start_id: str,
+                 main: bool, committed: list[CheckpointRef]):
+    """The flow's `on_checkpoint`: rank 0 commits each checkpoint the trainer writes to the
+    store (appending its ref to `committed`), removes the local copy and prunes older in-epoch
+    ones; every rank then passes the test failure-injection point."""
+
+    def commit(local: Path, end_of_epoch: bool) -> None:
+        if main:
+            ref = store.commit(local, f"{ctx.run_id}/{local.name}", step=trainer.train_steps,
+                               epoch=epoch, config_hash=cfg.config_hash(), meta={
+                                   "kind": "checkpoint", "end_of_epoch": end_of_epoch,
+                                   "start_id": start_id, "run_id": ctx.run_id,
+                                   "task_id": ctx.task_id, "phase": trainer.state.phase,
+                                   "global_step": trainer.state.global_step,
+                                   "sft_step": trainer.state.sft_step, "method": cfg.method})
+            shutil.rmtree(local, ignore_errors=True)
+            if cfg.keep_last > 0:
+                store.prune(cfg.keep_last, prefix=ctx.run_id, where=lambda r: (
+                    r.meta.get("kind") == "checkpoint" and not r.meta.get("end_of_epoch")))
+            log.info("epoch %d: checkpoint %s", epoch, ref.uri)
+            committed.append(ref)
+        if not end_of_epoch:
+            injected_failure(epoch, trainer.train_steps)
+
+    return commit
 
 
 def _launch(nproc: int, cfg: FlowConfig, *, ctx: RunContext, **kw) -> dict:
