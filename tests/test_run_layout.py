@@ -5,6 +5,7 @@ layout's names, so a name changed on one side only fails here."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -125,3 +126,18 @@ def test_child_runs_round_trip(written):
         value = next(r["value"] for r in s["results"] if r["epoch"] == epoch)
         got = res.per_problem["heldout"].values()
         assert sum(got) / len(got) == pytest.approx(value)
+
+
+def test_trainer_writes_every_curve_the_readers_plot(smol_tokenizer):
+    """The writer side of the training curves: one Prefix-RFT step of the tiny model records
+    every metric `run_layout.TRAINING_CURVES` names (report and notebook plot them by name)."""
+    from tests.test_trainer import _cfg, _trainer
+
+    tr = _trainer(_cfg(rl={"steps": 1}), smol_tokenizer)
+    try:
+        metrics = tr.rl_step()
+    finally:
+        tr.close()
+    missing = [name for name in L.TRAINING_CURVES if name not in metrics]
+    assert missing == []
+    assert all(math.isfinite(metrics[name]) for name in L.TRAINING_CURVES)
