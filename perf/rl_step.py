@@ -121,14 +121,14 @@ def resolve_model(model: str) -> str:
     """`tiny` stays; a .gguf file is converted once to `<its dir>/<stem>-hf`; else as given."""
     if model == "tiny" or not model.endswith(".gguf"):
         return model
-    from prefix_rft import models
+    from prefix_rft import builtin_models
 
     gguf = Path(model).expanduser().absolute()  # not resolve(): a symlink keeps its own dir
     out = gguf.parent / f"{gguf.stem}-hf"
     if not (out / "config.json").is_file():
         t = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=gguf.parent))
-        models._convert_gguf_to_hf(gguf, tmp)
+        builtin_models._convert_gguf_to_hf(gguf, tmp)
         os.replace(tmp, out)  # a killed conversion never leaves a half-written `out`
         print(f"converted {gguf} -> {out} in {time.perf_counter() - t:.1f} s", flush=True)
     return str(out)

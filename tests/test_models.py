@@ -9,16 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefix_rft import models
+from prefix_rft import builtin_models
+from prefix_rft.builtin_models import SMOLLM2, ensure_builtin, smollm2_gguf_path
 from prefix_rft.errors import UserError
 from prefix_rft.models import (
-    SMOLLM2,
-    ensure_smollm2_hf,
     load_policy,
     load_tokenizer,
     qwen2_5_math_1_5b_config,
     resolve_model_path,
-    smollm2_gguf_path,
     tiny_random_model,
 )
 
@@ -69,8 +67,8 @@ def test_second_call_does_not_reconvert(smollm2_dir, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("reconverted")
 
-    monkeypatch.setattr(models, "_convert_gguf_to_hf", boom)
-    assert ensure_smollm2_hf(smollm2_dir.parent) == smollm2_dir
+    monkeypatch.setattr(builtin_models, "_convert_gguf_to_hf", boom)
+    assert ensure_builtin(SMOLLM2, smollm2_dir.parent) == smollm2_dir
     after = (marker.stat().st_mtime_ns, (smollm2_dir / "model.safetensors").stat().st_mtime_ns)
     assert after == before
 
@@ -93,17 +91,17 @@ def test_conversion_atomic_on_interrupt(tmp_path, monkeypatch):
         (out / "config.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(models, "_convert_gguf_to_hf", interrupted)
+    monkeypatch.setattr(builtin_models, "_convert_gguf_to_hf", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        ensure_smollm2_hf(tmp_path)
+        ensure_builtin(SMOLLM2, tmp_path)
     assert not (tmp_path / SMOLLM2).exists()
     assert list(tmp_path.iterdir()) == []  # temp dir cleaned up
 
     calls: list = []
-    monkeypatch.setattr(models, "_convert_gguf_to_hf", _fake_converter(calls))
-    target = ensure_smollm2_hf(tmp_path)
+    monkeypatch.setattr(builtin_models, "_convert_gguf_to_hf", _fake_converter(calls))
+    target = ensure_builtin(SMOLLM2, tmp_path)
     assert target == tmp_path / SMOLLM2 and (target / MARKER).is_file() and len(calls) == 1
-    ensure_smollm2_hf(tmp_path)
+    ensure_builtin(SMOLLM2, tmp_path)
     assert len(calls) == 1
 
 
@@ -117,8 +115,8 @@ def test_conversion_race_loser_uses_winner(tmp_path, monkeypatch):
         (target / "config.json").write_text('{"who": "winner"}')
         (target / MARKER).write_text("{}")
 
-    monkeypatch.setattr(models, "_convert_gguf_to_hf", slow_loser)
-    assert ensure_smollm2_hf(tmp_path) == target
+    monkeypatch.setattr(builtin_models, "_convert_gguf_to_hf", slow_loser)
+    assert ensure_builtin(SMOLLM2, tmp_path) == target
     assert json.loads((target / "config.json").read_text()) == {"who": "winner"}
     assert [p.name for p in tmp_path.iterdir()] == [SMOLLM2]  # loser's temp dir removed
 
@@ -129,15 +127,15 @@ def test_stale_temp_dirs_are_removed(tmp_path, monkeypatch):
     stale.mkdir()
     fresh.mkdir()
     os.utime(stale, (0, 0))
-    monkeypatch.setattr(models, "_convert_gguf_to_hf", _fake_converter([]))
-    ensure_smollm2_hf(tmp_path)
+    monkeypatch.setattr(builtin_models, "_convert_gguf_to_hf", _fake_converter([]))
+    ensure_builtin(SMOLLM2, tmp_path)
     assert not stale.exists() and fresh.exists()  # a recent one may be a live conversion
 
 
 def test_incomplete_target_is_a_user_error(tmp_path):
     (tmp_path / SMOLLM2).mkdir()
     with pytest.raises(UserError, match=SMOLLM2):
-        ensure_smollm2_hf(tmp_path)
+        ensure_builtin(SMOLLM2, tmp_path)
 
 
 @pytest.mark.slow
