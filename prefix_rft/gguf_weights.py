@@ -118,12 +118,12 @@ def gguf_config(path: Path, dtype: str):
         values.pop(key, None)
     values["tie_word_embeddings"] = "output.weight" not in names
     values["dtype"] = dtype
-    config = type(config).from_dict(values)
-    return config
+    return type(config).from_dict(values)
 
 
 def _expected_shapes(config) -> dict[str, tuple[int, ...]]:
-    """Parameter names and shapes of the model ``config`` describes (built on the meta device)."""
+    """Parameter names and shapes of the model ``config`` describes (built on the meta device);
+    records that model's class in ``config.architectures``."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
