@@ -121,8 +121,8 @@ t = time.time()
 for m in ("metaflow", "mlflow", "math_verify", "gguf", "torch", "transformers"):
     mod = importlib.import_module(m)
     print(f"{m} {getattr(mod, '__version__', '?')}", end="; ")
-from prefix_rft.models import ensure_smollm2_hf
-print(f"\nSmolLM2: {ensure_smollm2_hf()} ({time.time() - t:.0f} s with the imports)")
+from prefix_rft.builtin_models import SMOLLM2, ensure_builtin
+print(f"\nSmolLM2: {ensure_builtin(SMOLLM2)} ({time.time() - t:.0f} s with the imports)")
 # the MLflow tables and the configs' experiments, before lanes start flows at the same time
 import os, yaml
 from prefix_rft.io.tracking import Tracker

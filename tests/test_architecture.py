@@ -141,3 +141,32 @@ def test_every_library_module_is_in_the_graph():
     graph = import_graph(ROOT, ("prefix_rft",))
     assert {"prefix_rft.io.tracking", "prefix_rft.train.trainer", "prefix_rft.core.config"} <= set(graph)
     assert TRACKING_MODULE in {src for src, dst in graph.edges if dst == "mlflow"}
+
+
+def _imported_names(root: Path, folders: tuple[str, ...]):
+    """(file, line, module, name) for every `from prefix_rft... import name` / `from steps...`,
+    lazy ones included, in the repository's Python files."""
+    for folder in folders:
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if isinstance(node, ast.ImportFrom) and not node.level and node.module \
+                        and node.module.split(".")[0] in ("prefix_rft", "steps"):
+                    for alias in node.names:
+                        yield path.relative_to(root), node.lineno, node.module, alias.name
+
+
+def test_every_imported_name_exists():
+    """A moved or renamed function leaves no import behind, not even one inside a function that
+    only runs on a GPU machine or in a rarely used path."""
+    import importlib
+    import importlib.util
+
+    missing = []
+    for rel, line, module, name in _imported_names(ROOT, ("prefix_rft", "steps", "flows", "tests",
+                                                          "perf", "studies", "notebooks", "infra")):
+        mod = importlib.import_module(module)
+        is_package = hasattr(mod, "__path__")
+        if not hasattr(mod, name) and not (
+                is_package and importlib.util.find_spec(f"{module}.{name}") is not None):
+            missing.append(f"{rel}:{line}: from {module} import {name}")
+    assert missing == []

@@ -20,7 +20,7 @@ export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TQDM_DISABLE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 export PREFIX_RFT_CACHE=/tmp/demo-sweep-cache
 [ -f /tmp/site/.prefix-rft-flow-installed ] || { echo "wheels not installed: stage .whl-flow/cNN with study.sh" >&2; exit 3; }
-python3 -c "from prefix_rft.models import ensure_smollm2_hf; print(ensure_smollm2_hf())" || exit 1
+python3 -c "from prefix_rft.builtin_models import SMOLLM2, ensure_builtin; print(ensure_builtin(SMOLLM2))" || exit 1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 mkdir -p "$OUT/sweep"
 timeout "${SWEEP_DEADLINE_S:-540}" python3 perf/demo_sweep.py --code "${SWEEP_CODE:-$ROOT}" --out "/tmp/demo-sweep${SWEEP_TAG:-}" \

