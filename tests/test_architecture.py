@@ -38,7 +38,8 @@ def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
 
 
 def imports_of(path: Path, root: Path, known: set[str]) -> set[str]:
-    """Every module `path` imports; `from pkg import name` counts as `pkg.name` when that is a module."""
+    """Every module `path` imports; `from pkg import name` counts as `pkg.name` when that is a
+    module (pkg itself then runs as its parent), else as `pkg`."""
     module = module_name(path, root)
     out: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
@@ -46,8 +47,8 @@ def imports_of(path: Path, root: Path, known: set[str]) -> set[str]:
             out.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             target = _absolute(node, module, path.name == "__init__.py")
-            out.add(target)
-            out.update(f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in known)
+            for a in node.names:  # a submodule, or a name the package's __init__ defines
+                out.add(f"{target}.{a.name}" if f"{target}.{a.name}" in known else target)
     return out
 
 
@@ -65,7 +66,11 @@ def import_graph(root: Path, packages: tuple[str, ...]) -> nx.DiGraph:
         graph.add_node(src, path=str(path.relative_to(root)))
         for target in imports_of(path, root, known):
             for name in _with_parents(target):
-                if name != src and not src.startswith(name + "."):
+                # a package's own ancestors are already imported when it runs: only an explicit
+                # import of one (`from prefix_rft.data import x` inside prefix_rft.data.problem)
+                # is an edge
+                implicit_ancestor = name != target and src.startswith(name + ".")
+                if name != src and not implicit_ancestor:
                     graph.add_edge(src, name)
     return graph
 
@@ -117,6 +122,17 @@ def test_checker_finds_planted_violations(tmp_path):
         "steps.train imports flows.prefix_rft_flow (steps run without the flow)",
         "import cycle: prefix_rft.a <-> prefix_rft.b",
     ]
+
+
+def test_import_of_the_own_package_counts(tmp_path):
+    _plant(tmp_path, {
+        "prefix_rft/__init__.py": "",
+        "prefix_rft/data/__init__.py": "from prefix_rft.data.problem import Problem\n",
+        "prefix_rft/data/problem.py": "def f():\n    from prefix_rft.data import read\n",
+        "prefix_rft/data/other.py": "from prefix_rft.data import readers  # a submodule: no cycle\n",
+        "prefix_rft/data/readers.py": "",
+    })
+    assert violations(tmp_path) == ["import cycle: prefix_rft.data <-> prefix_rft.data.problem"]
 
 
 def test_package_import_counts_its_parents(tmp_path):

@@ -88,14 +88,10 @@ def test_save_then_load_round_trips(tmp_path, suffix):
 def test_problem_record_module_imports_no_reader():
     """The record sits below every reader: `problem.py` imports nothing of `prefix_rft.data`
     (not even inside a function), so problem <-> readers cannot form an import cycle."""
-    import ast
+    from tests.test_architecture import ROOT, import_graph
 
-    import prefix_rft.data.problem as problem_module
-
-    tree = ast.parse(Path(problem_module.__file__).read_text())
-    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
-    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-    assert not [m for m in imported if m.startswith("prefix_rft.data")]
+    imported = set(import_graph(ROOT, ("prefix_rft",)).successors("prefix_rft.data.problem"))
+    assert imported and not [m for m in imported if m.startswith("prefix_rft.data")]
 
 
 def test_save_rejects_unknown_extension(tmp_path):

@@ -3,10 +3,8 @@ accumulation, the prefix round trip in token-id space, and bit-exact resume."""
 
 from __future__ import annotations
 
-import ast
 import json
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -213,16 +211,10 @@ def test_fit_writes_checkpoints_by_one_save_policy(smol_tokenizer, tmp_path):
 
 
 def test_checkpoint_format_imports_nothing_from_the_trainer():
-    import prefix_rft.train.checkpoint as C
+    from tests.test_architecture import ROOT, import_graph
 
-    tree = ast.parse(Path(C.__file__).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imported |= {node.module or ""} | {f"{node.module}.{a.name}" for a in node.names}
-    assert not any(m.startswith("prefix_rft.train.trainer") for m in imported), imported
+    imported = set(import_graph(ROOT, ("prefix_rft",)).successors("prefix_rft.train.checkpoint"))
+    assert imported and not any(m.startswith("prefix_rft.train.trainer") for m in imported), imported
 
 
 def test_luffy_full_demo_member_is_not_generated(smol_tokenizer):
