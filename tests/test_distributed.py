@@ -208,3 +208,62 @@ def test_a_two_process_checkpoint_resumes_in_one_process(two_runs, tmp_path):
     assert len(tr.opt.state) == len([p for p in tr.model.parameters() if p.requires_grad])
     assert all(int(s["step"]) == 1 for s in tr.opt.state.values())
     tr.close()
+
+
+# ============================================================================ weight-synced engines
+def _full_sums(model) -> dict[str, float]:
+    from prefix_rft.rollout.engines.weight_sync import policy_weights
+
+    return {n: float(t.double().sum()) for n, t in policy_weights(model)}  # collective
+
+
+def _copy_engine_worker(rank: int, size: int, init: str, out_dir: str, model_dir: str) -> None:
+    """One RL step with a weight-synced engine (tests/copy_engine.py) on `size` gloo ranks."""
+    from prefix_rft.models import load_tokenizer
+    from tests.copy_engine import COPY, copy_engine
+    from tests.test_trainer import _cfg, _trainer
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=size)
+    try:
+        with copy_engine() as built:
+            cfg = _cfg(rollout={"engine": COPY}, rl={"steps": 1, "optim": {"warmup_ratio": 0.0}})
+            tr = _trainer(cfg, load_tokenizer(model_dir))
+            before = _full_sums(tr.model)
+            m = tr.rl_step()
+            after = _full_sums(tr.model)
+            (engine,) = built
+            numbers = {k: v for k, v in m.items() if isinstance(v, (int, float))
+                       and not k.startswith(("time/", "tokens/per_second"))}
+            torch.save({"pushes": engine.pushes, "released": engine.released, "before": before,
+                        "after": after, "metrics": numbers}, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _copy_engine_run(tmp_path: Path, size: int, model_dir: Path) -> list[dict]:
+    out = tmp_path / f"world{size}"
+    out.mkdir()
+    init = f"file://{out / 'rendezvous'}"
+    mp.spawn(_copy_engine_worker, args=(size, init, str(out), str(model_dir)), nprocs=size,
+             join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(size)]
+
+
+def test_weight_synced_engine_on_two_processes_equals_one(tmp_path, smollm2_dir):
+    """Under FSDP2 every rank's engine receives the whole, current policy before its rollouts
+    (nothing sharded, nothing stale), and the step equals the single-process step."""
+    (one,) = _copy_engine_run(tmp_path, 1, smollm2_dir)
+    two = _copy_engine_run(tmp_path, 2, smollm2_dir)
+    for r in (one, *two):
+        (push,) = r["pushes"]
+        assert r["released"] == 1
+        assert push.keys() == r["before"].keys()
+        assert all(push[k] == pytest.approx(r["before"][k], rel=1e-6, abs=1e-9) for k in push)
+    assert two[0]["before"] == two[1]["before"] == pytest.approx(one["before"])
+    for k, v in one["after"].items():  # same update (float rounding of split sums aside)
+        assert two[0]["after"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    m1, m2 = one["metrics"], two[0]["metrics"]
+    assert m2 == two[1]["metrics"]
+    for k in ("reward/mean", "loss", "rollout/logprob_gap_tokens", "grad_norm"):
+        assert m2[k] == pytest.approx(m1[k], rel=1e-5, abs=1e-7), k
+    assert m1["rollout/logprob_gap_mean"] < 1e-4 and m2["rollout/logprob_gap_mean"] < 1e-4

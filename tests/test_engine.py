@@ -173,11 +173,16 @@ def test_registered_engine_trains_one_step(fixed_answer_engine, smol_tokenizer):
 def test_rollout_engine_is_validated_against_the_registry(fixed_answer_engine):
     assert _cfg(rollout={"engine": DUMMY}).rollout.engine == DUMMY
     assert _cfg().rollout.engine == "auto"
-    with pytest.raises(UserError, match="key 'rollout.engine': 'vllm' rollouts in training are "
-                                        "not supported yet"):
-        _cfg(rollout={"engine": "vllm"})
+    assert _cfg(rollout={"engine": "vllm"}).rollout.engine == "vllm"
+    register_engine("eval-only-test", trains=False)(FixedAnswerEngine)
+    try:
+        with pytest.raises(UserError, match="key 'rollout.engine': 'eval-only-test' rollouts in "
+                                            "training are not supported yet"):
+            _cfg(rollout={"engine": "eval-only-test"})
+    finally:
+        unregister_engine("eval-only-test")
     with pytest.raises(UserError, match="key 'rollout.engine': 'tpu' is not an engine that can "
-                                        f"train; expected auto, hf or {DUMMY}"):
+                                        f"train; expected auto, hf, vllm or {DUMMY}"):
         _cfg(rollout={"engine": "tpu"})
 
 
@@ -186,7 +191,7 @@ def test_unregistered_engine_is_rejected():
     with pytest.raises(UserError, match=f"key 'rollout.engine': '{DUMMY}' is not an engine"):
         _cfg(rollout={"engine": DUMMY})
     assert engine_names() == ["auto", "hf", "vllm"]
-    assert engine_names(training=True) == ["auto", "hf"]
+    assert engine_names(training=True) == ["auto", "hf", "vllm"]
 
 
 def test_registering_a_name_twice_fails(fixed_answer_engine):

@@ -633,3 +633,27 @@ def test_rule_constants_are_distinct():
     rules = [L.RULE_NONE, L.RULE_PPO, L.RULE_PPO_NOCLIP, L.RULE_SHAPED, L.RULE_NLL]
     assert len(set(rules)) == 5
     assert set(L.PG_RULES) == {L.RULE_PPO, L.RULE_PPO_NOCLIP, L.RULE_SHAPED}
+
+
+# ---------------------------------------------------------------------------- rollout engine vs trainer
+def test_rollout_is_weights_hand_values():
+    # pi_old / pi_rollout = 0.5/0.25 = 2 -> capped at 1.5; 0.3/0.6 = 0.5; 0.2/0.2 = 1; masked -> 1
+    old = torch.log(torch.tensor([0.5, 0.3, 0.2, 0.9]))
+    rollout = torch.log(torch.tensor([0.25, 0.6, 0.2, 0.1]))
+    mask = torch.tensor([True, True, True, False])
+    w = L.rollout_is_weights(old, rollout, mask, cap=1.5)
+    assert torch.allclose(w, torch.tensor([1.5, 0.5, 1.0, 1.0]), atol=1e-6)
+    old.requires_grad_(True)
+    assert not L.rollout_is_weights(old, rollout, mask, cap=2.0).requires_grad  # a weight, not a path
+
+
+def test_logprob_gap_hand_values():
+    trainer = torch.tensor([[-0.1, -2.0, -0.7], [-1.0, -0.2, 0.0]])
+    rollout = torch.tensor([[-0.3, -1.2, -0.7], [-1.6, -0.2, -9.0]])
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    # |d| over the mask: 0.2, 0.8, 0.0, 0.6 -> sum 1.6, max 0.8, two above 0.5, four tokens
+    g = L.logprob_gap(trainer, rollout, mask)
+    assert g["count"] == 4 and g["over"] == 2
+    assert g["sum"] == pytest.approx(1.6) and g["max"] == pytest.approx(0.8)
+    assert L.logprob_gap(trainer, rollout, torch.zeros_like(mask)) == {
+        "sum": 0.0, "max": 0.0, "over": 0, "count": 0}

@@ -160,6 +160,30 @@ class ScheduleConfig:
 
 
 @dataclass
+class VLLMRolloutConfig:
+    gpu_memory_utilization: float = option(
+        0.3,
+        "Fraction of the GPU's memory vLLM may hold while it generates rollouts (its weights, "
+        "activations and KV cache); the policy, its gradients and optimizer state live beside "
+        "it. At 1.5B parameters 0.3 of an 80 GB card leaves ~18 GB of KV cache (~600k tokens).",
+    )
+    sleep_level: int = option(
+        2,
+        "What vLLM gives back between rollout phases, for the update: 0 = nothing (fastest, "
+        "memory held); 1 = KV cache freed, weights offloaded to CPU memory; 2 = KV cache and "
+        "weights freed (the next weight push refills them).",
+    )
+    enforce_eager: bool = option(
+        False, "Decode without CUDA graphs: a quicker start-up, slower decoding."
+    )
+    max_model_len: int | None = option(
+        None,
+        "Longest prompt + response vLLM plans for; null = the model's context length "
+        "(max_position_embeddings). Lower it to leave more of the KV cache to many short rows.",
+    )
+
+
+@dataclass
 class RolloutConfig:
     num_prompts: int = option(128, "Prompts P per rollout batch (paper/LUFFY: 128).")
     group_size: int = option(8, "Trajectories G per prompt, every member kind included (paper: 8).")
@@ -184,10 +208,20 @@ class RolloutConfig:
     max_batch_size: int = option(256, "Rows generated together by the engine.")
     engine: str = option(
         "auto",
-        "Generation engine of the rollouts, by its name in prefix_rft.rollout.engines.factory: hf, or auto "
-        "(= hf: the trainer generates from its in-memory policy). vLLM rollouts are not supported "
-        "in training yet.",
+        "Generation engine of the rollouts, by its name in prefix_rft.rollout.engines.factory: hf "
+        "(transformers, generates from the policy itself), vllm (vLLM colocated in the training "
+        "process on the same GPU, the policy's weights pushed into it before every rollout "
+        "phase; needs a CUDA GPU and a model directory), or auto (= vllm when vLLM is installed, "
+        "the policy is on a CUDA GPU, loaded from a directory, in one process; else hf).",
     )
+    logprob_gap: Literal["auto", "on", "off"] = option(
+        "auto",
+        "Measure every RL step how far the rollout engine's log-probs of the sampled tokens are "
+        "from the trainer's (metrics rollout/logprob_gap_mean, _max, _frac_gt_0.5). auto = on "
+        "for engines with their own copy of the weights (vllm), off for hf (same weights; its "
+        "plain generate path would have to keep every step's logits).",
+    )
+    vllm: VLLMRolloutConfig = section(VLLMRolloutConfig, "vLLM rollouts (rollout.engine vllm).")
     prefix_schedule: ScheduleConfig = section(ScheduleConfig, "Prefix-ratio schedule.")
 
 
@@ -211,6 +245,16 @@ class LossConfig:
         "advantage-free NLL times demo_nll_coef (RL+SFT loss, UFT); none = not trained.",
     )
     clip_demo_tokens: bool = option(True, "Apply the PPO clip to demo tokens too (paper Eq. 3).")
+    rollout_correction: Literal["off", "tis"] = option(
+        "off",
+        "Correct for the rollout engine's sampling distribution differing from the trainer's "
+        "(vLLM kernels, bf16): tis = truncated importance sampling, each generated token's PPO "
+        "term weighted by min(pi_old / pi_rollout, rollout_correction_cap) with pi_old the "
+        "trainer's probability at rollout time (needs rollout.logprob_gap not off).",
+    )
+    rollout_correction_cap: float = option(
+        2.0, "Cap C of the truncated importance weight (loss.rollout_correction: tis); >= 1."
+    )
     demo_nll_coef: float = option(0.1, "Coefficient of the demo NLL term when demo_rule=nll.")
     shaping_gamma: float = option(0.1, "LUFFY policy shaping gamma.")
     entropy_selection: Literal["top", "bottom", "random", "all"] = option(
@@ -344,6 +388,22 @@ class Config:
             bad("rollout.group_size", "must be >= 1")
         if (problem := training_engine_problem(r.engine)) is not None:
             bad("rollout.engine", problem)
+        v = r.vllm
+        if not 0.0 < v.gpu_memory_utilization < 1.0:
+            bad("rollout.vllm.gpu_memory_utilization",
+                f"must be in (0, 1), got {v.gpu_memory_utilization}")
+        if v.sleep_level not in (0, 1, 2):
+            bad("rollout.vllm.sleep_level", f"must be 0, 1 or 2, got {v.sleep_level}")
+        if v.max_model_len is not None and v.max_model_len <= r.max_response_len:
+            bad("rollout.vllm.max_model_len", f"must exceed rollout.max_response_len "
+                f"({r.max_response_len}), got {v.max_model_len}")
+        if self.loss.rollout_correction != "off":
+            if r.logprob_gap == "off":
+                bad("loss.rollout_correction", f"{self.loss.rollout_correction} needs the "
+                    "rollout engine's log-probs: set rollout.logprob_gap to auto or on")
+            if not self.loss.rollout_correction_cap >= 1.0:
+                bad("loss.rollout_correction_cap",
+                    f"must be >= 1, got {self.loss.rollout_correction_cap}")
         if r.n_prefixed < 0 or r.n_full_demo < 0 or r.n_prefixed + r.n_full_demo > r.group_size:
             bad("rollout.n_prefixed", "n_prefixed + n_full_demo must be between 0 and group_size")
         s = r.prefix_schedule

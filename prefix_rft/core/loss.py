@@ -104,6 +104,31 @@ def token_losses(
     return out, low & is_ppo, high & is_ppo
 
 
+# ---------------------------------------------------------------------------- rollout engine vs trainer
+def rollout_is_weights(old_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor,
+                       cap: float) -> torch.Tensor:
+    """Truncated importance weights of tokens sampled by a rollout engine whose distribution
+    differs from the trainer's: w = min(pi_old / pi_rollout, cap) = min(exp(old - rollout), cap)
+    where `mask` is set (tokens the engine sampled, with a log-prob), 1 elsewhere. Detached: the
+    weight rescales a token's PPO term, it is not differentiated.
+
+    With it the PPO term of a generated token is  w * -min(r A, clip(r) A),  r = pi / pi_old:
+    the policy gradient the trainer's pi_old would have given, estimated from samples of the
+    engine's pi_rollout, with the weight capped so that a token the engine found far likelier
+    than the trainer cannot dominate the batch (truncated importance sampling)."""
+    ratio = torch.exp((old_logp - rollout_logp).detach().float()).clamp(max=cap)
+    return torch.where(mask, ratio, torch.ones_like(ratio))
+
+
+def logprob_gap(trainer_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor,
+                threshold: float = 0.5) -> dict:
+    """|trainer log-prob - rollout log-prob| over the `mask`ed tokens as sums that add up over
+    micro-batches and ranks: {"sum", "max", "over" (tokens above `threshold`), "count"}."""
+    d = (trainer_logp.detach().float() - rollout_logp.float()).abs()[mask]
+    return {"sum": float(d.sum()), "max": float(d.max()) if d.numel() else 0.0,
+            "over": int((d > threshold).sum()), "count": int(d.numel())}
+
+
 # ---------------------------------------------------------------------------- entropy selection
 def select_by_entropy(
     entropy: torch.Tensor,

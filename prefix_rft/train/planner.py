@@ -51,6 +51,9 @@ class Trajectory:
     entropy: torch.Tensor | None = None
     keep: torch.Tensor | None = None
     norm: torch.Tensor | None = None
+    # log-probs the rollout engine gave its sampled tokens (NaN at demo-prefix positions); None
+    # when the engine was not asked for them
+    rollout_logp: torch.Tensor | None = None
 
     @property
     def demo_mask(self) -> torch.Tensor:
@@ -226,7 +229,11 @@ def assemble(plan: RolloutPlan, outputs: Sequence, ids: TokenIds) -> list[Trajec
     full demos, in group order."""
     trajs = list(plan.demos)
     for (g, i, kind, prefix, ratio), (out,) in zip(plan.owners, outputs):
-        trajs.append(Trajectory(g, i, kind, ids.prompt(i), prefix + out.token_ids, len(prefix),
-                                True, out.finish_reason, ratio))
+        t = Trajectory(g, i, kind, ids.prompt(i), prefix + out.token_ids, len(prefix),
+                       True, out.finish_reason, ratio)
+        if out.logprobs is not None:
+            t.rollout_logp = torch.cat([torch.full((len(prefix),), float("nan")),
+                                        torch.tensor(out.logprobs, dtype=torch.float32)])
+        trajs.append(t)
     trajs.sort(key=group_order)
     return trajs

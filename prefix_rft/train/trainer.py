@@ -31,8 +31,9 @@ import torch
 from prefix_rft.core.config import Config, check_world
 from prefix_rft.data.problem import Problem
 from prefix_rft.errors import UserError
-from prefix_rft.rollout.engines.base import SamplingParams
+from prefix_rft.rollout.engines.base import SamplingParams, needs_weight_sync
 from prefix_rft.rollout.engines.factory import EngineSpec, make_engine
+from prefix_rft.rollout.engines.weight_sync import policy_weights
 from prefix_rft.train import distributed as D
 from prefix_rft.train import grading, phases
 from prefix_rft.train import planner as P
@@ -74,6 +75,12 @@ def _duration(seconds: float) -> str:
         return f"{s // 60}m {s % 60:02d}s"
     return f"{s // 3600}h {s % 3600 // 60:02d}m"
 
+
+
+def _engine_dtype(model_dtype: str) -> str:
+    """The dtype an engine with its own weights decodes in: the policy's, float32 master
+    weights (trained under bfloat16 autocast or not) as bfloat16."""
+    return "bfloat16" if model_dtype == "float32" else model_dtype
 
 
 class Trainer:
@@ -179,13 +186,40 @@ class Trainer:
     def _build_engine(self):
         """The rollout engine (`rollout.engine`) over this trainer's model.
         The compiled static-cache path captures weight addresses; FSDP2 re-gathers weights into
-        new buffers for every rollout phase, so data-parallel runs decode the plain way."""
-        cfg = self.cfg
+        new buffers for every rollout phase, so data-parallel runs decode the plain way. vLLM
+        starts from the model directory (config, tokenizer) and then takes the policy's
+        weights from the trainer (`_sync_engine`)."""
+        from prefix_rft import models
+
+        cfg, v = self.cfg, self.cfg.rollout.vllm
         decoding = cfg.model.decoding if self.world_size == 1 else "generate"
-        engine, _ = make_engine(cfg.rollout.engine, EngineSpec(
-            self.tokenizer, model=self.model, max_batch_size=cfg.rollout.max_batch_size,
-            decoding=decoding), key="rollout.engine")
+        model_dir = None if cfg.model.random_init else models.resolve_model_path(cfg.model.name_or_path)
+        engine, name = make_engine(cfg.rollout.engine, EngineSpec(
+            self.tokenizer, model=self.model, model_dir=model_dir,
+            dtype=_engine_dtype(cfg.model.dtype), device=str(self.device),
+            max_batch_size=cfg.rollout.max_batch_size, seed=cfg.seed, decoding=decoding,
+            gpu_memory_utilization=v.gpu_memory_utilization, max_model_len=v.max_model_len,
+            sleep_level=v.sleep_level, enforce_eager=v.enforce_eager,
+            world_size=self.world_size), key="rollout.engine")
+        if cfg.rollout.engine == "auto":
+            log.info("rollout.engine auto: %s", name)
+        gap = cfg.rollout.logprob_gap
+        self.rollout_logprobs = gap == "on" or (gap == "auto" and (
+            needs_weight_sync(engine) or cfg.loss.rollout_correction != "off"))
         return engine
+
+    def _sync_engine(self) -> float:
+        """Push the policy's weights into an engine that keeps its own copy (every rank, inside
+        `D.unsharded`: whole tensors, nothing communicated); the seconds it took (0 if none)."""
+        if not needs_weight_sync(self.engine):
+            return 0.0
+        t0 = time.perf_counter()
+        self.engine.load_weights(policy_weights(self.model))
+        return time.perf_counter() - t0
+
+    def _release_engine(self) -> None:
+        if needs_weight_sync(self.engine):
+            self.engine.release()
 
     @property
     def grader(self):
@@ -359,10 +393,18 @@ class Trainer:
         c, step = self.cfg, self.state.global_step
         plan = P.plan_rollouts(c, step, indices, self.ids,
                                lambda i: len(self.train_set[i].demonstrations))
-        sampling = SamplingParams(c.rollout.temperature, c.rollout.top_p, seed=c.seed * 7919 + step)
+        sampling = SamplingParams(c.rollout.temperature, c.rollout.top_p, seed=c.seed * 7919 + step,
+                                  return_logprobs=self.rollout_logprobs)
         with D.unsharded(self.model), autocast_context(self.device, self.autocast):
-            outs = self.engine.generate(plan.requests, 1, sampling) if plan.requests else []
-        return P.assemble(plan, outs, self.ids), plan.info
+            sync = self._sync_engine()
+            try:
+                outs = self.engine.generate(plan.requests, 1, sampling) if plan.requests else []
+            finally:
+                self._release_engine()
+        info = dict(plan.info)
+        if needs_weight_sync(self.engine):
+            info["time/weight_sync"] = sync
+        return P.assemble(plan, outs, self.ids), info
 
     def grade(self, trajs: Sequence[Trajectory]) -> None:
         """Reward and status of each trajectory (`grading.grade`, `reward.truncated`)."""
@@ -442,7 +484,8 @@ class Trainer:
                           epochs=c.rl.ppo_epochs, opt=self.opt, sched=self.sched,
                           optim_cfg=c.rl.optim, nll_coef=c.loss.demo_nll_coef,
                           aggregation=c.loss.aggregation, temperature=c.rollout.temperature,
-                          seed_key=("rl", self.state.global_step))
+                          seed_key=("rl", self.state.global_step),
+                          measure_gap=self.rollout_logprobs)
         t4 = time.perf_counter()
         metrics.update(upd)
         if c.relift.enabled:
@@ -454,7 +497,8 @@ class Trainer:
         n_tokens = sum(len(t.response_ids) for t in trajs)
         metrics.update({
             "phase": "rl", "step": self.state.global_step,
-            "time/generation": t1 - t0, "time/reward": t2 - t1,
+            "time/generation": t1 - t0 - metrics.get("time/weight_sync", 0.0),
+            "time/reward": t2 - t1,
             "time/update": t4 - t3 - upd["time/old_logprobs"],
             "time/step": t5 - t0, "tokens/per_second": n_tokens / (t5 - t0),
             "tokens/total": sum(len(t.prompt_ids) + len(t.response_ids) for t in trajs),
@@ -482,10 +526,14 @@ class Trainer:
 
         problems = list(problems if problems is not None else self.test_set)[: self.cfg.eval.num_problems]
         with D.unsharded(self.model):  # every rank evaluates all problems (rank 0 records)
-            return evaluate_problems(
-                self.engine, self.tokenizer, problems, self.grader, self.cfg.eval,
-                think_tags=self.cfg.model.think_tags, seed=self.cfg.seed,
-            )
+            self._sync_engine()
+            try:
+                return evaluate_problems(
+                    self.engine, self.tokenizer, problems, self.grader, self.cfg.eval,
+                    think_tags=self.cfg.model.think_tags, seed=self.cfg.seed,
+                )
+            finally:
+                self._release_engine()
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

@@ -79,6 +79,32 @@ def prepare_minibatch(trajs: Sequence[Trajectory], generator: torch.Generator, a
     return metrics
 
 
+def _rollout_rows(ps, chunk: Sequence[Trajectory]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask of tokens the rollout engine sampled with a log-prob, those log-probs, 0 elsewhere)
+    in the layout of the pass `ps`."""
+    rows = [t.rollout_logp if t.rollout_logp is not None
+            else torch.full((len(t.response_ids),), float("nan")) for t in chunk]
+    sampled = ps.put([~torch.isnan(r) for r in rows], False, torch.bool)
+    values = ps.put([torch.nan_to_num(r, nan=0.0) for r in rows], 0.0, torch.float32)
+    return sampled, values
+
+
+def _add_gap(into: dict, part: dict) -> None:
+    for k, v in part.items():
+        into[k] = max(into.get(k, v), v) if k == "max" else into.get(k, 0) + v
+
+
+def gap_metrics(gap: dict) -> dict:
+    """The step's log-prob gap metrics from this rank's sums (collective under torchrun)."""
+    count = D.all_reduce_sum(gap.get("count", 0))
+    if not count:
+        return {}
+    return {"rollout/logprob_gap_mean": D.all_reduce_sum(gap["sum"]) / count,
+            "rollout/logprob_gap_max": max(D.gather_objects(gap["max"])),
+            "rollout/logprob_gap_frac_gt_0.5": D.all_reduce_sum(gap["over"]) / count,
+            "rollout/logprob_gap_tokens": count}
+
+
 def _summarise(agg: dict[str, list]) -> dict:
     """One update's metrics from its mini-batches': means, clip ratios over PPO tokens, the
     summed loss."""
@@ -138,11 +164,16 @@ class Updater:
 
     # ------------------------------------------------------------------ gradients
     def backward_minibatch(self, trajs: Sequence[Trajectory], micro: int, nll_coef: float,
-                           temperature: float, old_is_current: bool = False) -> dict:
+                           temperature: float, old_is_current: bool = False,
+                           gap: dict | None = None) -> dict:
         """Accumulate gradients of the mini-batch loss over micro-batches (exact).
         `old_is_current`: PPO-rule tokens take pi_old = the detached log-probs of this very pass
-        (on-policy update, `update`), not `old_logp`."""
+        (on-policy update, `update`), not `old_logp`. Tokens the rollout engine sampled with a
+        log-prob (`rollout_logp`) are compared with pi_old into `gap` (sums, `L.logprob_gap`)
+        when one is given, and weighted by `L.rollout_is_weights` under loss.rollout_correction
+        tis."""
         lc = self.loss_cfg
+        tis = lc.rollout_correction == "tis"
         total_loss, low, high, n_ppo = 0.0, 0, 0, 0
         prompts, responses = [t.prompt_ids for t in trajs], [t.response_ids for t in trajs]
         for s, ps in lp.passes(self.model, prompts, responses,
@@ -153,8 +184,8 @@ class Updater:
             keep = ps.put([t.keep for t in chunk], False, torch.bool)
             norm = ps.put([t.norm for t in chunk], 0.0, torch.float32)
             old = ps.put([t.old_logp for t in chunk], 0.0, torch.float32)
+            ppo_rule = (rule == L.RULE_PPO) | (rule == L.RULE_PPO_NOCLIP)
             if old_is_current:
-                ppo_rule = (rule == L.RULE_PPO) | (rule == L.RULE_PPO_NOCLIP)
                 old = torch.where(ppo_rule, logp.detach(), old)
             adv = ps.put([torch.full((len(t.response_ids),), t.advantage) for t in chunk], 0.0,
                          torch.float32)
@@ -162,6 +193,14 @@ class Updater:
                 logp, old, adv, rule, eps_low=lc.clip_eps_low, eps_high=lc.clip_eps_high,
                 gamma=lc.shaping_gamma, nll_coef=nll_coef,
             )
+            if gap is not None or tis:
+                sampled, rollout = _rollout_rows(ps, chunk)
+                sampled &= ppo_rule
+                if gap is not None:
+                    _add_gap(gap, L.logprob_gap(old, rollout, sampled))
+                if tis:
+                    tok = tok * L.rollout_is_weights(old, rollout, sampled,
+                                                     lc.rollout_correction_cap)
             loss = (tok * (norm * keep)).sum()
             loss.backward()
             total_loss += float(loss.detach())
@@ -202,7 +241,8 @@ class Updater:
 
     def update(self, trajs: list[Trajectory], *, micro: int, minibatches: int, epochs: int,
                opt, sched, optim_cfg: OptimConfig, nll_coef: float, aggregation: str,
-               temperature: float, seed_key: tuple, select: bool = True) -> tuple[dict, int]:
+               temperature: float, seed_key: tuple, select: bool = True,
+               measure_gap: bool = False) -> tuple[dict, int]:
         """Old log-probs (and entropy where it ranks tokens), then `epochs` x `minibatches`
         optimizer steps over mini-batches of whole groups; returns the metrics and the number of
         optimizer steps. Every trajectory has its `rule`. `trajs` is the whole batch on every
@@ -218,7 +258,10 @@ class Updater:
         the trajectories that hold ranked tokens (Prefix-RFT: the prefixed member of each group,
         1 of 8 rows). With several optimizer steps the later ones need the stale pi_old of the
         rollout policy: then every row is scored (with its entropies, where they rank tokens).
-        `time/old_logprobs` is the time of that no-grad pass (0 when none runs)."""
+        `time/old_logprobs` is the time of that no-grad pass (0 when none runs).
+        `measure_gap`: the rollout/logprob_gap_* metrics over the tokens the engine sampled
+        with log-probs (`gap_metrics`), measured in the first epoch, where every trajectory
+        passes once against its rollout-time pi_old."""
         scope = self.loss_cfg.entropy_scope
         need_entropy = select and self.loss_cfg.entropy_selection != "all" and any(
             bool(candidates(t, scope).any()) for t in trajs
@@ -234,6 +277,7 @@ class Updater:
         old_seconds = self._old_logprobs(own, need_entropy, needs_old and not old_is_current,
                                          micro, temperature)
         agg: dict[str, list] = {}
+        gap: dict = {}
         steps = 0
         for ep in range(epochs):
             for b, chunk in enumerate(split_minibatches(groups, minibatches)):
@@ -249,7 +293,7 @@ class Updater:
                 m = prepare_minibatch(batch, gen, aggregation, self.loss_cfg,
                                       self.max_response_len, select)
                 bw = self.backward_minibatch(batch_own, micro, nll_coef, temperature,
-                                             old_is_current)
+                                             old_is_current, gap if measure_gap and ep == 0 else None)
                 m.update({k: D.all_reduce_sum(v) for k, v in bw.items()})
                 m["grad_norm"] = self.optimizer_step(opt, sched, optim_cfg.grad_clip)
                 m["lr"] = sched.get_last_lr()[0]
@@ -258,6 +302,8 @@ class Updater:
                     agg.setdefault(k, []).append(v)
         out = _summarise(agg)
         out["time/old_logprobs"] = old_seconds
+        if measure_gap:
+            out.update(gap_metrics(gap))
         return out, steps
 
     def _gather_entropies(self, batch: list[Trajectory], batch_own: list[Trajectory],

@@ -8,9 +8,13 @@ engine may use (dtype, device, batch size, seed, decoding mode, vLLM memory sett
 
 Built-in names:
   hf    `prefix_rft.rollout.engines.hf.HFEngine` (any device; loads `model_dir` unless given `model`).
-  vllm  `prefix_rft.rollout.engines.vllm.VLLMEngine` (a CUDA GPU; loads `model_dir`; cannot train yet).
-  auto  a chooser, not an engine: vllm when the engine loads its own weights and vLLM is
-        installed with a GPU, else hf (so training, which shares its policy, always gets hf).
+  vllm  `prefix_rft.rollout.engines.vllm.VLLMEngine` (a CUDA GPU). Evaluation: loads
+        `model_dir`. Training (`model` given): colocated in the trainer's process, built from
+        `model_dir`'s config and tokenizer, its weights pushed from `model` before every rollout
+        phase (`WeightSyncedEngine`).
+  auto  a chooser, not an engine: vllm when vLLM is installed with a GPU and the engine has a
+        `model_dir` to start from and runs in one process (`world_size` 1), else hf. (Data-parallel
+        runs take vllm only when asked for by name.)
 
 A new engine is one module plus one registration, e.g.
 
@@ -47,6 +51,9 @@ class EngineSpec:
     decoding: str = "auto"  # the HF engine's `model.decoding` mode (auto, generate, graph, compiled)
     gpu_memory_utilization: float = 0.85
     max_model_len: int | None = None
+    sleep_level: int = 0  # vLLM in training: free its memory between rollout phases (1 or 2)
+    enforce_eager: bool = False  # vLLM: no CUDA graphs (quicker start, slower decode)
+    world_size: int = 1  # processes of the run (auto picks hf when > 1)
 
     def stop_ids(self) -> list[int]:
         """The token ids that end a response (the tokenizer's end-of-turn ids)."""
@@ -132,7 +139,9 @@ def make_engine(name: str, spec: EngineSpec, *, key: str = "engine") -> tuple[Ge
 def _choose_auto(spec: EngineSpec) -> str:
     from prefix_rft.rollout.engines import vllm
 
-    return "vllm" if spec.model is None and vllm.available() else "hf"
+    if spec.model_dir is None or spec.world_size > 1 or str(spec.device).startswith("cpu"):
+        return "hf"
+    return "vllm" if vllm.available() else "hf"
 
 
 register_chooser("auto", _choose_auto)
@@ -162,12 +171,17 @@ def _load_hf_model(spec: EngineSpec):
     return load_policy(spec.model_dir, dtype=dtype).to(dev).eval()
 
 
-@register_engine("vllm", trains=False)
+@register_engine("vllm")
 def _vllm(spec: EngineSpec) -> GenerationEngine:
     from prefix_rft.rollout.engines.vllm import VLLMEngine
 
     if spec.model_dir is None:
-        raise ValueError("engine 'vllm' loads its own weights: give EngineSpec.model_dir")
+        raise UserError("engine 'vllm' starts from a model directory (its config, tokenizer and, "
+                        "for evaluation, weights); a randomly initialised policy "
+                        "(model.random_init) has none: use the hf engine")
+    colocate = spec.model is not None
     return VLLMEngine(spec.model_dir, spec.stop_ids(), dtype=spec.dtype, seed=spec.seed,
                       gpu_memory_utilization=spec.gpu_memory_utilization,
-                      max_model_len=spec.max_model_len)
+                      max_model_len=spec.max_model_len, enforce_eager=spec.enforce_eager,
+                      colocate=colocate, sleep_level=spec.sleep_level if colocate else 0,
+                      max_num_seqs=spec.max_batch_size if colocate else None)
