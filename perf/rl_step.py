@@ -1,5 +1,6 @@
 """A whole RL step of every preset on a fixed workload, the time split by phase, next to TRL's
-GRPOTrainer on the identical workload in the same run (`--trl`).
+GRPOTrainer on the identical workload (`--trl`: plain HF generate, same process; `--trl-vllm`:
+vLLM colocated) and to standalone vLLM generating the same requests (`--vllm-ceiling`).
 
     # CPU smoke (tiny random model with SmolLM2's tokenizer, seconds per step)
     python perf/rl_step.py --model tiny --presets rft,prefix_rft --prompts 2 \
@@ -7,9 +8,43 @@ GRPOTrainer on the identical workload in the same run (`--trl`).
     # GPU: SmolLM2-135M-Instruct (HF dir, or the GGUF file, converted on first use), bf16
     python perf/rl_step.py --model /tmp/m/smol.gguf --presets rft --trl --steps 3 \
         --out $OUT/rl_step.json
+    # GPU, 1.5B on MATH-500, one row per process, then one table: perf/gpu/rl_step_15b.sh
+    python perf/rl_step.py --merge a.json b.json --out merged.json
 
-Workload (identical for every preset and for TRL): `--prompts` prompts x `--group` samples of
-"What is a + b?" (a, b in 10..99, 512 problems from a fixed seed) sent as prefix-rft sends every
+Rows and processes. A preset row is our trainer (`rollout.engine` from `--engine hf|vllm|auto`,
+default: the config's own; the row reports the engine class it got, `engine`). vLLM keeps its GPU
+memory until the process exits, so `--vllm-ceiling` and `--trl-vllm` each run alone in their
+process (the script refuses mixtures); `--merge` joins the JSON files of several processes into
+one table, after checking that they share the workload fingerprint (model as given, workload,
+problems, prompts, group, max_new_tokens, temperature), and names preset rows `preset [engine]`.
+  vllm_generate   `VLLMEngine(model dir).generate(requests, 1, sampling)` on exactly the requests
+      of each `--presets` preset's first timed step (global step `--warmup`): the trainer's data
+      order and `planner.plan_rollouts` for that step, replayed without a model (same prompt
+      and prefix ids, per-request max_new_tokens and seeds, T, top_p, stop ids). One untimed
+      warm-up call, then `--steps` timed calls (prefix cache reset before each); time/generation
+      and generation_tokens_per_s = tokens generated / time/generation. `first_timed_requests`
+      (a hash of the requests) equals the preset rows' when both timed the same work. Several
+      presets: rows `vllm_generate:<preset>`. `--vllm-mem`: gpu_memory_utilization (0.85).
+  trl_grpo_vllm   TRL's GRPOTrainer with use_vllm, vllm_mode colocate, `--trl-vllm-mem` (0.3)
+      and `--trl-vllm-sleep` (1); otherwise as the `--trl` row. TRL itself sets RANK, LOCAL_RANK,
+      WORLD_SIZE (0, 0, 1 in one process), MASTER_ADDR (localhost) and a free MASTER_PORT before
+      it builds its LLM, and vLLM turns its engine multiprocessing off for that launcher: a
+      plain `python3` process needs nothing more. Its generation timer is `vLLM.generate`, its
+      weight push `sync_weights` (time/weight_sync); with vLLM it computes the old log-probs
+      (for its importance-sampling correction, on by default) and logs
+      sampling/sampling_logp_difference/{mean,max} (|trainer - vLLM log-prob| over completion
+      tokens) and sampling/importance_sampling_ratio/{min,mean,max}, copied into the row
+      (median over timed steps; max of the max, min of the min).
+Engine metrics of a preset row, when the trainer reports them (vLLM rollouts; `--set` passes
+their settings, e.g. rollout.logprob_gap=on, rollout.vllm.gpu_memory_utilization=0.3,
+rollout.vllm.sleep_level=1): time/weight_sync, rollout/logprob_gap_mean and
+rollout/logprob_gap_frac_gt_0.5 (median over timed steps), rollout/logprob_gap_max (max).
+
+Workload (identical for every row): `--prompts` prompts x `--group` samples of problems from the
+`--workload` pool: arith (default), "What is a + b?" (a, b in 10..99, 512 problems from a fixed
+seed, one worked demo each); math500, the first `--problems` (default all 500) problems of the
+vendored MATH-500 file as the benchmark loader reads them, the file's solution as the one
+demonstration, graded by Math-Verify only (`--reward regex` is refused). Each is sent as prefix-rft sends every
 problem (one user turn: the problem + the paper's "Please reason step by step ... \\boxed{}"
 suffix, the model's chat template with its generation prompt; the script checks that TRL's
 tokenisation gives the same ids), at most `--max-new-tokens` new tokens, temperature 1.0,
@@ -18,9 +53,10 @@ answer is correct (`--reward math_verify`: prefix-rft's Math-Verify grader on bo
 `--reward regex`: TRL anchor script's regex on the last \\boxed{} on both sides). Loss: Dr.
 GRPO (advantage r - mean, no std, sum / (N x L_max)), one optimizer step per rollout batch
 (rl.num_minibatches=1, ppo_epochs=1; TRL: per_device_train_batch_size = prompts x group,
-gradient_accumulation_steps 1, num_iterations 1), beta 0, lr 1e-6, AdamW, grad clip 1.0.
-Every problem has one worked demonstration (for the presets that use them; `rft` and TRL
-never see it). `rl.demo_nll_prompts` is 0 (a monitoring pass outside the step's phases).
+gradient_accumulation_steps 1, num_iterations 1; with `--micro-batch-size` m below prompts x
+group: per_device_train_batch_size m and prompts x group / m accumulation steps, still one
+optimizer step per generation batch), beta 0, lr 1e-6, AdamW, grad clip 1.0. Every problem has
+one worked demonstration (for the presets that use them; `rft` and TRL never see it). `rl.demo_nll_prompts` is 0 (a monitoring pass outside the step's phases).
 
 Per step and preset (median over the timed steps, after `--warmup` untimed steps):
   time/generation, time/reward, time/old_logprobs, time/update: the trainer's own metrics;
@@ -41,7 +77,8 @@ The `sft` preset has no RL step: its SFT step (64 demos, token-mean NLL) is repo
 `sft_then_rft` is timed in its RL phase. ReLIFT's SFT step fires only when its 128-prompt buffer
 fills, which a short run never reaches.
 
-JSON (`--out`) is rewritten after every preset, so a run cut short keeps what it measured.
+JSON (`--out`) is rewritten after every step of a preset (its summary then marked `partial`)
+and after every other row, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -681,7 +718,11 @@ def main(argv=None) -> dict:
     pool = load_pool(a)
     result = _new_result(a, device)
     if a.vllm_ceiling:
-        result["rows"] = rows_mod().run_vllm_ceiling(a, model_path, tok, pool)
+        def done(rows):
+            result["rows"] = dict(rows)
+            write(a.out, result)
+
+        result["rows"] = rows_mod().run_vllm_ceiling(a, model_path, tok, pool, on_row=done)
         write(a.out, result)
         print(table(result))
         return result

@@ -81,9 +81,10 @@ def ceiling_requests(preset: str, args, model_path: str, tok, pool):
     return plan.requests, sampling
 
 
-def run_vllm_ceiling(args, model_path: str, tok, pool) -> dict:
+def run_vllm_ceiling(args, model_path: str, tok, pool, on_row=None) -> dict:
     """`VLLMEngine.generate(requests, 1, sampling)` on each preset's first-timed-step requests:
-    one untimed warm-up call, then `--steps` timed calls (the prefix cache reset before each)."""
+    one untimed warm-up call, then `--steps` timed calls (the prefix cache reset before each).
+    `on_row(rows so far)` after each preset's row."""
     require_vllm("--vllm-ceiling")
     if model_path == "tiny":
         raise SystemExit("rl_step.py --vllm-ceiling: vLLM loads its own weights; give --model a directory")
@@ -107,6 +108,8 @@ def run_vllm_ceiling(args, model_path: str, tok, pool) -> dict:
             row["summary"].update({"requests_of": preset, "engine_load_s": load_s,
                                    "gpu_memory_utilization": args.vllm_mem, "vllm": vllm.__version__})
             rows[name] = row
+            if on_row is not None:
+                on_row(rows)
     finally:
         engine.close()
     return rows
