@@ -48,7 +48,8 @@ def test_contract_of_the_evaluation_engine():
     model_dir = _model_dir()
     tok = load_tokenizer(str(model_dir))
     engine, name = make_engine("vllm", EngineSpec(tok, model_dir=str(model_dir),
-                                                  gpu_memory_utilization=0.3, max_model_len=2048))
+                                                  gpu_memory_utilization=0.3, max_model_len=2048,
+                                                  enforce_eager=True))
     assert name == "vllm" and not engine.needs_weight_sync
     try:
         prompt = encode_prompt(tok, "What is 12 * 13? Put the answer in \\boxed{}.")

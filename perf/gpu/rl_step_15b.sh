@@ -68,14 +68,17 @@ row() {  # row NAME BUDGET_S ARGS...: one rl_step.py process, its rc logged, nev
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUTDIR/gpu.txt" 2>&1
-row vllm_generate "${B_CEIL:-90}" --vllm-ceiling --presets "${CEIL_PRESETS:-rft,prefix_rft}" --steps 1
-# shellcheck disable=SC2086  # VLLM_SET is a list of arguments
-row rft_vllm "$(( ${B_OURS_VLLM:-150} / 2 ))" --presets rft --engine vllm --steps "${STEPS_VLLM:-3}" ${VLLM_SET:-}
-# shellcheck disable=SC2086
-row prefix_rft_vllm "$(( ${B_OURS_VLLM:-150} / 2 ))" --presets prefix_rft --engine vllm --steps "${STEPS_VLLM:-3}" ${VLLM_SET:-}
-row rft_hf "$(( ${B_OURS_HF:-150} / 2 ))" --presets rft --engine hf --steps "${STEPS_HF:-1}"
-row prefix_rft_hf "$(( ${B_OURS_HF:-150} / 2 ))" --presets prefix_rft --engine hf --steps "${STEPS_HF:-1}"
-row trl_grpo_vllm "${B_TRL:-120}" --trl-vllm --trl-vllm-mem 0.3 --trl-vllm-sleep 1 --steps "${STEPS_TRL:-3}"
+ROWS=${ROWS:-vllm_generate rft_vllm prefix_rft_vllm rft_hf prefix_rft_hf trl_grpo_vllm}
+for name in $ROWS; do
+  case $name in
+    vllm_generate) row vllm_generate "${B_CEIL:-90}" --vllm-ceiling --presets "${CEIL_PRESETS:-rft,prefix_rft}" --steps 1 ;;
+    # shellcheck disable=SC2086  # VLLM_SET is a list of arguments
+    rft_vllm|prefix_rft_vllm) row "$name" "$(( ${B_OURS_VLLM:-150} / 2 ))" --presets "${name%_vllm}" --engine vllm --steps "${STEPS_VLLM:-3}" ${VLLM_SET:-} ;;
+    rft_hf|prefix_rft_hf) row "$name" "$(( ${B_OURS_HF:-150} / 2 ))" --presets "${name%_hf}" --engine hf --steps "${STEPS_HF:-1}" ;;
+    trl_grpo_vllm) row trl_grpo_vllm "${B_TRL:-120}" --trl-vllm --trl-vllm-mem 0.3 --trl-vllm-sleep 1 --steps "${STEPS_TRL:-3}" ;;
+    *) echo "unknown row $name" | tee -a "$OUTDIR/rc.txt" ;;
+  esac
+done
 
 files=()
 for n in vllm_generate rft_vllm prefix_rft_vllm rft_hf prefix_rft_hf trl_grpo_vllm; do

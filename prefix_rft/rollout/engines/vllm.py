@@ -123,7 +123,8 @@ class VLLMEngine:
     # ------------------------------------------------------------------ weights (colocated)
     def _model(self):
         """vLLM's model module, in this process (colocated: the engine core runs in process)."""
-        return self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
+        runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
+        return runner.get_model()  # the model itself, not its CUDA-graph wrapper
 
     def load_weights(self, weights: Iterable) -> None:
         """Write (Hugging Face name, tensor) pairs into vLLM's model in place (fused q/k/v and
