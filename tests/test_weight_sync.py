@@ -70,11 +70,8 @@ def _engine_vs_trainer(tr, snapshot) -> tuple[float, float]:
     prompts = [tr.ids.prompt(i) for i in range(3)]
     reqs = [GenerationRequest(p, 8, seed=11 + k) for k, p in enumerate(prompts)]
     sampling = SamplingParams(1.0, 1.0, seed=5, return_logprobs=True)
-    tr._sync_engine()
-    try:
+    with tr._rollout_phase():
         outs = tr.engine.generate(reqs, 1, sampling)
-    finally:
-        tr._release_engine()
     engine, new, old = [], [], []
     for req, (out,) in zip(reqs, outs):
         for model, into in ((tr.model, new), (snapshot, old)):

@@ -18,11 +18,12 @@ namespaced keys; the tracking layer (MLflow) consumes these dicts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -188,7 +189,7 @@ class Trainer:
         The compiled static-cache path captures weight addresses; FSDP2 re-gathers weights into
         new buffers for every rollout phase, so data-parallel runs decode the plain way. vLLM
         starts from the model directory (config, tokenizer) and then takes the policy's
-        weights from the trainer (`_sync_engine`)."""
+        weights from the trainer (`_rollout_phase`)."""
         from prefix_rft import models
 
         cfg, v = self.cfg, self.cfg.rollout.vllm
@@ -209,17 +210,32 @@ class Trainer:
         return engine
 
     def _sync_engine(self) -> float:
-        """Push the policy's weights into an engine that keeps its own copy (every rank, inside
-        `D.unsharded`: whole tensors, nothing communicated); the seconds it took (0 if none)."""
+        """Push the policy's weights into an engine that keeps its own copy, parameter by
+        parameter (under FSDP2 each is gathered on its own, a collective every rank joins, and
+        only its engine-dtype copy is kept); the seconds it took (0 for engines without)."""
         if not needs_weight_sync(self.engine):
             return 0.0
         t0 = time.perf_counter()
         self.engine.load_weights(policy_weights(self.model))
         return time.perf_counter() - t0
 
-    def _release_engine(self) -> None:
+    @contextlib.contextmanager
+    def _rollout_phase(self, autocast: bool = True) -> Iterator[float]:
+        """The engine ready to generate from the current policy for the duration; yields the
+        seconds of the weight push. An engine with its own weights gets them pushed before and
+        releases its memory after (the policy stays sharded: the engine does not read it); the
+        HF engine generates from the policy itself, unsharded on every rank for the duration
+        (`autocast`: in the training passes' precision)."""
         if needs_weight_sync(self.engine):
-            self.engine.release()
+            seconds = self._sync_engine()
+            try:
+                yield seconds
+            finally:
+                self.engine.release()
+            return
+        with D.unsharded(self.model), (autocast_context(self.device, self.autocast) if autocast
+                                       else contextlib.nullcontext()):
+            yield 0.0
 
     @property
     def grader(self):
@@ -395,12 +411,8 @@ class Trainer:
                                lambda i: len(self.train_set[i].demonstrations))
         sampling = SamplingParams(c.rollout.temperature, c.rollout.top_p, seed=c.seed * 7919 + step,
                                   return_logprobs=self.rollout_logprobs)
-        with D.unsharded(self.model), autocast_context(self.device, self.autocast):
-            sync = self._sync_engine()
-            try:
-                outs = self.engine.generate(plan.requests, 1, sampling) if plan.requests else []
-            finally:
-                self._release_engine()
+        with self._rollout_phase() as sync:
+            outs = self.engine.generate(plan.requests, 1, sampling) if plan.requests else []
         info = dict(plan.info)
         if needs_weight_sync(self.engine):
             info["time/weight_sync"] = sync
@@ -525,15 +537,11 @@ class Trainer:
         from prefix_rft.eval.heldout import evaluate_problems
 
         problems = list(problems if problems is not None else self.test_set)[: self.cfg.eval.num_problems]
-        with D.unsharded(self.model):  # every rank evaluates all problems (rank 0 records)
-            self._sync_engine()
-            try:
-                return evaluate_problems(
-                    self.engine, self.tokenizer, problems, self.grader, self.cfg.eval,
-                    think_tags=self.cfg.model.think_tags, seed=self.cfg.seed,
-                )
-            finally:
-                self._release_engine()
+        with self._rollout_phase(autocast=False):  # every rank evaluates all (rank 0 records)
+            return evaluate_problems(
+                self.engine, self.tokenizer, problems, self.grader, self.cfg.eval,
+                think_tags=self.cfg.model.think_tags, seed=self.cfg.seed,
+            )
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

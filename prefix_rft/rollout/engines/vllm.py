@@ -154,8 +154,13 @@ class VLLMEngine:
             self._asleep = {"weights", "kv_cache"}
 
     def _wake(self, tags: list[str]) -> None:
+        import torch
+
         todo = [t for t in tags if t in self._asleep]
         if todo:
+            # vLLM maps its memory outside PyTorch's caching allocator: blocks the update left
+            # cached (free to PyTorch, taken for CUDA) must go back first, or waking up runs out
+            torch.cuda.empty_cache()
             self.llm.wake_up(tags=todo)
             self._asleep.difference_update(todo)
 
