@@ -491,3 +491,29 @@ def test_unknown_keys_next_to_pipeline_sections_are_still_named(tmp_path):
     assert str(e.value) == (f"{p}: unknown key 'loss.demo_rul' (did you mean 'loss.demo_rule'?)")
     with pytest.raises(UserError, match="unknown key 'pipline' \\(did you mean 'pipeline'\\?\\)"):
         cfg_for("rft", pipline={"epochs": 2})
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("rollout.vllm.gpu_memory_utilization", 1.0, "must be in \\(0, 1\\), got 1.0"),
+    ("rollout.vllm.gpu_memory_utilization", 0.0, "must be in \\(0, 1\\), got 0.0"),
+    ("rollout.vllm.sleep_level", 3, "must be 0, 1 or 2, got 3"),
+    ("rollout.vllm.max_model_len", 100, "must exceed rollout.max_response_len \\(8192\\)"),
+    ("loss.rollout_correction_cap", 0.5, "must be >= 1, got 0.5"),
+])
+def test_vllm_and_rollout_correction_ranges(key, value, message):
+    from prefix_rft.core.config import resolve
+    from prefix_rft.core.dicts import deep_merge, dotted_to_nested
+
+    base = {"method": "prefix_rft", "model": {"name_or_path": "m"}, "data": {"train": "t"},
+            "loss": {"rollout_correction": "tis"}}
+    with pytest.raises(UserError, match=f"key '{key}': {message}"):
+        resolve(deep_merge(base, dotted_to_nested({key: value})))
+
+
+def test_rollout_correction_needs_the_engine_logprobs():
+    from prefix_rft.core.config import resolve
+
+    with pytest.raises(UserError, match="key 'loss.rollout_correction': tis needs the rollout "
+                                        "engine's log-probs"):
+        resolve({"method": "rft", "model": {"name_or_path": "m"}, "data": {"train": "t"},
+                 "rollout": {"logprob_gap": "off"}, "loss": {"rollout_correction": "tis"}})

@@ -173,7 +173,9 @@ def test_registered_engine_trains_one_step(fixed_answer_engine, smol_tokenizer):
 def test_rollout_engine_is_validated_against_the_registry(fixed_answer_engine):
     assert _cfg(rollout={"engine": DUMMY}).rollout.engine == DUMMY
     assert _cfg().rollout.engine == "auto"
-    assert _cfg(rollout={"engine": "vllm"}).rollout.engine == "vllm"
+    assert _cfg(rollout={"engine": "vllm"}, model={"random_init": None}).rollout.engine == "vllm"
+    with pytest.raises(UserError, match="key 'rollout.engine': vllm starts from a model directory"):
+        _cfg(rollout={"engine": "vllm"})  # the tiny test config builds a random model
     register_engine("eval-only-test", trains=False)(FixedAnswerEngine)
     try:
         with pytest.raises(UserError, match="key 'rollout.engine': 'eval-only-test' rollouts in "

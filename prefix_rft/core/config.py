@@ -388,6 +388,9 @@ class Config:
             bad("rollout.group_size", "must be >= 1")
         if (problem := training_engine_problem(r.engine)) is not None:
             bad("rollout.engine", problem)
+        if r.engine == "vllm" and self.model.random_init:
+            bad("rollout.engine", "vllm starts from a model directory; model.random_init builds "
+                "a random model without one: use hf or auto")
         v = r.vllm
         if not 0.0 < v.gpu_memory_utilization < 1.0:
             bad("rollout.vllm.gpu_memory_utilization",
