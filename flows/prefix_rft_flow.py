@@ -7,6 +7,17 @@ Only wiring, decorators and resources live here; each step's work is a plain fun
 `steps/` (runnable and testable without Metaflow). Everything a run does is logged to one MLflow
 parent run per training lineage.
 
+Code package: `@package_sources` adds the checkout's `prefix_rft/` (with its benchmark data and
+chat templates), `steps/` and `configs/` beside this file, so a remote task (`--with
+kubernetes`, `argo-workflows create`) imports exactly the code it was launched from, ahead of the
+copy installed in the image; the image supplies only the dependencies. The config's values
+themselves travel in the package as Metaflow's Config (`python flows/prefix_rft_flow.py package
+list` shows every file).
+
+Resources: the CPU-only steps (start, filter_data, plan_eval, join_eval, end) request
+`pipeline.data`, train_epoch `pipeline.train`, eval_task `pipeline.eval`. `pipeline.project`
+(and `pipeline.branch` or `--branch`) puts the flow under Metaflow's @project.
+
     python flows/prefix_rft_flow.py run                                   # embedded demo config
     python flows/prefix_rft_flow.py --config config configs/paper/qwen2.5-math-1.5b.yaml run
     python flows/prefix_rft_flow.py run --max-problems 64 --epochs 1      # smoke run
@@ -32,14 +43,23 @@ from metaflow import (  # noqa: E402
     config_expr,
     current,
     exit_hook,
+    package_sources,
+    project,
     resources,
     retry,
     schedule,
     step,
     timeout,
 )
+from pipeline_mutators import project_from_config  # noqa: E402  (this directory: in the package)
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "demo.yaml")
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG = os.path.join(HERE, "..", "configs", "demo.yaml")
+# What the code package carries besides this directory's *.py: the library with its package data
+# (benchmark files, chat templates: the suffixes of pyproject's package-data), the step functions
+# and the configs. Model weights (.safetensors, .bin, .pt) and caches never match.
+PACKAGE_SOURCES = ["../prefix_rft", "../steps", "../configs"]
+PACKAGE_SUFFIXES = [".py", ".yaml", ".jinja", ".json", ".jsonl", ".parquet", ".md"]
 
 
 def _ctx():
@@ -54,6 +74,11 @@ def _ctx():
 
 
 # Deployed runs (argo-workflows create) start on pipeline.schedule; no schedule when it is null.
+# @project(pipeline.project): namespaces deployments and MLflow experiments per project and
+# branch (--branch/--production); project_from_config drops it when pipeline.project is null.
+@project_from_config
+@project(name=config_expr("config.pipeline.project"))
+@package_sources(PACKAGE_SOURCES, suffixes=PACKAGE_SUFFIXES)
 @schedule(cron=config_expr("config.pipeline.schedule"), daily=False)
 @exit_hook(on_error=["steps.finish.exit_hook_mark_failed"])
 class PrefixRFTFlow(FlowSpec):
@@ -83,6 +108,8 @@ class PrefixRFTFlow(FlowSpec):
         mark_resumed(tracker, self.tracking, _ctx())
         return config_from_dict(self.cfg), tracker
 
+    @resources(cpu=config_expr("config.pipeline.data.cpus"),
+               memory=config_expr("config.pipeline.data.memory_mb"))
     @step
     def start(self):
         """Validate the config, Parameters and warm start; open the MLflow parent run."""
@@ -101,8 +128,8 @@ class PrefixRFTFlow(FlowSpec):
         print(f"MLflow run {self.tracking['run_id']} at {self.tracking['uri']}")
         self.next(self.filter_data)
 
-    @resources(cpu=config_expr("config.pipeline.train.cpus"),
-               memory=config_expr("config.pipeline.train.memory_mb"))
+    @resources(cpu=config_expr("config.pipeline.data.cpus"),
+               memory=config_expr("config.pipeline.data.memory_mb"))
     @step
     def filter_data(self):
         """Filter the raw data into this lineage's training/held-out sets; plan the epochs."""
@@ -142,6 +169,8 @@ class PrefixRFTFlow(FlowSpec):
         self.epoch += 1
         self.next({"again": self.train_epoch, "done": self.plan_eval}, condition="route")
 
+    @resources(cpu=config_expr("config.pipeline.data.cpus"),
+               memory=config_expr("config.pipeline.data.memory_mb"))
     @step
     def plan_eval(self):
         """One evaluation task per (epoch, benchmark)."""
@@ -170,6 +199,8 @@ class PrefixRFTFlow(FlowSpec):
                                      tracking=self.tracking)
         self.next(self.join_eval)
 
+    @resources(cpu=config_expr("config.pipeline.data.cpus"),
+               memory=config_expr("config.pipeline.data.memory_mb"))
     @step
     def join_eval(self, inputs):
         """Score table, best epoch, learning curves, model registry."""
@@ -191,6 +222,8 @@ class PrefixRFTFlow(FlowSpec):
                                       tracking=self.tracking)
         self.next(self.end)
 
+    @resources(cpu=config_expr("config.pipeline.data.cpus"),
+               memory=config_expr("config.pipeline.data.memory_mb"))
     @step
     def end(self):
         """Mark the MLflow run FINISHED and say where to look."""

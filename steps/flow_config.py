@@ -40,6 +40,7 @@ MAX_RETRIES = 4  # Metaflow allows at most 6 attempts: @retry(times) + 2
 BAD_PIPELINE = "__bad_pipeline__"  # marker flow_config_parser leaves for a non-mapping `pipeline`
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*?/,\-]+$")
 _CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+_PROJECT_NAME = re.compile(r"^[a-z0-9_]{1,128}$")  # what Metaflow's @project accepts
 
 
 @dataclass
@@ -48,6 +49,13 @@ class ResourcesConfig:
     gpus: int = option(0, "GPUs requested for the task (@resources; ignored by local runs).")
     memory_mb: int = option(8000, "Memory requested for the task, in MB (@resources).")
     timeout_minutes: int = option(240, "Kill the task after this long (@timeout).")
+
+
+@dataclass
+class CpuResourcesConfig:
+    cpus: int = option(2, "CPU cores requested for each task (@resources), 1 to 64.")
+    memory_mb: int = option(8000, "Memory requested for each task, in MB (@resources), 1000 to "
+                            "256000 (Kubernetes raises a request below 4096 MB to 4096).")
 
 
 @dataclass
@@ -132,6 +140,27 @@ class PipelineConfig:
         "(rollout.num_prompts over processes x rl.num_minibatches, sft.batch_size, "
         "relift.buffer_size over processes). Multi-node: see infra/README.md.",
     )
+    project: str | None = option(
+        None,
+        "Metaflow @project of the flow (lowercase letters, digits, underscores): deployments "
+        "(`argo-workflows create`) and MLflow experiments are namespaced by project and branch, "
+        "so two configs or branches never overwrite each other; the MLflow experiment becomes "
+        "<tracking.experiment>/<project>/<branch>. null = no @project (one deployment per flow "
+        "name, `tracking.experiment` as is; --branch/--production then do nothing). Argo names "
+        "the deployment <project>.<branch>.prefixrftflow without underscores, shortened with a "
+        "hash beyond 45 characters, so keep it short. Read from the --config file when the flow "
+        "is loaded, so `--set` cannot change it.",
+    )
+    branch: str | None = option(
+        None,
+        "Branch of `project` (lowercase letters, digits, underscores): Metaflow names it "
+        "test.<branch> (prod.<branch> with --production). null = Metaflow's default: --branch "
+        "on the command line, else user.<name> (prod with --production). Give it here or with "
+        "--branch, not both.",
+    )
+    data: CpuResourcesConfig = section(
+        CpuResourcesConfig, "Resources of the CPU-only steps: start, filter_data, plan_eval, "
+        "join_eval and end (no GPU).")
     train: ResourcesConfig = section(ResourcesConfig, "Resources of each train_epoch task.")
     eval: ResourcesConfig = section(ResourcesConfig, "Resources of each eval_task.")
 
@@ -223,6 +252,57 @@ def validate_pipeline(pl: PipelineConfig, where: str = "") -> None:
             "@weekly/@monthly/@yearly")
     if pl.train_processes is not None and pl.train_processes < 1:
         bad("train_processes", "must be >= 1 (or null: one per GPU)")
+    validate_resources(pl, bad)
+    problem = _project_problem(pl.project, pl.branch)
+    if problem:
+        bad(*problem)
+
+
+_RANGES = {  # key under pipeline -> (lowest, highest allowed)
+    "data.cpus": (1, 64), "data.memory_mb": (1000, 256_000),
+    "train.cpus": (1, None), "train.gpus": (0, None), "train.memory_mb": (1000, None),
+    "train.timeout_minutes": (1, None),
+    "eval.cpus": (1, None), "eval.gpus": (0, None), "eval.memory_mb": (1000, None),
+    "eval.timeout_minutes": (1, None),
+}
+
+
+def validate_resources(pl: PipelineConfig, bad) -> None:
+    """The task resources of every step in range (`bad(key, message)` raises)."""
+    for key, (low, high) in _RANGES.items():
+        section_name, field = key.split(".")
+        value = getattr(getattr(pl, section_name), field)
+        if value < low or (high is not None and value > high):
+            bad(key, f"{value} is out of range: must be >= {low}"
+                + (f" and <= {high}" if high is not None else ""))
+
+
+def valid_project_name(name) -> bool:
+    """A name Metaflow's @project takes for a project or a branch."""
+    return isinstance(name, str) and bool(_PROJECT_NAME.match(name))
+
+
+def _project_problem(project, branch) -> tuple[str, str] | None:
+    """(key, message) of what is wrong with `pipeline.project`/`pipeline.branch`, else None."""
+    for key, value in (("project", project), ("branch", branch)):
+        if value is not None and not valid_project_name(value):
+            return key, (f"{value!r}: use 1 to 128 lowercase letters, digits or underscores "
+                         "(Metaflow's @project names)")
+    if branch is not None and project is None:
+        return "branch", "needs pipeline.project (a branch belongs to a project)"
+    return None
+
+
+def project_attributes(pipeline: dict) -> dict | None:
+    """The @project arguments the `pipeline` section of a parsed config asks for (None: no
+    @project); a UserError naming the key for a name Metaflow would refuse."""
+    project, branch = pipeline.get("project"), pipeline.get("branch")
+    problem = _project_problem(project, branch)
+    if problem:
+        raise UserError(f"key 'pipeline.{problem[0]}': {problem[1]}")
+    if project is None:
+        return None
+    return {"name": project} | ({"branch": branch} if branch is not None else {})
 
 
 def valid_cron(expr: str) -> bool:
@@ -249,7 +329,7 @@ def flow_config_parser(text: str) -> dict:
     if data.get("pipeline", {}) is None:  # `pipeline:` with every key commented out
         data["pipeline"] = {}
     if isinstance(data.get("pipeline"), dict):
-        for sub in ("train", "eval"):
+        for sub in ("data", "train", "eval"):
             if sub in data["pipeline"] and data["pipeline"][sub] is None:
                 data["pipeline"][sub] = {}
     user_pipeline = data.get("pipeline")

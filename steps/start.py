@@ -57,22 +57,33 @@ def start(config_data: dict, ctx: RunContext, *, seed: int | None = None, epochs
     if warm:
         tags |= {run_layout.WARM_START_URI_TAG: warm.uri, run_layout.WARM_START_STEP_TAG: warm.step}
     run_name = cfg.tracking.run_name or f"{cfg.method}-{ctx.run_id}"
-    run_id = tracker.create_run(cfg.tracking.experiment, run_name, tags)
+    experiment = experiment_name(cfg, ctx)
+    run_id = tracker.create_run(experiment, run_name, tags)
     tracker.log_params(run_id, flatten(cfg.to_dict()))
     tracker.log_text(run_id, cfg.to_yaml(), run_layout.CONFIG_ARTIFACT)
     prefix = lineage_prefix(cfg, ctx.flow_name, ctx.run_id)
     tracker.set_tags(run_id, {run_layout.CHECKPOINT_PREFIX_TAG: prefix})
     info = tracker.run_info(run_id).info
-    log.info("MLflow run %s (experiment %s) at %s", run_id, cfg.tracking.experiment, uri)
+    log.info("MLflow run %s (experiment %s) at %s", run_id, experiment, uri)
     return {
         "config": cfg.to_dict(),
         "config_hash": cfg.config_hash(),
         "tracking": {"uri": uri, "run_id": run_id, "experiment_id": info.experiment_id,
-                     "experiment": cfg.tracking.experiment, "timeout_s": cfg.tracking.timeout_s},
+                     "experiment": experiment, "timeout_s": cfg.tracking.timeout_s},
         "lineage": ctx.run_id,
         "lineage_prefix": prefix,
         "warm_start": warm.to_dict() if warm else None,
     }
+
+
+def experiment_name(cfg: FlowConfig, ctx: RunContext) -> str:
+    """The MLflow experiment of the lineage: `tracking.experiment`, and under a Metaflow
+    @project `<tracking.experiment>/<project>/<branch>` (e.g. prefix-rft/qwen_7b/prod), so runs
+    of different projects and branches never share an experiment. `ctx` carries the project and
+    branch Metaflow resolved (the config's, `--branch`, `--production`)."""
+    if not ctx.project:
+        return cfg.tracking.experiment
+    return "/".join(p for p in (cfg.tracking.experiment, ctx.project, ctx.branch) if p)
 
 
 def remote_platform() -> str | None:

@@ -11,8 +11,11 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import os
 import re
+import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -22,11 +25,14 @@ from packaging.version import Version
 
 from prefix_rft.core.config import NON_TRAINING_SECTIONS, Config, keys_text, load_config
 from prefix_rft.errors import UserError
+from steps.common import RunContext
 from steps.flow_config import FlowConfig, flow_config_parser, load_flow_config, resolve_flow
 from steps.flow_config import main as flow_config_main
+from steps.start import experiment_name
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = ROOT / "flows" / "prefix_rft_flow.py"
+PAPER_7B = ROOT / "configs" / "paper" / "qwen2.5-math-7b.yaml"
 PROFILES = ROOT / "infra" / "metaflow"
 CORE = ("torch", "transformers", "vllm", "metaflow", "mlflow", "math-verify", "boto3")
 
@@ -232,6 +238,15 @@ def test_schedule_accepts_cron(cron):
     ({"shared_memory_mb": 0}, "key 'pipeline.shared_memory_mb': must be >= 1"),
     ({"eval_retries": -1}, "key 'pipeline.eval_retries': must be between 0 and 4"),
     ({"eval_retries": 5}, "key 'pipeline.eval_retries': must be between 0 and 4"),
+    ({"data": {"cpus": 0}}, "key 'pipeline.data.cpus': 0 is out of range: must be >= 1 and <= 64"),
+    ({"data": {"cpus": 65}}, "key 'pipeline.data.cpus': 65 is out of range"),
+    ({"data": {"memory_mb": 500}}, "key 'pipeline.data.memory_mb': 500 is out of range: must "
+                                   "be >= 1000 and <= 256000"),
+    ({"train": {"gpus": -1}}, "key 'pipeline.train.gpus': -1 is out of range: must be >= 0"),
+    ({"eval": {"timeout_minutes": 0}}, "key 'pipeline.eval.timeout_minutes': 0 is out of range"),
+    ({"project": "Qwen-7B"}, "key 'pipeline.project': 'Qwen-7B': use 1 to 128 lowercase"),
+    ({"project": "q", "branch": "my.branch"}, "key 'pipeline.branch': 'my.branch': use 1 to 128"),
+    ({"branch": "exp1"}, "key 'pipeline.branch': needs pipeline.project"),
 ])
 def test_deployment_keys_are_validated(pipeline, message):
     with pytest.raises(UserError, match=re.escape(message)):
@@ -269,6 +284,126 @@ def test_flow_config_parser_defaults_for_the_deployment():
     got = flow_config_parser("method: rft\n")["pipeline"]
     assert got["schedule"] is None and got["shared_memory_mb"] is None
     assert got["eval_retries"] == 0
+    assert got["project"] is None and got["branch"] is None
+    assert got["data"] == {"cpus": 2, "memory_mb": 8000}
+    assert flow_config_parser("pipeline:\n  data:\n")["pipeline"]["data"]["cpus"] == 2
+
+
+def test_experiment_is_namespaced_by_project_and_branch():
+    """Without @project the experiment is tracking.experiment (as before projects existed);
+    under one, each project/branch (as Metaflow resolved it) has its own experiment."""
+    cfg = _cfg()
+    assert experiment_name(cfg, RunContext()) == "prefix-rft"
+    ctx = RunContext(project="qwen_math_7b", branch="prod")
+    assert experiment_name(cfg, ctx) == "prefix-rft/qwen_math_7b/prod"
+    ctx = RunContext(project="qwen_math_7b", branch="user.alice")
+    assert experiment_name(cfg, ctx) == "prefix-rft/qwen_math_7b/user.alice"
+
+
+def test_start_opens_the_run_in_the_project_experiment(local_servers, smollm2_dir, tmp_path):
+    """`start` under @project (the context the flow fills from metaflow.current) creates the
+    lineage's run in the project/branch experiment of the real tracking server."""
+    from mlflow import MlflowClient
+
+    from steps.start import start
+    from tests import pipeline_configs
+
+    data = pipeline_configs.tiny_config(smollm2_dir, tmp_path, experiment="deploy-tests")
+    data["tracking"].update({"uri": local_servers.mlflow_uri, "system_metrics": False})
+    ctx = RunContext(run_id="7", user="alice", project="qwen_math_7b", branch="test.exp1")
+    m = start(data, ctx)
+    assert m["tracking"]["experiment"] == "deploy-tests/qwen_math_7b/test.exp1"
+    client = MlflowClient(local_servers.mlflow_uri)
+    run = client.get_run(m["tracking"]["run_id"])
+    assert client.get_experiment(run.info.experiment_id).name == m["tracking"]["experiment"]
+    assert run.data.tags["metaflow.project"] == "qwen_math_7b"
+    assert run.data.tags["metaflow.branch"] == "test.exp1"
+
+
+# -------------------------------------------------------------------------------------------
+# The code package: what a remote task runs
+
+PACKAGE_TOP = {"prefix_rft_flow.py", "pipeline_mutators.py", "prefix_rft", "steps", "configs",
+               ".mf_code", ".mf_meta", ".mf_install"}
+NEVER_PACKAGED = (".pyc", ".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".db")
+
+
+def _metaflow_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("METAFLOW_", "AWS_"))}
+    env.update(METAFLOW_HOME=str(PROFILES), METAFLOW_PROFILE="local", METAFLOW_USER="tester",
+               PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def code_package(tmp_path_factory) -> Path:
+    """The code package of the 7B paper config, built by the class `argo-workflows create` and
+    `run --with kubernetes` build it with (MetaflowPackage, same arguments), saved by
+    `package save` instead of uploaded; extracted into a directory as a task would."""
+    work = tmp_path_factory.mktemp("package")
+    blob = work / "package.tgz"
+    proc = subprocess.run(
+        [sys.executable, str(FLOW), "--no-pylint", "--config", "config", str(PAPER_7B),
+         "package", "save", str(blob)],
+        cwd=work, env=_metaflow_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = work / "task"
+    with tarfile.open(blob) as tar:
+        tar.extractall(out, filter="data")
+    return out
+
+
+def _tracked(*dirs: str) -> set[str]:
+    proc = subprocess.run(["git", "ls-files", "--", *dirs], cwd=ROOT, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip("not a git checkout")
+    return set(proc.stdout.split())
+
+
+def test_code_package_carries_the_checkout(code_package):
+    """The library (with its benchmark data and chat templates), the step functions, the flow
+    files and the configs, at the paths the flow imports them from; nothing else of the
+    repository (no tests, caches, virtual environments or weights)."""
+    files = {p.relative_to(code_package).as_posix() for p in code_package.rglob("*")
+             if p.is_file()}
+    user = {f for f in files if not f.startswith((".mf_code/", ".mf_meta/", ".mf_install"))}
+    want = _tracked("prefix_rft", "steps", "configs") | {
+        f.removeprefix("flows/") for f in _tracked("flows") if f.endswith(".py")}
+    assert want <= user, sorted(want - user)[:20]
+    assert {f.split("/")[0] for f in files} <= PACKAGE_TOP
+    assert any(f.startswith("prefix_rft/eval/benchmarks/data/") for f in user)
+    assert "prefix_rft/templates/qwen2.5-instruct.jinja" in user
+    assert "configs/paper/qwen2.5-math-7b.yaml" in user
+    bad = [f for f in files if f.endswith(NEVER_PACKAGED) or "__pycache__" in f
+           or f.startswith(("tests/", ".venv/", "runs/"))]
+    assert not bad, bad[:20]
+    for f in user:  # byte for byte the checkout's files
+        src = ROOT / ("flows/" + f if "/" not in f else f)
+        assert (code_package / f).read_bytes() == src.read_bytes(), f
+
+
+def test_code_package_holds_the_config_values(code_package):
+    """The --config file's values travel in the package: tasks read them there, not from disk."""
+    meta = json.loads((code_package / ".mf_meta" / "CONFIG").read_text())
+    pipeline = meta["user_configs"]["config"][0]["pipeline"]  # [value, is-plain flag]
+    assert pipeline["project"] == "qwen_math_7b" and pipeline["train"]["gpus"] == 8
+    assert pipeline["data"] == {"cpus": 4, "memory_mb": 16000}
+
+
+def test_code_package_shadows_the_installed_library(code_package):
+    """A task runs Python from the package's directory: its prefix_rft/ and steps/ are imported
+    ahead of the copy installed in the image (here: the editable install)."""
+    env = _metaflow_env()
+    env.pop("PYTHONPATH")
+    proc = subprocess.run(
+        [sys.executable, "-c", "import prefix_rft, steps.train, pipeline_mutators; "
+         "print(prefix_rft.__file__); print(steps.train.REPO)"],
+        cwd=code_package, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lib, repo = proc.stdout.split()
+    assert Path(lib) == code_package / "prefix_rft" / "__init__.py"
+    assert Path(repo) == code_package  # where train_epoch launches torchrun from
 
 
 # -------------------------------------------------------------------------------------------
@@ -296,7 +431,9 @@ def compiled(tmp_path_factory):
     path = tmp_path_factory.mktemp("argo") / "production.yaml"
     path.write_text(PRODUCTION)
     return {"production": compile_argo.compile_argo(path),
-            "demo": compile_argo.compile_argo(ROOT / "configs" / "demo.yaml")}
+            "demo": compile_argo.compile_argo(ROOT / "configs" / "demo.yaml"),
+            "paper_7b": compile_argo.compile_argo(PAPER_7B),
+            "paper_7b_prod": compile_argo.compile_argo(PAPER_7B, top=("--production",))}
 
 
 def templates(wf) -> dict:
@@ -392,3 +529,42 @@ def test_eval_engine_is_checked_against_the_engine_registry():
         assert _cfg(eval_engine="tpu").pipeline.eval_engine == "tpu"
     finally:
         unregister_engine("tpu")
+
+
+CPU_STEPS = ("start", "filter-data", "plan-eval", "join-eval", "end")
+
+
+def test_argo_paper_7b_resources_per_step(compiled):
+    """The 7B paper config: the CPU-only steps request pipeline.data and no GPU; training and
+    evaluation their own GPUs."""
+    t = templates(compiled["paper_7b"])
+    pl = yaml.safe_load(PAPER_7B.read_text())["pipeline"]
+    for name in CPU_STEPS:
+        res = t[name]["container"]["resources"]
+        assert float(res["requests"]["cpu"]) == pl["data"]["cpus"], name
+        assert _mb(res["requests"]["memory"]) == pl["data"]["memory_mb"], name
+        assert "nvidia.com/gpu" not in (res["limits"] or {}), name
+        assert "/dev/shm" not in [m["mountPath"] for m in t[name]["container"]["volumeMounts"]]
+    for name, sec in (("recursive-train-epoch", "train"), ("eval-task", "eval")):
+        res = t[name]["container"]["resources"]
+        assert res["limits"]["nvidia.com/gpu"] == str(pl[sec]["gpus"]), name
+        assert float(res["requests"]["cpu"]) == pl[sec]["cpus"], name
+        assert _mb(res["requests"]["memory"]) == pl[sec]["memory_mb"], name
+    assert pl["train"]["gpus"] == 8 and pl["eval"]["gpus"] == 1
+
+
+def test_argo_paper_7b_is_deployed_under_its_project(compiled):
+    """@project from pipeline.project: the template's name starts with the project (Argo drops
+    underscores) and the branch, so configs and branches deploy side by side; without a project
+    (the demo) the deployment keeps the flow's bare name."""
+    project = yaml.safe_load(PAPER_7B.read_text())["pipeline"]["project"]
+    argo_project = project.replace("_", "")
+    for key, branch in (("paper_7b", "user.prefix-rft"), ("paper_7b_prod", "prod")):
+        meta = compiled[key]["metadata"]
+        assert meta["name"] == f"{argo_project}.{branch}.prefixrftflow"
+        assert meta["annotations"]["metaflow/project_name"] == project
+        assert meta["annotations"]["metaflow/branch_name"] == branch
+        train = templates(compiled[key])["recursive-train-epoch"]["container"]["command"][-1]
+        assert ("--production" in train) == (branch == "prod")  # tasks resolve the same branch
+    assert compiled["demo"]["metadata"]["name"] == "prefixrftflow"
+    assert "metaflow/project_name" not in compiled["demo"]["metadata"]["annotations"]

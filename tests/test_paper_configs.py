@@ -241,6 +241,6 @@ def test_fraction_files_differ_from_the_1_5b_file_only_in_the_fraction(name, fra
     assert got["data.fraction_seed"] == main["data.fraction_seed"] == 42
     assert main["data.fraction"] == 1.0
     diff = {k for k in main if main[k] != got[k]}
-    assert diff == {"data.fraction"}
+    assert diff == {"data.fraction", "pipeline.project"}  # its own deployment and experiment
     # also under a baseline preset
     assert _resolved(name, "sft")["data.fraction"] == fraction

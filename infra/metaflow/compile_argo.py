@@ -3,7 +3,7 @@
 `argo-workflows create` would submit, with no cluster, no S3 and no network.
 
     python infra/metaflow/compile_argo.py --config configs/paper/qwen2.5-math-1.5b.yaml \
-        [--profile kubernetes] [-o workflow-template.json]
+        [--profile kubernetes] [--branch B | --production] [-o workflow-template.json]
     make argo-json CONFIG=...            # the same, into runs/argo/
 
 `argo-workflows create --only-json` skips the cluster and the metadata service, but still uploads
@@ -50,8 +50,9 @@ def profile_settings(profile: str) -> dict:
 
 
 def command(config: str | Path, flow: Path = FLOW, with_: tuple[str, ...] = ("retry",),
-            extra: tuple[str, ...] = ()) -> list[str]:
-    cmd = [sys.executable, str(flow), "--no-pylint", "--config", "config", str(config)]
+            extra: tuple[str, ...] = (), top: tuple[str, ...] = ()) -> list[str]:
+    """`top`: more options of the flow's command line (e.g. --branch B, --production)."""
+    cmd = [sys.executable, str(flow), "--no-pylint", "--config", "config", str(config), *top]
     for deco in with_:
         cmd += ["--with", deco]
     return cmd + ["argo-workflows", "create", "--only-json", *extra]
@@ -79,7 +80,7 @@ def _strip_endpoint(node, endpoint: str):
 
 def compile_argo(config: str | Path, *, profile: str = "kubernetes", flow: Path = FLOW,
                  with_: tuple[str, ...] = ("retry",), extra: tuple[str, ...] = (),
-                 timeout: float = 300) -> dict:
+                 top: tuple[str, ...] = (), timeout: float = 300) -> dict:
     """The WorkflowTemplate (a dict) that `argo-workflows create` would deploy for `config`."""
     import logging
 
@@ -114,7 +115,7 @@ def compile_argo(config: str | Path, *, profile: str = "kubernetes", flow: Path 
             "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
         })
         with tempfile.TemporaryDirectory() as cwd:
-            proc = subprocess.run(command(config, flow, with_, extra), cwd=cwd, env=env,
+            proc = subprocess.run(command(config, flow, with_, extra, top), cwd=cwd, env=env,
                                   capture_output=True, text=True, timeout=timeout)
     finally:
         server.stop()
@@ -135,9 +136,13 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="kubernetes",
                     help="Metaflow profile in infra/metaflow/ (config_<profile>.json)")
     ap.add_argument("-o", "--output", help="write the JSON here (default: stdout)")
+    ap.add_argument("--branch", help="@project branch (configs with pipeline.project)")
+    ap.add_argument("--production", action="store_true", help="@project production branch")
     args = ap.parse_args(argv)
+    top = (("--branch", args.branch) if args.branch else ()) + (
+        ("--production",) if args.production else ())
     try:
-        template = compile_argo(args.config, profile=args.profile)
+        template = compile_argo(args.config, profile=args.profile, top=top)
     except CompileError as e:
         print(e, file=sys.stderr)
         return 1
