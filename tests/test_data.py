@@ -7,6 +7,7 @@ import json
 import re
 import sys
 import types
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -353,6 +354,59 @@ def test_hub_loads_with_datasets(monkeypatch):
         "hub:owner/missing: cannot load split 'train' from the hub (FileNotFoundError"
         in one_line(err)
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# S3 (the session's moto server): the same files, read through s3fs and the datasets cache
+
+
+def _put(s3_env, files: dict[str, Path]) -> str:
+    """Upload `files` ({relative key: local file}) under a fresh prefix; its s3:// URL."""
+    import boto3
+
+    prefix = f"test-data/{uuid.uuid4().hex[:8]}"
+    client = boto3.client("s3")  # endpoint and keys from the s3_env variables
+    for rel, path in files.items():
+        client.upload_file(str(path), s3_env.bucket, f"{prefix}/{rel}")
+    return f"s3://{s3_env.bucket}/{prefix}"
+
+
+def test_s3_parquet_and_jsonl_read_like_the_local_files(s3_env, tmp_path):
+    from prefix_rft.data.loading import storage_options
+
+    train = write_jsonl(tmp_path / "train-00000.jsonl", [{"problem": "A?", "answer": "1",
+                                                          "solution": "S"}])
+    test = write_jsonl(tmp_path / "test.jsonl", [{"problem": "B?", "answer": "2"}])
+    raw = tmp_path / "raw.parquet"
+    pq.write_table(pa.Table.from_pylist(raw_rows()), raw)
+    url = _put(s3_env, {"luffy.parquet": LUFFY_PARQUET, "luffy.jsonl": LUFFY_JSONL,
+                        "dir/train-00000.jsonl": train, "dir/test.jsonl": test, "raw.parquet": raw})
+    assert read_problems(f"{url}/luffy.parquet") == read_problems(LUFFY_PARQUET)
+    assert read_problems(f"{url}/luffy.jsonl") == read_problems(LUFFY_JSONL)
+    first = next(iter_rows(f"{url}/luffy.jsonl"))
+    assert (first.where, first.number, first.stem) == (f"{url}/luffy.jsonl", 1, "luffy")
+    # a prefix reads like a directory: the files of the split
+    assert [p.prompt for p in read_problems(f"{url}/dir/")] == ["A?"]
+    assert [p.prompt for p in read_problems(f"{url}/dir", split="test",
+                                            require_demos=False)] == ["B?"]
+    kw = {"count_tokens": words, "gold_ok": simple_gold_ok, "max_trace_tokens": 20}
+    assert filter_openr1_dataset(openr1_parts(f"{url}/raw.parquet"), **kw) == filter_openr1(
+        raw_rows(), **kw)
+    # the moto endpoint is not AWS: s3fs's client only sends checksums an operation requires
+    config = storage_options("s3")["config_kwargs"]
+    assert config["request_checksum_calculation"] == "when_required"
+    assert storage_options("s3")["endpoint_url"] == s3_env.s3_endpoint
+
+
+def test_s3_missing_object_or_bucket_is_one_error_naming_the_url(s3_env):
+    missing = f"s3://{s3_env.bucket}/test-data/{uuid.uuid4().hex[:8]}/train.parquet"
+    with pytest.raises(UserError) as err:
+        read_problems(missing)
+    assert one_line(err).startswith(f"{missing}: not found (no such object or bucket; endpoint ")
+    bucket = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/train.jsonl"
+    with pytest.raises(UserError) as err:
+        read_problems(bucket)
+    assert one_line(err).startswith(f"{bucket}: not found (no such object or bucket; endpoint ")
 
 
 # ---------------------------------------------------------------------------------------------

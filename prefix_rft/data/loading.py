@@ -22,8 +22,11 @@ policy for non-AWS endpoints. A missing object or bucket is one `UserError` nami
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -140,10 +143,35 @@ def load_file(file: str, *, options: dict | None = None) -> Part:
     datasets = datasets_module()
     kwargs = {"storage_options": options} if options else {}
     try:
-        ds = datasets.load_dataset(builder, data_files=file, split="train", **extra, **kwargs)
+        with _own_storage_online(datasets, remote=url_protocol(file) is not None):
+            ds = datasets.load_dataset(builder, data_files=file, split="train", **extra, **kwargs)
     except Exception as e:
         raise _load_error(file, suffix, e) from None
     return Part(file, stem, kind, ds)
+
+
+_ONLINE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _own_storage_online(datasets, *, remote: bool) -> Iterator[None]:
+    """Let `datasets` read a URL of the user's own storage while the hub is offline.
+
+    `datasets` reads HF_HUB_OFFLINE / HF_DATASETS_OFFLINE as "no network at all" and refuses
+    s3:// files too; this project sets them to keep the Hugging Face hub out of runs, not to keep
+    its own bucket out. For the duration of one load of a remote data file the flag is lifted
+    (and download counting, which would call the hub, is off)."""
+    cfg = datasets.config
+    if not remote or not cfg.HF_HUB_OFFLINE:
+        yield
+        return
+    with _ONLINE_LOCK:
+        saved = cfg.HF_HUB_OFFLINE, cfg.HF_UPDATE_DOWNLOAD_COUNTS
+        cfg.HF_HUB_OFFLINE, cfg.HF_UPDATE_DOWNLOAD_COUNTS = False, False
+        try:
+            yield
+        finally:
+            cfg.HF_HUB_OFFLINE, cfg.HF_UPDATE_DOWNLOAD_COUNTS = saved
 
 
 def _load_error(file: str, suffix: str, err: Exception) -> UserError:
