@@ -7,8 +7,10 @@ import json
 import re
 import sys
 import types
+import uuid
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -24,7 +26,9 @@ from prefix_rft.data import (
     save_problems,
     synthetic_arithmetic,
 )
-from prefix_rft.data.readers import detect_schema, strip_instruction, unwrap_boxed
+from prefix_rft.data.filter import filter_openr1_dataset, filter_openr1_source, openr1_parts
+from prefix_rft.data.loading import open_parts
+from prefix_rft.data.readers import detect_schema, iter_file, strip_instruction, unwrap_boxed
 from prefix_rft.data.synthetic import LEVELS, pool_size
 from prefix_rft.errors import UserError
 
@@ -288,9 +292,23 @@ def test_iter_rows_gives_raw_rows_with_file_and_row_number():
     assert (rows[0].where, rows[0].number, rows[0].fields["uuid"]) == (str(RAW), 1, "u-01")
 
 
-def test_local_reads_never_import_datasets(monkeypatch):
+def test_benchmark_file_reader_never_imports_datasets(monkeypatch):
+    """`iter_file` (the benchmark registry's reader of shipped files) reads directly."""
     monkeypatch.setitem(sys.modules, "datasets", None)  # any import of it would now fail
-    assert len(read_problems(LUFFY_PARQUET)) == 3
+    assert [r.fields["extra_info"]["index"] for r in iter_file(LUFFY_PARQUET)] == [10, 11, 12]
+
+
+def test_data_specs_load_through_the_datasets_cache():
+    import datasets
+
+    (part,) = open_parts(LUFFY_PARQUET)
+    assert isinstance(part.dataset, datasets.Dataset) and part.dataset.cache_files
+    assert (part.where, part.kind, part.stem) == (str(LUFFY_PARQUET), "table", "luffy_sample")
+    (part,) = open_parts(MESSAGES)
+    assert part.kind == "jsonl" and part.dataset.cache_files
+    # rows come back exactly as the direct file reader gives them
+    for path in (LUFFY_PARQUET, LUFFY_JSONL, RAW, MESSAGES):
+        assert list(iter_rows(path)) == list(iter_file(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,6 +354,59 @@ def test_hub_loads_with_datasets(monkeypatch):
         "hub:owner/missing: cannot load split 'train' from the hub (FileNotFoundError"
         in one_line(err)
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# S3 (the session's moto server): the same files, read through s3fs and the datasets cache
+
+
+def _put(s3_env, files: dict[str, Path]) -> str:
+    """Upload `files` ({relative key: local file}) under a fresh prefix; its s3:// URL."""
+    import boto3
+
+    prefix = f"test-data/{uuid.uuid4().hex[:8]}"
+    client = boto3.client("s3")  # endpoint and keys from the s3_env variables
+    for rel, path in files.items():
+        client.upload_file(str(path), s3_env.bucket, f"{prefix}/{rel}")
+    return f"s3://{s3_env.bucket}/{prefix}"
+
+
+def test_s3_parquet_and_jsonl_read_like_the_local_files(s3_env, tmp_path):
+    from prefix_rft.data.loading import storage_options
+
+    train = write_jsonl(tmp_path / "train-00000.jsonl", [{"problem": "A?", "answer": "1",
+                                                          "solution": "S"}])
+    test = write_jsonl(tmp_path / "test.jsonl", [{"problem": "B?", "answer": "2"}])
+    raw = tmp_path / "raw.parquet"
+    pq.write_table(pa.Table.from_pylist(raw_rows()), raw)
+    url = _put(s3_env, {"luffy.parquet": LUFFY_PARQUET, "luffy.jsonl": LUFFY_JSONL,
+                        "dir/train-00000.jsonl": train, "dir/test.jsonl": test, "raw.parquet": raw})
+    assert read_problems(f"{url}/luffy.parquet") == read_problems(LUFFY_PARQUET)
+    assert read_problems(f"{url}/luffy.jsonl") == read_problems(LUFFY_JSONL)
+    first = next(iter_rows(f"{url}/luffy.jsonl"))
+    assert (first.where, first.number, first.stem) == (f"{url}/luffy.jsonl", 1, "luffy")
+    # a prefix reads like a directory: the files of the split
+    assert [p.prompt for p in read_problems(f"{url}/dir/")] == ["A?"]
+    assert [p.prompt for p in read_problems(f"{url}/dir", split="test",
+                                            require_demos=False)] == ["B?"]
+    kw = {"count_tokens": words, "gold_ok": simple_gold_ok, "max_trace_tokens": 20}
+    assert filter_openr1_dataset(openr1_parts(f"{url}/raw.parquet"), **kw) == filter_openr1(
+        raw_rows(), **kw)
+    # the moto endpoint is not AWS: s3fs's client only sends checksums an operation requires
+    config = storage_options("s3")["config_kwargs"]
+    assert config["request_checksum_calculation"] == "when_required"
+    assert storage_options("s3")["endpoint_url"] == s3_env.s3_endpoint
+
+
+def test_s3_missing_object_or_bucket_is_one_error_naming_the_url(s3_env):
+    missing = f"s3://{s3_env.bucket}/test-data/{uuid.uuid4().hex[:8]}/train.parquet"
+    with pytest.raises(UserError) as err:
+        read_problems(missing)
+    assert one_line(err).startswith(f"{missing}: not found (no such object or bucket; endpoint ")
+    bucket = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/train.jsonl"
+    with pytest.raises(UserError) as err:
+        read_problems(bucket)
+    assert one_line(err).startswith(f"{bucket}: not found (no such object or bucket; endpoint ")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,6 +610,43 @@ def test_filter_with_math_verify_gold_check():
     assert stats.kept == 5
     assert [p.id for p in problems] == ["u-01", "u-02", "u-05", "u-08", "u-10"]
     assert stats.dropped == stats.input_rows - 5 == 7
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_dataset_filter_equals_the_row_filter(tmp_path, monkeypatch, suffix):
+    """The `datasets.map` filter (2 worker processes) keeps exactly the rows, ids, traces and
+    counts of `filter_openr1`, for every row limit, from JSON lines and from Parquet."""
+    from prefix_rft.data import filter as filter_mod
+    from prefix_rft.rollout.reward import gold_is_parseable
+
+    monkeypatch.setattr(filter_mod, "MIN_ROWS_PER_WORKER", 1)  # use workers on 12 rows
+    rows = raw_rows()
+    path = RAW
+    if suffix == ".parquet":
+        path = tmp_path / "raw.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    for gold_ok in (simple_gold_ok, gold_is_parseable):
+        for limit in (None, 0, 5, 11):
+            kw = {"count_tokens": words, "gold_ok": gold_ok, "max_trace_tokens": 20}
+            expected = filter_openr1(rows[:limit] if limit is not None else rows, **kw)
+            got = filter_openr1_dataset(openr1_parts(str(path)), num_proc=2, limit=limit, **kw)
+            assert got == expected, (gold_ok, limit)
+    assert got[1].kept == 5 and got[1].duplicate == 2
+
+
+def test_filter_source_with_a_real_tokenizer_equals_the_row_filter(smol_tokenizer):
+    from prefix_rft.rollout.reward import gold_is_parseable
+
+    def count(text):
+        return len(smol_tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    for max_tokens in (8, 40):
+        expected = filter_openr1(raw_rows(), count_tokens=count, gold_ok=gold_is_parseable,
+                                 max_trace_tokens=max_tokens)
+        got = filter_openr1_source(str(RAW), smol_tokenizer, max_trace_tokens=max_tokens,
+                                   num_proc=1)
+        assert got == expected
+    assert filter_openr1_source(str(RAW), smol_tokenizer, max_trace_tokens=40, limit=2)[1].input_rows == 2
 
 
 def test_dedupe_problems_normalises_whitespace_and_case():

@@ -284,6 +284,54 @@ def test_s3_errors_name_the_uri(s3_env, tmp_path, monkeypatch):
         open_store("gs://bucket/x")
 
 
+def _put_headers(store: S3Store) -> list[dict]:
+    """The headers of every PutObject the store's client sends from now on."""
+    sent: list[dict] = []
+    store.client.meta.events.register(
+        "before-send.s3.PutObject", lambda request, **_: sent.append(dict(request.headers)))
+    return sent
+
+
+def _checksummed(headers: dict) -> bool:
+    return any(k.lower().startswith("x-amz-checksum-") or k.lower() == "x-amz-trailer"
+               for k in headers)
+
+
+def test_s3_checksums_only_when_required_on_a_custom_endpoint(s3_env, tmp_path, monkeypatch):
+    """Non-AWS endpoints get `when_required` checksums (boto3 >= 1.36 sends a CRC with every
+    upload by default, which some S3-compatible servers reject); PREFIX_RFT_S3_CHECKSUMS
+    overrides it, and AWS itself keeps botocore's default."""
+    monkeypatch.delenv("PREFIX_RFT_S3_CHECKSUMS", raising=False)
+    store = S3Store(_s3_uri(s3_env, "checksums"))
+    config = store.client.meta.config
+    assert config.request_checksum_calculation == "when_required"
+    assert config.response_checksum_validation == "when_required"
+    sent = _put_headers(store)
+    files = _ckpt_files(3)
+    ref = store.commit(_tree(tmp_path / "a", files), "step-3", step=3, epoch=None,
+                       config_hash="h")
+    out = fetch_checkpoint(ref, tmp_path / "out")  # a fresh store (and client) downloads
+    assert {rel: (out / rel).read_bytes() for rel in files} == files
+    assert len(sent) == len(files) + 1 and not any(_checksummed(h) for h in sent)
+
+    monkeypatch.setenv("PREFIX_RFT_S3_CHECKSUMS", "when_supported")
+    store = S3Store(_s3_uri(s3_env, "checksums"))
+    assert store.client.meta.config.request_checksum_calculation == "when_supported"
+    sent = _put_headers(store)
+    store.commit(_tree(tmp_path / "b", {"x": b"1"}), "s", step=1, epoch=None, config_hash="h")
+    assert sent and all(_checksummed(h) for h in sent)
+
+    monkeypatch.setenv("PREFIX_RFT_S3_CHECKSUMS", "never")
+    with pytest.raises(UserError, match=r"PREFIX_RFT_S3_CHECKSUMS='never' \(expected one of auto"):
+        S3Store(_s3_uri(s3_env, "checksums"))
+    monkeypatch.delenv("PREFIX_RFT_S3_CHECKSUMS")
+    for var in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "METAFLOW_S3_ENDPOINT_URL",
+                "MLFLOW_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    aws = S3Store("s3://some-bucket/x").client.meta.config  # no request is made
+    assert aws.request_checksum_calculation == "when_supported"  # botocore's default
+
+
 # ---------------------------------------------------------------------------------- interruptions
 COMMIT_SCRIPT = """
 import sys

@@ -6,8 +6,13 @@
   * a directory of such files (not recursive, read in name order). When some file names start with
     a split name (`train.parquet`, `test-00000-of-00002.parquet`, `validation.jsonl`) only the
     files of the requested `split` are read; otherwise every data file is;
-  * a hub dataset written `hub:owner/name[:config]`, loaded with `datasets.load_dataset` (imported
-    only then; the `datasets` package is optional).
+  * the same behind an fsspec URL: `s3://bucket/train.parquet`, `s3://bucket/data/` (a prefix
+    read like a directory), `gs://...` when that backend is installed;
+  * a hub dataset written `hub:owner/name[:config]`.
+All of them load through `datasets.load_dataset` and its cache (`prefix_rft.data.loading`); the
+parsing, schema checks and errors below are this module's, the same for every source.
+`iter_file` is the direct reader of one local file that the benchmark registry uses for the
+files it ships (no datasets cache copy of package data).
 
 Row schemas (auto-detected from the first row of each file, or forced with `schema=`):
   openr1    raw OpenR1-Math-220k: `problem`, `answer`, `uuid`, `generations` (DeepSeek-R1 traces),
@@ -36,30 +41,20 @@ line number for .jsonl) and the field, and saying what was expected.
 from __future__ import annotations
 
 import json
-import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from prefix_rft.data.loading import DATA_SUFFIXES, HUB_PREFIX, Part, open_parts
 from prefix_rft.data.problem import Problem
 from prefix_rft.errors import UserError
 
-SCHEMAS = ("openr1", "luffy", "messages", "plain", "problems")
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
-HUB_PREFIX = "hub:"
-_LOCAL_HINT = "local .jsonl/.json/.parquet files and directories always work"
+__all__ = ["DATA_SUFFIXES", "HUB_PREFIX", "SCHEMAS", "RawRow", "detect_schema", "iter_file",
+           "iter_rows", "load_problems", "part_rows", "read_problems", "strip_instruction",
+           "unwrap_boxed"]
 
-# Split names recognised at the start of a file name in a directory, with their aliases.
-_SPLIT_ALIASES = {
-    "train": "train",
-    "test": "test",
-    "validation": "validation",
-    "valid": "validation",
-    "val": "validation",
-    "dev": "validation",
-    "eval": "validation",
-}
+SCHEMAS = ("openr1", "luffy", "messages", "plain", "problems")
 
 # The instruction suffixes LUFFY / Prefix-RFT / Qwen-Math append to the user turn. The project
 # applies its own instruction at prompt-building time, so the stored prompt is the bare problem.
@@ -75,7 +70,7 @@ _INSTRUCTION_SUFFIX = re.compile(
 class RawRow:
     """One row of a data source, before it is parsed into a `Problem`."""
 
-    where: str  # the file as given, or `hub:owner/name [split]`
+    where: str  # the file (path or URL) as given, or `hub:owner/name [split]`
     number: int  # 1-based row number as in the file (the line number for .jsonl)
     stem: str  # the file stem (or hub dataset name), for fallback ids `<stem>-<number>`
     fields: dict
@@ -98,7 +93,7 @@ def read_problems(
     require_demos: bool = True,
     limit: int | None = None,
 ) -> list[Problem]:
-    """Read problems from a local file, a directory of files or `hub:owner/name[:config]`.
+    """Read problems from a file, a directory of files (local or a URL) or `hub:owner/name`.
 
     schema: "auto" (detect from each file's first row) or one of `SCHEMAS`.
     split: the hub split, or which split's files to read from a directory (see the module doc).
@@ -161,24 +156,39 @@ def detect_schema(fields: dict) -> str | None:
 
 
 def iter_rows(spec: str | Path, *, split: str = "train") -> Iterator[RawRow]:
-    """Every row of a file, a directory of files or a hub dataset, as plain dicts."""
-    if isinstance(spec, str) and spec.startswith(HUB_PREFIX):
-        yield from _iter_hub(spec, split)
-        return
-    path = Path(spec)
-    if path.is_dir():
-        for file in _files_for_split(path, split):
-            yield from iter_file(file)
-    elif path.exists():
-        yield from iter_file(path)
+    """Every row of a file, a directory of files (local or a URL) or a hub dataset, as plain
+    dicts, loaded through `datasets` (see `prefix_rft.data.loading`)."""
+    for part in open_parts(spec, split=split):
+        yield from part_rows(part)
+
+
+def part_rows(part: Part) -> Iterator[RawRow]:
+    """The rows of one loaded part, numbered from 1 (the line number for `.jsonl`)."""
+    if part.kind == "jsonl":
+        yield from _rows_from_lines(part.where, part.stem, _text_column(part.dataset))
+    elif part.kind == "json":
+        yield from _rows_from_document(part.where, part.stem, "".join(_text_column(part.dataset)))
     else:
-        hint = ""
-        if isinstance(spec, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
-            hint = f"; for a hub dataset write {HUB_PREFIX}{spec}"
-        raise UserError(
-            f"{spec}: file not found (expected a .jsonl, .json or .parquet file, a directory of "
-            f"them, or {HUB_PREFIX}owner/name{hint})"
-        )
+        yield from _table_rows(part)
+
+
+def _text_column(ds) -> Iterator[str]:
+    for batch in ds.with_format("arrow").iter(batch_size=4096):
+        yield from batch.column("text").to_pylist()
+
+
+def _table_rows(part: Part) -> Iterator[RawRow]:
+    ds = part.dataset
+    if hasattr(ds, "with_format"):
+        rows = (obj for batch in ds.with_format("arrow").iter(batch_size=1024)
+                for obj in batch.to_pylist())
+    else:  # any iterable of mappings
+        rows = (dict(obj) for obj in ds)
+    number = 0
+    for number, obj in enumerate(rows, 1):
+        yield RawRow(part.where, number, part.stem, obj)
+    if number == 0 and part.file:
+        raise UserError(f"{part.where}: file has no rows (expected a Parquet table of problems)")
 
 
 def strip_instruction(prompt: str) -> str:
@@ -211,27 +221,6 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-def _split_of(file: Path) -> str | None:
-    head = re.split(r"[-_.]", file.name.lower(), maxsplit=1)[0]
-    return _SPLIT_ALIASES.get(head)
-
-
-def _files_for_split(directory: Path, split: str) -> list[Path]:
-    files = sorted(
-        p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in DATA_SUFFIXES
-    )
-    if not files:
-        raise UserError(f"{directory}: directory has no .jsonl, .json or .parquet file")
-    if not any(_split_of(f) for f in files):
-        return files
-    wanted = _SPLIT_ALIASES.get(split.lower(), split.lower())
-    chosen = [f for f in files if _split_of(f) == wanted]
-    if not chosen:
-        names = ", ".join(f.name for f in files)
-        raise UserError(f"{directory}: no file for split '{split}' (found: {names})")
-    return chosen
-
-
 def iter_file(path: Path) -> Iterator[RawRow]:
     """Every row of one `.jsonl`, `.json` or `.parquet` file, by its suffix (the one file reader
     of the library: `iter_rows` and the benchmark registry read through it). Rows are numbered
@@ -259,62 +248,77 @@ def _read_text(path: Path) -> str:
         raise UserError(f"{path}: cannot read ({e.strerror or _one_line(e)})") from None
 
 
-def _row(path: Path, number: int, obj) -> RawRow:
+def _row(where: str, stem: str, number: int, obj) -> RawRow:
     if not isinstance(obj, dict):
         raise UserError(
-            f"{path} row {number}: got a JSON {type(obj).__name__} (expected a JSON object)"
+            f"{where} row {number}: got a JSON {type(obj).__name__} (expected a JSON object)"
         )
-    return RawRow(str(path), number, path.stem, obj)
+    return RawRow(where, number, stem, obj)
+
+
+def _rows_from_lines(where: str, stem: str, lines: Iterable[str]) -> Iterator[RawRow]:
+    """JSON lines, numbered by line (blank lines are skipped but counted)."""
+    any_row = False
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(
+                f"{where} row {number}: malformed JSON ({e.msg} at column {e.colno}) "
+                f"(expected one JSON object per line)"
+            ) from None
+        any_row = True
+        yield _row(where, stem, number, obj)
+    if not any_row:
+        raise UserError(f"{where}: file has no rows (expected one JSON object per line)")
+
+
+def _rows_from_document(where: str, stem: str, text: str) -> Iterator[RawRow]:
+    """A `.json` file's text: an array of objects, or JSON lines saved as `.json`."""
+    if text.lstrip().startswith("{"):
+        yield from _rows_from_lines(where, stem, text.splitlines())
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{where} line {e.lineno}: malformed JSON ({e.msg} at column {e.colno}) "
+            f"(expected a JSON array of objects)"
+        ) from None
+    if not isinstance(data, list):
+        raise UserError(
+            f"{where}: holds a JSON {type(data).__name__} (expected an array of objects)"
+        )
+    if not data:
+        raise UserError(f"{where}: file has no rows (expected a JSON array of objects)")
+    for number, obj in enumerate(data, 1):
+        yield _row(where, stem, number, obj)
 
 
 def _iter_jsonl(path: Path) -> Iterator[RawRow]:
-    any_row = False
     number = 0
     try:
         with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(
-                        f"{path} row {number}: malformed JSON ({e.msg} at column {e.colno}) "
-                        f"(expected one JSON object per line)"
-                    ) from None
-                any_row = True
-                yield _row(path, number, obj)
+            for row in _rows_from_lines(str(path), path.stem, f):
+                number = row.number
+                yield row
     except UnicodeDecodeError:
         raise UserError(
             f"{path}: not UTF-8 text after row {number} (expected JSON lines)"
         ) from None
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror or _one_line(e)})") from None
-    if not any_row:
-        raise UserError(f"{path}: file has no rows (expected one JSON object per line)")
 
 
 def _iter_json(path: Path) -> Iterator[RawRow]:
     text = _read_text(path)
-    if text.lstrip().startswith("{"):  # JSON lines saved as .json
+    if text.lstrip().startswith("{"):  # JSON lines saved as .json: stream them from the file
         del text
         yield from _iter_jsonl(path)
         return
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(
-            f"{path} line {e.lineno}: malformed JSON ({e.msg} at column {e.colno}) "
-            f"(expected a JSON array of objects)"
-        ) from None
-    if not isinstance(data, list):
-        raise UserError(
-            f"{path}: holds a JSON {type(data).__name__} (expected an array of objects)"
-        )
-    if not data:
-        raise UserError(f"{path}: file has no rows (expected a JSON array of objects)")
-    for number, obj in enumerate(data, 1):
-        yield _row(path, number, obj)
+    yield from _rows_from_document(str(path), path.stem, text)
 
 
 def _iter_parquet(path: Path) -> Iterator[RawRow]:
@@ -333,34 +337,6 @@ def _iter_parquet(path: Path) -> Iterator[RawRow]:
         for obj in batch.to_pylist():
             number += 1
             yield RawRow(str(path), number, path.stem, obj)
-
-
-def _iter_hub(spec: str, split: str) -> Iterator[RawRow]:
-    body = spec[len(HUB_PREFIX) :]
-    name, _, config = body.partition(":")
-    if not name:
-        raise UserError(f"{spec}: no dataset name (expected {HUB_PREFIX}owner/name[:config])")
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            raise UserError(f"{spec}: cannot load from the hub while {var}=1 ({_LOCAL_HINT})")
-    try:
-        import datasets
-    except ImportError:
-        raise UserError(
-            f"{spec}: cannot load from the hub: the 'datasets' package is not installed "
-            f"(pip install 'prefix-rft[hub]'; {_LOCAL_HINT})"
-        ) from None
-    try:
-        ds = datasets.load_dataset(name, config or None, split=split)
-    except Exception as e:
-        raise UserError(
-            f"{spec}: cannot load split '{split}' from the hub ({type(e).__name__}: {_one_line(e)}; "
-            f"{_LOCAL_HINT})"
-        ) from None
-    where = f"{spec} [{split}]"
-    stem = name.rsplit("/", 1)[-1]
-    for number, obj in enumerate(ds, 1):
-        yield RawRow(where, number, stem, dict(obj))
 
 
 # ---------------------------------------------------------------------------------------------

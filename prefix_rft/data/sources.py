@@ -1,6 +1,7 @@
 """Resolve a data spec from the config (`data.train`, `data.test`) into problems.
 
-A spec is a local file/directory, `hub:owner/name[:config]`, or `synthetic:LEVELS` (the built-in
+A spec is a local file/directory, an `s3://` (or other fsspec) URL of one, `hub:owner/name[:config]`
+(all loaded through `datasets`: see `prefix_rft.data.loading`), or `synthetic:LEVELS` (the built-in
 arithmetic task; LEVELS is a comma-separated list such as `add,mul`).
 """
 

@@ -233,6 +233,49 @@ def is_s3(uri: str | Path) -> bool:
     return str(uri).startswith("s3://")
 
 
+# Where boto3 clients find an S3-compatible endpoint (MinIO, Ceph, R2, moto), first set wins.
+S3_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "METAFLOW_S3_ENDPOINT_URL",
+                    "MLFLOW_S3_ENDPOINT_URL")
+# Checksum policy of the project's S3 clients: "auto" (the default) is "when_required" for a
+# custom endpoint and botocore's own default on AWS; "when_required" / "when_supported" force one.
+S3_CHECKSUMS_VAR = "PREFIX_RFT_S3_CHECKSUMS"
+_CHECKSUM_MODES = ("auto", "when_required", "when_supported")
+
+
+def s3_endpoint_url() -> str | None:
+    """The S3 endpoint URL the environment names, or None for AWS itself."""
+    return next((os.environ[k] for k in S3_ENDPOINT_VARS if os.environ.get(k)), None)
+
+
+def s3_checksum_mode(endpoint_url: str | None) -> str | None:
+    """The checksum setting for a client of `endpoint_url`, or None to leave botocore's default.
+
+    botocore (boto3 >= 1.36) computes a CRC checksum for every upload and validates the checksums
+    of downloads by default; several S3-compatible servers reject or mangle those headers. With a
+    custom endpoint the clients therefore only send/check checksums an operation requires, unless
+    `PREFIX_RFT_S3_CHECKSUMS` says otherwise. botocore's own variables
+    (AWS_REQUEST_CHECKSUM_CALCULATION, AWS_RESPONSE_CHECKSUM_VALIDATION) win over "auto"."""
+    mode = os.environ.get(S3_CHECKSUMS_VAR, "auto").strip().lower() or "auto"
+    if mode not in _CHECKSUM_MODES:
+        raise UserError(f"{S3_CHECKSUMS_VAR}={mode!r} (expected one of {', '.join(_CHECKSUM_MODES)})")
+    if mode != "auto":
+        return mode
+    if not endpoint_url or any(os.environ.get(k) for k in (
+            "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION")):
+        return None
+    return "when_required"
+
+
+def s3_config_kwargs(endpoint_url: str | None, **extra: Any) -> dict[str, Any]:
+    """`botocore.config.Config` keyword arguments for an S3 client of `endpoint_url`: `extra`
+    plus the checksum policy of `s3_checksum_mode`. Shared by the checkpoint store's boto3
+    client and the data loaders' s3fs file system."""
+    mode = s3_checksum_mode(endpoint_url)
+    if mode is not None:
+        extra.update(request_checksum_calculation=mode, response_checksum_validation=mode)
+    return extra
+
+
 class CheckpointStore(ABC):
     """Checkpoints below `root`; see the module docstring for the commit protocol."""
 
@@ -449,7 +492,10 @@ class LocalStore(CheckpointStore):
 
 
 class S3Store(CheckpointStore):
-    """Checkpoints under an S3 prefix, moved by boto3's managed (multipart, threaded) transfers."""
+    """Checkpoints under an S3 prefix, moved by boto3's managed (multipart, threaded) transfers.
+
+    The endpoint is `endpoint_url`, else the first of `S3_ENDPOINT_VARS` set, else AWS; with a
+    custom endpoint the client computes checksums only when required (see `s3_checksum_mode`)."""
 
     def __init__(self, root: str, *, endpoint_url: str | None = None, max_concurrency: int = 8,
                  multipart_threshold: int = 8 * 1024**2, multipart_chunksize: int = 8 * 1024**2,
@@ -466,14 +512,12 @@ class S3Store(CheckpointStore):
         self.bucket, self.prefix = bucket, key.strip("/")
         self.root = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.max_concurrency = max(1, int(max_concurrency))
-        self.endpoint_url = endpoint_url or next(
-            (os.environ[k] for k in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL",
-                                     "METAFLOW_S3_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
-             if os.environ.get(k)), None)
+        self.endpoint_url = endpoint_url or s3_endpoint_url()
         # files in parallel x parts in parallel share one connection pool: size it for both
         self.client = client or boto3.client(
             "s3", endpoint_url=self.endpoint_url,
-            config=Config(max_pool_connections=max(10, self.max_concurrency * 4)))
+            config=Config(**s3_config_kwargs(
+                self.endpoint_url, max_pool_connections=max(10, self.max_concurrency * 4))))
         self.transfer = TransferConfig(
             multipart_threshold=multipart_threshold, multipart_chunksize=multipart_chunksize,
             max_concurrency=self.max_concurrency, use_threads=True,
