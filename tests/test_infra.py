@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOW = ROOT / "flows" / "prefix_rft_flow.py"
 PAPER_7B = ROOT / "configs" / "paper" / "qwen2.5-math-7b.yaml"
 PROFILES = ROOT / "infra" / "metaflow"
-CORE = ("torch", "transformers", "vllm", "metaflow", "mlflow", "math-verify", "boto3")
+CORE = ("torch", "transformers", "vllm", "metaflow", "mlflow", "math-verify", "boto3", "datasets", "s3fs")
 
 
 def _load(path: Path, name: str):
