@@ -19,6 +19,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -371,7 +372,11 @@ class Tracker:
         from mlflow.entities import Dataset, DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-        meta = MetaDataset(resolve_dataset_source(source), name=name, digest=sha256[:DIGEST_CHARS],
+        with warnings.catch_warnings():  # MLflow knows local paths under two equal names
+            warnings.filterwarnings("ignore", message="The specified dataset source can be "
+                                    "interpreted in multiple ways")
+            resolved = resolve_dataset_source(source)
+        meta = MetaDataset(resolved, name=name, digest=sha256[:DIGEST_CHARS],
                            schema=_schema(columns or {}))
         d = meta.to_dict()
         entity = Dataset(name=d["name"], digest=d["digest"], source_type=d["source_type"],
