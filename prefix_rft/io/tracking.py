@@ -8,6 +8,13 @@ Every call goes through `Tracker`, which talks to the server with an explicit ru
 "active run"), so steps in separate processes and machines can log to the same run. Reports read
 through it too (`pipeline_runs`, `eval_runs`, `download_artifact`, `metric_history`), getting
 plain dicts (`run_record`) rather than MLflow entities.
+
+Lineage (MLflow 3): `checkpoint_model` makes a committed checkpoint a LoggedModel that points at
+the checkpoint's URI (its artifacts are only an `MLmodel` and `POINTER_FILE`), `log_metrics(...,
+model_id=)` links metrics to it, `register_model` registers it (`models:/<model id>`) with
+aliases, `log_dataset` records a data file as a run input. `load_registered` turns a `models:/`
+URI back into a local HF directory, and `_load_pyfunc` is the loader that `mlflow.pyfunc` calls
+for these models (the `MLmodel` names this module).
 """
 
 from __future__ import annotations
