@@ -86,6 +86,7 @@ def filter_data(cfg: FlowConfig, *, lineage_prefix: str, tracker=None, tracking:
     with tempfile.TemporaryDirectory(prefix="prefix-rft-data-") as tmp:
         save_problems(train, Path(tmp) / TRAIN_FILE)
         save_problems(test, Path(tmp) / TEST_FILE)
+        files = {f: _file_info(Path(tmp) / f) for f in (TRAIN_FILE, TEST_FILE)}
         ref = open_store(lineage_prefix).commit(
             tmp, "data", step=0, epoch=None, config_hash=cfg.config_hash(),
             meta={"kind": "data", "num_train": len(train), "num_test": len(test)})
@@ -100,8 +101,34 @@ def filter_data(cfg: FlowConfig, *, lineage_prefix: str, tracker=None, tracking:
             {"id": p.id, "prompt": p.prompt[:500], "answer": p.answer,
              "demo_chars": len(p.demonstrations[0]) if p.demonstrations else 0}
             for p in train[:20]], run_layout.DATA_SAMPLE_ARTIFACT)
+        log_datasets(cfg, tracker, run_id, ref.uri, files)
     return {"data": ref.to_dict(), "stats": stats, "num_train": len(train), "num_test": len(test),
             "plan": plan}
+
+
+def _file_info(path: Path) -> dict:
+    """sha256, row count and column types (arrow type strings) of a parquet file."""
+    import pyarrow.parquet as pq
+
+    from prefix_rft.io.store import sha256_file
+
+    meta = pq.ParquetFile(path)
+    return {"sha256": sha256_file(path), "num_rows": meta.metadata.num_rows,
+            "columns": {f.name: str(f.type) for f in meta.schema_arrow}}
+
+
+def log_datasets(cfg: FlowConfig, tracker, run_id: str, data_uri: str, files: dict) -> None:
+    """The committed training and held-out files as dataset inputs of the MLflow run (source:
+    their URI in the lineage's data commit; digest: their sha256; the configured raw source as
+    a tag). An empty held-out set is not logged."""
+    sets = [(TRAIN_FILE, run_layout.TRAIN_DATASET, run_layout.TRAIN_CONTEXT, cfg.data.train),
+            (TEST_FILE, run_layout.HELDOUT_DATASET, run_layout.HELDOUT_CONTEXT, cfg.data.test)]
+    for file, name, context, raw in sets:
+        info = files[file]
+        if info["num_rows"]:
+            tracker.log_dataset(run_id, name=name, source=f"{data_uri}/{file}", context=context,
+                                sha256=info["sha256"], num_rows=info["num_rows"],
+                                columns=info["columns"], tags={"raw_source": raw})
 
 
 def read_data(data_ref: dict) -> tuple[list[Problem], list[Problem]]:

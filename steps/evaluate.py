@@ -9,11 +9,13 @@ problem/answer fields). `heldout` and the synthetic levels use the config's `eva
 (samples, temperature, top_p, new tokens, `eval.num_problems`); the others use
 `pipeline.eval_protocol`. Epoch 0 is the starting model.
 
-MLflow: the parent run gets `eval/<benchmark>/avg_at_<n>` at `step=epoch`; each task opens a
-nested child run `eval-<benchmark>-epoch<e>` with the protocol as params, the summary metrics,
-a table of sample completions and the per-sample results (parquet). `join_eval` logs the score
-table (Markdown), the learning-curve figure and registers the best epoch's checkpoint in the
-model registry under the alias `best`. Every name is from `prefix_rft.io.run_layout`, which the
+MLflow: the parent run gets `eval/<benchmark>/avg_at_<n>` at `step=epoch`, logged against the
+evaluated checkpoint's LoggedModel (so its page in the UI lists them); each task opens a nested
+child run `eval-<benchmark>-epoch<e>` that takes that model as an input, with the protocol as
+params, the summary metrics, a table of sample completions and the per-sample results
+(parquet). `join_eval` logs the score table (Markdown), the learning-curve figure and registers
+the best epoch's LoggedModel in the model registry under the alias `best` (the last epoch's
+under `last`). Every name is from `prefix_rft.io.run_layout`, which the
 readers (`prefix_rft.io.tracking`, `prefix_rft.eval.report`) use too.
 """
 
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from prefix_rft.errors import UserError
 from prefix_rft.io import run_layout
-from prefix_rft.io.store import open_store
+from prefix_rft.io.store import is_s3, open_store
 from steps.common import fetch_into, log, use_cpus
 from steps.data import read_data
 from steps.flow_config import FlowConfig
@@ -152,6 +154,9 @@ def eval_task(cfg: FlowConfig, item: dict, *, data_ref: dict, tracker=None, trac
         log.info("epoch %d %s: %s = %.4f [%.4f, %.4f] over %d problems (%s engine)", epoch, bench,
                  key, s["avg_at_n"], s["ci_low"], s["ci_high"], s["num_problems"], kind)
         if tracker is not None and tracking:
+            if item["checkpoint"]:  # the evaluated checkpoint's LoggedModel (made if missing)
+                summary["model_id"] = tracker.checkpoint_model(
+                    tracking["experiment_id"], tracking["run_id"], item["checkpoint"])
             summary["child_run_id"] = _log_cell(cfg, tracker, tracking, summary, res, Path(tmp))
         return summary
 
@@ -165,14 +170,17 @@ def _log_cell(cfg: FlowConfig, tracker, tracking: dict, summary: dict, res, scra
 
     parent, epoch, bench = tracking["run_id"], summary["epoch"], summary["benchmark"]
     shard, shards, kind, n = summary["shard"], summary["shards"], summary["engine"], summary["n"]
+    model_id = summary.get("model_id")
     if shards == 1:
-        tracker.log_metrics(parent, _cell_metrics(summary), step=epoch)
+        tracker.log_metrics(parent, _cell_metrics(summary), step=epoch, model_id=model_id)
     name = run_layout.eval_run_name(bench, epoch, shard, shards)
     child = tracker.create_run(tracking["experiment"], name, {
         run_layout.EPOCH: epoch, run_layout.BENCHMARK: bench,
         run_layout.CHECKPOINT: summary["checkpoint_uri"], run_layout.ENGINE: kind,
         run_layout.SHARD: run_layout.shard_value(shard, shards),
     }, parent_run_id=parent)
+    if model_id:
+        tracker.link_model_input(child, model_id)
     tracker.log_params(child, run_layout.protocol_params(summary["protocol"]) | {
         run_layout.BENCHMARK: bench, run_layout.EPOCH: epoch, run_layout.ENGINE: kind})
     s = res.summary
@@ -311,13 +319,15 @@ def join_eval(cfg: FlowConfig, results: list[dict], failures: list[dict], epochs
     results, failures, merged = merge_shards(results, failures, seed=cfg.seed)
     if tracker is not None and tracking:
         for m in merged:
-            tracker.log_metrics(tracking["run_id"], _cell_metrics(m), step=m["epoch"])
+            tracker.log_metrics(tracking["run_id"], _cell_metrics(m), step=m["epoch"],
+                                model_id=m.get("model_id"))
     results = [{k: v for k, v in r.items() if k != "per_problem"} for r in results]
     best, score, common = best_epoch(results)
     refs = {e["epoch"]: e["checkpoint"] for e in epochs_done}
     out = {"results": results, "failures": failures, "best_epoch": best, "best_score": score,
            "best_benchmarks": common, "best_checkpoint": refs.get(best, {}).get("uri") if best else None,
-           "table": markdown_table(results, failures), "registered": None, "pruned": []}
+           "table": markdown_table(results, failures), "registered": None,
+           "registered_last": None, "pruned": []}
     if tracker is not None and tracking:
         run_id = tracking["run_id"]
         tags = {run_layout.EVAL_FAILED_TASKS_TAG: len(failures),
@@ -335,23 +345,10 @@ def join_eval(cfg: FlowConfig, results: list[dict], failures: list[dict], epochs
         plt.close(fig)
         name = cfg.tracking.registered_model
         if name and best is not None:
-            name = name.format(method=cfg.method)
-            source = out["best_checkpoint"] + "/model"
-            if not source.startswith("s3://") and tracker.uri.startswith(("http://", "https://")):
-                # A tracking server cannot point at this machine's disk: register a copy.
-                log.warning("checkpoints are local but MLflow is a server: uploading the best "
-                            "model to the run's artifacts to register it (use an s3:// "
-                            "pipeline.checkpoint_root to avoid the copy)")
-                with tempfile.TemporaryDirectory() as tmp:
-                    tracker.log_artifacts(run_id, fetch_into(refs[best], Path(tmp)) / "model",
-                                          run_layout.BEST_MODEL_ARTIFACT)
-                source = (tracker.run_info(run_id).info.artifact_uri.rstrip("/") + "/"
-                          + run_layout.BEST_MODEL_ARTIFACT)
-            version = tracker.register(
-                name, source, run_id, alias=run_layout.BEST_ALIAS,
+            out["registered"], out["registered_last"] = register_best_and_last(
+                tracker, tracking, name.format(method=cfg.method), refs, best=best,
+                last=epochs_done[-1]["epoch"],
                 tags=run_layout.registered_version_tags(best, score, common))
-            out["registered"] = {"name": name, "version": version, "alias": run_layout.BEST_ALIAS,
-                                 "source": source}
     if cfg.pipeline.keep_epochs == "best_and_last" and epochs_done:
         keep = {refs[epochs_done[-1]["epoch"]]["uri"]} | ({out["best_checkpoint"]} if best else set())
         for e in epochs_done:
@@ -359,5 +356,44 @@ def join_eval(cfg: FlowConfig, results: list[dict], failures: list[dict], epochs
             if uri not in keep:
                 open_store(uri.rsplit("/", 1)[0]).delete(uri)
                 out["pruned"].append(uri)
+        if out["pruned"] and tracker is not None and tracking:
+            tracker.mark_checkpoints_deleted(tracking["experiment_id"], out["pruned"])
     return out
+
+
+def _model_with_weights(tracker, tracking: dict, ref: dict) -> tuple[str, str]:
+    """(LoggedModel id, where its weights are) of a checkpoint. A tracking server's clients
+    cannot read this machine's disk: a local checkpoint's `model/` is then copied into the
+    LoggedModel's artifacts (once); S3 checkpoints (and a local MLflow) are only pointed at."""
+    model_id = tracker.checkpoint_model(tracking["experiment_id"], tracking["run_id"], ref)
+    source = ref["uri"] + "/model"
+    if is_s3(ref["uri"]) or not tracker.uri.startswith(("http://", "https://")):
+        return model_id, source
+    model = tracker.logged_model(model_id)
+    if model["tags"].get(run_layout.MODEL_WEIGHTS_TAG) != "copied":
+        log.warning("checkpoints are local but MLflow is a server: copying %s/model into the "
+                    "LoggedModel's artifacts to register it (an s3:// "
+                    "pipeline.checkpoint_root avoids the copy)", ref["uri"])
+        with tempfile.TemporaryDirectory() as tmp:
+            tracker.attach_weights(model_id, fetch_into(ref, Path(tmp)) / "model")
+    return model_id, model["artifact_location"].rstrip("/") + "/model"
+
+
+def register_best_and_last(tracker, tracking: dict, name: str, refs: dict[int, dict], *,
+                             best: int, last: int, tags: dict[str, str]) -> tuple[dict, dict]:
+    """Register the best epoch's checkpoint model as a version of `name` with the alias `best`
+    and the last epoch's with `last` (one version with both when they are the same epoch).
+    Returns a record per alias: name, version, alias, model_id, source (the weights), uri."""
+    def register(epoch: int, aliases: tuple[str, ...], version_tags: dict) -> dict:
+        model_id, source = _model_with_weights(tracker, tracking, refs[epoch])
+        version = tracker.register_model(name, model_id, aliases=aliases, tags=version_tags)
+        return {"name": name, "version": version, "alias": aliases[0], "model_id": model_id,
+                "source": source, "uri": f"models:/{name}@{aliases[0]}"}
+
+    if best == last:
+        rec = register(best, (run_layout.BEST_ALIAS, run_layout.LAST_ALIAS), tags)
+        return rec, rec | {"alias": run_layout.LAST_ALIAS,
+                           "uri": f"models:/{name}@{run_layout.LAST_ALIAS}"}
+    return (register(best, (run_layout.BEST_ALIAS,), tags),
+            register(last, (run_layout.LAST_ALIAS,), {"epoch": str(last)}))
 

@@ -29,13 +29,27 @@ def end(tracking: dict, summary: dict | None = None) -> str:
         if summary.get("best_epoch") is not None:
             text.append(f"best epoch: {summary['best_epoch']} (macro {summary['best_score']:.4f}) "
                         f"-> {summary['best_checkpoint']}")
-        if summary.get("registered"):
-            r = summary["registered"]
-            text.append(f"registered model: models:/{r['name']}@{r['alias']} (version {r['version']})")
+        text += registered_lines(summary.get("registered"), summary.get("registered_last"))
         if summary.get("failures"):
             text.append(f"WARNING: {len(summary['failures'])} evaluation task(s) failed; the run "
                         "finished with the others (see the table above)")
     return "\n".join(text)
+
+
+def registered_lines(best: dict | None, last: dict | None) -> list[str]:
+    """Where the registered models are and the one-liner that loads them."""
+    lines = []
+    for r in (best, last):
+        if r and not (r is last and best and r["version"] == best["version"]):
+            lines.append(f"registered model: models:/{r['name']}@{r['alias']} "
+                         f"(version {r['version']})")
+        elif r:
+            lines[-1] += f"; @{r['alias']} is the same version"
+    if best:
+        uri = f"models:/{best['name']}@{best['alias']}"
+        lines.append(f"load it: prefix_rft.io.tracking.load_registered({uri!r}) (an HF directory) "
+                     f"or mlflow.pyfunc.load_model({uri!r}).predict([prompt])")
+    return lines
 
 
 def mark_failed(tracking: dict | None) -> None:

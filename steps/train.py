@@ -122,7 +122,7 @@ def train_epoch(cfg: FlowConfig, *, epoch: int, plan: dict, data_ref: dict, star
 
         committed: list[CheckpointRef] = []
         commit = _commit_hook(cfg, store, trainer, ctx, epoch=epoch, start_id=start_id, main=main,
-                              committed=committed)
+                              committed=committed, tracker=tracker, tracking=tracking)
 
         monitor = (tracker.system_metrics(run_id, cfg.tracking.system_metrics) if tracker
                    else contextlib.nullcontext())
@@ -144,10 +144,12 @@ def train_epoch(cfg: FlowConfig, *, epoch: int, plan: dict, data_ref: dict, star
 
 
 def _commit_hook(cfg: FlowConfig, store, trainer, ctx: RunContext, *, epoch: int, start_id: str,
-                 main: bool, committed: list[CheckpointRef]):
+                 main: bool, committed: list[CheckpointRef], tracker=None,
+                 tracking: dict | None = None):
     """The flow's `on_checkpoint`: rank 0 commits each checkpoint the trainer writes to the
-    store (appending its ref to `committed`), removes the local copy and prunes older in-epoch
-    ones; every rank then passes the test failure-injection point."""
+    store (appending its ref to `committed`), makes it an MLflow LoggedModel pointing at its
+    URI (with a tracker), removes the local copy and prunes older in-epoch ones; every rank
+    then passes the test failure-injection point."""
 
     def commit(local: Path, end_of_epoch: bool) -> None:
         if main:
@@ -159,9 +161,14 @@ def _commit_hook(cfg: FlowConfig, store, trainer, ctx: RunContext, *, epoch: int
                                    "global_step": trainer.state.global_step,
                                    "sft_step": trainer.state.sft_step, "method": cfg.method})
             shutil.rmtree(local, ignore_errors=True)
+            if tracker is not None and tracking:
+                tracker.checkpoint_model(tracking["experiment_id"], tracking["run_id"],
+                                         ref.to_dict())
             if cfg.keep_last > 0:
-                store.prune(cfg.keep_last, prefix=ctx.run_id, where=lambda r: (
+                pruned = store.prune(cfg.keep_last, prefix=ctx.run_id, where=lambda r: (
                     r.meta.get("kind") == "checkpoint" and not r.meta.get("end_of_epoch")))
+                if pruned and tracker is not None and tracking:
+                    tracker.mark_checkpoints_deleted(tracking["experiment_id"], pruned)
             log.info("epoch %d: checkpoint %s", epoch, ref.uri)
             committed.append(ref)
         if not end_of_epoch:

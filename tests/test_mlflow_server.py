@@ -153,24 +153,33 @@ def test_pipeline_logs_to_the_team_server(as_user, smollm2_dir, tmp_path):
     assert sorted(m.step for m in ev) == [0, 1, 2]
     # artifacts, written and read back through the server's proxy
     arts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"config.yaml", "learning_curves.png", "best_model"} <= arts
+    assert {"config.yaml", "learning_curves.png"} <= arts
     local = client.download_artifacts(run_id, "config.yaml", str(tmp_path))
     assert yaml.safe_load(Path(local).read_text()) == m["config"]
-    # the best epoch, registered with the alias 'best' (local checkpoints + a server: the
-    # registered source is the copy uploaded to the run's artifacts)
+    # the best epoch's LoggedModel, registered with the alias 'best' (local checkpoints + a
+    # server: the model holds a copy of the weights in its artifacts)
     best = int(tags["best_epoch"])
     assert summary["registered"]["name"] == REGISTERED
+    model_id = summary["registered"]["model_id"]
     mv = client.get_model_version_by_alias(REGISTERED, "best")
-    assert mv.run_id == run_id and mv.source.endswith("/best_model")
+    assert mv.run_id == run_id and mv.source == f"models:/{model_id}"
     assert tags["best_checkpoint"] == [e1, e2][best - 1]["checkpoint"]["uri"]
     # ... and the bytes are in the S3 bucket (moto) under the server's artifacts destination
     exp_id = tracking["experiment_id"]
-    keys = s3_keys(team.s3, f"{team.prefix}/{exp_id}/{run_id}/artifacts/")
+    keys = s3_keys(team.s3, f"{team.prefix}/{exp_id}/")
     base = f"{team.prefix}/{exp_id}/{run_id}/artifacts"
-    assert {f"{base}/config.yaml", f"{base}/learning_curves.png",
-            f"{base}/best_model/model.safetensors", f"{base}/best_model/config.json"} <= keys
+    model_base = f"{team.prefix}/{exp_id}/models/{model_id}/artifacts"
+    assert {f"{base}/config.yaml", f"{base}/learning_curves.png", f"{model_base}/MLmodel",
+            f"{model_base}/model/model.safetensors", f"{model_base}/model/config.json"} <= keys
     body = s3_client(team.s3).get_object(Bucket=team.s3.bucket, Key=f"{base}/config.yaml")
     assert yaml.safe_load(body["Body"].read()) == m["config"]
+    # the documented one-liner, as the non-admin user without S3 credentials (the server
+    # proxies the copied weights)
+    from prefix_rft.io.tracking import load_registered
+
+    got = load_registered(f"models:/{REGISTERED}@best", tracking_uri=team.uri,
+                          dst=tmp_path / "best")
+    assert (got / "model.safetensors").is_file() and (got / "config.json").is_file()
 
 
 # ==================================================================================== refusals

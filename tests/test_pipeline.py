@@ -85,10 +85,15 @@ def test_happy_path_two_epochs(happy, local_servers):
     mv = client.get_model_version_by_alias("prefix-rft-prefix_rft", "best")
     assert tags["best_checkpoint"] == refs[best - 1]["uri"]
     assert mv.run_id == p.info.run_id
-    # local checkpoints + a tracking server: the registered source is an uploaded copy
-    assert mv.source.endswith("/best_model")
-    files = {a.path for a in client.list_artifacts(p.info.run_id, "best_model")}
-    assert "best_model/model.safetensors" in files and "best_model/config.json" in files
+    # local checkpoints + a tracking server: the registered version is the best checkpoint's
+    # LoggedModel, which holds a copy of the weights (this machine's disk is not shared)
+    summary = run["join_eval"].task.data.eval_summary
+    model_id = summary["registered"]["model_id"]
+    assert mv.source == f"models:/{model_id}"
+    model = client.get_logged_model(model_id)
+    assert model.tags["checkpoint.uri"] == refs[best - 1]["uri"] and model.tags["weights"] == "copied"
+    files = {a.path for a in client.list_logged_model_artifacts(model_id, "model")}
+    assert {"model/model.safetensors", "model/config.json"} <= files
     # the end step says where to look
     assert p.info.run_id in out and local_servers.mlflow_uri in out
 
@@ -207,8 +212,12 @@ def test_s3_checkpoints_and_a_failing_eval_task(local_servers, s3_env, smollm2_d
     assert merged == {r["epoch"]: r["value"] for r in summary["results"]}
     reg = summary["registered"]
     mv = client.get_model_version(reg["name"], reg["version"])
-    assert mv.source == summary["best_checkpoint"] + "/model"
-    assert mv.source.startswith(prefix + "/")
+    assert mv.source == f"models:/{reg['model_id']}"  # S3 checkpoints: pointed at, not copied
+    model = client.get_logged_model(reg["model_id"])
+    assert model.tags["checkpoint.uri"] == summary["best_checkpoint"]
+    assert model.tags["checkpoint.uri"].startswith(prefix + "/")
+    assert {a.path for a in client.list_logged_model_artifacts(reg["model_id"])} == {
+        "MLmodel", "checkpoint.json"}
 
 
 def test_invalid_config_fails_in_start(local_servers, smollm2_dir, tmp_path):

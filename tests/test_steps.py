@@ -395,10 +395,61 @@ def test_chain_evaluation_and_registry(chain):
     assert s["registered"]["name"] == "prefix-rft-prefix_rft"
     assert s["registered"]["source"] == best_uri + "/model"
     mv = client.get_model_version_by_alias("prefix-rft-prefix_rft", "best")
-    assert mv.source == best_uri + "/model"
+    assert mv.source == f"models:/{s['registered']['model_id']}"  # the checkpoint's LoggedModel
     assert mv.run_id == chain.tracking["run_id"]
     assert str(mv.version) == str(s["registered"]["version"]) == "1"
     assert mv.tags["epoch"] == str(best)
+
+
+@pytest.mark.slow
+def test_chain_lineage(chain):
+    """Every committed checkpoint is a LoggedModel pointing at its URI; evaluation metrics are
+    the models' metrics; the registered aliases point at them; the data files are inputs."""
+    import hashlib
+
+    from prefix_rft.io.tracking import load_registered
+
+    client = mlflow_client(chain.tracking["uri"])
+    run_id, exp_id = chain.tracking["run_id"], chain.tracking["experiment_id"]
+    models = {m.name: m for m in client.search_logged_models([exp_id])
+              if m.source_run_id == run_id}
+    assert sorted(models) == [f"100-step-00000{i}" for i in (1, 2, 3, 4)]  # all four commits
+    pruned = models["100-step-000001"]  # keep_last 1 pruned step 1 when step 3 came
+    assert pruned.tags["checkpoint.deleted"] == "true"
+    by_epoch = {e["epoch"]: models[f"100-step-00000{2 * e['epoch']}"] for e in (chain.e1, chain.e2)}
+    for epoch, m in by_epoch.items():
+        ref = [chain.e1, chain.e2][epoch - 1]["checkpoint"]
+        assert m.tags["checkpoint.uri"] == ref["uri"]
+        assert m.params["manifest_sha256"] == ref["manifest_sha256"]
+        assert (m.params["step"], m.params["epoch"]) == (str(ref["step"]), str(epoch))
+        assert m.params["config_hash"] == chain.cfg.config_hash()
+        value = {r["epoch"]: r["value"] for r in chain.results}[epoch]
+        assert {x.key: x.value for x in m.metrics}["eval/heldout/avg_at_1"] == value
+    children = {c.info.run_name: c for c in client.search_runs(
+        [exp_id], f"tags.mlflow.parentRunId = '{run_id}'")}
+    child_inputs = {k: client.get_run(c.info.run_id).inputs for k, c in children.items()}
+    assert [i.model_id for i in child_inputs["eval-heldout-epoch1"].model_inputs] == [
+        by_epoch[1].model_id]
+    assert child_inputs["eval-heldout-epoch0"].model_inputs == []  # the base model
+    # registry: best -> the best epoch's model, last -> epoch 2's
+    s = chain.summary
+    assert s["registered"]["model_id"] == by_epoch[s["best_epoch"]].model_id
+    last = client.get_model_version_by_alias("prefix-rft-prefix_rft", "last")
+    assert last.source == f"models:/{by_epoch[2].model_id}"
+    assert load_registered("models:/prefix-rft-prefix_rft@best",
+                           tracking_uri=chain.tracking["uri"]) == Path(s["best_checkpoint"]) / "model"
+    # the training and held-out files as dataset inputs: source, digest, context
+    inputs = {d.dataset.name: d for d in client.get_run(run_id).inputs.dataset_inputs}
+    assert sorted(inputs) == ["heldout", "train"]
+    for name, file, context in (("train", "train.parquet", "training"),
+                                ("heldout", "test.parquet", "evaluation")):
+        path = Path(chain.data["data"]["uri"]) / file
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        d = inputs[name]
+        assert d.dataset.digest == sha[:16] and str(path) in d.dataset.source
+        tags = {t.key: t.value for t in d.tags}
+        assert tags["mlflow.data.context"] == context and tags["sha256"] == sha
+    assert '"num_rows": 16' in inputs["train"].dataset.profile
 
 
 @pytest.mark.slow

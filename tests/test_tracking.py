@@ -315,3 +315,37 @@ def test_reading_pipeline_runs_their_evaluations_and_artifacts(tracker, tmp_path
     with pytest.raises(UserError, match=f"no experiment '{missing}'"):
         t.pipeline_runs(missing)
     assert t.client.get_experiment_by_name(missing) is None  # reading created nothing
+
+
+def test_log_dataset_records_source_digest_rows_and_columns(tracker):
+    t, exp = tracker
+    run = t.create_run(exp, "data", {})
+    sha = "ab" * 32
+    t.log_dataset(run, name="train", source="s3://bucket/lineage/data/train.parquet", sha256=sha,
+                  context="training", num_rows=5, tags={"raw_source": "hub:owner/name"},
+                  columns={"prompt": "string", "demonstrations": "list<item: string>",
+                           "n": "int64", "odd": "map<string, int64>"})
+    (d,) = t.run_info(run).inputs.dataset_inputs
+    assert (d.dataset.name, d.dataset.digest) == ("train", sha[:16])
+    assert json.loads(d.dataset.source) == {"uri": "s3://bucket/lineage/data/train.parquet"}
+    assert json.loads(d.dataset.profile) == {"num_rows": 5}
+    cols = json.loads(d.dataset.schema)["mlflow_colspec"]
+    assert [(c["name"], c["type"]) for c in cols] == [  # types MLflow has no name for: left out
+        ("prompt", "string"), ("demonstrations", "array"), ("n", "long")]
+    assert {x.key: x.value for x in d.tags} == {
+        "mlflow.data.context": "training", "sha256": sha, "raw_source": "hub:owner/name"}
+
+
+def test_metrics_logged_against_a_model_are_its_metrics(tracker):
+    t, exp = tracker
+    run = t.create_run(exp, "model-metrics", {})
+    ref = {"uri": "s3://bucket/lineage/9/step-000003", "step": 3, "epoch": 1,
+           "config_hash": "c0ffee", "manifest_sha256": uuid.uuid4().hex * 2}
+    model_id = t.checkpoint_model(t.experiment_id(exp), run, ref)
+    t.log_metrics(run, {"eval/amc/avg_at_1": 0.5, "text": "dropped"}, step=1, model_id=model_id)
+    t.log_metrics(run, {"loss": 1.0}, step=1)  # no model: the run's only
+    assert t.logged_model(model_id)["metrics"] == {"eval/amc/avg_at_1": 0.5}
+    assert t.run_info(run).data.metrics == {"eval/amc/avg_at_1": 0.5, "loss": 1.0}
+    assert t.find_checkpoint_model(t.experiment_id(exp), "0" * 64) is None
+    version = t.register_model(_unique("tracking-model"), model_id, aliases=("best",))
+    assert version == "1"  # sqlite too: `models:/<id>` resolves through the tracker's URI

@@ -18,8 +18,7 @@ One pipeline run is one training lineage and has one MLflow *parent run*, opened
                `eval/<benchmark>/avg_at_<n>`, `.../ci_low`, `.../ci_high`, `.../no_answer_frac`
                at step = epoch (0 = the starting model); `eval/best_macro` at step = best epoch
     artifacts  `config.yaml`, `data/train_sample.json`, `eval/summary.md` (the score table),
-               `learning_curves.png`, and `best_model/` where the registered model had to be
-               uploaded (a tracking server with local checkpoints)
+               `learning_curves.png`
 
 Each evaluation task (one per epoch x benchmark x shard) opens a *child run* under the parent
 (MLflow's `mlflow.parentRunId` tag), named `eval-<benchmark>-epoch<e>` (`-shard<k>of<n>` added
@@ -34,8 +33,16 @@ when the cell is split into n shards):
                of `benchmark_eval.write_results` (`SAMPLES_FILE`, `SUMMARY_FILE`: the same
                format as a `prefix-rft eval` output directory, so their names live there)
 
-The best epoch's checkpoint is registered in the model registry under the alias `best`, the
-version tagged with that epoch, its macro score and the benchmarks averaged.
+Lineage (MLflow 3): every committed checkpoint is a *LoggedModel* of the experiment, named
+`<metaflow run>-<checkpoint leaf>` (e.g. `1234-step-000004`), that points at the checkpoint's
+URI without copying weights: its tags and params hold the URI, step, epoch, config hash and
+manifest digest, its artifacts only an `MLmodel` (a pyfunc loader of this library) and the
+pointer file. The parent run's per-cell evaluation metrics are logged against the evaluated
+checkpoint's model, and each evaluation child run takes the model as an input. The training and
+held-out sets are dataset inputs of the parent run (`train`: context `training`, `heldout`:
+context `evaluation`; digest = the parquet file's sha256). The best epoch's model is registered
+under the alias `best` (the version tagged with that epoch, its macro score and the benchmarks
+averaged), the last epoch's under `last` (MLflow reserves `latest` for the newest version).
 """
 
 from __future__ import annotations
@@ -107,7 +114,6 @@ CONFIG_ARTIFACT = "config.yaml"
 DATA_SAMPLE_ARTIFACT = "data/train_sample.json"
 EVAL_TABLE_ARTIFACT = "eval/summary.md"
 LEARNING_CURVES_ARTIFACT = "learning_curves.png"
-BEST_MODEL_ARTIFACT = "best_model"
 
 # ----------------------------------------------------------------------------- model registry
 BEST_ALIAS = "best"
@@ -118,6 +124,36 @@ def registered_version_tags(epoch: int, macro_score: float, benchmarks) -> dict[
     and the benchmarks the score averages."""
     return {"epoch": str(epoch), "macro_score": f"{macro_score:.6f}",
             "benchmarks": ",".join(benchmarks)}
+
+LAST_ALIAS = "last"  # the last trained epoch; MLflow reserves "latest"
+
+# ----------------------------------------------------------------------------- LoggedModels, datasets
+LOGGED_MODEL_TYPE = "prefix-rft-checkpoint"
+MODEL_CHECKPOINT_URI_TAG = "checkpoint.uri"
+MODEL_MANIFEST_TAG = "checkpoint.manifest_sha256"  # what a checkpoint's model is looked up by
+MODEL_WEIGHTS_TAG = "weights"  # "checkpoint" (at the URI) or "copied" (in the model's artifacts)
+MODEL_DELETED_TAG = "checkpoint.deleted"  # "true" once the checkpoint was pruned
+TRAIN_DATASET = "train"
+HELDOUT_DATASET = "heldout"
+TRAIN_CONTEXT = "training"
+HELDOUT_CONTEXT = "evaluation"
+
+
+def logged_model_name(checkpoint_uri: str) -> str:
+    """A checkpoint's LoggedModel name: its last two path parts joined by '-' (the store names
+    checkpoints `<metaflow run>/<leaf>`, so `.../1234/step-000004` -> `1234-step-000004`)."""
+    parts = [p for p in str(checkpoint_uri).rstrip("/").split("/") if p]
+    return "-".join(parts[-2:])
+
+
+def logged_model_params(ref: dict) -> dict[str, str]:
+    """The params of a checkpoint's LoggedModel (`ref`: a `CheckpointRef.to_dict()`)."""
+    meta = ref.get("meta") or {}
+    out = {"step": ref["step"], "epoch": ref.get("epoch"), "config_hash": ref["config_hash"],
+           "manifest_sha256": ref["manifest_sha256"]}
+    out |= {k: meta[k] for k in ("method", "phase", "global_step", "end_of_epoch") if k in meta}
+    return {k: "null" if v is None else str(v) for k, v in out.items()}
+
 
 # ----------------------------------------------------------------------------- evaluation child runs
 # Tags of a child run; `epoch`, `benchmark` and `engine` are also its params.

@@ -200,6 +200,17 @@ def _check_ref(ref: CheckpointRef, data: bytes) -> None:
                         f"{ref.manifest_sha256}, got {got}): its content is not the referenced one")
 
 
+def _only(uri: str, data: bytes, manifest: dict, only: str | None) -> tuple[str, bytes, dict]:
+    """The manifest restricted to the files below the relative directory `only` (all if None)."""
+    if only is None:
+        return uri, data, manifest
+    below = only.strip("/") + "/"
+    files = {rel: info for rel, info in manifest["files"].items() if rel.startswith(below)}
+    if not files:
+        raise UserError(f"checkpoint {uri}: no files under {below}")
+    return uri, data, {**manifest, "files": files}
+
+
 def _clean_name(name: str) -> str:
     parts = [p for p in str(name).replace("\\", "/").split("/") if p not in ("", ".")]
     if not parts or any(p == ".." for p in parts):
@@ -305,9 +316,11 @@ class CheckpointStore(ABC):
 
     @abstractmethod
     def fetch(self, ref_or_uri: CheckpointRef | str, dest: str | Path | None = None,
-              verify: bool = True) -> Path:
+              verify: bool = True, only: str | None = None) -> Path:
         """A local directory with the checkpoint's files, checked against its manifest (and a
-        ref's manifest_sha256); verify=False skips the per-file size and sha256 checks."""
+        ref's manifest_sha256); verify=False skips the per-file size and sha256 checks.
+        `only`: a relative directory (e.g. "model/"): fetch and verify just the files below it
+        (inference needs the weights, not the optimizer state)."""
         raise NotImplementedError
 
     @abstractmethod
@@ -464,10 +477,10 @@ class LocalStore(CheckpointStore):
         return set(m["files"]) == {rel for rel, _ in _manifest_files(dest)}
 
     def fetch(self, ref_or_uri: CheckpointRef | str, dest: str | Path | None = None,
-              verify: bool = True) -> Path:
+              verify: bool = True, only: str | None = None) -> Path:
         """Verify in place and return the checkpoint's own directory (no copy), or copy the
         listed files (and manifest) into `dest` and verify the copy."""
-        uri, data, manifest = self._committed(ref_or_uri)
+        uri, data, manifest = _only(*self._committed(ref_or_uri), only)
         src = Path(uri)
         if dest is None:
             out = src
@@ -479,7 +492,8 @@ class LocalStore(CheckpointStore):
                     raise UserError(f"checkpoint {uri}: {rel} is missing")
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src / rel, out / rel)
-            _write_bytes_atomic(out / MANIFEST, data)
+            if only is None:  # a partial copy is not a checkpoint
+                _write_bytes_atomic(out / MANIFEST, data)
         if verify:
             _verify_files(uri, out, manifest)
         return out
@@ -658,10 +672,10 @@ class S3Store(CheckpointStore):
                                        ContentType="application/json")
 
     def fetch(self, ref_or_uri: CheckpointRef | str, dest: str | Path | None = None,
-              verify: bool = True) -> Path:
+              verify: bool = True, only: str | None = None) -> Path:
         """Download the listed files (concurrently) and the manifest into `dest` (default: a new
         temp dir, removed again on failure) and verify them."""
-        uri, data, manifest = self._committed(ref_or_uri)
+        uri, data, manifest = _only(*self._committed(ref_or_uri), only)
         bucket, prefix = self._split(uri)
         made = dest is None
         out = Path(tempfile.mkdtemp(prefix="prefix-rft-ckpt-")) if made else Path(dest)
@@ -683,7 +697,8 @@ class S3Store(CheckpointStore):
 
             files = sorted(manifest["files"], key=lambda r: -manifest["files"][r]["size"])
             _parallel(download, files, self.max_concurrency)
-            _write_bytes_atomic(out / MANIFEST, data)
+            if only is None:  # a partial copy is not a checkpoint
+                _write_bytes_atomic(out / MANIFEST, data)
             if verify:
                 _verify_files(uri, out, manifest)
         except BaseException:
@@ -744,9 +759,10 @@ def open_checkpoint(uri: str | Path) -> CheckpointRef:
 
 
 def fetch_checkpoint(uri_or_ref: str | Path | CheckpointRef,
-                     dest: str | Path | None = None) -> Path:
-    """A verified local directory with the checkpoint (local ones are verified in place)."""
+                     dest: str | Path | None = None, only: str | None = None) -> Path:
+    """A verified local directory with the checkpoint (local ones are verified in place);
+    `only`: just the files below that relative directory (see `CheckpointStore.fetch`)."""
     if isinstance(uri_or_ref, CheckpointRef):
-        return open_store(uri_or_ref.uri).fetch(uri_or_ref, dest)
+        return open_store(uri_or_ref.uri).fetch(uri_or_ref, dest, only=only)
     store = open_store(uri_or_ref)
-    return store.fetch(store.root, dest)
+    return store.fetch(store.root, dest, only=only)

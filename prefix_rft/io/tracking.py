@@ -8,6 +8,13 @@ Every call goes through `Tracker`, which talks to the server with an explicit ru
 "active run"), so steps in separate processes and machines can log to the same run. Reports read
 through it too (`pipeline_runs`, `eval_runs`, `download_artifact`, `metric_history`), getting
 plain dicts (`run_record`) rather than MLflow entities.
+
+Lineage (MLflow 3): `checkpoint_model` makes a committed checkpoint a LoggedModel that points at
+the checkpoint's URI (its artifacts are only an `MLmodel` and `POINTER_FILE`), `log_metrics(...,
+model_id=)` links metrics to it, `register_model` registers it (`models:/<model id>`) with
+aliases, `log_dataset` records a data file as a run input. `load_registered` turns a `models:/`
+URI back into a local HF directory, and `_load_pyfunc` is the loader that `mlflow.pyfunc` calls
+for these models (the `MLmodel` names this module).
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ import contextlib
 import logging
 import math
 import os
+import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +36,9 @@ from prefix_rft.io import run_layout
 log = logging.getLogger(__name__)
 
 PARAM_MAX_CHARS = 6000  # MLflow's limit on a param value
+DIGEST_CHARS = 16  # of a data file's sha256, as its MLflow dataset digest (MLflow allows 36)
+POINTER_FILE = "checkpoint.json"  # in a checkpoint's LoggedModel: which checkpoint it is
+LOADER_MODULE = __name__  # the pyfunc loader of a checkpoint's LoggedModel (`_load_pyfunc`)
 
 
 def resolve_uri(configured: str | None) -> str:
@@ -161,13 +173,17 @@ class Tracker:
         for i in range(0, len(items), 100):  # the server's batch limit
             self.client.log_batch(run_id, params=items[i : i + 100])
 
-    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int,
+                    model_id: str | None = None) -> None:
+        """Numeric `metrics` at `step`; with `model_id` they are also the metrics of that
+        LoggedModel (shown on its page in the MLflow UI)."""
         import time
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, v, now, step) for k, v in _numeric(metrics).items() if not math.isnan(v)]
+        items = [Metric(k, v, now, step, model_id=model_id)
+                 for k, v in _numeric(metrics).items() if not math.isnan(v)]
         for i in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[i : i + 1000])
 
@@ -247,7 +263,15 @@ class Tracker:
     # ------------------------------------------------------------------ registry
     def register(self, name: str, source: str, run_id: str, alias: str | None = None,
                  tags: dict[str, str] | None = None) -> str:
-        """Register `source` (a checkpoint's model directory URI) as a new version of `name`."""
+        """Register `source` (any model URI) as a new version of `name` (no LoggedModel link;
+        the pipeline registers its checkpoints' models with `register_model`)."""
+        self._ensure_registered_model(name)
+        mv = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags or {})
+        if alias:
+            self.client.set_registered_model_alias(name, alias, mv.version)
+        return str(mv.version)
+
+    def _ensure_registered_model(self, name: str) -> None:
         from mlflow.exceptions import MlflowException
 
         try:
@@ -255,10 +279,119 @@ class Tracker:
         except MlflowException as e:
             if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
                 raise
-        mv = self.client.create_model_version(name, source=source, run_id=run_id, tags=tags or {})
-        if alias:
+
+    def register_model(self, name: str, model_id: str, aliases: tuple[str, ...] = (),
+                       tags: dict[str, str] | None = None) -> str:
+        """Register LoggedModel `model_id` as a new version of `name` (source `models:/<id>`,
+        linked both ways, as `mlflow.register_model` does) and point `aliases` at it."""
+        import mlflow
+
+        self._ensure_registered_model(name)
+        with _process_tracking_uri(self.uri):  # MLflow resolves `models:/<id>` through it
+            mv = mlflow.register_model(f"models:/{model_id}", name, tags=tags or {})
+        for alias in aliases:
             self.client.set_registered_model_alias(name, alias, mv.version)
         return str(mv.version)
+
+    # ------------------------------------------------------------------ lineage (MLflow 3)
+    def checkpoint_model(self, experiment_id: str, run_id: str, ref: dict) -> str:
+        """The id of the LoggedModel of committed checkpoint `ref` (a `CheckpointRef.to_dict()`),
+        created on first use: READY, produced by run `run_id`, pointing at the checkpoint's URI
+        (no weights are copied; its artifacts are an `MLmodel` and `POINTER_FILE`). Looked up by
+        the manifest digest, so retried and resumed tasks reuse it."""
+        from mlflow.entities import LoggedModelOutput
+
+        found = self.find_checkpoint_model(experiment_id, ref["manifest_sha256"])
+        if found is not None:
+            return found
+        tags = {run_layout.MODEL_CHECKPOINT_URI_TAG: ref["uri"],
+                run_layout.MODEL_MANIFEST_TAG: ref["manifest_sha256"],
+                run_layout.MODEL_WEIGHTS_TAG: "checkpoint"}
+        model = self.client.create_logged_model(
+            experiment_id, name=run_layout.logged_model_name(ref["uri"]), source_run_id=run_id,
+            tags=tags, params=run_layout.logged_model_params(ref),
+            model_type=run_layout.LOGGED_MODEL_TYPE)
+        try:
+            with tempfile.TemporaryDirectory(prefix="prefix-rft-mlmodel-") as tmp:
+                _write_pointer_model(Path(tmp), model, ref)
+                self.client.log_model_artifacts(model.model_id, tmp)
+            self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, int(ref["step"]))])
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.client.finalize_logged_model(model.model_id, "FAILED")
+            raise
+        self.client.finalize_logged_model(model.model_id, "READY")
+        return model.model_id
+
+    def find_checkpoint_model(self, experiment_id: str, manifest_sha256: str) -> str | None:
+        """The READY LoggedModel of the checkpoint with this manifest digest, if any."""
+        from mlflow.entities import LoggedModelStatus
+
+        found = self.client.search_logged_models(
+            [experiment_id], max_results=50,
+            filter_string=f"tags.`{run_layout.MODEL_MANIFEST_TAG}` = '{manifest_sha256}'")
+        ready = [m for m in found if m.status == LoggedModelStatus.READY]
+        return ready[0].model_id if ready else None
+
+    def mark_checkpoints_deleted(self, experiment_id: str, uris: list[str]) -> None:
+        """Tag the LoggedModels of deleted checkpoints (`checkpoint.deleted = true`): they stay
+        as records (metrics, lineage) but point at nothing."""
+        for uri in uris:
+            found = self.client.search_logged_models(
+                [experiment_id], max_results=50,
+                filter_string=f"tags.`{run_layout.MODEL_CHECKPOINT_URI_TAG}` = '{uri}'")
+            for m in found:
+                self.client.set_logged_model_tags(m.model_id,
+                                                  {run_layout.MODEL_DELETED_TAG: "true"})
+
+    def logged_model(self, model_id: str) -> dict:
+        """A LoggedModel as a plain dict: model_id, name, status, source_run_id, tags, params,
+        metrics ({key: latest value}), artifact_location."""
+        m = self.client.get_logged_model(model_id)
+        return {"model_id": m.model_id, "name": m.name, "status": str(m.status),
+                "source_run_id": m.source_run_id, "tags": dict(m.tags),
+                "params": dict(m.params), "artifact_location": m.artifact_location,
+                "metrics": {x.key: x.value for x in sorted(m.metrics or [],
+                                                            key=lambda x: (x.step, x.timestamp))}}
+
+    def attach_weights(self, model_id: str, model_dir: str | Path) -> None:
+        """Copy an HF model directory into the LoggedModel's artifacts (`model/`), for
+        checkpoints that a tracking server's clients cannot reach (a local disk)."""
+        self.client.log_model_artifacts(model_id, str(model_dir), "model")
+        self.client.set_logged_model_tags(model_id, {run_layout.MODEL_WEIGHTS_TAG: "copied"})
+
+    def link_model_input(self, run_id: str, model_id: str) -> None:
+        """Record LoggedModel `model_id` as an input of `run_id` (an evaluation of it)."""
+        from mlflow.entities import LoggedModelInput
+
+        self.client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
+
+    def log_dataset(self, run_id: str, *, name: str, source: str, sha256: str, context: str,
+                    num_rows: int, columns: dict[str, str] | None = None,
+                    tags: dict[str, str] | None = None) -> None:
+        """Log a data file as a dataset input of `run_id`: its source URI (a local path or
+        s3://...), a digest (the first `DIGEST_CHARS` of the file's sha256; the full one is an
+        input tag), the row count and the column types (`columns`: name -> arrow type string)."""
+        import json
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        with warnings.catch_warnings():  # MLflow knows local paths under two equal names
+            warnings.filterwarnings("ignore", message="The specified dataset source can be "
+                                    "interpreted in multiple ways")
+            resolved = resolve_dataset_source(source)
+        meta = MetaDataset(resolved, name=name, digest=sha256[:DIGEST_CHARS],
+                           schema=_schema(columns or {}))
+        d = meta.to_dict()
+        entity = Dataset(name=d["name"], digest=d["digest"], source_type=d["source_type"],
+                         source=d["source"], schema=d.get("schema"),
+                         profile=json.dumps({"num_rows": int(num_rows)}))
+        input_tags = [InputTag(MLFLOW_DATASET_CONTEXT, context), InputTag("sha256", sha256)]
+        input_tags += [InputTag(k, str(v)) for k, v in (tags or {}).items() if v is not None]
+        self.client.log_inputs(run_id, datasets=[DatasetInput(entity, input_tags)])
 
     # ------------------------------------------------------------------ system metrics
     @contextlib.contextmanager
@@ -292,3 +425,159 @@ def run_record(run) -> dict:
             "start_time": info.start_time, "end_time": info.end_time,
             "experiment_id": info.experiment_id, "params": dict(run.data.params),
             "tags": dict(run.data.tags), "metrics": dict(run.data.metrics)}
+
+
+@contextlib.contextmanager
+def _process_tracking_uri(uri: str):
+    """Set MLflow's process-wide tracking URI for the block. MLflow's registry resolves a
+    `models:/<model id>` source through it (not through the client's own URI)."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(uri):
+        yield
+
+
+def _schema(columns: dict[str, str]):
+    """An MLflow column schema from arrow type strings; unknown types are left out."""
+    from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.types.schema import Array
+
+    simple = {"string": DataType.string, "large_string": DataType.string,
+              "int64": DataType.long, "int32": DataType.integer, "double": DataType.double,
+              "float": DataType.float, "bool": DataType.boolean}
+    specs = []
+    for col, arrow in columns.items():
+        if arrow in simple:
+            specs.append(ColSpec(simple[arrow], col))
+        elif arrow.startswith(("list<", "large_list<")) and arrow.endswith("string>"):
+            specs.append(ColSpec(Array(DataType.string), col))
+    return Schema(specs) if specs else None
+
+
+def _write_pointer_model(local: Path, model, ref: dict) -> None:
+    """A checkpoint LoggedModel's artifacts: an `MLmodel` whose pyfunc flavour loads through
+    this module, and `POINTER_FILE` naming the checkpoint (URI + manifest digest)."""
+    import json
+
+    from mlflow.models import Model, ModelSignature
+    from mlflow.pyfunc import add_to_model
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", 256),
+                            ParamSpec("temperature", "double", 0.0),
+                            ParamSpec("chat", "boolean", True)]))
+    mlmodel = Model(artifact_path=model.artifact_location, model_id=model.model_id,
+                    run_id=model.source_run_id, signature=signature)
+    add_to_model(mlmodel, loader_module=LOADER_MODULE)
+    mlmodel.save(str(local / "MLmodel"))
+    keys = ("uri", "step", "epoch", "config_hash", "manifest_sha256")
+    (local / POINTER_FILE).write_text(json.dumps({k: ref.get(k) for k in keys}, indent=1) + "\n")
+
+
+# ---------------------------------------------------------------------------------- loading
+def model_dir_from_pointer(local: str | Path, dst: str | Path | None = None) -> Path:
+    """The HF model directory of a downloaded checkpoint LoggedModel (`local`: its artifacts):
+    the copy in its `model/` artifacts if it has one, else the checkpoint's verified `model/`
+    files (in place for a local store; downloaded into `dst`, default a new temp dir, for S3)."""
+    import json
+
+    from prefix_rft.io.store import CheckpointRef, fetch_checkpoint, is_s3
+
+    local = Path(local)
+    if (local / "model" / "config.json").is_file():
+        return local / "model"
+    pointer = local / POINTER_FILE
+    if not pointer.is_file():
+        raise UserError(f"{local}: not a prefix-rft checkpoint model (no {POINTER_FILE}, no model/)")
+    info = json.loads(pointer.read_text())
+    ref = CheckpointRef(uri=info["uri"], step=int(info["step"]), epoch=info.get("epoch"),
+                        config_hash=str(info["config_hash"]),
+                        manifest_sha256=str(info["manifest_sha256"]))
+    dest = None  # a local store: verified in place
+    if is_s3(ref.uri):
+        dest = dst if dst is not None else tempfile.mkdtemp(prefix="prefix-rft-model-")
+    return fetch_checkpoint(ref, dest, only="model") / "model"
+
+
+def load_registered(model_uri: str, *, tracking_uri: str | None = None,
+                    dst: str | Path | None = None) -> Path:
+    """A local HF directory (config, weights, tokenizer) of a registered or logged checkpoint
+    model, e.g. `load_registered("models:/prefix-rft-prefix_rft@best")`; load it with
+    transformers' `from_pretrained` or vLLM. Weights of a local checkpoint store are verified
+    and returned in place (read-only: do not write there); S3 ones, and copies kept in MLflow,
+    go to `dst` (default: a new temp dir, left for the caller). Only the `model/` files are
+    fetched, never the optimizer state. `tracking_uri`: default as `resolve_uri`."""
+    import mlflow
+
+    uri = resolve_uri(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="prefix-rft-mlmodel-") as tmp, \
+            _process_tracking_uri(uri):  # `models:/` URIs resolve through the process-wide one
+        local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp))
+        if (local / "model" / "config.json").is_file():  # copied weights: keep them
+            import shutil
+
+            out = Path(dst or tempfile.mkdtemp(prefix="prefix-rft-model-"))
+            shutil.copytree(local / "model", out / "model", dirs_exist_ok=True)
+            return out / "model"
+        return model_dir_from_pointer(local, dst)
+
+
+class CheckpointPredictor:
+    """What `mlflow.pyfunc.load_model(...)` wraps for a checkpoint LoggedModel: completions
+    for prompts. Input: a string or a list of strings (MLflow hands a list over as a one-column
+    DataFrame).
+    Params: `max_new_tokens` (256), `temperature` (0 = greedy), `chat` (apply the tokenizer's
+    chat template when it has one; default true). Output: a list of completions."""
+
+    def __init__(self, model_dir: str | Path):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_dir = Path(model_dir)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+        self.model.to(self.device).eval()
+
+    @staticmethod
+    def _prompts(model_input) -> list[str]:
+        if isinstance(model_input, str):
+            return [model_input]
+        if hasattr(model_input, "columns"):  # a pandas DataFrame
+            col = "prompt" if "prompt" in model_input.columns else model_input.columns[0]
+            return [str(x) for x in model_input[col]]
+        if isinstance(model_input, dict):
+            v = model_input.get("prompt")
+            return [v] if isinstance(v, str) else [str(x) for x in v]
+        return [str(x) for x in model_input]
+
+    def predict(self, model_input, params: dict | None = None) -> list[str]:
+        import torch
+
+        params = params or {}
+        prompts = self._prompts(model_input)
+        tok = self.tokenizer
+        if params.get("chat", True) and tok.chat_template:
+            prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                               add_generation_prompt=True) for p in prompts]
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        temperature = float(params.get("temperature", 0.0))
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {
+            "do_sample": False}
+        with torch.no_grad():
+            out = self.model.generate(**enc, max_new_tokens=int(params.get("max_new_tokens", 256)),
+                                      pad_token_id=tok.pad_token_id, **sampling)
+        return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def _load_pyfunc(data_path: str, model_config: dict | None = None) -> CheckpointPredictor:
+    """MLflow's pyfunc entry point for a checkpoint LoggedModel (its `MLmodel` names this
+    module): resolves the pointer (S3 weights go to a temp dir) and loads the model."""
+    with tempfile.TemporaryDirectory(prefix="prefix-rft-model-") as tmp:  # S3 downloads
+        return CheckpointPredictor(model_dir_from_pointer(data_path, tmp))
