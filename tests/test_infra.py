@@ -324,8 +324,8 @@ def test_start_opens_the_run_in_the_project_experiment(local_servers, smollm2_di
 # -------------------------------------------------------------------------------------------
 # The code package: what a remote task runs
 
-PACKAGE_TOP = {"prefix_rft_flow.py", "pipeline_mutators.py", "prefix_rft", "steps", "configs",
-               ".mf_code", ".mf_meta", ".mf_install"}
+PACKAGE_TOP = {"prefix_rft_flow.py", "prefix_rft_multinode_flow.py", "pipeline_mutators.py",
+               "prefix_rft", "steps", "configs", ".mf_code", ".mf_meta", ".mf_install"}
 NEVER_PACKAGED = (".pyc", ".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".db")
 
 
