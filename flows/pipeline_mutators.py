@@ -34,3 +34,22 @@ class project_from_config(FlowMutator):
         mutable_flow.remove_decorator("project")
         if attrs is not None:
             mutable_flow.add_decorator(project, deco_kwargs=attrs)
+
+
+class nodes_from_config(FlowMutator):
+    """Refuse, when the flow is loaded, a `pipeline.train.nodes` that this flow's graph does not
+    run: Metaflow's graph is fixed by the flow's code, and a @parallel step can neither loop nor
+    be skipped by a config value (on Kubernetes it would deploy a JobSet even for one node), so
+    one node trains in the single-node flow (a `train_epoch` step) and several in the multi-node
+    flow (a `train_nodes` step). Also refuses a node count out of range, naming the key."""
+
+    def pre_mutate(self, mutable_flow):
+        from metaflow.exception import MetaflowException
+
+        from steps.flow_config import nodes_problem
+
+        config = dict(mutable_flow.configs)["config"]
+        multi = "train_nodes" in dict(mutable_flow.steps)
+        problem = nodes_problem(dict(config.get("pipeline") or {}), multi_node_flow=multi)
+        if problem:
+            raise MetaflowException(f"config: key 'pipeline.train.nodes': {problem}")

@@ -14,6 +14,10 @@ copy installed in the image; the image supplies only the dependencies. The confi
 themselves travel in the package as Metaflow's Config (`python flows/prefix_rft_flow.py package
 list` shows every file).
 
+One node trains (`pipeline.train.nodes: 1`); more nodes run flows/prefix_rft_multinode_flow.py,
+this flow with the training loop replaced by a Metaflow @parallel gang (each flow refuses the
+other's node counts when it is loaded, naming the key).
+
 Resources: the CPU-only steps (start, filter_data, plan_eval, join_eval, end) request
 `pipeline.data`, train_epoch `pipeline.train`, eval_task `pipeline.eval`. `pipeline.project`
 (and `pipeline.branch` or `--branch`) puts the flow under Metaflow's @project.
@@ -51,7 +55,10 @@ from metaflow import (  # noqa: E402
     step,
     timeout,
 )
-from pipeline_mutators import project_from_config  # noqa: E402  (this directory: in the package)
+from pipeline_mutators import (  # noqa: E402  (this directory: in the package)
+    nodes_from_config,
+    project_from_config,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "..", "configs", "demo.yaml")
@@ -76,6 +83,7 @@ def _ctx():
 # Deployed runs (argo-workflows create) start on pipeline.schedule; no schedule when it is null.
 # @project(pipeline.project): namespaces deployments and MLflow experiments per project and
 # branch (--branch/--production); project_from_config drops it when pipeline.project is null.
+@nodes_from_config
 @project_from_config
 @project(name=config_expr("config.pipeline.project"))
 @package_sources(PACKAGE_SOURCES, suffixes=PACKAGE_SUFFIXES)
@@ -133,6 +141,11 @@ class PrefixRFTFlow(FlowSpec):
     @step
     def filter_data(self):
         """Filter the raw data into this lineage's training/held-out sets; plan the epochs."""
+        self._filter_data()
+        self.next(self.train_epoch)
+
+    def _filter_data(self):
+        """filter_data's work (the multi-node flow routes the step elsewhere)."""
         from steps.data import filter_data
 
         cfg, tracker = self._open()
@@ -142,7 +155,6 @@ class PrefixRFTFlow(FlowSpec):
         self.epoch = 1
         self.epochs_done = []
         self.checkpoint = None  # the latest epoch's checkpoint: where the next epoch starts
-        self.next(self.train_epoch)
 
     @retry(times=config_expr("config.pipeline.train_retries"))
     @timeout(minutes=config_expr("config.pipeline.train.timeout_minutes"))

@@ -36,6 +36,9 @@ from prefix_rft.core.config import (
 from prefix_rft.core.dicts import deep_merge
 from prefix_rft.errors import UserError
 
+MAX_NODES = 64  # pipeline.train.nodes
+MULTINODE_FLOW = "flows/prefix_rft_multinode_flow.py"
+SINGLE_NODE_FLOW = "flows/prefix_rft_flow.py"
 MAX_RETRIES = 4  # Metaflow allows at most 6 attempts: @retry(times) + 2
 BAD_PIPELINE = "__bad_pipeline__"  # marker flow_config_parser leaves for a non-mapping `pipeline`
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*?/,\-]+$")
@@ -49,6 +52,18 @@ class ResourcesConfig:
     gpus: int = option(0, "GPUs requested for the task (@resources; ignored by local runs).")
     memory_mb: int = option(8000, "Memory requested for the task, in MB (@resources).")
     timeout_minutes: int = option(240, "Kill the task after this long (@timeout).")
+
+
+@dataclass
+class TrainResourcesConfig(ResourcesConfig):
+    nodes: int = option(
+        1, "Nodes (machines) of each training task, 1 to 64. 1 = flows/prefix_rft_flow.py: one "
+        "train_epoch task per epoch on one node. More = flows/prefix_rft_multinode_flow.py: one "
+        "Metaflow @parallel gang of this many tasks trains every epoch (torchrun across the "
+        "nodes, `pipeline.train_processes` each); it needs a Metaflow backend that runs @parallel "
+        "(Kubernetes with the JobSet controller, AWS Batch multi-node, or local processes) and, on "
+        "several machines, an s3:// checkpoint_root and data every node can read. The other "
+        "keys of this section are per node.")
 
 
 @dataclass
@@ -134,11 +149,12 @@ class PipelineConfig:
     )
     train_processes: int | None = option(
         None,
-        "Data-parallel processes of each train_epoch task, launched with torchrun on the task's "
+        "Data-parallel processes of each training task, launched with torchrun on the task's "
         "node (one per GPU, FSDP2-sharded policy, NCCL; gloo on CPU): null = one per GPU of "
-        "`pipeline.train.gpus` (one process without GPUs). Batch sizes must split evenly "
-        "(rollout.num_prompts over processes x rl.num_minibatches, sft.batch_size, "
-        "relift.buffer_size over processes). Multi-node: see infra/README.md.",
+        "`pipeline.train.gpus` (one process without GPUs). Batch sizes must split evenly over "
+        "all processes of all nodes (rollout.num_prompts over processes x nodes x "
+        "rl.num_minibatches, sft.batch_size, relift.buffer_size over processes x nodes). "
+        "Several nodes: `pipeline.train.nodes`.",
     )
     project: str | None = option(
         None,
@@ -161,12 +177,17 @@ class PipelineConfig:
     data: CpuResourcesConfig = section(
         CpuResourcesConfig, "Resources of the CPU-only steps: start, filter_data, plan_eval, "
         "join_eval and end (no GPU).")
-    train: ResourcesConfig = section(ResourcesConfig, "Resources of each train_epoch task.")
+    train: TrainResourcesConfig = section(TrainResourcesConfig, "Resources of each training "
+                                          "task (per node).")
     eval: ResourcesConfig = section(ResourcesConfig, "Resources of each eval_task.")
 
     def processes(self) -> int:
-        """Training processes per train_epoch task (`train_processes`, else one per GPU)."""
+        """Training processes per node (`train_processes`, else one per GPU)."""
         return self.train_processes or max(1, self.train.gpus)
+
+    def world_size(self) -> int:
+        """Training processes of all nodes together: the data-parallel world."""
+        return self.processes() * self.train.nodes
 
 
 @dataclass
@@ -201,7 +222,7 @@ class FlowConfig(Config):
         """The training checks, then the pipeline's and tracking's; a UserError naming the key."""
         super().validate(where)
         validate_pipeline(self.pipeline, where)
-        check_world(self, self.pipeline.processes())
+        check_world(self, self.pipeline.world_size())
         if self.tracking.timeout_s < 1:
             raise UserError(f"{where}key 'tracking.timeout_s': must be >= 1")
 
@@ -261,7 +282,7 @@ def validate_pipeline(pl: PipelineConfig, where: str = "") -> None:
 _RANGES = {  # key under pipeline -> (lowest, highest allowed)
     "data.cpus": (1, 64), "data.memory_mb": (1000, 256_000),
     "train.cpus": (1, None), "train.gpus": (0, None), "train.memory_mb": (1000, None),
-    "train.timeout_minutes": (1, None),
+    "train.timeout_minutes": (1, None), "train.nodes": (1, MAX_NODES),
     "eval.cpus": (1, None), "eval.gpus": (0, None), "eval.memory_mb": (1000, None),
     "eval.timeout_minutes": (1, None),
 }
@@ -303,6 +324,22 @@ def project_attributes(pipeline: dict) -> dict | None:
     if project is None:
         return None
     return {"name": project} | ({"branch": branch} if branch is not None else {})
+
+
+def nodes_problem(pipeline: dict, multi_node_flow: bool) -> str | None:
+    """What is wrong with `pipeline.train.nodes` of a parsed config for the single-node flow
+    (`multi_node_flow` False) or the multi-node one, else None: out of 1..MAX_NODES, or a node
+    count the flow does not run (each flow's graph is fixed when it is loaded)."""
+    nodes = (pipeline.get("train") or {}).get("nodes", 1)
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or not 1 <= nodes <= MAX_NODES:
+        return f"{nodes!r} is out of range: must be an integer from 1 to {MAX_NODES}"
+    if nodes > 1 and not multi_node_flow:
+        return (f"{nodes} nodes: run the multi-node flow, python {MULTINODE_FLOW} --config "
+                "config FILE run (this flow trains on one node)")
+    if nodes == 1 and multi_node_flow:
+        return (f"1 node: run python {SINGLE_NODE_FLOW} (this flow's @parallel gang needs at "
+                "least 2 nodes; Kubernetes refuses one)")
+    return None
 
 
 def valid_cron(expr: str) -> bool:

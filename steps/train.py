@@ -16,22 +16,33 @@ evaluation. Training metrics go to the MLflow parent run live, with `step` = tra
 Several GPUs (`pipeline.train_processes`, default one per GPU of `pipeline.train.gpus`): the task
 launches itself under torchrun on its node (`python -m torch.distributed.run --standalone`, the
 single-node launcher Metaflow's own torchrun extension wraps) and waits. Every rank builds the
-trainer (FSDP2-sharded policy) and trains its share of each batch; rank 0 alone logs to MLflow,
-commits checkpoints (full HF weights) and writes the step's result, which the task returns.
+trainer (FSDP2-sharded policy) and trains its share of each batch; global rank 0 alone logs to
+MLflow and commits checkpoints (full HF weights); its result is handed to every rank, and each
+node's first process writes it for the task to return.
+
+Several nodes (`pipeline.train.nodes`, the multi-node flow): every node's task calls
+`train_epochs` with its place in the gang (`Rendezvous`: the first node's address, the node count,
+this node's index, from Metaflow's `current.parallel`). Each epoch then launches torchrun with
+`--nnodes/--node_rank/--master_addr/--master_port` instead of `--standalone`: torchrun numbers
+RANK and WORLD_SIZE across all nodes (node_rank x processes per node + LOCAL_RANK), so "rank 0"
+above is the first process of node 0, and every node returns the same result.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import ipaddress
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from prefix_rft.errors import UserError
 from prefix_rft.io import run_layout
 from prefix_rft.io.store import CheckpointRef, open_store
 from prefix_rft.train import distributed as D
@@ -48,6 +59,72 @@ from steps.data import read_data
 from steps.flow_config import FlowConfig
 
 REPO = Path(__file__).resolve().parents[1]
+PORTS = (29500, 39500)  # the rendezvous port range (torchrun's default port is its start)
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where one node of a multi-node training task stands: the address of the first node
+    (where torchrun's rendezvous store listens), how many nodes, this node's index (0 = the
+    first) and the rendezvous port."""
+
+    main_ip: str
+    num_nodes: int
+    node_index: int
+    port: int = PORTS[0]
+
+    def __post_init__(self):
+        if not 0 <= self.node_index < self.num_nodes:
+            raise ValueError(f"node_index {self.node_index} is not one of {self.num_nodes} nodes")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} is not a TCP port")
+
+
+def rendezvous_port(run_id: str, epoch: int) -> int:
+    """The rendezvous port of one epoch of one run: the same on every node (each computes it
+    alone), different for consecutive epochs so that a node that starts the next epoch early
+    never reaches the previous epoch's store, and spread over PORTS so that two runs on one
+    machine (local tests) rarely meet."""
+    digest = hashlib.sha256(f"{run_id}/{epoch}".encode()).digest()
+    return PORTS[0] + int.from_bytes(digest[:4], "big") % (PORTS[1] - PORTS[0])
+
+
+def torchrun_args(nproc: int, nodes: Rendezvous | None = None) -> list[str]:
+    """torchrun's options for `nproc` processes on this node: one node alone (`--standalone`),
+    or this node's place in a gang of `nodes.num_nodes` (static rendezvous at the first node)."""
+    if nproc < 1:
+        raise ValueError(f"nproc must be >= 1, got {nproc}")
+    if nodes is None or nodes.num_nodes == 1:
+        return ["--standalone", f"--nproc_per_node={nproc}"]
+    return [f"--nnodes={nodes.num_nodes}", f"--node_rank={nodes.node_index}",
+            f"--master_addr={nodes.main_ip}", f"--master_port={nodes.port}",
+            f"--nproc_per_node={nproc}"]
+
+
+def gang_size(cfg: FlowConfig) -> int:
+    """The node count of the multi-node flow's training gang (`pipeline.train.nodes`, which a
+    `--set` may have changed since the flow was loaded): at least 2."""
+    nodes = cfg.pipeline.train.nodes
+    if nodes < 2:
+        raise UserError(f"key 'pipeline.train.nodes': {nodes} node(s) in the multi-node flow; "
+                        "it needs at least 2 (one node: flows/prefix_rft_flow.py)")
+    return nodes
+
+
+def check_shared_store(cfg: FlowConfig, nodes: Rendezvous) -> None:
+    """Nodes on different machines must share the checkpoint store (the data step's output
+    lives there too): refuse a local checkpoint_root unless every node runs on this machine
+    (a loopback main address: Metaflow's local @parallel)."""
+    root = cfg.pipeline.checkpoint_root
+    if nodes.num_nodes == 1 or root.startswith("s3://"):
+        return
+    try:
+        local = ipaddress.ip_address(nodes.main_ip).is_loopback
+    except ValueError:
+        local = nodes.main_ip == "localhost"
+    if not local:
+        raise UserError(f"key 'pipeline.checkpoint_root': {root!r} is a local path, which the "
+                        f"{nodes.num_nodes} training nodes do not share; use s3://bucket/prefix")
 
 
 def _start_id(start_ref: dict | None, warm_start: dict | None) -> str:
@@ -75,13 +152,16 @@ def build_trainer(cfg: FlowConfig, train, test, *, weights_from: Path | None, ou
 
 def train_epoch(cfg: FlowConfig, *, epoch: int, plan: dict, data_ref: dict, start_ref: dict | None,
                 warm_start: dict | None, lineage_prefix: str, ctx: RunContext, tracker=None,
-                tracking: dict | None = None, progress: bool = True) -> dict:
+                tracking: dict | None = None, progress: bool = True,
+                nodes: Rendezvous | None = None) -> dict:
+    """One epoch (see the module's docstring); `nodes`: this node's place in a multi-node task."""
     nproc = cfg.pipeline.processes()
-    if nproc > 1 and D.world()[1] == 1:
+    several_nodes = nodes is not None and nodes.num_nodes > 1
+    if (nproc > 1 or several_nodes) and D.world()[1] == 1:
         return _launch(nproc, cfg, epoch=epoch, plan=plan, data_ref=data_ref, start_ref=start_ref,
                        warm_start=warm_start, lineage_prefix=lineage_prefix, ctx=ctx,
-                       tracking=tracking, progress=progress)
-    use_cpus(cfg.pipeline.train.cpus, D.world()[1])
+                       tracking=tracking, progress=progress, nodes=nodes)
+    use_cpus(cfg.pipeline.train.cpus, int(os.environ.get("LOCAL_WORLD_SIZE", D.world()[1])))
     main = D.is_main()
     tracker = tracker if main else None
     store = open_store(lineage_prefix)
@@ -177,22 +257,45 @@ def _commit_hook(cfg: FlowConfig, store, trainer, ctx: RunContext, *, epoch: int
     return commit
 
 
-def _launch(nproc: int, cfg: FlowConfig, *, ctx: RunContext, **kw) -> dict:
-    """Run this step as `nproc` torchrun workers on this node; return rank 0's result."""
+def train_epochs(cfg: FlowConfig, *, plan: dict, data_ref: dict, warm_start: dict | None,
+                 lineage_prefix: str, ctx: RunContext, nodes: Rendezvous,
+                 tracking: dict | None = None, progress: bool = False) -> list[dict]:
+    """Every epoch of the plan on this node of a multi-node task, one torchrun launch per epoch
+    (each on its own port), each starting from the previous epoch's checkpoint. Every node
+    returns the same list (global rank 0's results). A retried or resumed task finds the epochs
+    and checkpoints already committed and continues from them, as `train_epoch` does."""
+    check_shared_store(cfg, nodes)
+    results: list[dict] = []
+    start_ref = None
+    for epoch in range(1, plan["epochs"] + 1):
+        at = replace(nodes, port=rendezvous_port(ctx.run_id, epoch))
+        m = train_epoch(cfg, epoch=epoch, plan=plan, data_ref=data_ref, start_ref=start_ref,
+                        warm_start=warm_start, lineage_prefix=lineage_prefix, ctx=ctx,
+                        tracking=tracking, progress=progress, nodes=at)
+        results.append(m)
+        start_ref = m["checkpoint"]
+    return results
+
+
+def _launch(nproc: int, cfg: FlowConfig, *, ctx: RunContext, nodes: Rendezvous | None = None,
+            **kw) -> dict:
+    """Run this step as `nproc` torchrun workers on this node (with the other nodes of `nodes`);
+    return global rank 0's result."""
     work = Path(tempfile.mkdtemp(prefix="prefix-rft-torchrun-"))
     try:
         args = {"config": cfg.to_dict(), "ctx": asdict(ctx), **kw}
         (work / "args.json").write_text(json.dumps(args))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "steps.train",
-               str(work / "args.json"), str(work / "result.json")]
+        cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun_args(nproc, nodes),
+               "-m", "steps.train", str(work / "args.json"), str(work / "result.json")]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-        log.info("epoch %d: training on %d processes: %s", kw["epoch"], nproc, " ".join(cmd))
+        where = f" x {nodes.num_nodes} nodes (node {nodes.node_index})" if nodes else ""
+        log.info("epoch %d: training on %d processes%s: %s", kw["epoch"], nproc, where,
+                 " ".join(cmd))
         rc = subprocess.run(cmd, env=env, cwd=str(REPO)).returncode
         if rc != 0:
-            raise RuntimeError(f"train_epoch: torchrun with {nproc} processes exited with {rc} "
-                               "(the first failing rank's traceback is above); committed "
+            raise RuntimeError(f"train_epoch: torchrun with {nproc} processes{where} exited with "
+                               f"{rc} (the first failing rank's traceback is above); committed "
                                "checkpoints are kept and a retry resumes from them")
         return json.loads((work / "result.json").read_text())
     finally:
@@ -200,7 +303,8 @@ def _launch(nproc: int, cfg: FlowConfig, *, ctx: RunContext, **kw) -> dict:
 
 
 def _worker(args_path: str, result_path: str) -> None:
-    """One torchrun rank: the same train_epoch; rank 0 logs, commits and writes the result."""
+    """One torchrun rank: the same train_epoch; global rank 0 logs and commits, the first rank
+    of each node writes rank 0's result."""
     from steps.common import setup_logging
 
     setup_logging()
@@ -212,7 +316,8 @@ def _worker(args_path: str, result_path: str) -> None:
         tracking = args.get("tracking")
         tracker = tracker_for(tracking) if tracking and D.is_main() else None
         result = train_epoch(cfg, ctx=ctx, tracker=tracker, **args)
-        if D.is_main():
+        result = D.gather_objects(result)[0]  # global rank 0's, on every rank
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one writer per node
             Path(result_path).write_text(json.dumps(result))
         D.barrier()
     finally:

@@ -33,6 +33,7 @@ from steps.start import experiment_name
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = ROOT / "flows" / "prefix_rft_flow.py"
 PAPER_7B = ROOT / "configs" / "paper" / "qwen2.5-math-7b.yaml"
+MULTINODE_FLOW = ROOT / "flows" / "prefix_rft_multinode_flow.py"
 PROFILES = ROOT / "infra" / "metaflow"
 CORE = ("torch", "transformers", "vllm", "metaflow", "mlflow", "math-verify", "boto3", "datasets", "s3fs")
 
@@ -323,8 +324,8 @@ def test_start_opens_the_run_in_the_project_experiment(local_servers, smollm2_di
 # -------------------------------------------------------------------------------------------
 # The code package: what a remote task runs
 
-PACKAGE_TOP = {"prefix_rft_flow.py", "pipeline_mutators.py", "prefix_rft", "steps", "configs",
-               ".mf_code", ".mf_meta", ".mf_install"}
+PACKAGE_TOP = {"prefix_rft_flow.py", "prefix_rft_multinode_flow.py", "pipeline_mutators.py",
+               "prefix_rft", "steps", "configs", ".mf_code", ".mf_meta", ".mf_install"}
 NEVER_PACKAGED = (".pyc", ".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".db")
 
 
@@ -430,7 +431,12 @@ def compiled(tmp_path_factory):
     """{name: WorkflowTemplate} for a production-like config and for configs/demo.yaml."""
     path = tmp_path_factory.mktemp("argo") / "production.yaml"
     path.write_text(PRODUCTION)
+    nodes = path.with_name("paper_7b_nodes.yaml")  # the 7B config on 3 nodes
+    paper = yaml.safe_load(PAPER_7B.read_text())
+    paper["pipeline"].setdefault("train", {})["nodes"] = 3
+    nodes.write_text(yaml.safe_dump(paper))
     return {"production": compile_argo.compile_argo(path),
+            "paper_7b_nodes": compile_argo.compile_argo(nodes, flow=MULTINODE_FLOW),
             "demo": compile_argo.compile_argo(ROOT / "configs" / "demo.yaml"),
             "paper_7b": compile_argo.compile_argo(PAPER_7B),
             "paper_7b_prod": compile_argo.compile_argo(PAPER_7B, top=("--production",))}
@@ -568,3 +574,60 @@ def test_argo_paper_7b_is_deployed_under_its_project(compiled):
         assert ("--production" in train) == (branch == "prod")  # tasks resolve the same branch
     assert compiled["demo"]["metadata"]["name"] == "prefixrftflow"
     assert "metaflow/project_name" not in compiled["demo"]["metadata"]["annotations"]
+
+
+def _jobsets(wf) -> list[dict]:
+    """The JobSet manifests of a WorkflowTemplate (Metaflow's @parallel on Kubernetes); an Argo
+    expression left unquoted in the YAML (`replicas: {{=...}}`) is read as a string."""
+    out = []
+    for t in wf["spec"]["templates"]:
+        manifest = (t.get("resource") or {}).get("manifest")
+        if manifest:
+            doc = yaml.safe_load(re.sub(r"(?<![\'\"])(\{\{=[^}]*\}\})", r"'\1'", manifest))
+            if doc.get("kind") == "JobSet":
+                out.append(doc)
+    return out
+
+
+def test_argo_multinode_training_is_a_jobset(compiled):
+    """pipeline.train.nodes: 3 in the multi-node flow: train_launch fans out to a JobSet of a
+    control job (node 0) and workers (nodes 1..), each pod with the training resources and
+    /dev/shm; train_join and evaluation follow it. Single-node configs compile no JobSet."""
+    wf = compiled["paper_7b_nodes"]
+    t = templates(wf)
+    (jobset,) = _jobsets(wf)
+    assert jobset["metadata"]["annotations"]["metaflow/step_name"] == "train_nodes"
+    jobs = {j["name"]: j for j in jobset["spec"]["replicatedJobs"]}
+    assert set(jobs) == {"control", "worker"} and jobs["control"]["replicas"] == 1
+    assert "workerCount" in jobs["worker"]["replicas"]  # num_parallel - 1, set at run time
+    pl = yaml.safe_load(PAPER_7B.read_text())["pipeline"]
+    for job in jobs.values():
+        pod = job["template"]["spec"]["template"]["spec"]
+        (c,) = pod["containers"]
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == str(pl["train"]["gpus"])
+        assert float(c["resources"]["requests"]["cpu"]) == pl["train"]["cpus"]
+        assert "/dev/shm" in [m["mountPath"] for m in c["volumeMounts"]]
+        assert "step train_nodes" in c["command"][-1]
+        assert pod["activeDeadlineSeconds"] == pl["train"]["timeout_minutes"] * pl["epochs"] * 60
+    dag = {task["name"]: task for task in t["PrefixRFTMultiNodeFlow"]["dag"]["tasks"]}
+    assert {"train-launch", "train-join", "plan-eval"} <= set(dag)
+    assert "train-epoch" not in dag and "recursive-train-epoch" not in t
+    assert "train-launch" in dag["train-launch-foreach-parallel"]["depends"]
+    assert "--nnodes" not in json.dumps(wf)  # torchrun's arguments are made in the task
+    for key in ("production", "demo", "paper_7b"):
+        assert _jobsets(compiled[key]) == [], key
+        assert "jobset" not in json.dumps(compiled[key]).lower(), key
+    assert wf["metadata"]["name"].startswith(pl["project"].replace("_", "") + ".")
+
+
+def test_single_node_flow_refuses_several_nodes(tmp_path):
+    """Each flow refuses the other's node counts when it is loaded, naming the key."""
+    cfg = yaml.safe_load(PAPER_7B.read_text())
+    cfg["pipeline"].setdefault("train", {})["nodes"] = 2
+    path = tmp_path / "nodes.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(compile_argo.CompileError, match=r"key 'pipeline.train.nodes': 2 nodes: "
+                       r"run the multi-node flow"):
+        compile_argo.compile_argo(path)
+    with pytest.raises(compile_argo.CompileError, match=r"key 'pipeline.train.nodes': 1 node"):
+        compile_argo.compile_argo(PAPER_7B, flow=MULTINODE_FLOW)
