@@ -596,6 +596,7 @@ def test_argo_multinode_training_is_a_jobset(compiled):
     wf = compiled["paper_7b_nodes"]
     t = templates(wf)
     (jobset,) = _jobsets(wf)
+    assert "127.0.0.1" not in json.dumps(wf)  # the compile-time S3 endpoint, also in the manifest
     assert jobset["metadata"]["annotations"]["metaflow/step_name"] == "train_nodes"
     jobs = {j["name"]: j for j in jobset["spec"]["replicatedJobs"]}
     assert set(jobs) == {"control", "worker"} and jobs["control"]["replicas"] == 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -65,17 +66,24 @@ def _free_port() -> int:
 
 
 def _strip_endpoint(node, endpoint: str):
-    """Drop the throwaway S3 endpoint from every container's env."""
+    """Drop the throwaway S3 endpoint from every container's env, also inside manifests that
+    Argo carries as YAML text (the JobSet of a multi-node step); returns the cleaned node."""
     if isinstance(node, dict):
         env = node.get("env")
         if isinstance(env, list):
             node["env"] = [e for e in env
                            if not (isinstance(e, dict) and e.get("value") == endpoint)]
-        for v in node.values():
-            _strip_endpoint(v, endpoint)
+        for k, v in node.items():
+            node[k] = _strip_endpoint(v, endpoint)
     elif isinstance(node, list):
-        for v in node:
-            _strip_endpoint(v, endpoint)
+        return [_strip_endpoint(v, endpoint) for v in node]
+    elif isinstance(node, str) and endpoint in node:
+        # a manifest as YAML text (its Argo expressions are not YAML): drop "- name: X" entries
+        # whose value is the endpoint, keeping everything else byte for byte
+        entry = (r"\n([ \t]*)- name: [A-Za-z0-9_]+\n\1  value: [\"']?" + re.escape(endpoint)
+                 + r"[\"']?(?=\n|$)")
+        return re.sub(entry, "", node)
+    return node
 
 
 def compile_argo(config: str | Path, *, profile: str = "kubernetes", flow: Path = FLOW,
@@ -126,7 +134,7 @@ def compile_argo(config: str | Path, *, profile: str = "kubernetes", flow: Path 
         template = json.loads(proc.stdout)
     except json.JSONDecodeError as e:
         raise CompileError(f"no JSON on stdout ({e}):\n{proc.stdout[:2000]}\n{proc.stderr[-2000:]}") from None
-    _strip_endpoint(template, endpoint)
+    template = _strip_endpoint(template, endpoint)
     return template
 
 
