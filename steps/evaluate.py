@@ -343,10 +343,12 @@ def join_eval(cfg: FlowConfig, results: list[dict], failures: list[dict], epochs
         import matplotlib.pyplot as plt
 
         plt.close(fig)
-        name = cfg.tracking.registered_model
+        # the name start resolved (project/branch included); older runs' dicts lack it
+        name = tracking.get("registered_model", (cfg.tracking.registered_model or "").format(
+            method=cfg.method) or None)
         if name and best is not None:
             out["registered"], out["registered_last"] = register_best_and_last(
-                tracker, tracking, name.format(method=cfg.method), refs, best=best,
+                tracker, tracking, name, refs, best=best,
                 last=epochs_done[-1]["epoch"],
                 tags=run_layout.registered_version_tags(best, score, common))
     if cfg.pipeline.keep_epochs == "best_and_last" and epochs_done:

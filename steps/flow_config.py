@@ -201,7 +201,8 @@ class TrackingConfig:
     run_name: str | None = option(None, "MLflow run name (null = <method>-<metaflow run id>).")
     registered_model: str | None = option(
         "prefix-rft-{method}",
-        "Model-registry name for the best checkpoint (alias 'best'); {method} is filled in; "
+        "Model-registry name for the best checkpoint (alias 'best'); {method} is filled in, and "
+        "under a Metaflow @project .<project>.<branch> is appended; "
         "null = do not register.",
     )
     system_metrics: bool = option(True, "Log CPU/GPU/memory as system/* metrics during training.")

@@ -69,7 +69,8 @@ def start(config_data: dict, ctx: RunContext, *, seed: int | None = None, epochs
         "config": cfg.to_dict(),
         "config_hash": cfg.config_hash(),
         "tracking": {"uri": uri, "run_id": run_id, "experiment_id": info.experiment_id,
-                     "experiment": experiment, "timeout_s": cfg.tracking.timeout_s},
+                     "experiment": experiment, "timeout_s": cfg.tracking.timeout_s,
+                     "registered_model": registered_model_name(cfg, ctx)},
         "lineage": ctx.run_id,
         "lineage_prefix": prefix,
         "warm_start": warm.to_dict() if warm else None,
@@ -84,6 +85,20 @@ def experiment_name(cfg: FlowConfig, ctx: RunContext) -> str:
     if not ctx.project:
         return cfg.tracking.experiment
     return "/".join(p for p in (cfg.tracking.experiment, ctx.project, ctx.branch) if p)
+
+
+def registered_model_name(cfg: FlowConfig, ctx: RunContext) -> str | None:
+    """The Model-registry name of the best checkpoint: `tracking.registered_model` with
+    {method} filled in and, under a Metaflow @project, `.<project>.<branch>` appended (like the
+    experiment), so deployments of different projects and branches never register versions
+    under one name. None when registration is off."""
+    name = cfg.tracking.registered_model
+    if not name:
+        return None
+    name = name.format(method=cfg.method)
+    if ctx.project:
+        name = ".".join(p for p in (name, ctx.project, ctx.branch) if p)
+    return name
 
 
 def remote_platform() -> str | None:

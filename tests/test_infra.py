@@ -28,7 +28,7 @@ from prefix_rft.errors import UserError
 from steps.common import RunContext
 from steps.flow_config import FlowConfig, flow_config_parser, load_flow_config, resolve_flow
 from steps.flow_config import main as flow_config_main
-from steps.start import experiment_name
+from steps.start import experiment_name, registered_model_name
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = ROOT / "flows" / "prefix_rft_flow.py"
@@ -299,6 +299,15 @@ def test_experiment_is_namespaced_by_project_and_branch():
     assert experiment_name(cfg, ctx) == "prefix-rft/qwen_math_7b/prod"
     ctx = RunContext(project="qwen_math_7b", branch="user.alice")
     assert experiment_name(cfg, ctx) == "prefix-rft/qwen_math_7b/user.alice"
+
+
+def test_registered_model_is_namespaced_by_project_and_branch():
+    cfg = _cfg()
+    assert registered_model_name(cfg, RunContext()) == f"prefix-rft-{cfg.method}"
+    ctx = RunContext(project="qwen_math_7b", branch="prod")
+    assert registered_model_name(cfg, ctx) == f"prefix-rft-{cfg.method}.qwen_math_7b.prod"
+    cfg.tracking.registered_model = None
+    assert registered_model_name(cfg, ctx) is None
 
 
 def test_start_opens_the_run_in_the_project_experiment(local_servers, smollm2_dir, tmp_path):
