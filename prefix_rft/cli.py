@@ -73,11 +73,15 @@ def _parser() -> argparse.ArgumentParser:
                         description="Keep the first Math-Verify-correct trace of at most "
                         "--max-tokens tokens of the policy tokenizer per problem, drop "
                         "unparseable gold answers and duplicates; print counts per rule.")
-    fd.add_argument("--input", required=True, help="raw OpenR1 file/dir or hub:open-r1/OpenR1-Math-220k")
+    fd.add_argument("--input", required=True,
+                    help="raw OpenR1 file/dir, s3:// (or other fsspec) URL, or hub:open-r1/OpenR1-Math-220k")
     fd.add_argument("--output", required=True, help="output .jsonl or .parquet")
     fd.add_argument("--tokenizer", required=True, help="policy model/tokenizer (name or path)")
     fd.add_argument("--max-tokens", type=int, default=8192, help="max trace length in tokens")
     fd.add_argument("--limit", type=int, default=None, help="read at most this many rows")
+    fd.add_argument("--num-proc", type=_positive_int, default=None,
+                    help="worker processes of the datasets map (default: min(CPUs, 8); small "
+                    "inputs run in this process)")
 
     ev = sub.add_parser(
         "eval", help="evaluate a model/checkpoint on math benchmarks (avg@n, pass@k, maj@n, CIs)",
@@ -233,13 +237,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (the error names the value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def cmd_filter_data(args) -> int:
     from prefix_rft.data import save_problems
     from prefix_rft.data.filter import filter_openr1_source
     from prefix_rft.models import load_tokenizer
 
     problems, stats = filter_openr1_source(args.input, load_tokenizer(args.tokenizer),
-                                           max_trace_tokens=args.max_tokens, limit=args.limit)
+                                           max_trace_tokens=args.max_tokens, limit=args.limit,
+                                           num_proc=args.num_proc)
     save_problems(problems, args.output)
     print(json.dumps(stats.as_dict(), indent=1))
     print(f"wrote {len(problems)} problems to {args.output}")

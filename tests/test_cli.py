@@ -143,6 +143,13 @@ def test_filter_data_writes_problems_and_counts(tmp_path, smol_env, smol_tokeniz
     assert [p.id for p in written] == [p.id for p in expected] and len(written) == counts["kept"]
 
 
+def test_filter_data_refuses_a_zero_worker_count(tmp_path):
+    proc = run_cli("filter-data", "--input", "x.jsonl", "--output", str(tmp_path / "o.jsonl"),
+                   "--tokenizer", "t", "--num-proc", "0")
+    assert proc.returncode == 2
+    assert "argument --num-proc: expected an integer >= 1, got 0" in proc.stderr
+
+
 def test_train_stops_and_resumes_from_latest(tmp_path, smol_env, smollm2_dir):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(
