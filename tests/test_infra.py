@@ -437,7 +437,18 @@ pipeline:
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """{name: WorkflowTemplate} for a production-like config and for configs/demo.yaml."""
+    """{name: WorkflowTemplate} for a production-like config and for configs/demo.yaml, compiled
+    as Metaflow user 'prefix-rft' (compile_argo's default; other tests set METAFLOW_USER in this
+    process, and the @project branch user.<name> depends on it)."""
+    mp = pytest.MonkeyPatch()
+    mp.delenv("METAFLOW_USER", raising=False)
+    try:
+        return _compile_all(tmp_path_factory)
+    finally:
+        mp.undo()
+
+
+def _compile_all(tmp_path_factory) -> dict:
     path = tmp_path_factory.mktemp("argo") / "production.yaml"
     path.write_text(PRODUCTION)
     nodes = path.with_name("paper_7b_nodes.yaml")  # the 7B config on 3 nodes

@@ -198,7 +198,10 @@ def test_multinode_flow_on_two_local_nodes_equals_the_single_node_flow(
     assert happy_flow["status"] == "successful", happy_flow["out"][-3000:]
     cfg = flow_runs.tiny_config(smollm2_dir, tmp_path, experiment=flow_runs.EXPERIMENT,
                                 **{"pipeline.train.nodes": 2, "pipeline.eval_base": False,
-                                   "pipeline.eval_epochs": "last"})
+                                   "pipeline.eval_epochs": "last",
+                                   # its own registry name: the happy run's 'best' alias stays
+                                   # that run's for tests/test_pipeline.py
+                                   "tracking.registered_model": "prefix-rft-multinode-test"})
     # Metaflow starts the other node's task with the `python` first on PATH
     env = flow_runs.flow_env(local_servers, tmp_path, PATH=os.pathsep.join(
         [os.path.dirname(sys.executable), os.environ.get("PATH", "")]))

@@ -199,7 +199,7 @@ def test_flow_config_parser_fills_pipeline_defaults():
     got = flow_config_parser("method: rft\nmodel: {name_or_path: m}\n")
     assert got["method"] == "rft"
     assert got["pipeline"]["train"] == {"cpus": 2, "gpus": 0, "memory_mb": 8000,
-                                        "timeout_minutes": 240}
+                                        "timeout_minutes": 240, "nodes": 1}
     assert got["pipeline"]["eval"]["gpus"] == 0
     assert got["pipeline"]["train_retries"] == 1
     assert got["pipeline"]["epochs"] == 2
@@ -209,7 +209,8 @@ def test_flow_config_parser_keeps_user_values():
     text = "method: rft\npipeline:\n  epochs: 3\n  train:\n    gpus: 1\n    memory_mb: 1000\n"
     got = flow_config_parser(text)["pipeline"]
     assert got["epochs"] == 3
-    assert got["train"] == {"cpus": 2, "gpus": 1, "memory_mb": 1000, "timeout_minutes": 240}
+    assert got["train"] == {"cpus": 2, "gpus": 1, "memory_mb": 1000, "timeout_minutes": 240,
+                            "nodes": 1}
     assert got["eval"]["gpus"] == 0
 
 
