@@ -191,6 +191,9 @@ def cmd_train(args) -> int:
             ck = latest_checkpoint(out / "checkpoints") if args.resume == "latest" else Path(args.resume)
             if ck is None:
                 raise UserError(f"--resume latest: no checkpoint under {out / 'checkpoints'}")
+            from prefix_rft.io.store import verify_local_checkpoint
+
+            verify_local_checkpoint(ck)  # a corrupted file is refused, never trained on
             trainer.load(ck)
             logging.info("resumed from %s (step %d)", ck, trainer.state.global_step)
         do_eval = not args.no_eval and cfg.eval.num_problems > 0 and trainer.test_set

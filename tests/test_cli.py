@@ -173,6 +173,15 @@ def test_train_stops_and_resumes_from_latest(tmp_path, smol_env, smollm2_dir):
     assert summary["state"]["global_step"] == 2 and "eval_after" not in summary
     again = run_cli("train", "--config", str(cfg), "--output", str(out), env_extra=smol_env)
     assert_user_error(again, str(out), "--resume latest")  # never overwrites an earlier run
+    # a weight file of the latest checkpoint changed after its save: refused, naming the file
+    weights = sorted((out / "checkpoints" / "step-000002" / "model").glob("*.safetensors"))[0]
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    bad = run_cli("train", "--config", str(cfg), "--output", str(out), "--resume", "latest",
+                  "--quiet", env_extra=smol_env)
+    assert_user_error(bad, f"model/{weights.name} sha256 mismatch")
+    assert json.loads((out / "summary.json").read_text())["state"]["global_step"] == 2
+    weights.write_bytes(original)
     second = run_cli("train", "--config", str(cfg), "--output", str(out), "--resume", "latest",
                      "--quiet", env_extra=smol_env)
     assert second.returncode == 0, second.stderr[-2000:]

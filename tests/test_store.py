@@ -499,3 +499,18 @@ def test_save_checkpoint_writes_a_verifiable_manifest(smol_tokenizer, tmp_path):
     assert store.list() == [ref]
     assert store.commit(path, "step-000000", step=0, epoch=None, config_hash=cfg.config_hash(),
                         meta=ref.meta) == ref
+
+
+def test_verify_local_checkpoint_names_the_missing_manifest_and_the_changed_file(tmp_path):
+    from prefix_rft.io.store import verify_local_checkpoint, write_manifest
+
+    ck = tmp_path / "step-000001"
+    (ck / "model").mkdir(parents=True)
+    (ck / "model" / "w.bin").write_bytes(b"weights")
+    with pytest.raises(UserError, match=f"checkpoint {ck}: no MANIFEST.json"):
+        verify_local_checkpoint(ck)
+    write_manifest(ck, step=1, epoch=None, config_hash="abc")
+    assert verify_local_checkpoint(ck)["step"] == 1
+    (ck / "model" / "w.bin").write_bytes(b"weightz")  # same size, other bytes
+    with pytest.raises(UserError, match="model/w.bin sha256 mismatch"):
+        verify_local_checkpoint(ck)

@@ -146,6 +146,21 @@ def _verify_files(uri: str, local_dir: Path, manifest: dict) -> None:
                             f"(expected {info['sha256']}, got {got})")
 
 
+def verify_local_checkpoint(path: str | Path) -> dict:
+    """Check a checkpoint directory on this machine against its MANIFEST.json (every listed file
+    there, with its size and sha256) and return the manifest; `UserError` naming the directory
+    and the first file that differs, or the missing manifest (an uncommitted directory)."""
+    path = Path(path)
+    try:
+        data = (path / MANIFEST).read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path}: no {MANIFEST} (not a committed checkpoint: its save "
+                        "was interrupted, or it was not written by prefix-rft)") from None
+    manifest = _parse_manifest(str(path), data)
+    _verify_files(str(path), path, manifest)
+    return manifest
+
+
 # ---------------------------------------------------------------------------------- refs
 @dataclass(frozen=True, eq=True, unsafe_hash=False)
 class CheckpointRef:
