@@ -102,26 +102,37 @@ STEP = {"rollout.num_prompts": 4, "rollout.group_size": 4, "rollout.max_response
 SKIP_METRICS = ("time/", "tokens/per_second", "system/", "data/")  # timings; the data step's
 
 
-def _run_epoch(model_dir, root: Path, mlflow_uri: str, processes: int, run_id: str, packing: str):
+def prepare_epoch(model_dir, root: Path, mlflow_uri: str, run_id: str, flow_name: str,
+                  **overrides) -> tuple:
+    """`start` and `filter_data` of the tiny STEP config (with `overrides`) against the given
+    tracking server: (config, MLflow run id, tracker, the keyword arguments of train_epoch for
+    epoch 1)."""
     from steps import data as sdata
     from steps import start as sstart
-    from steps import train as strain
     from steps.common import RunContext, config_from_dict, tracker_for
 
     cfg_data = pipeline_configs.tiny_config(model_dir, root, experiment=EXPERIMENT,
-                                            **{**STEP, "pipeline.train_processes": processes,
-                                               "model.packing": packing})
+                                            **{**STEP, **overrides})
     cfg_data["tracking"].update({"uri": mlflow_uri, "system_metrics": False})
-    ctx = RunContext(flow_name="DistFlow", run_id=run_id, user="tester", task_id="1")
+    ctx = RunContext(flow_name=flow_name, run_id=run_id, user="tester", task_id="1")
     m = sstart.start(cfg_data, ctx)
     cfg = config_from_dict(m["config"])
     tracker = tracker_for(m["tracking"])
     d = sdata.filter_data(cfg, lineage_prefix=m["lineage_prefix"], tracker=tracker,
                           tracking=m["tracking"])
-    e = strain.train_epoch(cfg, epoch=1, plan=d["plan"], data_ref=d["data"], start_ref=None,
-                           warm_start=None, lineage_prefix=m["lineage_prefix"], ctx=ctx,
-                           tracker=tracker, tracking=m["tracking"], progress=False)
-    return cfg, m["tracking"]["run_id"], e
+    kw = dict(epoch=1, plan=d["plan"], data_ref=d["data"], start_ref=None, warm_start=None,
+              lineage_prefix=m["lineage_prefix"], ctx=ctx, tracking=m["tracking"],
+              progress=False)
+    return cfg, m["tracking"]["run_id"], tracker, kw
+
+
+def _run_epoch(model_dir, root: Path, mlflow_uri: str, processes: int, run_id: str, packing: str):
+    from steps import train as strain
+
+    cfg, mlflow_run, tracker, kw = prepare_epoch(
+        model_dir, root, mlflow_uri, run_id, "DistFlow",
+        **{"pipeline.train_processes": processes, "model.packing": packing})
+    return cfg, mlflow_run, strain.train_epoch(cfg, tracker=tracker, **kw)
 
 
 def _weights(ref: dict) -> dict[str, torch.Tensor]:

@@ -29,8 +29,7 @@ from steps.train import (
     rendezvous_port,
     torchrun_args,
 )
-from tests import pipeline_configs
-from tests.test_distributed import EXPERIMENT, SKIP_METRICS, STEP, _weights
+from tests.test_distributed import EXPERIMENT, SKIP_METRICS, _weights, prepare_epoch
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 BASE = {"method": "prefix_rft", "model": {"name_or_path": "m"}, "data": {"train": "synthetic:tiny"}}
@@ -96,23 +95,8 @@ def test_nodes_on_several_machines_need_a_shared_store():
 
 # ============================================================================ 2 nodes = 1 process
 def _prepare(model_dir, root: Path, mlflow_uri: str, run_id: str, nodes: int):
-    from steps import data as sdata
-    from steps import start as sstart
-    from steps.common import RunContext, config_from_dict, tracker_for
-
-    cfg_data = pipeline_configs.tiny_config(model_dir, root, experiment=EXPERIMENT,
-                                            **{**STEP, "pipeline.train.nodes": nodes})
-    cfg_data["tracking"].update({"uri": mlflow_uri, "system_metrics": False})
-    ctx = RunContext(flow_name="NodesFlow", run_id=run_id, user="tester", task_id="1")
-    m = sstart.start(cfg_data, ctx)
-    cfg = config_from_dict(m["config"])
-    tracker = tracker_for(m["tracking"])
-    d = sdata.filter_data(cfg, lineage_prefix=m["lineage_prefix"], tracker=tracker,
-                          tracking=m["tracking"])
-    kw = dict(epoch=1, plan=d["plan"], data_ref=d["data"], start_ref=None, warm_start=None,
-              lineage_prefix=m["lineage_prefix"], ctx=ctx, tracking=m["tracking"],
-              progress=False)
-    return cfg, m["tracking"]["run_id"], tracker, kw
+    return prepare_epoch(model_dir, root, mlflow_uri, run_id, "NodesFlow",
+                         **{"pipeline.train.nodes": nodes})
 
 
 def _on_nodes(cfg, kw: dict, nodes: int) -> list[dict]:

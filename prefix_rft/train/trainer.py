@@ -127,6 +127,7 @@ class Trainer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.ids = P.TokenIds(tokenizer, self.train_set, cfg.model.think_tags)
         self.engine = self._build_engine()
+        self.rollout_logprobs = self._wants_rollout_logprobs()
         self.updater = Updater(
             self.model, loss_cfg=cfg.loss, max_response_len=cfg.rollout.max_response_len,
             seed=cfg.seed, pad_id=self.pad_id, packed=self.packed, autocast=self.autocast,
@@ -204,17 +205,19 @@ class Trainer:
             world_size=self.world_size), key="rollout.engine")
         if cfg.rollout.engine == "auto":
             log.info("rollout.engine auto: %s", name)
-        gap = cfg.rollout.logprob_gap
-        self.rollout_logprobs = gap == "on" or (gap == "auto" and (
-            needs_weight_sync(engine) or cfg.loss.rollout_correction != "off"))
         return engine
+
+    def _wants_rollout_logprobs(self) -> bool:
+        """Whether rollouts return the engine's log-probs (`rollout.logprob_gap`; auto: for an
+        engine with its own weights, or when loss.rollout_correction uses them)."""
+        gap = self.cfg.rollout.logprob_gap
+        return gap == "on" or (gap == "auto" and (
+            needs_weight_sync(self.engine) or self.cfg.loss.rollout_correction != "off"))
 
     def _sync_engine(self) -> float:
         """Push the policy's weights into an engine that keeps its own copy, parameter by
         parameter (under FSDP2 each is gathered on its own, a collective every rank joins, and
-        only its engine-dtype copy is kept); the seconds it took (0 for engines without)."""
-        if not needs_weight_sync(self.engine):
-            return 0.0
+        only its engine-dtype copy is kept); the seconds it took."""
         t0 = time.perf_counter()
         self.engine.load_weights(policy_weights(self.model))
         return time.perf_counter() - t0

@@ -99,8 +99,7 @@ class VLLMEngine:
         LLM = _vllm_llm_class()
         self.stop_ids = list(dict.fromkeys(int(i) for i in stop_ids))
         self.show_progress = show_progress
-        self.colocate = colocate
-        self.needs_weight_sync = colocate
+        self.needs_weight_sync = colocate  # colocated: the trainer pushes its weights in
         self.sleep_level = sleep_level if colocate else 0
         self._loaded = not colocate  # colocated: placeholder weights until the first push
         self._asleep: set[str] = set()  # "weights", "kv_cache" while released
@@ -132,10 +131,10 @@ class VLLMEngine:
         written, else `RuntimeError` naming the ones that were not (they would be stale)."""
         import torch
 
-        if not self.colocate:
+        if not self.needs_weight_sync:
             raise RuntimeError("engine 'vllm': load_weights needs colocate=True")
         self._wake(["weights"])
-        target = getattr(torch, self.dtype) if isinstance(self.dtype, str) else self.dtype
+        target = getattr(torch, self.dtype)
         model = self._model()
         loaded = model.load_weights((n, t.to(target)) for n, t in weights)
         missing = sorted(set(dict(model.named_parameters())) - set(loaded or ()))

@@ -4,10 +4,11 @@
 under its Hugging Face name, cast to the engine's dtype one tensor at a time (never a second full
 copy of the model):
 
-* FSDP2-sharded parameters (DTensors) are gathered with `full_tensor()`, a collective: every rank
-  iterates the same names in the same order, so every rank's engine gets the whole model. Inside
-  `distributed.unsharded(model)` (where the trainer generates) the parameters are already whole
-  and nothing is communicated.
+* FSDP2-sharded parameters (DTensors) are gathered with `full_tensor()`, one parameter at a
+  time, a collective: every rank iterates the same names in the same order, so every rank's
+  engine gets the whole model while no rank holds more than one gathered parameter. (The trainer
+  pushes outside `distributed.unsharded`; inside it the parameters would already be whole and
+  nothing would be communicated.)
 * wrapper prefixes that activation checkpointing and `torch.compile` add to module names are
   removed, so names are those of the model's `state_dict` on disk (what vLLM's `load_weights`
   and `from_pretrained` expect).
