@@ -27,9 +27,10 @@ from pathlib import Path
 from prefix_rft.errors import UserError
 from prefix_rft.io import run_layout
 from prefix_rft.io.store import is_s3, open_store
-from steps.common import fetch_into, log, use_cpus
+from steps.common import RunContext, fetch_into, log, use_cpus
 from steps.data import read_data
 from steps.flow_config import FlowConfig
+from steps.start import registered_model_name
 
 HELDOUT = "heldout"
 
@@ -343,9 +344,10 @@ def join_eval(cfg: FlowConfig, results: list[dict], failures: list[dict], epochs
         import matplotlib.pyplot as plt
 
         plt.close(fig)
-        # the name start resolved (project/branch included); older runs' dicts lack it
-        name = tracking.get("registered_model", (cfg.tracking.registered_model or "").format(
-            method=cfg.method) or None)
+        # the name start resolved (project/branch included); a run started before start
+        # recorded it (resumed at plan_eval) had no project: the name without one
+        name = (tracking["registered_model"] if "registered_model" in tracking
+                else registered_model_name(cfg, RunContext()))
         if name and best is not None:
             out["registered"], out["registered_last"] = register_best_and_last(
                 tracker, tracking, name, refs, best=best,
