@@ -363,6 +363,51 @@ def summarize(rows: list[dict]) -> dict:
     return summary
 
 
+class PhaseClock:
+    """Seconds spent, per step, inside the rollout engine's wake-up, vLLM's own `generate` and the
+    release after it (for engines that have them), and in Python's garbage collector: the parts of
+    `time/generation` that are not decoding. `take()` returns and resets them."""
+
+    WRAPPED = (("_wake", "time/engine_wake"), ("release", "time/engine_release"))
+
+    def __init__(self, engine):
+        self.acc: dict[str, float] = {}
+        self._gc_t0 = None
+        for attr, key in self.WRAPPED:
+            if callable(getattr(engine, attr, None)):
+                setattr(engine, attr, self._timed(getattr(engine, attr), key))
+        llm = getattr(engine, "llm", None)
+        if llm is not None and callable(getattr(llm, "generate", None)):
+            llm.generate = self._timed(llm.generate, "time/engine_generate")
+        gc.callbacks.append(self._gc)
+
+    def _timed(self, fn, key):
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.acc[key] = self.acc.get(key, 0.0) + time.perf_counter() - t0
+        return wrapper
+
+    def _gc(self, phase, info):
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+        elif self._gc_t0 is not None:
+            self.acc["time/gc"] = self.acc.get("time/gc", 0.0) + time.perf_counter() - self._gc_t0
+            self.acc["gc/full_collections"] = self.acc.get("gc/full_collections", 0) + (
+                info.get("generation") == 2)
+            self._gc_t0 = None
+
+    def take(self) -> dict:
+        out, self.acc = {"time/gc": 0.0, **self.acc}, {}
+        return out
+
+    def close(self) -> None:
+        if self._gc in gc.callbacks:
+            gc.callbacks.remove(self._gc)
+
+
 def run_preset(preset: str, args, model_path: str, tok, pool, device, on_step=None) -> dict:
     """Warm-up and timed steps of one preset; `on_step(partial result)` after every step (the
     caller writes it, so a run killed mid-preset keeps its finished steps)."""
@@ -388,6 +433,7 @@ def run_preset(preset: str, args, model_path: str, tok, pool, device, on_step=No
         return plans[-1]
 
     trainer.update, planner.plan_rollouts = update, plan_rollouts
+    clock = PhaseClock(trainer.engine)
     n_params = param_count(trainer.model)
     micro = trainer.cfg.rl.micro_batch_size if rl else trainer.cfg.sft.micro_batch_size
     engine = type(trainer.engine).__name__
@@ -400,12 +446,14 @@ def run_preset(preset: str, args, model_path: str, tok, pool, device, on_step=No
                 reset_peak()
             captured.clear()
             plans.clear()
+            clock.take()
             sync()
             t0 = time.perf_counter()
             m = trainer.rl_step() if rl else trainer.sft_step()
             sync()
             row = _step_row(k, args, time.perf_counter() - t0, m, rl,
                             captured[0] if captured else None, micro, n_params)
+            row.update(clock.take())
             if k == args.warmup and plans:
                 info["first_timed_requests"] = {"digest": requests_digest(plans[0].requests),
                                                 "count": len(plans[0].requests)}
@@ -418,6 +466,7 @@ def run_preset(preset: str, args, model_path: str, tok, pool, device, on_step=No
                 on_step({"summary": {**summarize(rows), **info, "partial": True}, "steps": rows})
     finally:
         planner.plan_rollouts = orig_plan
+        clock.close()
     mem = peak_mem_gb()
     if args.profile:
         _profile_steps(trainer, rl, preset, args, profiling)
@@ -432,15 +481,19 @@ def run_preset(preset: str, args, model_path: str, tok, pool, device, on_step=No
 
 
 def _profile_steps(trainer, rl: bool, preset: str, args, profiling: dict) -> None:
-    """One more step, after the timed ones, profiled whole; then one with its update alone."""
-    with profiler() as prof:
-        trainer.rl_step() if rl else trainer.sft_step()
-        sync()
+    """One more step, after the timed ones, profiled whole (unless --profile-update-only); then
+    one with its update alone."""
+    tables = {}
+    if not args.profile_update_only:
+        with profiler() as prof:
+            trainer.rl_step() if rl else trainer.sft_step()
+            sync()
+        tables["whole step"] = prof
     profiling["on"] = True
     trainer.rl_step() if rl else trainer.sft_step()
     sync()
-    write_profile(Path(args.profile) / f"profile_{preset}.txt",
-                  {"whole step": prof, "update phase": profiling["update"]})
+    tables["update phase"] = profiling["update"]
+    write_profile(Path(args.profile) / f"profile_{preset}.txt", tables)
 
 
 # ---------------------------------------------------------------------------- profile
@@ -551,6 +604,12 @@ def _parser():
                    help="after the timed steps, profile one more step of each preset (and, in a "
                         "second step, its update phase alone) with torch.profiler; the operator "
                         "tables go to DIR/profile_<preset>.txt")
+    p.add_argument("--profile-update-only", action="store_true",
+                   help="with --profile: only the update phase (a whole step under the profiler "
+                        "records every vLLM decode kernel)")
+    p.add_argument("--ceiling-logprobs", action="store_true",
+                   help="--vllm-ceiling also returns the sampled tokens' log-probs, as the "
+                        "trainer's rollouts do with rollout.logprob_gap on")
     return p
 
 

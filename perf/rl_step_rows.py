@@ -77,7 +77,8 @@ def ceiling_requests(preset: str, args, model_path: str, tok, pool):
     ids = planner.TokenIds(tok, list(pool), cfg.model.think_tags)
     plan = planner.plan_rollouts(cfg, args.warmup, idx, ids, lambda i: len(pool[i].demonstrations))
     sampling = SamplingParams(cfg.rollout.temperature, cfg.rollout.top_p,
-                              seed=cfg.seed * 7919 + args.warmup)
+                              seed=cfg.seed * 7919 + args.warmup,
+                              return_logprobs=bool(getattr(args, "ceiling_logprobs", False)))
     return plan.requests, sampling
 
 
@@ -106,6 +107,8 @@ def run_vllm_ceiling(args, model_path: str, tok, pool, on_row=None) -> dict:
             print(f"== {name} ({len(requests)} requests of {preset}'s step {args.warmup})", flush=True)
             row = _time_generate(engine, requests, sampling, args)
             row["summary"].update({"requests_of": preset, "engine_load_s": load_s,
+                                   "logprobs": sampling.return_logprobs,
+                                   "in_process": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0",
                                    "gpu_memory_utilization": args.vllm_mem, "vllm": vllm.__version__})
             rows[name] = row
             if on_row is not None:
@@ -124,8 +127,10 @@ def _reset_prefix_cache(engine) -> None:
 def _time_generate(engine, requests, sampling, args) -> dict:
     engine.generate(requests, 1, sampling)  # warm-up: CUDA graphs, allocator, sampler
     steps = []
+    clock = rs.PhaseClock(engine)
     for k in range(args.steps):
         _reset_prefix_cache(engine)  # a training step sends its prompts to a fresh cache too
+        clock.take()
         rs.sync()
         t0 = time.perf_counter()
         outs = engine.generate(requests, 1, sampling)
@@ -138,8 +143,9 @@ def _time_generate(engine, requests, sampling, args) -> dict:
                       "completions/mean_length": completion / max(1, len(requests)),
                       "completions/clipped_ratio":
                           sum(o[0].finish_reason == "length" for o in outs) / max(1, len(requests)),
-                      "generation_tokens_per_s": new / gen})
+                      "generation_tokens_per_s": new / gen, **clock.take()})
         print(f"  generate {k}: {gen:.2f} s, {new} tokens, {new / gen:,.0f} tok/s", flush=True)
+    clock.close()
     summary = rs.summarize(steps)
     free, total = torch.cuda.mem_get_info() if torch.cuda.is_available() else (0, 0)
     summary.update({"kind": "vllm_generate", "engine": type(engine).__name__,

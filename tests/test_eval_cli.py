@@ -98,6 +98,22 @@ def test_engine_names(smollm2_dir):
         make_engine("tpu", EngineSpec(None, model_dir=str(smollm2_dir)), key="--engine")
 
 
+def test_token_logprobs_reads_vllms_flat_and_per_position_layouts():
+    """The sampled tokens' log-probs from both shapes vLLM returns: flat lists (the sampled token
+    first at each position, or after top-k entries) and one {id: Logprob} per position; a token
+    without an entry is an error."""
+    from types import SimpleNamespace as NS
+
+    flat = NS(start_indices=[0, 1, 3], end_indices=[1, 3, 4], token_ids=[5, 9, 7, 2],
+              logprobs=[-0.5, -1.0, -0.25, -3.0])
+    assert vllm_engine.token_logprobs(flat, [5, 7, 2]) == [-0.5, -0.25, -3.0]
+    assert vllm_engine.token_logprobs(flat, [5, 7]) == [-0.5, -0.25]
+    per_position = [{5: NS(logprob=-0.5)}, {9: NS(logprob=-1.0), 7: NS(logprob=-0.25)}]
+    assert vllm_engine.token_logprobs(per_position, [5, 7]) == [-0.5, -0.25]
+    with pytest.raises(RuntimeError, match="no log-prob for sampled token 8 at position 1"):
+        vllm_engine.token_logprobs(flat, [5, 8])
+
+
 @pytest.mark.skipif(_vllm_importable(), reason="vLLM is installed here")
 def test_vllm_engine_reports_missing_install():
     with pytest.raises(UserError, match="vLLM is not installed"):

@@ -12,6 +12,8 @@
 # sees the same 64 prompts, in its own order) x 8 samples, at most 1024 new tokens, T 1.0,
 # top_p 1.0, bf16, sdpa, Math-Verify reward, 1 warm-up step. Rows, in this order:
 #   vllm_generate        standalone vLLM on the requests of rft's and prefix_rft's first timed step
+#   vllm_generate_lp     the same, returning log-probs (as our rollouts do)
+#   vllm_generate_inproc the same with log-probs and the engine core in process (as colocated)
 #   rft/prefix_rft_vllm  our trainer with rollout.engine=vllm, 3 timed steps
 #   rft/prefix_rft_hf    our trainer with rollout.engine=hf, 1 timed step (HF generation at 1024
 #                        tokens is slow)
@@ -23,7 +25,8 @@
 # Knobs (environment): MICRO (micro-batch of ours and TRL's, 32), TOTAL_S, the per-row budgets
 # B_CEIL B_OURS_VLLM B_OURS_HF B_TRL (seconds per process), VLLM_SET (extra rl_step.py arguments
 # for our vLLM rows, e.g. "--set rollout.logprob_gap=on --set rollout.vllm.gpu_memory_utilization=0.3
-# --set rollout.vllm.sleep_level=1"), STEPS_VLLM, STEPS_HF, STEPS_TRL, CEIL_PRESETS.
+# --set rollout.vllm.sleep_level=1"), STEPS_VLLM, STEPS_HF, STEPS_TRL, STEPS_CEIL, CEIL_PRESETS,
+# CEIL_MEM (gpu_memory_utilization of the ceiling rows, 0.85), HF_SET (extra arguments of the hf rows).
 set -uo pipefail
 if [ $# -ne 2 ]; then echo "usage: $0 MODEL_DIR OUTDIR" >&2; exit 2; fi
 MODEL=$1 OUTDIR=$2
@@ -71,17 +74,22 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > 
 ROWS=${ROWS:-vllm_generate rft_vllm prefix_rft_vllm rft_hf prefix_rft_hf trl_grpo_vllm}
 for name in $ROWS; do
   case $name in
-    vllm_generate) row vllm_generate "${B_CEIL:-90}" --vllm-ceiling --presets "${CEIL_PRESETS:-rft,prefix_rft}" --steps 1 ;;
+    vllm_generate) row vllm_generate "${B_CEIL:-90}" --vllm-ceiling --presets "${CEIL_PRESETS:-rft,prefix_rft}" --steps "${STEPS_CEIL:-1}" --vllm-mem "${CEIL_MEM:-0.85}" ;;
+    # the ceiling as the colocated engine runs: log-probs returned, at CEIL_MEM of the card
+    vllm_generate_lp) row vllm_generate_lp "${B_CEIL:-90}" --vllm-ceiling --presets "${CEIL_PRESETS:-rft,prefix_rft}" --steps "${STEPS_CEIL:-1}" --vllm-mem "${CEIL_MEM:-0.85}" --ceiling-logprobs ;;
+    # ... and with vLLM's engine core in this process, as colocated (no separate engine process)
+    vllm_generate_inproc) VLLM_ENABLE_V1_MULTIPROCESSING=0 row vllm_generate_inproc "${B_CEIL:-90}" --vllm-ceiling --presets "${CEIL_PRESETS:-rft,prefix_rft}" --steps "${STEPS_CEIL:-1}" --vllm-mem "${CEIL_MEM:-0.85}" --ceiling-logprobs ;;
     # shellcheck disable=SC2086  # VLLM_SET is a list of arguments
     rft_vllm|prefix_rft_vllm) row "$name" "$(( ${B_OURS_VLLM:-150} / 2 ))" --presets "${name%_vllm}" --engine vllm --steps "${STEPS_VLLM:-3}" ${VLLM_SET:-} ;;
-    rft_hf|prefix_rft_hf) row "$name" "$(( ${B_OURS_HF:-150} / 2 ))" --presets "${name%_hf}" --engine hf --steps "${STEPS_HF:-1}" ;;
+    # shellcheck disable=SC2086  # HF_SET is a list of arguments
+    rft_hf|prefix_rft_hf) row "$name" "$(( ${B_OURS_HF:-150} / 2 ))" --presets "${name%_hf}" --engine hf --steps "${STEPS_HF:-1}" ${HF_SET:-} ;;
     trl_grpo_vllm) row trl_grpo_vllm "${B_TRL:-120}" --trl-vllm --trl-vllm-mem 0.3 --trl-vllm-sleep 1 --steps "${STEPS_TRL:-3}" ;;
     *) echo "unknown row $name" | tee -a "$OUTDIR/rc.txt" ;;
   esac
 done
 
 files=()
-for n in vllm_generate rft_vllm prefix_rft_vllm rft_hf prefix_rft_hf trl_grpo_vllm; do
+for n in vllm_generate vllm_generate_lp vllm_generate_inproc rft_vllm prefix_rft_vllm rft_hf prefix_rft_hf trl_grpo_vllm; do
   [ -s "$OUTDIR/$n.json" ] && files+=("$OUTDIR/$n.json")
 done
 if [ ${#files[@]} -gt 0 ]; then

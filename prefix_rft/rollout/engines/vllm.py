@@ -27,10 +27,18 @@ Two ways to run it:
   refills them) so the update has the card. Log-probs are vLLM's "processed" ones: those of the
   temperature-scaled (and top-p-truncated) distribution the token was sampled from, the quantity
   the trainer's log-probs at the rollout temperature are compared with.
+
+Host overhead: vLLM's scheduler and output processing run in the calling thread when the engine
+core is in process (colocated), so Python work per sampled token competes with the GPU. The
+log-probs come back flat (`flat_logprobs`: a few lists per request instead of one dict and one
+`Logprob` object per token), and the cyclic garbage collector is paused while `generate` runs
+(the objects vLLM creates per step would otherwise trigger full collections over the trainer's
+whole heap); reference counting still frees everything as usual.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import socket
@@ -67,6 +75,40 @@ def _launcher_env() -> None:
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """The cyclic garbage collector off for the duration (restored as it was)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def token_logprobs(logprobs, token_ids: Sequence[int]) -> list[float]:
+    """The log-prob of each of `token_ids` from a vLLM completion's `logprobs`: either flat
+    (`FlatLogprobs`: position i spans `start_indices[i]:end_indices[i]` of `token_ids`/`logprobs`)
+    or a list of {token id: Logprob} per position. The sampled token is always among a position's
+    entries; a missing one is an error, never a silent 0."""
+    starts = getattr(logprobs, "start_indices", None)
+    if starts is None:
+        return [step[t].logprob for step, t in zip(logprobs, token_ids)]
+    ids, values, ends = logprobs.token_ids, logprobs.logprobs, logprobs.end_indices
+    out = []
+    for pos, tok in enumerate(token_ids[: len(starts)]):
+        s, e = starts[pos], ends[pos]
+        if s < e and ids[s] == tok:  # the sampled token comes first
+            out.append(values[s])
+            continue
+        hit = next((i for i in range(s, e) if ids[i] == tok), None)
+        if hit is None:
+            raise RuntimeError(f"engine 'vllm': no log-prob for sampled token {tok} at position {pos}")
+        out.append(values[hit])
+    return out
 
 
 def _vllm_llm_class():
@@ -184,10 +226,12 @@ class VLLMEngine:
                 seed=r.seed % 2**63 if r.seed is not None else _seed_for(sampling.seed, i),
                 stop_token_ids=self.stop_ids,
                 logprobs=0 if sampling.return_logprobs else None, detokenize=False,
+                flat_logprobs=sampling.return_logprobs,
             )
             for i, r in enumerate(requests)
         ]
-        outs = self.llm.generate(prompts, params, use_tqdm=self.show_progress)
+        with _gc_paused():
+            outs = self.llm.generate(prompts, params, use_tqdm=self.show_progress)
         return [self._samples(req, out, sampling.return_logprobs)
                 for req, out in zip(requests, outs)]
 
@@ -199,7 +243,7 @@ class VLLMEngine:
             reason = "stop" if c.finish_reason == "stop" and toks else "length"
             lp = None
             if with_logprobs and c.logprobs is not None:
-                lp = [step[t].logprob for step, t in zip(c.logprobs, toks)]
+                lp = token_logprobs(c.logprobs, toks)
             samples.append(GenerationOutput(toks, reason, lp))
         return samples
 
