@@ -150,7 +150,7 @@ def load_pool(args):
 
 def fingerprint(args) -> dict:
     """What makes two results' rows comparable (`--merge` refuses files that differ in it)."""
-    return {"model": args.model, "workload": args.workload, "problems": args.problems,
+    return {"model": model_key(args.model), "workload": args.workload, "problems": args.problems,
             "prompts": args.prompts, "group": args.group, "max_new_tokens": args.max_new_tokens,
             "temperature": args.temperature}
 
@@ -710,10 +710,18 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def model_key(model: str | None) -> str | None:
+    """A model as the fingerprint names it: a .gguf file and the directory it is converted to
+    (`<dir>/<stem>-hf`, see `resolve_model`) are the same weights."""
+    if model and model.endswith(".gguf"):
+        return model[: -len(".gguf")] + "-hf"
+    return model
+
+
 def file_fingerprint(result: dict) -> dict:
     """The workload fingerprint of a result file (files written before it was stored: arith)."""
     if "fingerprint" in result:
-        return result["fingerprint"]
+        return {**result["fingerprint"], "model": model_key(result["fingerprint"].get("model"))}
     w = result.get("workload", {})
     return {"model": w.get("model"), "workload": "arith", "problems": 512,
             "prompts": w.get("prompts"), "group": w.get("group"),
