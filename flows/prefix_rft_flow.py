@@ -107,6 +107,15 @@ class PrefixRFTFlow(FlowSpec):
                            help="Start from this checkpoint's weights (URI: a local directory or "
                            "s3://...; fresh optimizer, new lineage).")
 
+    def _user_errors_not_retried(self):
+        """Around a retried step's work: a UserError fails every later attempt of this task at
+        once, without running the work again (steps.common.user_errors_not_retried)."""
+        from steps.common import user_error_marker, user_errors_not_retried
+
+        marker = user_error_marker(self.lineage_prefix, current.run_id, current.step_name,
+                                   current.task_id)
+        return user_errors_not_retried(marker, current.retry_count)
+
     def _open(self):
         """The resolved config and a tracker on the lineage's MLflow run (reopened on resume)."""
         from steps.common import config_from_dict, mark_resumed, setup_logging, tracker_for
@@ -168,11 +177,12 @@ class PrefixRFTFlow(FlowSpec):
         from steps.common import interactive
         from steps.train import train_epoch
 
-        cfg, tracker = self._open()
-        m = train_epoch(cfg, epoch=self.epoch, plan=self.plan, data_ref=self.data_ref,
-                        start_ref=self.checkpoint, warm_start=self.warm_start_ref,
-                        lineage_prefix=self.lineage_prefix, ctx=_ctx(), tracker=tracker,
-                        tracking=self.tracking, progress=interactive())
+        with self._user_errors_not_retried():
+            cfg, tracker = self._open()
+            m = train_epoch(cfg, epoch=self.epoch, plan=self.plan, data_ref=self.data_ref,
+                            start_ref=self.checkpoint, warm_start=self.warm_start_ref,
+                            lineage_prefix=self.lineage_prefix, ctx=_ctx(), tracker=tracker,
+                            tracking=self.tracking, progress=interactive())
         self.epoch_result = m
         self.trained_epoch = m["epoch"]
         self.checkpoint = m["checkpoint"]  # the small reference; the weights live in the store
@@ -206,9 +216,10 @@ class PrefixRFTFlow(FlowSpec):
 
         self.item = self.input
         self.eval_result = None
-        cfg, tracker = self._open()
-        self.eval_result = eval_task(cfg, self.item, data_ref=self.data_ref, tracker=tracker,
-                                     tracking=self.tracking)
+        with self._user_errors_not_retried():
+            cfg, tracker = self._open()
+            self.eval_result = eval_task(cfg, self.item, data_ref=self.data_ref,
+                                         tracker=tracker, tracking=self.tracking)
         self.next(self.join_eval)
 
     @resources(cpu=config_expr("config.pipeline.data.cpus"),

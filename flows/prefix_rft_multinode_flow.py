@@ -70,12 +70,13 @@ class PrefixRFTMultiNodeFlow(PrefixRFTFlow):
         from steps.train import Rendezvous, train_epochs
 
         p = current.parallel
-        cfg = self._open()[0] if p.node_index == 0 else config_from_dict(self.cfg)
         self.node_index = p.node_index
-        self.epochs_done = train_epochs(
-            cfg, plan=self.plan, data_ref=self.data_ref, warm_start=self.warm_start_ref,
-            lineage_prefix=self.lineage_prefix, ctx=_ctx(), tracking=self.tracking,
-            nodes=Rendezvous(p.main_ip, p.num_nodes, p.node_index), progress=interactive())
+        with self._user_errors_not_retried():
+            cfg = self._open()[0] if p.node_index == 0 else config_from_dict(self.cfg)
+            self.epochs_done = train_epochs(
+                cfg, plan=self.plan, data_ref=self.data_ref, warm_start=self.warm_start_ref,
+                lineage_prefix=self.lineage_prefix, ctx=_ctx(), tracking=self.tracking,
+                nodes=Rendezvous(p.main_ip, p.num_nodes, p.node_index), progress=interactive())
         self.next(self.train_join)
 
     @resources(cpu=config_expr("config.pipeline.data.cpus"),

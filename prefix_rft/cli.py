@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from prefix_rft.core.config import Range
 from prefix_rft.errors import UserError
 
 EPILOG = """examples:
@@ -35,6 +36,28 @@ EPILOG = """examples:
   prefix-rft eval --model runs/demo/checkpoints/step-000020 --benchmarks math500 --n 4 --output runs/eval
   prefix-rft compare runs/eval-base runs/eval-prefix --output report.md
 """
+
+
+def ranged(kind: type = int, *, ge=None, gt=None, le=None, lt=None):
+    """An argparse `type` for a number `kind` (int or float) in a range (bounds as `option`'s
+    in the config: `ge`/`gt` lower, `le`/`lt` upper). A value out of range, or not a number,
+    makes argparse print `argument --x: ...` with the value and the range, and exit 2."""
+    rng = Range(low=gt if gt is not None else ge, high=lt if lt is not None else le,
+                low_open=gt is not None, high_open=lt is not None)
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {noun} {rng.text()}, got {text!r}") from None
+        if not rng.contains(value):
+            raise argparse.ArgumentTypeError(f"{value!r} is out of range: must be {rng.text()}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--output", required=True, help="output directory")
     tr.add_argument("--resume", help="checkpoint directory to continue from, or 'latest' "
                     "(the newest checkpoint under OUTPUT/checkpoints)")
-    tr.add_argument("--max-steps", type=int, default=None,
+    tr.add_argument("--max-steps", type=ranged(int, ge=1), default=None,
                     help="stop after this many steps (the run can be resumed later)")
     tr.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -77,9 +100,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="raw OpenR1 file/dir, s3:// (or other fsspec) URL, or hub:open-r1/OpenR1-Math-220k")
     fd.add_argument("--output", required=True, help="output .jsonl or .parquet")
     fd.add_argument("--tokenizer", required=True, help="policy model/tokenizer (name or path)")
-    fd.add_argument("--max-tokens", type=int, default=8192, help="max trace length in tokens")
-    fd.add_argument("--limit", type=int, default=None, help="read at most this many rows")
-    fd.add_argument("--num-proc", type=_positive_int, default=None,
+    fd.add_argument("--max-tokens", type=ranged(int, ge=1), default=8192,
+                    help="max trace length in tokens")
+    fd.add_argument("--limit", type=ranged(int, ge=1), default=None,
+                    help="read at most this many rows")
+    fd.add_argument("--num-proc", type=ranged(int, ge=1), default=None,
                     help="worker processes of the datasets map (default: min(CPUs, 8); small "
                     "inputs run in this process)")
 
@@ -98,12 +123,16 @@ def _parser() -> argparse.ArgumentParser:
                     help="comma-separated names (aime24, aime25, amc, math500, minerva, "
                     "olympiadbench, arc_c, gpqa_diamond) or problems files (default: the six math sets)")
     ev.add_argument("--protocol", default="default", help="default | paper")
-    ev.add_argument("--n", type=int, default=None, help="samples per problem on every benchmark")
-    ev.add_argument("--temperature", type=float, default=None)
-    ev.add_argument("--top-p", type=float, default=None)
-    ev.add_argument("--max-new-tokens", type=int, default=None)
-    ev.add_argument("--seed", type=int, default=None, help="sampling seed (same seed, same results)")
-    ev.add_argument("--max-problems", type=int, default=None,
+    ev.add_argument("--n", type=ranged(int, ge=1), default=None,
+                    help="samples per problem on every benchmark")
+    ev.add_argument("--temperature", type=ranged(float, ge=0), default=None,
+                    help="sampling temperature, >= 0 (0 = greedy)")
+    ev.add_argument("--top-p", type=ranged(float, gt=0, le=1), default=None,
+                    help="nucleus sampling, > 0 and <= 1")
+    ev.add_argument("--max-new-tokens", type=ranged(int, ge=1), default=None)
+    ev.add_argument("--seed", type=ranged(int, ge=0), default=None,
+                    help="sampling seed (same seed, same results)")
+    ev.add_argument("--max-problems", type=ranged(int, ge=1), default=None,
                     help="only the first K problems of each benchmark (smoke runs)")
     ev.add_argument("--source", default="default",
                     help="default (our vendored copies) | luffy (LUFFY's valid.all.parquet problems)")
@@ -114,8 +143,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--think-tags", action="store_true", help="open responses with <think>")
     ev.add_argument("--dtype", default="bfloat16", help="bfloat16 | float16 | float32 (CPU: float32)")
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--batch-size", type=int, default=64, help="rows generated together (HF engine)")
-    ev.add_argument("--workers", type=int, default=2, help="grader processes")
+    ev.add_argument("--batch-size", type=ranged(int, ge=1), default=64,
+                    help="rows generated together (HF engine)")
+    ev.add_argument("--workers", type=ranged(int, ge=0), default=2,
+                    help="grader processes (0 = grade in this process)")
     ev.add_argument("--output", required=True, help="output directory")
 
     cp = sub.add_parser("compare", help="compare evaluation results of two or more runs",
@@ -127,7 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("--output", default=None, help="write the Markdown here (default: print it)")
     cp.add_argument("--figure", default=None, help="write a bar chart with CIs here (.png)")
     cp.add_argument("--tracking-uri", default=None, help="MLflow URI for mlflow:RUN_ID sources")
-    cp.add_argument("--epoch", type=int, default=None, help="which epoch of a pipeline run")
+    cp.add_argument("--epoch", type=ranged(int, ge=0), default=None,
+                    help="which epoch of a pipeline run (0 = the base model)")
     return p
 
 
@@ -238,17 +270,6 @@ def cmd_train(args) -> int:
               f"problems, avg@{cfg.eval.n_samples}): before {b:.3f} -> after {a:.3f}")
     print(f"checkpoint: {summary['checkpoint']}")
     return 0
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (the error names the value)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def cmd_filter_data(args) -> int:

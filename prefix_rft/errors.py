@@ -8,3 +8,9 @@ expected.
 
 class UserError(Exception):
     """An error caused by user input (config, data file, CLI argument)."""
+
+
+class UnavailableError(UserError):
+    """A service or storage that did not answer (tracking server down, S3 endpoint unreachable,
+    throttled): reported like any UserError, but the user's setting may be right, so a retried
+    pipeline step runs again on it (other UserErrors fail the step at once)."""

@@ -13,13 +13,15 @@ its own `<run id>/` beside the origin's, so nothing a finished task referenced i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefix_rft.errors import UserError
+from prefix_rft.errors import UnavailableError, UserError
 from steps.flow_config import FlowConfig, resolve_flow
 
 log = logging.getLogger("prefix_rft.pipeline")
@@ -185,3 +187,74 @@ def fetch_into(ref, scratch: Path) -> Path:
     r = ref if isinstance(ref, CheckpointRef) else CheckpointRef.from_dict(ref)
     dest = Path(scratch) / f"fetched-{r.manifest_sha256[:12]}" if is_s3(r.uri) else None
     return fetch_checkpoint(r, dest)
+
+
+# --------------------------------------------------------------------------------------------
+# User errors are not retried. Metaflow's @retry runs a failed task again whatever it raised (the
+# local runtime spares only tasks that exit with its internal "disallow retry" status, which
+# Argo's retry policy ignores), so a retried step that fails on the user's input would fail the
+# same way on every attempt, each one a new GPU task after the retry wait. The step runs inside
+# `user_errors_not_retried`: a UserError leaves a marker (its message) in the lineage's storage,
+# which every attempt can read (local directory or s3://); a later attempt of the same task
+# finds it and re-raises the message at once, before any work. The flow then fails (or @catch
+# records the error) after attempts that cost only a task start each.
+
+USER_ERROR_DIR = "user-errors"
+
+
+def user_error_marker(lineage_prefix: str, run_id: str, step: str, task_id: str) -> str:
+    """Where a task's user error is recorded: one object per task (its attempts share it)."""
+    return f"{lineage_prefix.rstrip('/')}/{USER_ERROR_DIR}/{run_id}/{step}-{task_id}.txt"
+
+
+@contextlib.contextmanager
+def user_errors_not_retried(marker: str, retry_count: int) -> Iterator[None]:
+    """Run a retried step's work once per user error: on attempt 0 (`retry_count` 0) a UserError
+    is recorded at `marker` and re-raised; a retry attempt that finds the marker re-raises the
+    recorded message without running the body. An `UnavailableError` (a server or storage that
+    did not answer) and any other exception are retried as before."""
+    if retry_count > 0:
+        recorded = _read_marker(marker)
+        if recorded is not None:
+            raise UserError(f"{recorded} (a user error: attempt {retry_count + 1} does not run "
+                            "the step again)")
+    try:
+        yield
+    except UnavailableError:  # a server or storage that did not answer: retried as before
+        raise
+    except UserError as e:
+        _write_marker(marker, str(e))
+        raise
+
+
+def _write_marker(uri: str, text: str) -> None:
+    """Record `text` at `uri`; a failure to record is logged, never raised over the user error."""
+    try:
+        if uri.startswith("s3://"):
+            from prefix_rft.io.store import S3Store
+
+            bucket, _, key = uri[len("s3://"):].partition("/")
+            S3Store(f"s3://{bucket}").client.put_object(Bucket=bucket, Key=key,
+                                                        Body=text.encode())
+        else:
+            path = Path(uri)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    except Exception as e:  # the user error is what the task reports
+        log.warning("could not record the user error at %s (%s): a retry runs the step again",
+                    uri, e)
+
+
+def _read_marker(uri: str) -> str | None:
+    """The text recorded at `uri`, None when there is none (or it cannot be read)."""
+    try:
+        if uri.startswith("s3://"):
+            from prefix_rft.io.store import S3Store
+
+            bucket, _, key = uri[len("s3://"):].partition("/")
+            body = S3Store(f"s3://{bucket}").client.get_object(Bucket=bucket, Key=key)["Body"]
+            return body.read().decode()
+        path = Path(uri)
+        return path.read_text() if path.is_file() else None
+    except Exception:  # no marker (NoSuchKey) or unreadable: run the step
+        return None

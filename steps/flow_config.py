@@ -48,10 +48,10 @@ _PROJECT_NAME = re.compile(r"^[a-z0-9_]{1,128}$")  # what Metaflow's @project ac
 
 @dataclass
 class ResourcesConfig:
-    cpus: int = option(2, "CPU cores requested for the task (@resources).")
-    gpus: int = option(0, "GPUs requested for the task (@resources; ignored by local runs).")
-    memory_mb: int = option(8000, "Memory requested for the task, in MB (@resources).")
-    timeout_minutes: int = option(240, "Kill the task after this long (@timeout).")
+    cpus: int = option(2, "CPU cores requested for the task (@resources).", ge=1)
+    gpus: int = option(0, "GPUs requested for the task (@resources; ignored by local runs).", ge=0)
+    memory_mb: int = option(8000, "Memory requested for the task, in MB (@resources).", ge=1000)
+    timeout_minutes: int = option(240, "Kill the task after this long (@timeout).", ge=1)
 
 
 @dataclass
@@ -63,14 +63,15 @@ class TrainResourcesConfig(ResourcesConfig):
         "nodes, `pipeline.train_processes` each); it needs a Metaflow backend that runs @parallel "
         "(Kubernetes with the JobSet controller, AWS Batch multi-node, or local processes) and, on "
         "several machines, an s3:// checkpoint_root and data every node can read. The other "
-        "keys of this section are per node.")
+        "keys of this section are per node.", ge=1, le=MAX_NODES)
 
 
 @dataclass
 class CpuResourcesConfig:
-    cpus: int = option(2, "CPU cores requested for each task (@resources), 1 to 64.")
+    cpus: int = option(2, "CPU cores requested for each task (@resources), 1 to 64.", ge=1, le=64)
     memory_mb: int = option(8000, "Memory requested for each task, in MB (@resources), 1000 to "
-                            "256000 (Kubernetes raises a request below 4096 MB to 4096).")
+                            "256000 (Kubernetes raises a request below 4096 MB to 4096).",
+                            ge=1000, le=256_000)
 
 
 @dataclass
@@ -78,10 +79,10 @@ class PipelineConfig:
     epochs: int = option(
         2,
         "Training epochs of the pipeline: one `train_epoch` task each, a checkpoint at its end. "
-        "An epoch is `steps_per_epoch` training steps (SFT and RL steps both count).",
-    )
+        "An epoch is `steps_per_epoch` training steps (SFT and RL steps both count).", ge=1)
     steps_per_epoch: int | None = option(
-        None, "Training steps per epoch (null = the method's total steps split evenly over epochs)."
+        None, "Training steps per epoch (null = the method's total steps split evenly over epochs).",
+        ge=1
     )
     checkpoint_root: str = option(
         "runs/pipeline/checkpoints",
@@ -106,11 +107,13 @@ class PipelineConfig:
         "0.95, 8192 new tokens); paper = avg@32 on AIME24/25/AMC, avg@1 on the rest. 'heldout' "
         "and 'synthetic:LEVEL' use the `eval` section instead.",
     )
-    eval_n: int | None = option(None, "Override the protocol's samples per problem (all benchmarks).")
-    eval_max_new_tokens: int | None = option(None, "Override the protocol's generation limit.")
+    eval_n: int | None = option(None, "Override the protocol's samples per problem (all benchmarks).",
+                                ge=1)
+    eval_max_new_tokens: int | None = option(None, "Override the protocol's generation limit.",
+                                             ge=1)
     eval_max_problems: int | None = option(
         None, "Only the first K problems of each named benchmark or file (smoke); 'heldout' and "
-        "'synthetic:LEVEL' take eval.num_problems.")
+        "'synthetic:LEVEL' take eval.num_problems.", ge=1)
     eval_source: Literal["default", "luffy"] = option(
         "default", "Benchmark copies: ours (default) or LUFFY's valid.all.parquet problem set."
     )
@@ -122,23 +125,22 @@ class PipelineConfig:
     eval_shards: int = option(
         1,
         "Data parallelism of evaluation: each (epoch, benchmark) is split into this many tasks "
-        "(every K-th problem each, one GPU each); join_eval merges them per problem.",
-    )
+        "(every K-th problem each, one GPU each); join_eval merges them per problem.", ge=1)
     eval_epochs: Literal["all", "last"] = option("all", "Which epoch-end checkpoints are evaluated.")
     train_retries: int = option(
-        1, "@retry of train_epoch: a retried task resumes from its latest in-epoch checkpoint."
+        1, "@retry of train_epoch: a retried task resumes from its latest in-epoch checkpoint.",
+        ge=0, le=MAX_RETRIES
     )
     eval_retries: int = option(
         0, "@retry of eval_task before @catch records the failure (e.g. 1 in production, for "
-        "preempted GPU nodes; every retry waits 2 minutes)."
+        "preempted GPU nodes; every retry waits 2 minutes).", ge=0, le=MAX_RETRIES
     )
     shared_memory_mb: int | None = option(
         None,
         "Size of /dev/shm, in MB, for the GPU steps (train_epoch, eval_task) on Kubernetes/AWS "
         "Batch (@resources shared_memory). null = the platform default (the container's 64 MB "
         "unless METAFLOW_KUBERNETES_SHARED_MEMORY is set); NCCL across several GPUs and vLLM "
-        "want more, e.g. 16000. Ignored by local runs.",
-    )
+        "want more, e.g. 16000. Ignored by local runs.", ge=1)
     schedule: str | None = option(
         None,
         "Cron schedule of the production deployment (`argo-workflows create` turns it into a "
@@ -154,8 +156,7 @@ class PipelineConfig:
         "`pipeline.train.gpus` (one process without GPUs). Batch sizes must split evenly over "
         "all processes of all nodes (rollout.num_prompts over processes x nodes x "
         "rl.num_minibatches, sft.batch_size, relift.buffer_size over processes x nodes). "
-        "Several nodes: `pipeline.train.nodes`.",
-    )
+        "Several nodes: `pipeline.train.nodes`.", ge=1)
     project: str | None = option(
         None,
         "Metaflow @project of the flow (lowercase letters, digits, underscores): deployments "
@@ -206,8 +207,9 @@ class TrackingConfig:
         "null = do not register.",
     )
     system_metrics: bool = option(True, "Log CPU/GPU/memory as system/* metrics during training.")
-    log_samples: int = option(16, "Sample completions per evaluation logged as an MLflow table.")
-    timeout_s: int = option(10, "Seconds a tracking-server request may take before it fails.")
+    log_samples: int = option(16, "Sample completions per evaluation logged as an MLflow table.",
+                              ge=0)
+    timeout_s: int = option(10, "Seconds a tracking-server request may take before it fails.", ge=1)
 
 
 @dataclass
@@ -224,8 +226,6 @@ class FlowConfig(Config):
         super().validate(where)
         validate_pipeline(self.pipeline, where)
         check_world(self, self.pipeline.world_size())
-        if self.tracking.timeout_s < 1:
-            raise UserError(f"{where}key 'tracking.timeout_s': must be >= 1")
 
 
 def resolve_flow(data: dict | None = None, overrides: list[str] | dict | None = None, *,
@@ -240,20 +240,17 @@ def load_flow_config(path, overrides: list[str] | None = None) -> FlowConfig:
 
 
 def validate_pipeline(pl: PipelineConfig, where: str = "") -> None:
-    """Cross-field checks of the `pipeline` section; a UserError naming the key."""
+    """Checks of the `pipeline` section beyond the numeric ranges its fields declare (which
+    `resolve` has checked already); a UserError naming the key."""
     from prefix_rft.eval.benchmarks import synthetic_level
     from prefix_rft.rollout.engines.factory import engine_names
 
     def bad(key, msg):
         raise UserError(f"{where}key 'pipeline.{key}': {msg}")
 
-    if pl.epochs < 1:
-        bad("epochs", "must be >= 1")
     if pl.eval_engine not in engine_names():
         bad("eval_engine", f"{pl.eval_engine!r} is not a registered engine; expected one of "
                            f"{', '.join(engine_names())}")
-    if pl.steps_per_epoch is not None and pl.steps_per_epoch < 1:
-        bad("steps_per_epoch", "must be >= 1 (or null)")
     if not pl.benchmarks:
         bad("benchmarks", "give at least one benchmark")
     for spec in pl.benchmarks:
@@ -262,41 +259,13 @@ def validate_pipeline(pl: PipelineConfig, where: str = "") -> None:
                 synthetic_level(spec)
             except UserError as e:
                 bad("benchmarks", str(e))
-    if pl.eval_shards < 1:
-        bad("eval_shards", "must be >= 1")
-    if not 0 <= pl.eval_retries <= MAX_RETRIES:
-        bad("eval_retries", f"must be between 0 and {MAX_RETRIES} (Metaflow's limit)")
-    if pl.shared_memory_mb is not None and pl.shared_memory_mb < 1:
-        bad("shared_memory_mb", "must be >= 1 (or null for the platform default)")
     if pl.schedule is not None and not valid_cron(pl.schedule):
         bad("schedule", f"{pl.schedule!r} is not a 5-field cron expression (minute "
             "hour day-of-month month day-of-week, e.g. '0 3 * * 1') or @hourly/@daily/"
             "@weekly/@monthly/@yearly")
-    if pl.train_processes is not None and pl.train_processes < 1:
-        bad("train_processes", "must be >= 1 (or null: one per GPU)")
-    validate_resources(pl, bad)
     problem = _project_problem(pl.project, pl.branch)
     if problem:
         bad(*problem)
-
-
-_RANGES = {  # key under pipeline -> (lowest, highest allowed)
-    "data.cpus": (1, 64), "data.memory_mb": (1000, 256_000),
-    "train.cpus": (1, None), "train.gpus": (0, None), "train.memory_mb": (1000, None),
-    "train.timeout_minutes": (1, None), "train.nodes": (1, MAX_NODES),
-    "eval.cpus": (1, None), "eval.gpus": (0, None), "eval.memory_mb": (1000, None),
-    "eval.timeout_minutes": (1, None),
-}
-
-
-def validate_resources(pl: PipelineConfig, bad) -> None:
-    """The task resources of every step in range (`bad(key, message)` raises)."""
-    for key, (low, high) in _RANGES.items():
-        section_name, field = key.split(".")
-        value = getattr(getattr(pl, section_name), field)
-        if value < low or (high is not None and value > high):
-            bad(key, f"{value} is out of range: must be >= {low}"
-                + (f" and <= {high}" if high is not None else ""))
 
 
 def valid_project_name(name) -> bool:

@@ -147,7 +147,7 @@ def test_filter_data_refuses_a_zero_worker_count(tmp_path):
     proc = run_cli("filter-data", "--input", "x.jsonl", "--output", str(tmp_path / "o.jsonl"),
                    "--tokenizer", "t", "--num-proc", "0")
     assert proc.returncode == 2
-    assert "argument --num-proc: expected an integer >= 1, got 0" in proc.stderr
+    assert "argument --num-proc: 0 is out of range: must be >= 1" in proc.stderr
 
 
 def test_train_stops_and_resumes_from_latest(tmp_path, smol_env, smollm2_dir):

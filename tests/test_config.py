@@ -494,11 +494,11 @@ def test_unknown_keys_next_to_pipeline_sections_are_still_named(tmp_path):
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("rollout.vllm.gpu_memory_utilization", 1.0, "must be in \\(0, 1\\), got 1.0"),
-    ("rollout.vllm.gpu_memory_utilization", 0.0, "must be in \\(0, 1\\), got 0.0"),
-    ("rollout.vllm.sleep_level", 3, "must be 0, 1 or 2, got 3"),
+    ("rollout.vllm.gpu_memory_utilization", 1.0, "1.0 is out of range: must be > 0 and < 1"),
+    ("rollout.vllm.gpu_memory_utilization", 0.0, "0.0 is out of range: must be > 0 and < 1"),
+    ("rollout.vllm.sleep_level", 3, "3 is out of range: must be >= 0 and <= 2"),
     ("rollout.vllm.max_model_len", 100, "must exceed rollout.max_response_len \\(8192\\)"),
-    ("loss.rollout_correction_cap", 0.5, "must be >= 1, got 0.5"),
+    ("loss.rollout_correction_cap", 0.5, "0.5 is out of range: must be >= 1"),
 ])
 def test_vllm_and_rollout_correction_ranges(key, value, message):
     from prefix_rft.core.config import resolve

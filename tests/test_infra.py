@@ -236,9 +236,10 @@ def test_schedule_accepts_cron(cron):
     ({"schedule": "every monday"}, "key 'pipeline.schedule': 'every monday' is not a 5-field cron"),
     ({"schedule": "0 3 * * 1 2026"}, "key 'pipeline.schedule'"),
     ({"schedule": "@fortnightly"}, "key 'pipeline.schedule'"),
-    ({"shared_memory_mb": 0}, "key 'pipeline.shared_memory_mb': must be >= 1"),
-    ({"eval_retries": -1}, "key 'pipeline.eval_retries': must be between 0 and 4"),
-    ({"eval_retries": 5}, "key 'pipeline.eval_retries': must be between 0 and 4"),
+    ({"shared_memory_mb": 0}, "key 'pipeline.shared_memory_mb': 0 is out of range: "
+                              "must be >= 1 (or null)"),
+    ({"eval_retries": -1}, "key 'pipeline.eval_retries': -1 is out of range: must be >= 0 and <= 4"),
+    ({"eval_retries": 5}, "key 'pipeline.eval_retries': 5 is out of range: must be >= 0 and <= 4"),
     ({"data": {"cpus": 0}}, "key 'pipeline.data.cpus': 0 is out of range: must be >= 1 and <= 64"),
     ({"data": {"cpus": 65}}, "key 'pipeline.data.cpus': 65 is out of range"),
     ({"data": {"memory_mb": 500}}, "key 'pipeline.data.memory_mb': 500 is out of range: must "
@@ -278,7 +279,8 @@ def test_flow_config_keys_and_show(capsys):
                              "--set", "pipeline.epochs=5"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["pipeline"]["epochs"] == 5
     assert flow_config_main(["show", "--preset", "rft", "--set", "pipeline.epochs=0"]) == 2
-    assert capsys.readouterr().err == "error: preset rft: key 'pipeline.epochs': must be >= 1\n"
+    assert capsys.readouterr().err == ("error: preset rft: key 'pipeline.epochs': 0 is out of "
+                                       "range: must be >= 1\n")
 
 
 def test_flow_config_parser_defaults_for_the_deployment():

@@ -191,7 +191,7 @@ def test_resolve_flow_config_unknown_key_is_named():
 
 
 def test_resolve_flow_config_bad_parameter_value_is_named():
-    with pytest.raises(UserError, match="key 'pipeline.epochs': must be >= 1"):
+    with pytest.raises(UserError, match="key 'pipeline.epochs': 0 is out of range: must be >= 1"):
         sstart.resolve_flow_config(minimal(), epochs=0)
 
 

@@ -39,11 +39,48 @@ NON_TRAINING_SECTIONS = ("pipeline", "tracking")
 REQUIRED: Any = "???"  # marker for keys that have no default and must be given
 
 
-def option(default, help: str, **kw):
-    """A dataclass field with documentation (`help`)."""
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric key: a lower and an upper bound (None = unbounded), each
+    closed (`>=`, `<=`) or open (`>`, `<`). A null value of an optional key is always valid; a
+    list value (AdamW betas) is valid when every element is."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value) -> bool:
+        if isinstance(value, list):
+            return all(self.contains(v) for v in value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            return False  # NaN is in no range
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def text(self) -> str:
+        """'>= 1', '> 0 and <= 1', ...: what `must be ...` says."""
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return " and ".join(parts)
+
+
+def option(default, help: str, *, ge=None, gt=None, le=None, lt=None, **kw):
+    """A dataclass field with documentation (`help`) and, for a number, its valid range: `ge` /
+    `gt` the lower bound (>= / >), `le` / `lt` the upper one (<= / <). Every resolved config is
+    checked against the ranges (`check_ranges`), and `config keys` shows them."""
+    metadata = {"help": help}
+    if any(b is not None for b in (ge, gt, le, lt)):
+        metadata["range"] = Range(low=gt if gt is not None else ge,
+                                  high=lt if lt is not None else le,
+                                  low_open=gt is not None, high_open=lt is not None)
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kw)
+    return field(default=default, metadata=metadata, **kw)
 
 
 def section(cls, help: str):
@@ -128,13 +165,18 @@ class DataConfig:
     test: str | None = option(
         None, "Held-out problems for the before/after evaluation (same forms as `train`)."
     )
-    synthetic_train_size: int = option(512, "Number of problems drawn for 'synthetic:' train data.")
-    synthetic_test_size: int = option(64, "Number of problems drawn for 'synthetic:' test data.")
-    max_problems: int | None = option(None, "Keep at most this many training problems (smoke runs).")
+    synthetic_train_size: int = option(512, "Number of problems drawn for 'synthetic:' train data.",
+                                       ge=1)
+    synthetic_test_size: int = option(64, "Number of problems drawn for 'synthetic:' test data.",
+                                      ge=1)
+    max_problems: int | None = option(None, "Keep at most this many training problems (smoke runs).",
+                                      ge=1)
     fraction: float = option(
-        1.0, "Use this seeded random fraction of the training problems (paper: 0.01 and 0.1)."
+        1.0, "Use this seeded random fraction of the training problems (paper: 0.01 and 0.1).",
+        gt=0, le=1
     )
-    fraction_seed: int = option(42, "Seed of the data-fraction subset (nested: 1% is inside 10%).")
+    fraction_seed: int = option(42, "Seed of the data-fraction subset (nested: 1% is inside 10%).",
+                                ge=0)
 
 
 @dataclass
@@ -146,17 +188,18 @@ class ScheduleConfig:
         "schedule), warmup (low_t ramps from end up to start over warmup_steps, then cosine), "
         "delay (low_t held at start for delay_steps, then cosine).",
     )
-    start: float = option(0.95, "low_t at step 0 (paper: 0.95).")
-    end: float = option(0.05, "low_t after total_steps (paper: 0.05).")
-    high: float = option(0.95, "Upper bound of the prefix ratio l (paper: 0.95, fixed).")
-    total_steps: int = option(500, "Steps T over which low_t decays (paper: 500).")
-    warmup_steps: int = option(0, "For kind=warmup.")
-    delay_steps: int = option(0, "For kind=delay.")
+    start: float = option(0.95, "low_t at step 0 (paper: 0.95).", ge=0, le=1)
+    end: float = option(0.05, "low_t after total_steps (paper: 0.05).", ge=0, le=1)
+    high: float = option(0.95, "Upper bound of the prefix ratio l (paper: 0.95, fixed).",
+                         ge=0, le=1)
+    total_steps: int = option(500, "Steps T over which low_t decays (paper: 500).", ge=1)
+    warmup_steps: int = option(0, "For kind=warmup.", ge=0)
+    delay_steps: int = option(0, "For kind=delay.", ge=0)
     sampler: Literal["uniform", "beta"] = option(
         "uniform", "Distribution of l in [low_t, high]: uniform (paper) or a scaled Beta."
     )
-    beta_a: float = option(1.0, "Beta sampler alpha.")
-    beta_b: float = option(1.0, "Beta sampler beta.")
+    beta_a: float = option(1.0, "Beta sampler alpha.", gt=0)
+    beta_b: float = option(1.0, "Beta sampler beta.", gt=0)
 
 
 @dataclass
@@ -166,13 +209,12 @@ class VLLMRolloutConfig:
         "Fraction of the GPU's memory vLLM may hold while it generates rollouts (its weights, "
         "activations and KV cache); the policy, its gradients and optimizer state live beside "
         "it. At 1.5B parameters 0.3 of an 80 GB card leaves ~18 GB of KV cache (~600k tokens).",
-    )
+            gt=0, lt=1)
     sleep_level: int = option(
         2,
         "What vLLM gives back between rollout phases, for the update: 0 = nothing (fastest, "
         "memory held); 1 = KV cache freed, weights offloaded to CPU memory; 2 = KV cache and "
-        "weights freed (the next weight push refills them).",
-    )
+        "weights freed (the next weight push refills them).", ge=0, le=2)
     enforce_eager: bool = option(
         False, "Decode without CUDA graphs: a quicker start-up, slower decoding."
     )
@@ -180,18 +222,19 @@ class VLLMRolloutConfig:
         None,
         "Longest prompt + response vLLM plans for; null = the model's context length "
         "(max_position_embeddings). Lower it to leave more of the KV cache to many short rows.",
-    )
+            ge=1)
 
 
 @dataclass
 class RolloutConfig:
-    num_prompts: int = option(128, "Prompts P per rollout batch (paper/LUFFY: 128).")
-    group_size: int = option(8, "Trajectories G per prompt, every member kind included (paper: 8).")
+    num_prompts: int = option(128, "Prompts P per rollout batch (paper/LUFFY: 128).", ge=1)
+    group_size: int = option(8, "Trajectories G per prompt, every member kind included (paper: 8).",
+                             ge=1)
     n_prefixed: int = option(
-        1, "Members that start from a demo prefix and continue on-policy (Prefix-RFT: 1)."
+        1, "Members that start from a demo prefix and continue on-policy (Prefix-RFT: 1).", ge=0
     )
     n_full_demo: int = option(
-        0, "Members that are the whole demonstration, not generated (LUFFY, RL+SFT loss: 1)."
+        0, "Members that are the whole demonstration, not generated (LUFFY, RL+SFT loss: 1).", ge=0
     )
     shared_prefix: bool = option(
         False, "All prefixed members of a prompt share one prefix length (DR-PO, UFT)."
@@ -201,11 +244,15 @@ class RolloutConfig:
         "Full-demo members count in the group's reward baseline and the policy-gradient loss "
         "(LUFFY: true; RL+SFT loss: false, the demo only gets the NLL term).",
     )
-    max_response_len: int = option(8192, "L_max: maximum response length (demo prefix included).")
-    min_prefix_len: int = option(1, "Lower clamp of the prefix length m in tokens.")
-    temperature: float = option(1.0, "Sampling temperature during training (paper: 1.0).")
-    top_p: float = option(1.0, "Nucleus sampling during training.")
-    max_batch_size: int = option(256, "Rows generated together by the engine.")
+    max_response_len: int = option(8192, "L_max: maximum response length (demo prefix included).",
+                                   ge=1)
+    min_prefix_len: int = option(1, "Lower clamp of the prefix length m in tokens.", ge=0)
+    temperature: float = option(
+        1.0, "Sampling temperature during training (paper: 1.0); not 0: the trainer's log-probs "
+        "divide the logits by it, and greedy rollouts would make a group's members identical.",
+        gt=0)
+    top_p: float = option(1.0, "Nucleus sampling during training.", gt=0, le=1)
+    max_batch_size: int = option(256, "Rows generated together by the engine.", ge=1)
     engine: str = option(
         "auto",
         "Generation engine of the rollouts, by its name in prefix_rft.rollout.engines.factory: hf "
@@ -236,8 +283,8 @@ class LossConfig:
         "token_mean = sum / trained tokens; seq_mean_token_mean = mean over sequences of "
         "their token mean (original GRPO).",
     )
-    clip_eps_low: float = option(0.2, "PPO clip: ratio >= 1 - eps_low.")
-    clip_eps_high: float = option(0.2, "PPO clip: ratio <= 1 + eps_high.")
+    clip_eps_low: float = option(0.2, "PPO clip: ratio >= 1 - eps_low.", ge=0, le=1)
+    clip_eps_high: float = option(0.2, "PPO clip: ratio <= 1 + eps_high.", ge=0)
     demo_rule: Literal["ppo", "shaped", "nll", "none"] = option(
         "ppo",
         "Weight rule of demonstration tokens: ppo = same PPO weight as generated tokens "
@@ -253,53 +300,61 @@ class LossConfig:
         "trainer's probability at rollout time (needs rollout.logprob_gap not off).",
     )
     rollout_correction_cap: float = option(
-        2.0, "Cap C of the truncated importance weight (loss.rollout_correction: tis); >= 1."
+        2.0, "Cap C of the truncated importance weight (loss.rollout_correction: tis); >= 1.", ge=1
     )
-    demo_nll_coef: float = option(0.1, "Coefficient of the demo NLL term when demo_rule=nll.")
-    shaping_gamma: float = option(0.1, "LUFFY policy shaping gamma.")
+    demo_nll_coef: float = option(0.1, "Coefficient of the demo NLL term when demo_rule=nll.", ge=0)
+    shaping_gamma: float = option(0.1, "LUFFY policy shaping gamma.", gt=0)
     entropy_selection: Literal["top", "bottom", "random", "all"] = option(
         "top",
         "Which tokens of entropy_scope keep their weight: the highest-entropy fraction (paper), "
         "the lowest, a random fraction, or all (no entropy clip).",
     )
-    entropy_fraction: float = option(0.2, "Fraction kept by entropy_selection (paper: 0.2).")
+    entropy_fraction: float = option(0.2, "Fraction kept by entropy_selection (paper: 0.2).",
+                                     gt=0, le=1)
     entropy_scope: Literal["demo", "generated"] = option(
         "demo",
         "Tokens ranked by entropy: demo tokens (paper) or generated tokens (the "
         "'RFT + entropy clip' ablation). Ranking is over the whole mini-batch.",
     )
-    entropy_chunk_size: int = option(1024, "Token positions per chunk in no-grad entropy/log-prob passes.")
+    entropy_chunk_size: int = option(1024, "Token positions per chunk in no-grad entropy/log-prob passes.",
+                                     ge=1)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = option(1e-6, "Learning rate (paper RL: 1e-6; SFT: 5e-5).")
-    weight_decay: float = option(0.01, "AdamW weight decay.")
-    betas: list = option([0.9, 0.999], "AdamW betas.")
-    eps: float = option(1e-8, "AdamW epsilon.")
-    grad_clip: float = option(1.0, "Max global grad norm (0 disables).")
+    lr: float = option(1e-6, "Learning rate (paper RL: 1e-6; SFT: 5e-5); 0 would train nothing.",
+                       gt=0)
+    weight_decay: float = option(0.01, "AdamW weight decay.", ge=0)
+    betas: list = option([0.9, 0.999], "AdamW betas.", ge=0, lt=1)
+    eps: float = option(1e-8, "AdamW epsilon.", gt=0)
+    grad_clip: float = option(1.0, "Max global grad norm (0 disables).", ge=0)
     lr_schedule: Literal["constant", "cosine", "linear"] = option("constant", "Decay after warm-up.")
-    warmup_ratio: float = option(0.0, "Fraction of the phase's optimizer steps used for linear warm-up.")
+    warmup_ratio: float = option(0.0, "Fraction of the phase's optimizer steps used for linear warm-up.",
+                                 ge=0, le=1)
 
 
 @dataclass
 class RLConfig:
-    steps: int = option(500, "Training steps (one rollout batch each) of the RL phase (paper: 500).")
-    num_minibatches: int = option(2, "Optimizer steps per rollout batch (paper: 2 x 64 prompts).")
-    ppo_epochs: int = option(1, "Passes over the rollout batch (paper: 1).")
-    micro_batch_size: int = option(8, "Trajectories per forward/backward (gradient accumulation).")
+    steps: int = option(500, "Training steps (one rollout batch each) of the RL phase (paper: 500).",
+                        ge=0)
+    num_minibatches: int = option(2, "Optimizer steps per rollout batch (paper: 2 x 64 prompts).",
+                                  ge=1)
+    ppo_epochs: int = option(1, "Passes over the rollout batch (paper: 1).", ge=1)
+    micro_batch_size: int = option(8, "Trajectories per forward/backward (gradient accumulation).",
+                                   ge=1)
     optim: OptimConfig = section(OptimConfig, "RL optimizer.")
     demo_nll_prompts: int = option(
-        16, "Prompts per step whose full-demo NLL is logged (metric demo/nll; 0 disables)."
+        16, "Prompts per step whose full-demo NLL is logged (metric demo/nll; 0 disables).", ge=0
     )
 
 
 @dataclass
 class SFTConfig:
-    epochs: float = option(0.0, "SFT epochs before RL (sft: 3; sft_then_rft: 3; 0 = no SFT phase).")
-    batch_size: int = option(64, "Demonstrations per optimizer step (paper: 64).")
-    micro_batch_size: int = option(8, "Demonstrations per forward/backward.")
-    max_len: int = option(8192, "Demonstrations are truncated to this many tokens.")
+    epochs: float = option(0.0, "SFT epochs before RL (sft: 3; sft_then_rft: 3; 0 = no SFT phase).",
+                           ge=0)
+    batch_size: int = option(64, "Demonstrations per optimizer step (paper: 64).", ge=1)
+    micro_batch_size: int = option(8, "Demonstrations per forward/backward.", ge=1)
+    max_len: int = option(8192, "Demonstrations are truncated to this many tokens.", ge=1)
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=5e-5, warmup_ratio=0.1, lr_schedule="cosine"),
         metadata={"help": "SFT optimizer (paper: lr 5e-5, warm-up 0.1, cosine)."},
@@ -309,8 +364,10 @@ class SFTConfig:
 @dataclass
 class ReliftConfig:
     enabled: bool = option(False, "ReLIFT: SFT on prompts where every sample failed.")
-    buffer_size: int = option(128, "Run one SFT step when the buffer holds this many prompts.")
-    micro_batch_size: int = option(8, "Demonstrations per forward/backward of the ReLIFT SFT step.")
+    buffer_size: int = option(128, "Run one SFT step when the buffer holds this many prompts.",
+                              ge=1)
+    micro_batch_size: int = option(8, "Demonstrations per forward/backward of the ReLIFT SFT step.",
+                                   ge=1)
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=5e-6),
         metadata={"help": "ReLIFT's own SFT optimizer (our default: lr 5e-6, constant)."},
@@ -319,10 +376,11 @@ class ReliftConfig:
 
 @dataclass
 class RewardConfig:
-    num_workers: int = option(2, "Grader processes (0 = grade in the main process).")
-    timeout_s: float = option(5.0, "Per-item grading timeout (counted as status 'timeout').")
+    num_workers: int = option(2, "Grader processes (0 = grade in the main process).", ge=0)
+    timeout_s: float = option(5.0, "Per-item grading timeout (counted as status 'timeout').", gt=0)
     max_failure_rate: float = option(
-        0.5, "Stop with an error when more than this share of a step's gradings time out/error."
+        0.5, "Stop with an error when more than this share of a step's gradings time out/error.",
+        ge=0, le=1
     )
     truncated: Literal["grade", "zero"] = option(
         "grade",
@@ -338,18 +396,19 @@ class RewardConfig:
 class EvalConfig:
     num_problems: int = option(
         64, "Held-out problems evaluated before and after training (0 = off); in the pipeline, "
-        "problems per 'heldout' / 'synthetic:LEVEL' evaluation cell (0 = all).")
-    n_samples: int = option(1, "Samples per problem (avg@n).")
-    temperature: float = option(0.0, "0 = greedy.")
-    top_p: float = option(1.0, "Nucleus sampling for evaluation.")
-    max_new_tokens: int = option(256, "Generation limit for evaluation.")
-    every_steps: int = option(0, "Also evaluate every N training steps (0 = only before/after).")
+        "problems per 'heldout' / 'synthetic:LEVEL' evaluation cell (0 = all).", ge=0)
+    n_samples: int = option(1, "Samples per problem (avg@n).", ge=1)
+    temperature: float = option(0.0, "0 = greedy.", ge=0)
+    top_p: float = option(1.0, "Nucleus sampling for evaluation.", gt=0, le=1)
+    max_new_tokens: int = option(256, "Generation limit for evaluation.", ge=1)
+    every_steps: int = option(0, "Also evaluate every N training steps (0 = only before/after).",
+                              ge=0)
 
 
 @dataclass
 class Config:
     method: str = option(REQUIRED, "Method preset (see `prefix-rft presets`).")
-    seed: int = option(42, "Seed of data order, rollouts, sampling and initialisation.")
+    seed: int = option(42, "Seed of data order, rollouts, sampling and initialisation.", ge=0)
     model: ModelConfig = section(ModelConfig, "Policy model.")
     data: DataConfig = section(DataConfig, "Training/held-out data.")
     rollout: RolloutConfig = section(RolloutConfig, "How each step's trajectories are planned.")
@@ -359,9 +418,11 @@ class Config:
     relift: ReliftConfig = section(ReliftConfig, "ReLIFT buffer and optimizer.")
     reward: RewardConfig = section(RewardConfig, "Math-Verify grading.")
     eval: EvalConfig = section(EvalConfig, "Held-out evaluation.")
-    log_every: int = option(1, "Print a metrics line every N steps.")
-    save_every: int = option(0, "Save a checkpoint every N training steps (0 = only at the end).")
-    keep_last: int = option(2, "Checkpoints kept in the output directory (the final one always).")
+    log_every: int = option(1, "Print a metrics line every N steps.", ge=1)
+    save_every: int = option(0, "Save a checkpoint every N training steps (0 = only at the end).",
+                             ge=0)
+    keep_last: int = option(2, "Checkpoints kept in the output directory (the final one always; "
+                            "0 = all).", ge=0)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -378,52 +439,29 @@ class Config:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def validate(self, where: str = "") -> None:
-        """Cross-field checks that types alone cannot express; a UserError naming the key."""
+        """Cross-field checks that types and ranges alone cannot express (every number is in
+        its declared range already, see `option`); a UserError naming the key."""
         r = self.rollout
 
         def bad(key, msg):
             raise UserError(f"{where}key '{key}': {msg}")
 
-        if r.group_size < 1:
-            bad("rollout.group_size", "must be >= 1")
         if (problem := training_engine_problem(r.engine)) is not None:
             bad("rollout.engine", problem)
         if r.engine == "vllm" and self.model.random_init:
             bad("rollout.engine", "vllm starts from a model directory; model.random_init builds "
                 "a random model without one: use hf or auto")
         v = r.vllm
-        if not 0.0 < v.gpu_memory_utilization < 1.0:
-            bad("rollout.vllm.gpu_memory_utilization",
-                f"must be in (0, 1), got {v.gpu_memory_utilization}")
-        if v.sleep_level not in (0, 1, 2):
-            bad("rollout.vllm.sleep_level", f"must be 0, 1 or 2, got {v.sleep_level}")
         if v.max_model_len is not None and v.max_model_len <= r.max_response_len:
             bad("rollout.vllm.max_model_len", f"must exceed rollout.max_response_len "
                 f"({r.max_response_len}), got {v.max_model_len}")
-        if self.loss.rollout_correction != "off":
-            if r.logprob_gap == "off":
-                bad("loss.rollout_correction", f"{self.loss.rollout_correction} needs the "
-                    "rollout engine's log-probs: set rollout.logprob_gap to auto or on")
-            if not self.loss.rollout_correction_cap >= 1.0:
-                bad("loss.rollout_correction_cap",
-                    f"must be >= 1, got {self.loss.rollout_correction_cap}")
-        if r.n_prefixed < 0 or r.n_full_demo < 0 or r.n_prefixed + r.n_full_demo > r.group_size:
+        if self.loss.rollout_correction != "off" and r.logprob_gap == "off":
+            bad("loss.rollout_correction", f"{self.loss.rollout_correction} needs the "
+                "rollout engine's log-probs: set rollout.logprob_gap to auto or on")
+        if r.n_prefixed + r.n_full_demo > r.group_size:
             bad("rollout.n_prefixed", "n_prefixed + n_full_demo must be between 0 and group_size")
-        s = r.prefix_schedule
-        for name in ("start", "end", "high"):
-            v = getattr(s, name)
-            if not 0.0 <= v <= 1.0:
-                bad(f"rollout.prefix_schedule.{name}", f"must be in [0, 1], got {v}")
-        if s.total_steps < 1:
-            bad("rollout.prefix_schedule.total_steps", "must be >= 1")
-        if not 0.0 < self.loss.entropy_fraction <= 1.0:
-            bad("loss.entropy_fraction", "must be in (0, 1]")
-        if self.rl.num_minibatches < 1 or self.rl.num_minibatches > r.num_prompts:
+        if self.rl.num_minibatches > r.num_prompts:
             bad("rl.num_minibatches", "must be between 1 and rollout.num_prompts")
-        if not 0.0 < self.data.fraction <= 1.0:
-            bad("data.fraction", "must be in (0, 1]")
-        if self.rl.steps < 0 or self.sft.epochs < 0:
-            bad("rl.steps", "rl.steps and sft.epochs must be >= 0")
         if self.model.autocast == "bfloat16" and self.model.dtype != "float32":
             bad("model.autocast", f"{self.model.autocast} autocast keeps float32 master weights: "
                 f"it needs model.dtype float32, got {self.model.dtype}")
@@ -515,7 +553,35 @@ def _build(cls, data: dict, prefix: str, where: str, suggest: tuple[str, ...] = 
             kwargs[f.name] = _coerce(data[f.name], hints[f.name], prefix + f.name, where)
     obj = cls(**kwargs)
     _check_required(obj, prefix, where)
+    check_ranges(obj, prefix, where)
     return obj
+
+
+def field_range(f: dataclasses.Field) -> Range | None:
+    """The valid range `option` recorded for a field (None: not a ranged number)."""
+    return f.metadata.get("range")
+
+
+def check_ranges(obj, prefix: str = "", where: str = "") -> None:
+    """Every ranged field of `obj` (not its nested sections: `_build` checks each one) within
+    its range; a UserError naming the key, the value and the valid range."""
+    for f in dataclasses.fields(obj):
+        rng, value = field_range(f), getattr(obj, f.name)
+        if rng is None or value is None or rng.contains(value):
+            continue
+        bad = next((v for v in value if not rng.contains(v)), value) if isinstance(value, list) \
+            else value
+        what = f"every element must be {rng.text()}" if isinstance(value, list) else \
+            f"must be {rng.text()}"
+        null = " (or null)" if _optional(type(obj), f.name) else ""
+        raise UserError(f"{where}key '{prefix}{f.name}': {bad!r} is out of range: {what}{null}")
+
+
+def _optional(cls, name: str) -> bool:
+    """Whether field `name` of `cls` takes null."""
+    tp = typing.get_type_hints(cls)[name]
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and \
+        type(None) in typing.get_args(tp)
 
 
 def _check_required(obj, prefix: str, where: str) -> None:
@@ -613,7 +679,8 @@ def check_world(cfg: Config, world_size: int) -> None:
 
 
 def describe_keys(cls=Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, help) for every leaf field: the config reference."""
+    """(dotted key, default, help) for every leaf field: the config reference. The help of a
+    number ends with its valid range, e.g. `[valid: > 0 and <= 1]`."""
     rows = []
     for f in dataclasses.fields(cls):
         hint = typing.get_type_hints(cls)[f.name]
@@ -626,7 +693,11 @@ def describe_keys(cls=Config, prefix: str = "") -> list[tuple[str, str, str]]:
             default = f.default_factory()
         else:
             default = None
-        rows.append((prefix + f.name, "(required)" if default is REQUIRED else repr(default), f.metadata.get("help", "")))
+        help_ = f.metadata.get("help", "")
+        if (rng := field_range(f)) is not None:
+            null = " or null" if _optional(cls, f.name) else ""
+            help_ += f" [valid: {rng.text()}{null}]"
+        rows.append((prefix + f.name, "(required)" if default is REQUIRED else repr(default), help_))
     return rows
 
 

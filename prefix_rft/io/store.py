@@ -44,7 +44,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from prefix_rft.errors import UserError
+from prefix_rft.errors import UnavailableError, UserError
 
 MANIFEST = "MANIFEST.json"
 FORMAT = 1
@@ -581,12 +581,14 @@ class S3Store(CheckpointStore):
             yield
         except ClientError as e:
             err = e.response.get("Error", {})
-            raise UserError(f"{uri}: {what} failed: {err.get('Code', '?')} "
-                            f"{err.get('Message') or ''} (endpoint {self.endpoint_url or 'AWS'})"
-                            .rstrip()) from None
-        except (BotoCoreError, Boto3Error) as e:
-            raise UserError(f"{uri}: {what} failed: {e} "
-                            f"(endpoint {self.endpoint_url or 'AWS'})") from None
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            cls = UnavailableError if status >= 500 or status == 429 else UserError
+            raise cls(f"{uri}: {what} failed: {err.get('Code', '?')} "
+                      f"{err.get('Message') or ''} (endpoint {self.endpoint_url or 'AWS'})"
+                      .rstrip()) from None
+        except (BotoCoreError, Boto3Error) as e:  # no connection, timeouts: may pass on retry
+            raise UnavailableError(f"{uri}: {what} failed: {e} "
+                                   f"(endpoint {self.endpoint_url or 'AWS'})") from None
 
     def _exists(self, bucket: str, key: str, uri: str) -> bool:
         from botocore.exceptions import ClientError

@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from prefix_rft.errors import UserError
+from prefix_rft.errors import UnavailableError, UserError
 from prefix_rft.io import run_layout
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def check_reachable(uri: str, timeout_s: float = 10) -> None:
         problem = f"HTTP {e.code}"
     except (OSError, ValueError) as e:
         problem = str(getattr(e, "reason", e))
-    raise UserError(
+    raise UnavailableError(
         f"MLflow tracking server {uri} is unreachable ({problem}). Start one "
         "(`python infra/local/servers.py start` for a local one), or set tracking.uri / "
         "MLFLOW_TRACKING_URI (unset both to log to a local sqlite file)."
