@@ -62,45 +62,51 @@ def _steps(out: Path) -> list[int]:
 # ============================================================ budget: a finished run continues
 def test_a_larger_budget_continues_a_finished_run_as_a_longer_run_would(tmp_path, smollm2_dir,
                                                                         capsys):
-    short, longer = _config(tmp_path, smollm2_dir, 2), _config(tmp_path, smollm2_dir, 4)
+    short, longer = _config(tmp_path, smollm2_dir, 1), _config(tmp_path, smollm2_dir, 2)
     out, straight = tmp_path / "run", tmp_path / "straight"
     assert _train(short, out) == 0
     # the same budget again: nothing to train, said so, exit 0 (and no checkpoint rewritten)
     assert _train(short, out, "--resume", "latest") == 0
     assert "nothing to train" in capsys.readouterr().out
-    assert _steps(out) == [1, 2]
-    # rl.steps 2 -> 4 needs no flag: steps 3 and 4 run from the step-2 checkpoint
-    assert _train(short, out, "--resume", "latest", "--set", "rl.steps=4") == 0
+    assert _steps(out) == [1]
+    # rl.steps 1 -> 2 needs no flag: step 2 runs from the step-1 checkpoint
+    assert _train(short, out, "--resume", "latest", "--set", "rl.steps=2") == 0
     assert _train(longer, straight) == 0
-    assert _steps(out) == _steps(straight) == [1, 2, 3, 4]
-    # constant LR (the default): the extended run is the straight 4-step run, number for number
+    assert _steps(out) == _steps(straight) == [1, 2]
+    # constant LR (the default): the extended run is the straight 2-step run, number for number
     assert [_stable(r) for r in _rows(out)] == [_stable(r) for r in _rows(straight)]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["state"] == {"phase": "done", "global_step": 4, "sft_step": 0}
+    assert summary["state"] == {"phase": "done", "global_step": 2, "sft_step": 0}
     change = json.loads((out / CHANGES_FILE).read_text())
-    assert change["keys"] == ["rl.steps"] and change["step"] == 2
+    assert change["keys"] == ["rl.steps"] and change["step"] == 1
     assert (change["old"], change["new"], change["kind"]) == (
-        {"rl.steps": 2}, {"rl.steps": 4}, {"rl.steps": "budget"})
+        {"rl.steps": 1}, {"rl.steps": 2}, {"rl.steps": "budget"})
 
 
 @pytest.mark.slow
 def test_a_larger_budget_gets_the_lr_schedule_of_the_new_total(smol_tokenizer, tmp_path):
-    """Cosine decay: the steps after the resume take the 4-step schedule's rates (not the 2-step
-    one's, which ended at 0), from the first optimizer step after the checkpoint on."""
-    cosine = {"optim": {"lr": 1e-3, "lr_schedule": "cosine"}, "num_minibatches": 1}
-    first = _trainer(_cfg(relift={"enabled": False}, rl={"steps": 2, **cosine}), smol_tokenizer)
+    """Cosine decay: the step after the resume takes the 2-step schedule's rate (half the peak),
+    not the 1-step one's (which ended at 0), from the first optimizer step after the
+    checkpoint on."""
+    small = {"relift": {"enabled": False},
+             "rollout": {"num_prompts": 2, "group_size": 2, "max_response_len": 8}}
+    cosine = {"optim": {"lr": 1e-3, "lr_schedule": "cosine"}, "num_minibatches": 1,
+              "demo_nll_prompts": 0}
+    first = _trainer(_cfg(**small, rl={"steps": 1, **cosine}), smol_tokenizer)
     first.fit()
+    assert first.opt.param_groups[0]["lr"] == 0.0  # the 1-step schedule has ended
     ck = first.save(tmp_path / "done")
-    longer = _cfg(relift={"enabled": False}, rl={"steps": 4, **cosine})
+    longer = _cfg(**small, rl={"steps": 2, **cosine})
     straight = _trainer(longer, smol_tokenizer)
     straight.fit()
     resumed = _trainer(longer, smol_tokenizer)
     resumed.load(ck)
-    assert resumed.state.phase == "rl" and resumed.opt.param_groups[0]["lr"] > 0
+    assert resumed.state.phase == "rl"
+    assert resumed.opt.param_groups[0]["lr"] == pytest.approx(0.5e-3)  # before its first step
     resumed.fit()
-    assert resumed.state.global_step == 4
-    assert [m["lr"] for m in resumed.history] == pytest.approx([m["lr"] for m in straight.history[2:]])
-    assert float(resumed.opt.state_dict()["state"][0]["step"]) == 4.0  # Adam's moments went on
+    assert resumed.state.global_step == 2
+    assert [m["lr"] for m in resumed.history] == pytest.approx([m["lr"] for m in straight.history[1:]])
+    assert float(resumed.opt.state_dict()["state"][0]["step"]) == 2.0  # Adam's moments went on
 
 
 @pytest.mark.slow
@@ -205,14 +211,14 @@ def test_kill_9_during_training_then_resume_logs_every_step_once(tmp_path, smoll
     step (wherever it is: inside a step, between a step's row and its checkpoint, inside a
     save); `--resume latest` then reaches the total with each step in metrics.jsonl once and
     no staging directory left."""
-    cfg, out = _config(tmp_path, smollm2_dir, 8, save_every=1, keep_last=3), tmp_path / "run"
+    cfg, out = _config(tmp_path, smollm2_dir, 5, save_every=1, keep_last=3), tmp_path / "run"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "prefix_rft.cli", "train", "--config", str(cfg), "--output",
            str(out), "--quiet"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while proc.poll() is None and (not (out / "metrics.jsonl").exists()
-                                       or len(_rows(out)) < 3):
+                                       or len(_rows(out)) < 2):
             time.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
@@ -221,7 +227,7 @@ def test_kill_9_during_training_then_resume_logs_every_step_once(tmp_path, smoll
     resumed = subprocess.run([*cmd, "--resume", "latest"], env=env, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert _steps(out) == list(range(1, 9))
+    assert _steps(out) == list(range(1, 6))
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
@@ -249,3 +255,23 @@ def test_mlflow_gets_each_step_once_across_a_resume(local_servers):
     for key, steps in (("loss", [1, 2, 3, 4]), ("time/step", [1, 2, 3, 4]),
                        ("eval/accuracy", [2])):
         assert sorted(s for s, _ in tracker.metric_history(run_id, key)) == steps, key
+
+
+def test_a_store_commit_removes_the_staging_left_by_an_interrupted_commit(tmp_path, caplog):
+    """The pipeline's checkpoint store (local): a commit killed before its rename leaves
+    `.<name>.tmp-*` in the run's directory; the run's next commit removes it, never a committed
+    checkpoint."""
+    from prefix_rft.io.store import open_store
+
+    src = tmp_path / "src"
+    (src / "model").mkdir(parents=True)
+    (src / "model" / "w.bin").write_bytes(b"weights")
+    store = open_store(tmp_path / "root")
+    first = store.commit(src, "run-1/step-000001", step=1, epoch=1, config_hash="h")
+    stale = tmp_path / "root" / "run-1" / ".step-000002.tmp-k1ll3d"
+    shutil.copytree(src, stale)  # the files landed, the manifest and the rename did not
+    with caplog.at_level(logging.WARNING):
+        store.commit(src, "run-1/step-000003", step=3, epoch=1, config_hash="h")
+    assert not stale.exists() and f"removed {stale}" in caplog.text
+    assert [r.step for r in store.list()] == [1, 3]
+    store.fetch(first)  # the committed one is intact (verified)
