@@ -87,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--output", required=True, help="output directory")
     tr.add_argument("--resume", help="checkpoint directory to continue from, or 'latest' "
                     "(the newest checkpoint under OUTPUT/checkpoints)")
+    tr.add_argument("--allow-config-change", action="store_true",
+                    help="with --resume: continue with a config that differs from the "
+                    "checkpoint's in other keys than the budget (rl.steps, sft.epochs) and "
+                    "log_every/save_every/keep_last; recorded in OUTPUT/config_changes.jsonl")
     tr.add_argument("--max-steps", type=ranged(int, ge=1), default=None,
                     help="stop after this many steps (the run can be resumed later)")
     tr.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation")
@@ -211,6 +215,9 @@ def cmd_train(args) -> int:
     if not args.resume and ((out / "metrics.jsonl").exists() or latest_checkpoint(out / "checkpoints")):
         raise UserError(f"{out}: holds an earlier run (metrics.jsonl/checkpoints); continue it with "
                         "--resume latest, or choose another --output")
+    if args.allow_config_change and not args.resume:
+        raise UserError("--allow-config-change applies to --resume only")
+    ck = _resume_checkpoint(args, cfg, out) if args.resume else None
     out.mkdir(parents=True, exist_ok=True)
     if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 writes
         (out / "config.yaml").write_text(cfg.to_yaml())
@@ -219,15 +226,18 @@ def cmd_train(args) -> int:
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() and args.resume else {}
     try:
-        if args.resume:
-            ck = latest_checkpoint(out / "checkpoints") if args.resume == "latest" else Path(args.resume)
-            if ck is None:
-                raise UserError(f"--resume latest: no checkpoint under {out / 'checkpoints'}")
-            from prefix_rft.io.store import verify_local_checkpoint
-
-            verify_local_checkpoint(ck)  # a corrupted file is refused, never trained on
+        if ck is not None:
             trainer.load(ck)
             logging.info("resumed from %s (step %d)", ck, trainer.state.global_step)
+            if main:  # the steps after the checkpoint run again: their old rows go
+                from prefix_rft.train.resume import truncate_metrics
+
+                truncate_metrics(out / "metrics.jsonl", sft_step=trainer.state.sft_step,
+                                 global_step=trainer.state.global_step)
+            if trainer.state.phase == "done":
+                print(f"nothing to train: {ck} is the end of the run's budget (raise rl.steps or "
+                      "sft.epochs with --set to continue it)")
+                return 0
         do_eval = not args.no_eval and cfg.eval.num_problems > 0 and trainer.test_set
         if do_eval and "eval_before" not in summary:
             before = trainer.evaluate()
@@ -270,6 +280,29 @@ def cmd_train(args) -> int:
               f"problems, avg@{cfg.eval.n_samples}): before {b:.3f} -> after {a:.3f}")
     print(f"checkpoint: {summary['checkpoint']}")
     return 0
+
+
+def _resume_checkpoint(args, cfg, out: Path) -> Path:
+    """The checkpoint `--resume` names, verified against its manifest (a corrupted file is
+    refused, never trained on), with the config compared to the checkpoint's
+    (`prefix_rft.train.resume`: budget changes continue the run, other changes need
+    --allow-config-change); accepted changes are recorded and stale staging directories of
+    interrupted saves removed. All before the model is loaded."""
+    from prefix_rft.io.store import remove_stale_staging, verify_local_checkpoint
+    from prefix_rft.train.checkpoint import STATE_FILE, latest_checkpoint
+    from prefix_rft.train.resume import check_resume_config, record_changes
+
+    ck = latest_checkpoint(out / "checkpoints") if args.resume == "latest" else Path(args.resume)
+    if ck is None:
+        raise UserError(f"--resume latest: no checkpoint under {out / 'checkpoints'}")
+    verify_local_checkpoint(ck)
+    state = json.loads((ck / STATE_FILE).read_text())
+    changes = check_resume_config(ck, cfg, state, allow=args.allow_config_change)
+    if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 writes
+        out.mkdir(parents=True, exist_ok=True)
+        record_changes(out, ck, state, changes)  # and logs each change
+        remove_stale_staging(out / "checkpoints")
+    return ck
 
 
 def cmd_filter_data(args) -> int:

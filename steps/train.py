@@ -42,6 +42,7 @@ import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from prefix_rft.core.dicts import flatten
 from prefix_rft.errors import UserError
 from prefix_rft.io import run_layout
 from prefix_rft.io.store import CheckpointRef, open_store
@@ -189,14 +190,15 @@ def train_epoch(cfg: FlowConfig, *, epoch: int, plan: dict, data_ref: dict, star
                                 output_dir=scratch / "trainer", progress=progress)
         resume_from = previous or (CheckpointRef.from_dict(start_ref) if start_ref else None)
         if resume_from is not None:
-            trainer.load(fetch_into(resume_from, scratch))
+            local = fetch_into(resume_from, scratch)
+            if previous is not None:
+                check_same_config(cfg, previous, local)
+            trainer.load(local)
             if previous is not None:
                 log.info("epoch %d: resuming from %s (step %d)", epoch, previous.uri, previous.step)
         first = trainer.train_steps
         if tracker is not None:
-            trainer.listeners.append(
-                lambda m: tracker.log_metrics(
-                    run_id, {k: v for k, v in m.items() if k != "step"}, step=trainer.train_steps))
+            trainer.listeners.append(step_logger(tracker, run_id, lambda: trainer.train_steps))
             if previous is not None:
                 tracker.set_tags(run_id, {run_layout.resumed_from_tag(epoch): previous.uri})
 
@@ -221,6 +223,63 @@ def train_epoch(cfg: FlowConfig, *, epoch: int, plan: dict, data_ref: dict, star
                 "last_metrics": {k: v for k, v in last.items() if isinstance(v, (int, float))}}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+# The key every row of a kind carries: training rows (SFT and RL) and in-training evaluations.
+_ROW_KEYS = {"train": "time/step", "eval": "eval/accuracy"}
+
+
+def _row_kind(metrics: dict) -> str:
+    return "eval" if metrics.get("phase") == "eval" else "train"
+
+
+def step_logger(tracker, run_id: str, step_of):
+    """The trainer listener that logs each row of metrics to the MLflow run at the pipeline's
+    step axis (`step_of()`: the trainer's `train_steps`), once per step: a task that resumes
+    (a retry, `resume train_epoch`) trains again the steps after its checkpoint, which an
+    earlier attempt may have logged already. MLflow appends every point it gets, so those steps
+    are not logged again (they are the same values: a resumed run repeats a straight one). The
+    run's logged steps are read once, when the listener is made."""
+    logged = {kind: set() for kind in _ROW_KEYS}
+    try:
+        for kind, key in _ROW_KEYS.items():
+            logged[kind] = {step for step, _ in tracker.metric_history(run_id, key)}
+    except Exception as e:  # a tracking outage must not stop training: log, may duplicate
+        log.warning("could not read the steps run %s has logged (%s): steps trained again after "
+                    "a resume may be logged twice", run_id, e)
+
+    def listener(metrics: dict) -> None:
+        step, kind = step_of(), _row_kind(metrics)
+        if step in logged[kind]:
+            log.info("step %d: %s metrics already in MLflow run %s (logged before the resume); "
+                     "not logged again", step, kind, run_id)
+            return
+        tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if k != "step"}, step=step)
+
+    return listener
+
+
+def check_same_config(cfg: FlowConfig, ref: CheckpointRef, local: Path) -> None:
+    """A task resumes its own epoch from its own checkpoints with the config that wrote them:
+    Metaflow's `resume` and `@retry` reuse the run's config, so a difference means the
+    checkpoint root holds another run's files. Refused with the keys that differ (a flow has
+    no config-change flag: changing the config is a new run, or a warm start from this one)."""
+    if ref.config_hash == cfg.config_hash():
+        return
+    import dataclasses
+
+    from prefix_rft.core.config import Config
+    from prefix_rft.train.resume import checkpoint_config, config_diff
+
+    training = {f.name for f in dataclasses.fields(Config)}  # what config_hash covers
+
+    def of(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k.split(".")[0] in training}
+
+    diff = config_diff(of(checkpoint_config(local, type(cfg))), of(flatten(cfg.to_dict())))
+    listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items()) or "(unknown)"
+    raise UserError(f"epoch checkpoint {ref.uri} was trained with another config (hash "
+                    f"{ref.config_hash}, this run's {cfg.config_hash()}): {listed}")
 
 
 def _commit_hook(cfg: FlowConfig, store, trainer, ctx: RunContext, *, epoch: int, start_id: str,

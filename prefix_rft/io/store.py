@@ -15,8 +15,10 @@ Commit protocol: a checkpoint exists exactly when its MANIFEST.json exists.
   * commit copies/uploads every file first and writes MANIFEST.json LAST, so an interrupted save
     or upload leaves a directory without a manifest, which `list`, `latest`, `open` and `fetch`
     never treat as a checkpoint. Locally the files are copied into a hidden sibling
-    `.<leaf>.tmp-*` (skipped by `list`) and renamed into place; on S3 the manifest PUT is
-    conditional (`If-None-Match: *`), so two writers cannot both commit one name.
+    `.<leaf>.tmp-*` (skipped by `list`; the next commit into the same directory removes those
+    an interrupted commit left, `remove_stale_staging`) and renamed into place; on S3 the
+    manifest PUT is conditional (`If-None-Match: *`), so two writers cannot both commit one
+    name, and the objects of an interrupted upload are cleared when that name is committed.
   * checkpoints are immutable: committing to a name that has a manifest is refused.
   * delete removes MANIFEST.json FIRST, so a half-deleted checkpoint is never loadable.
   * fetch verifies what it returns: the manifest's sha256 (when given a `CheckpointRef`, which
@@ -232,6 +234,35 @@ def _clean_name(name: str) -> str:
         raise UserError(f"checkpoint name {name!r}: expected a relative path like "
                         f"'run-1/step-000010' (no '..')")
     return "/".join(parts)
+
+
+def is_staging_name(name: str) -> bool:
+    """A staging directory's name (`.<leaf>.tmp-*`, where a save or commit writes before the
+    rename that commits it): hidden, so never the name of a committed checkpoint."""
+    return name.startswith(".") and ".tmp-" in name
+
+
+def remove_stale_staging(directory: str | Path) -> list[Path]:
+    """Remove the staging directories directly under `directory` that an interrupted save or
+    commit left behind (killed before its rename); log a line naming each. Call it where one
+    writer owns `directory` (a run's checkpoint directory), before that writer stages anew: a
+    staging directory of a writer still running there would be taken from under it (its
+    rename then fails; nothing committed is ever touched). Returns the removed paths."""
+    import logging
+
+    directory = Path(directory)
+    try:
+        entries = list(directory.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for p in sorted(entries):
+        if is_staging_name(p.name) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+            logging.getLogger(__name__).warning(
+                "removed %s: the staging directory of an interrupted save (never committed)", p)
+    return removed
 
 
 def _hidden(rel: str) -> bool:
@@ -462,6 +493,7 @@ class LocalStore(CheckpointStore):
             write_manifest(dest, **kw)
             return self.open(str(dest))
         dest.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(dest.parent)  # left by this run's interrupted commits
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
         try:
             for rel, p in _manifest_files(src):

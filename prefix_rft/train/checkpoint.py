@@ -8,7 +8,8 @@ Layout of a checkpoint directory:
     state.json          human-readable summary (step, phase, config hash)
     MANIFEST.json       sha256 + size of every file (`prefix_rft.io.store`) - written last
 A checkpoint is written into a temporary sibling directory and renamed into place, so an
-interrupted save never leaves a directory that looks complete. Weights and optimizer states are
+interrupted save never leaves a directory that looks complete; the next save into the same
+directory (and `prefix-rft train --resume`) removes such leftovers, naming each in a log line. Weights and optimizer states are
 the full (unsharded) ones, optimizer states keyed by parameter name: under torchrun every rank
 takes part in gathering them and rank 0 writes, so a checkpoint made on N GPUs is an ordinary HF
 directory and resumes on any number of GPUs. The manifest makes the directory
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from prefix_rft.errors import UserError
-from prefix_rft.io.store import write_manifest
+from prefix_rft.io.store import remove_stale_staging, write_manifest
 from prefix_rft.train import distributed as D
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ def save_checkpoint(path: str | Path, *, model, tokenizer, trainer_state: dict,
 
 def _write(path: Path, model, tokenizer, trainer_state: dict, config: Config, weights) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(path.parent)  # left by an interrupted save of this run
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         model.save_pretrained(tmp / "model", state_dict=weights, safe_serialization=True)

@@ -52,3 +52,14 @@ def make_optimizer(params, opt_cfg: OptimConfig, total_steps: int):
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(opt_cfg, total_steps))
     return opt, sched
+
+
+def reapply_schedule(sched) -> None:
+    """Set each parameter group's learning rate to what `sched`'s own LR function gives at its
+    current step. A scheduler restored from a checkpoint keeps the rate of the run that saved it
+    until its next step; when the phase's total changed (a larger budget on resume) the next
+    optimizer step must already use the new schedule. Unchanged total: the same value."""
+    lrs = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+    for group, lr in zip(sched.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    sched._last_lr = lrs

@@ -45,7 +45,7 @@ from prefix_rft.train.checkpoint import (
     rng_states,
     save_checkpoint,
 )
-from prefix_rft.train.optim import make_optimizer
+from prefix_rft.train.optim import make_optimizer, reapply_schedule
 from prefix_rft.train.planner import Trajectory
 from prefix_rft.train.precision import autocast_context, autocast_dtype, compile_layers, use_packing
 from prefix_rft.train.update import Updater
@@ -566,14 +566,34 @@ class Trainer:
         (rebuilt, then loaded), ReLIFT's, and the RNG states."""
         self.state = TrainState(**sd["state"])
         self.state.relift_buffer = [tuple(x) for x in self.state.relift_buffer]
+        saved_phase = self._reopen_phase()
         self._make_phase_optimizer()
-        if sd["optimizer"] is not None:
+        if sd["optimizer"] is not None and saved_phase == self.state.phase:
             load_optimizer_state(self.model, self.opt, sd["optimizer"])
             self.sched.load_state_dict(sd["scheduler"])
+            reapply_schedule(self.sched)  # the rate of this config's total (a changed budget)
         if sd["relift_optimizer"] is not None and self.relift_opt is not None:
             load_optimizer_state(self.model, self.relift_opt, sd["relift_optimizer"])
             self.relift_sched.load_state_dict(sd["relift_scheduler"])
         restore_rng_states(sd["rng"])
+
+    def _reopen_phase(self) -> str:
+        """A finished run (phase done) resumed with a larger budget continues: SFT while no RL
+        step was taken and `sft.epochs` now asks for more, else RL while `rl.steps` does.
+        Returns the phase whose optimizer the checkpoint holds (the last one that ran), so that
+        an RL phase opened after a finished SFT-only run starts with a fresh optimizer, as the
+        SFT -> RL switch does."""
+        s = self.state
+        ran = s.phase if s.phase != "done" else ("rl" if s.global_step > 0 else "sft")
+        if s.phase == "done":
+            if s.global_step == 0 and self.cfg.sft.epochs > 0 and s.sft_step < self.sft_total_steps():
+                s.phase = "sft"
+            elif s.global_step < self.cfg.rl.steps:
+                s.phase = "rl"
+            if s.phase != "done":
+                log.info("resume: the finished run continues its %s phase (budget raised to "
+                         "%d steps)", s.phase, self.total_steps)
+        return ran if s.phase != "done" else "done"
 
     def save(self, path: str | Path) -> Path:
         """Write a checkpoint directory (`prefix_rft.train.checkpoint`); every rank must call it."""
