@@ -175,7 +175,7 @@ def cmd_train(args) -> int:
     from prefix_rft.train.trainer import Trainer
 
     cfg = load_config(args.config, args.set)
-    out = Path(args.output)
+    out = check_output_dir(args.output, files=TRAIN_FILES, dirs=("checkpoints",))
     if not args.resume and ((out / "metrics.jsonl").exists() or latest_checkpoint(out / "checkpoints")):
         raise UserError(f"{out}: holds an earlier run (metrics.jsonl/checkpoints); continue it with "
                         "--resume latest, or choose another --output")
@@ -240,6 +240,46 @@ def cmd_train(args) -> int:
     return 0
 
 
+TRAIN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "eval_samples.jsonl")
+
+
+def check_output_dir(path: str, *, files: tuple[str, ...] = (), dirs: tuple[str, ...] = (),
+                     option: str = "--output") -> Path:
+    """The output directory `path`, created and checked writable before any expensive work
+    (model load, generation): one `UserError` naming the path and the problem for a URL (only
+    local directories are written), a file where the directory should be, a parent that is a
+    file, a directory that cannot be created or written, or a directory (a file) where one of
+    `files` (`dirs`) will be written."""
+    import tempfile
+
+    text = str(path)
+    if "://" in text and not text.startswith("file://"):
+        raise UserError(f"{option} {text}: only a local directory can be written (write locally, "
+                        "then copy the results)")
+    out = Path(text[len("file://"):] if text.startswith("file://") else text).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} {out}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{option} {out}: cannot create the directory "
+                        f"({e.strerror or e}{': ' + e.filename if e.filename else ''})") from None
+    for name in files:
+        if (out / name).is_dir():
+            raise UserError(f"{option} {out}: {out / name} is a directory, but the file {name} "
+                            "is written there")
+    for name in dirs:
+        if (out / name).exists() and not (out / name).is_dir():
+            raise UserError(f"{option} {out}: {out / name} is a file, but the directory {name} "
+                            "is written there")
+    try:  # a real write: permission bits say nothing for root, read-only mounts or full disks
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".prefix-rft-write-check-"):
+            pass
+    except OSError as e:
+        raise UserError(f"{option} {out}: cannot write there ({e.strerror or e})") from None
+    return out
+
+
 def _positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (the error names the value)."""
     try:
@@ -280,6 +320,7 @@ def cmd_eval(args) -> int:
     names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     if not names:
         raise UserError("--benchmarks: give at least one benchmark")
+    out = check_output_dir(args.output, files=(BE.SAMPLES_FILE, BE.SUMMARY_FILE))
     with tempfile.TemporaryDirectory(prefix="prefix-rft-eval-") as scratch:
         model_dir = BE.resolve_model_dir(args.model, scratch)  # fails before any loading
         sets = {}
@@ -287,13 +328,16 @@ def cmd_eval(args) -> int:
             problems = load_benchmark(name, source=args.source)
             sets[benchmark_label(name)] = problems[: args.max_problems] if args.max_problems else problems
         tok = load_tokenizer(model_dir, chat_template=args.chat_template)
+        _check_eval_prompts(sets, tok, model_dir, protocol, args.think_tags)
         engine, kind = make_engine(args.engine, EngineSpec(
             tok, model_dir=model_dir, dtype=args.dtype, device=args.device,
             max_batch_size=args.batch_size, seed=protocol.seed, decoding=args.decoding),
             key="--engine")
         results = []
+        extra = {"model": args.model, "engine": kind, "protocol": protocol.to_dict(),
+                 "source": args.source}
         with RewardGrader(num_workers=args.workers) as grader:
-            for name, problems in sets.items():
+            for i, (name, problems) in enumerate(sets.items()):
                 t0 = time.time()
                 res = BE.evaluate_benchmark(engine, tok, name, problems, protocol, grader,
                                             think_tags=args.think_tags, model=args.model,
@@ -303,14 +347,40 @@ def cmd_eval(args) -> int:
                 s = res.summary
                 print(f"{name:14s} avg@{protocol.n_for(name):<3d} {s['avg_at_n']:.4f}  "
                       f"95% CI [{s['ci_low']:.4f}, {s['ci_high']:.4f}]  "
-                      f"({s['num_problems']} problems, {time.time() - t0:.0f} s)", flush=True)
+                      f"({s['num_problems']} problems, {time.time() - t0:.0f} s)"
+                      + _grading_note(s), flush=True)
+                # written after every benchmark: a late failure keeps the finished ones
+                pending = list(sets)[i + 1:]
+                BE.write_results(out, results, extra={**extra, "complete": not pending,
+                                                      "pending": pending})
         engine.close()
-    summary = BE.write_results(args.output, results, extra={
-        "model": args.model, "engine": kind, "protocol": protocol.to_dict(), "source": args.source})
+    failures = {k: sum(r.summary[k] for r in results) for k in ("grading_timeouts", "grading_errors")}
+    summary = BE.write_results(out, results, extra={**extra, **failures, "complete": True,
+                                                    "pending": []})
     if summary["macro_avg"] is not None:
         print(f"{'macro':14s}         {summary['macro_avg']:.4f}")
     print(f"wrote {Path(args.output) / BE.SAMPLES_FILE} and {Path(args.output) / BE.SUMMARY_FILE}")
     return 0
+
+
+def _grading_note(s: dict) -> str:
+    """`, N grading timeouts, M grading errors` when there were any (they score 0)."""
+    t, e = s.get("grading_timeouts", 0), s.get("grading_errors", 0)
+    return f"  [{t} grading timeouts, {e} grading errors: scored 0]" if t or e else ""
+
+
+def _check_eval_prompts(sets: dict, tok, model_dir: str, protocol, think_tags: bool) -> None:
+    """Every benchmark's prompts against the model's context minus the protocol's new tokens,
+    before the model is loaded (`prefix_rft.data.lengths`)."""
+    from prefix_rft.data.lengths import PromptLimit, check_prompt_lengths, model_context
+
+    context = model_context(model_dir)
+    if not context:
+        return
+    limit = PromptLimit(context, protocol.max_new_tokens, "the model's max_position_embeddings",
+                        "--max-new-tokens / the protocol")
+    for name, problems in sets.items():
+        check_prompt_lengths(problems, tok, limit, think_tags=think_tags, what=f"benchmark {name}")
 
 
 def cmd_compare(args) -> int:
