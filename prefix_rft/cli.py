@@ -88,7 +88,11 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Sample n completions per problem, grade the last \\boxed{} with Math-Verify, "
         "write OUTPUT/samples.parquet (one row per sample) and OUTPUT/summary.json (per benchmark: "
-        "avg@n, pass@k, maj@n, bootstrap 95%% CI; macro average; the protocol and the model).\n\n"
+        "avg@n, pass@k, maj@n, bootstrap 95%% CI; grading_timeouts/grading_errors (scored 0, "
+        "counted); macro average; the protocol and the model). OUTPUT is checked writable before "
+        "the model loads, and both files are rewritten after every benchmark (summary.json "
+        "'complete' and 'pending' say how far it got). A prompt longer than the model's context "
+        "minus --max-new-tokens is refused with its file and row before generation.\n\n"
         "protocols:\n  default  n=32 everywhere, temperature 0.6, top_p 0.95, 8192 new tokens\n"
         "  paper    n=32 on aime24/aime25/amc, n=1 on the others (the paper's Table 1)")
     ev.add_argument("--model", required=True, help="checkpoint dir or s3:// URI (with MANIFEST.json), "
@@ -245,7 +249,7 @@ TRAIN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "eval_samples.jso
 
 def check_output_dir(path: str, *, files: tuple[str, ...] = (), dirs: tuple[str, ...] = (),
                      option: str = "--output") -> Path:
-    """The output directory `path`, created and checked writable before any expensive work
+    """The output directory `path`, checked writable before any expensive work
     (model load, generation): one `UserError` naming the path and the problem for a URL (only
     local directories are written), a file where the directory should be, a parent that is a
     file, a directory that cannot be created or written, or a directory (a file) where one of
@@ -259,11 +263,12 @@ def check_output_dir(path: str, *, files: tuple[str, ...] = (), dirs: tuple[str,
     out = Path(text[len("file://"):] if text.startswith("file://") else text).expanduser()
     if out.exists() and not out.is_dir():
         raise UserError(f"{option} {out}: exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{option} {out}: cannot create the directory "
-                        f"({e.strerror or e}{': ' + e.filename if e.filename else ''})") from None
+    existing = out.absolute()  # created later, by the first write; nothing is made here
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{option} {out}: cannot create the directory ({existing} is not a "
+                        "directory)")
     for name in files:
         if (out / name).is_dir():
             raise UserError(f"{option} {out}: {out / name} is a directory, but the file {name} "
@@ -273,10 +278,11 @@ def check_output_dir(path: str, *, files: tuple[str, ...] = (), dirs: tuple[str,
             raise UserError(f"{option} {out}: {out / name} is a file, but the directory {name} "
                             "is written there")
     try:  # a real write: permission bits say nothing for root, read-only mounts or full disks
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".prefix-rft-write-check-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".prefix-rft-write-check-"):
             pass
     except OSError as e:
-        raise UserError(f"{option} {out}: cannot write there ({e.strerror or e})") from None
+        where = "" if existing == out.absolute() else f" (in {existing})"
+        raise UserError(f"{option} {out}: cannot write there{where} ({e.strerror or e})") from None
     return out
 
 
