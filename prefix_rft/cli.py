@@ -117,7 +117,11 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Sample n completions per problem, grade the last \\boxed{} with Math-Verify, "
         "write OUTPUT/samples.parquet (one row per sample) and OUTPUT/summary.json (per benchmark: "
-        "avg@n, pass@k, maj@n, bootstrap 95%% CI; macro average; the protocol and the model).\n\n"
+        "avg@n, pass@k, maj@n, bootstrap 95%% CI; grading_timeouts/grading_errors (scored 0, "
+        "counted); macro average; the protocol and the model). OUTPUT is checked writable before "
+        "the model loads, and both files are rewritten after every benchmark (summary.json "
+        "'complete' and 'pending' say how far it got). A prompt longer than the model's context "
+        "minus --max-new-tokens is refused with its file and row before generation.\n\n"
         "protocols:\n  default  n=32 everywhere, temperature 0.6, top_p 0.95, 8192 new tokens\n"
         "  paper    n=32 on aime24/aime25/amc, n=1 on the others (the paper's Table 1)")
     ev.add_argument("--model", required=True, help="checkpoint dir or s3:// URI (with MANIFEST.json), "
@@ -211,7 +215,7 @@ def cmd_train(args) -> int:
     from prefix_rft.train.trainer import Trainer
 
     cfg = load_config(args.config, args.set)
-    out = Path(args.output)
+    out = check_output_dir(args.output, files=TRAIN_FILES, dirs=("checkpoints",))
     if not args.resume and ((out / "metrics.jsonl").exists() or latest_checkpoint(out / "checkpoints")):
         raise UserError(f"{out}: holds an earlier run (metrics.jsonl/checkpoints); continue it with "
                         "--resume latest, or choose another --output")
@@ -305,6 +309,48 @@ def _resume_checkpoint(args, cfg, out: Path) -> Path:
     return ck
 
 
+TRAIN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "eval_samples.jsonl")
+
+
+def check_output_dir(path: str, *, files: tuple[str, ...] = (), dirs: tuple[str, ...] = (),
+                     option: str = "--output") -> Path:
+    """The output directory `path`, checked writable before any expensive work
+    (model load, generation): one `UserError` naming the path and the problem for a URL (only
+    local directories are written), a file where the directory should be, a parent that is a
+    file, a directory that cannot be created or written, or a directory (a file) where one of
+    `files` (`dirs`) will be written."""
+    import tempfile
+
+    text = str(path)
+    if "://" in text and not text.startswith("file://"):
+        raise UserError(f"{option} {text}: only a local directory can be written (write locally, "
+                        "then copy the results)")
+    out = Path(text[len("file://"):] if text.startswith("file://") else text).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} {out}: exists and is not a directory")
+    existing = out.absolute()  # created later, by the first write; nothing is made here
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{option} {out}: cannot create the directory ({existing} is not a "
+                        "directory)")
+    for name in files:
+        if (out / name).is_dir():
+            raise UserError(f"{option} {out}: {out / name} is a directory, but the file {name} "
+                            "is written there")
+    for name in dirs:
+        if (out / name).exists() and not (out / name).is_dir():
+            raise UserError(f"{option} {out}: {out / name} is a file, but the directory {name} "
+                            "is written there")
+    try:  # a real write: permission bits say nothing for root, read-only mounts or full disks
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".prefix-rft-write-check-"):
+            pass
+    except OSError as e:
+        where = "" if existing == out.absolute() else f" (in {existing})"
+        raise UserError(f"{option} {out}: cannot write there{where} ({e.strerror or e})") from None
+    return out
+
+
 def cmd_filter_data(args) -> int:
     from prefix_rft.data import save_problems
     from prefix_rft.data.filter import filter_openr1_source
@@ -334,6 +380,7 @@ def cmd_eval(args) -> int:
     names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     if not names:
         raise UserError("--benchmarks: give at least one benchmark")
+    out = check_output_dir(args.output, files=(BE.SAMPLES_FILE, BE.SUMMARY_FILE))
     with tempfile.TemporaryDirectory(prefix="prefix-rft-eval-") as scratch:
         model_dir = BE.resolve_model_dir(args.model, scratch)  # fails before any loading
         sets = {}
@@ -341,13 +388,16 @@ def cmd_eval(args) -> int:
             problems = load_benchmark(name, source=args.source)
             sets[benchmark_label(name)] = problems[: args.max_problems] if args.max_problems else problems
         tok = load_tokenizer(model_dir, chat_template=args.chat_template)
+        _check_eval_prompts(sets, tok, model_dir, protocol, args.think_tags)
         engine, kind = make_engine(args.engine, EngineSpec(
             tok, model_dir=model_dir, dtype=args.dtype, device=args.device,
             max_batch_size=args.batch_size, seed=protocol.seed, decoding=args.decoding),
             key="--engine")
         results = []
+        extra = {"model": args.model, "engine": kind, "protocol": protocol.to_dict(),
+                 "source": args.source}
         with RewardGrader(num_workers=args.workers) as grader:
-            for name, problems in sets.items():
+            for i, (name, problems) in enumerate(sets.items()):
                 t0 = time.time()
                 res = BE.evaluate_benchmark(engine, tok, name, problems, protocol, grader,
                                             think_tags=args.think_tags, model=args.model,
@@ -357,14 +407,40 @@ def cmd_eval(args) -> int:
                 s = res.summary
                 print(f"{name:14s} avg@{protocol.n_for(name):<3d} {s['avg_at_n']:.4f}  "
                       f"95% CI [{s['ci_low']:.4f}, {s['ci_high']:.4f}]  "
-                      f"({s['num_problems']} problems, {time.time() - t0:.0f} s)", flush=True)
+                      f"({s['num_problems']} problems, {time.time() - t0:.0f} s)"
+                      + _grading_note(s), flush=True)
+                # written after every benchmark: a late failure keeps the finished ones
+                pending = list(sets)[i + 1:]
+                BE.write_results(out, results, extra={**extra, "complete": not pending,
+                                                      "pending": pending})
         engine.close()
-    summary = BE.write_results(args.output, results, extra={
-        "model": args.model, "engine": kind, "protocol": protocol.to_dict(), "source": args.source})
+    failures = {k: sum(r.summary[k] for r in results) for k in ("grading_timeouts", "grading_errors")}
+    summary = BE.write_results(out, results, extra={**extra, **failures, "complete": True,
+                                                    "pending": []})
     if summary["macro_avg"] is not None:
         print(f"{'macro':14s}         {summary['macro_avg']:.4f}")
     print(f"wrote {Path(args.output) / BE.SAMPLES_FILE} and {Path(args.output) / BE.SUMMARY_FILE}")
     return 0
+
+
+def _grading_note(s: dict) -> str:
+    """`, N grading timeouts, M grading errors` when there were any (they score 0)."""
+    t, e = s.get("grading_timeouts", 0), s.get("grading_errors", 0)
+    return f"  [{t} grading timeouts, {e} grading errors: scored 0]" if t or e else ""
+
+
+def _check_eval_prompts(sets: dict, tok, model_dir: str, protocol, think_tags: bool) -> None:
+    """Every benchmark's prompts against the model's context minus the protocol's new tokens,
+    before the model is loaded (`prefix_rft.data.lengths`)."""
+    from prefix_rft.data.lengths import PromptLimit, check_prompt_lengths, model_context
+
+    context = model_context(model_dir)
+    if not context:
+        return
+    limit = PromptLimit(context, protocol.max_new_tokens, "the model's max_position_embeddings",
+                        "--max-new-tokens / the protocol")
+    for name, problems in sets.items():
+        check_prompt_lengths(problems, tok, limit, think_tags=think_tags, what=f"benchmark {name}")
 
 
 def cmd_compare(args) -> int:

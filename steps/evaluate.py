@@ -95,8 +95,9 @@ def _problems(cfg: FlowConfig, spec: str, data_ref: dict):
     return problems[:k] if k else problems
 
 
-def _engine(cfg: FlowConfig, ref: dict | None, scratch: Path):
-    """(engine, tokenizer, engine kind) for a checkpoint ref, or for the starting model."""
+def _engine(cfg: FlowConfig, ref: dict | None, scratch: Path, check=None):
+    """(engine, tokenizer, engine kind) for a checkpoint ref, or for the starting model.
+    `check(tokenizer, model config or directory)` runs before the engine is made."""
     from prefix_rft import models
     from prefix_rft.rollout.engines.factory import EngineSpec, make_engine
 
@@ -108,16 +109,35 @@ def _engine(cfg: FlowConfig, ref: dict | None, scratch: Path):
         tok = models.load_tokenizer(model_dir, chat_template=cfg.model.chat_template)
         if cfg.model.random_init:  # tests/throughput: the same seeded weights training started from
             model = models.tiny_random_model(len(tok), **dict(cfg.model.random_init)).eval()
+            if check is not None:
+                check(tok, model.config)
             engine, kind = make_engine("hf", EngineSpec(
                 tok, model=model, max_batch_size=cfg.rollout.max_batch_size,
                 decoding=cfg.model.decoding))
             return engine, tok, kind
         model_dir = models.resolve_model_path(model_dir)
+    if check is not None:
+        check(tok, model_dir)
     engine, kind = make_engine(cfg.pipeline.eval_engine, EngineSpec(
         tok, model_dir=model_dir, dtype=cfg.model.dtype, device=cfg.model.device,
         max_batch_size=cfg.rollout.max_batch_size, seed=cfg.seed, decoding=cfg.model.decoding),
         key="pipeline.eval_engine")
     return engine, tok, kind
+
+
+def _prompt_check(cfg: FlowConfig, bench: str, problems, protocol):
+    """A `check` for `_engine`: the cell's prompts against the model's context minus the
+    protocol's new tokens (`prefix_rft.data.lengths`), before the engine is made."""
+    from prefix_rft.data.lengths import PromptLimit, check_prompt_lengths, model_context
+
+    def check(tok, config_or_dir) -> None:
+        context = model_context(config_or_dir)
+        if context:
+            check_prompt_lengths(problems, tok, PromptLimit(
+                context, protocol.max_new_tokens, "the model's max_position_embeddings",
+                "the protocol's max_new_tokens"), think_tags=cfg.model.think_tags,
+                what=f"benchmark {bench}")
+    return check
 
 
 def eval_task(cfg: FlowConfig, item: dict, *, data_ref: dict, tracker=None, tracking: dict | None = None,
@@ -132,7 +152,8 @@ def eval_task(cfg: FlowConfig, item: dict, *, data_ref: dict, tracker=None, trac
     problems = _problems(cfg, item["spec"], data_ref)[shard::shards]
     label = item["checkpoint"]["uri"] if item["checkpoint"] else cfg.model.name_or_path
     with tempfile.TemporaryDirectory(prefix="prefix-rft-eval-") as tmp:
-        engine, tok, kind = _engine(cfg, item["checkpoint"], Path(tmp))
+        engine, tok, kind = _engine(cfg, item["checkpoint"], Path(tmp),
+                                    check=_prompt_check(cfg, bench, problems, protocol))
         try:
             with RewardGrader(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s,
                               think_tags=cfg.model.think_tags) as grader:
@@ -147,6 +168,7 @@ def eval_task(cfg: FlowConfig, item: dict, *, data_ref: dict, tracker=None, trac
         summary = {
             "epoch": epoch, "benchmark": bench, "metric": key, "value": s["avg_at_n"], "n": n,
             "num_problems": s["num_problems"], "no_answer_frac": s["no_answer_frac"],
+            "grading_timeouts": s["grading_timeouts"], "grading_errors": s["grading_errors"],
             "ci": [s["ci_low"], s["ci_high"]], "pass_at_k": s["pass_at_k"],
             "maj_at_n": s.get("maj_at_n"), "checkpoint_uri": label, "engine": kind,
             "protocol": protocol.to_dict(), "shard": shard, "shards": shards,
@@ -154,6 +176,10 @@ def eval_task(cfg: FlowConfig, item: dict, *, data_ref: dict, tracker=None, trac
         }
         log.info("epoch %d %s: %s = %.4f [%.4f, %.4f] over %d problems (%s engine)", epoch, bench,
                  key, s["avg_at_n"], s["ci_low"], s["ci_high"], s["num_problems"], kind)
+        if s["grading_timeouts"] or s["grading_errors"]:
+            log.warning("epoch %d %s: %d grading timeouts and %d grading errors (scored 0, counted "
+                        "in grading_timeouts / grading_errors)", epoch, bench,
+                        s["grading_timeouts"], s["grading_errors"])
         if tracker is not None and tracking:
             if item["checkpoint"]:  # the evaluated checkpoint's LoggedModel (made if missing)
                 summary["model_id"] = tracker.checkpoint_model(
@@ -188,7 +214,8 @@ def _log_cell(cfg: FlowConfig, tracker, tracking: dict, summary: dict, res, scra
     child_metrics = {"avg_at_n": s["avg_at_n"], summary["metric"]: s["avg_at_n"],
                      "ci_low": s["ci_low"], "ci_high": s["ci_high"],
                      "num_problems": s["num_problems"], "no_answer_frac": s["no_answer_frac"],
-                     "mean_tokens": s["mean_tokens"]}
+                     "grading_timeouts": s["grading_timeouts"],
+                     "grading_errors": s["grading_errors"], "mean_tokens": s["mean_tokens"]}
     child_metrics |= {f"pass_at_{k}": v for k, v in s["pass_at_k"].items()}
     if s.get("maj_at_n") is not None:
         child_metrics[f"maj_at_{n}"] = s["maj_at_n"]
@@ -209,7 +236,9 @@ def _cell_metrics(cell: dict) -> dict[str, float]:
     b = cell["benchmark"]
     return {cell["metric"]: cell["value"], run_layout.eval_metric(b, "ci_low"): cell["ci"][0],
             run_layout.eval_metric(b, "ci_high"): cell["ci"][1],
-            run_layout.eval_metric(b, "no_answer_frac"): cell["no_answer_frac"]}
+            run_layout.eval_metric(b, "no_answer_frac"): cell["no_answer_frac"],
+            run_layout.eval_metric(b, "grading_timeouts"): cell.get("grading_timeouts", 0),
+            run_layout.eval_metric(b, "grading_errors"): cell.get("grading_errors", 0)}
 
 
 # --------------------------------------------------------------------------------- join
@@ -244,7 +273,9 @@ def merge_shards(results: list[dict], failures: list[dict], *, n_boot: int = 200
         merged = {**parts[0], "value": sum(vals) / len(vals), "num_problems": len(vals),
                   "ci": [lo, hi], "per_problem": per, "shard": None,
                   "no_answer_frac": sum(p["no_answer_frac"] * p["num_problems"] for p in parts)
-                  / len(vals)}
+                  / len(vals),
+                  **{k: sum(p.get(k, 0) for p in parts)
+                     for k in ("grading_timeouts", "grading_errors")}}
         for k in ("pass_at_k", "maj_at_n", "child_run_id"):
             merged.pop(k, None)
         out.append(merged)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefix_rft.errors import UserError
@@ -33,6 +33,8 @@ class Problem:
     answer: str  # gold final answer (as a string)
     demonstrations: tuple[str, ...]  # worked expert solutions ending in a \boxed{} answer
     source: str = ""  # dataset / data_source name
+    # where it was read ("FILE row N"), for error messages; not saved, not compared
+    origin: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Accept any iterable of strings (a list read back from JSON) but store a tuple, so the

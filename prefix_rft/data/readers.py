@@ -40,6 +40,7 @@ line number for .jsonl) and the field, and saying what was expected.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -122,6 +123,7 @@ def read_problems(
             name = schema if schema != "auto" else _detect_or_raise(row)
             parse = _PARSERS[name]
         problem = parse(row, require_demos)
+        problem = dataclasses.replace(problem, origin=f"{row.where} row {row.number}")
         if problem.id in seen_ids:
             problem = _with_id(problem, f"{problem.id}@{row.stem}-{row.number}")
         seen_ids.add(problem.id)
@@ -355,7 +357,8 @@ def _detect_or_raise(row: RawRow) -> str:
 
 
 def _with_id(problem: Problem, new_id: str) -> Problem:
-    return Problem(new_id, problem.prompt, problem.answer, problem.demonstrations, problem.source)
+    return Problem(new_id, problem.prompt, problem.answer, problem.demonstrations, problem.source,
+                   problem.origin)
 
 
 def _row_id(row: RawRow) -> str:

@@ -15,6 +15,7 @@ from prefix_rft.rollout.engines.base import GenerationRequest, SamplingParams
 def evaluate_problems(engine, tokenizer, problems: Sequence, grader, eval_cfg, *,
                       think_tags: bool = False, seed: int = 0) -> dict:
     """avg@n accuracy over `problems`; returns metrics and per-sample records."""
+    from prefix_rft.eval.protocol import grading_failures
     from prefix_rft.rollout.prompting import encode_prompt
 
     if not problems:
@@ -42,5 +43,7 @@ def evaluate_problems(engine, tokenizer, problems: Sequence, grader, eval_cfg, *
         "eval/num_problems": len(per_problem),
         "eval/n_samples": eval_cfg.n_samples,
         "eval/no_answer_frac": sum(r.status == "no_answer" for r in results) / len(results),
+        # grading failures score 0 above and are counted here, never folded into "wrong"
+        **{f"eval/{k}": v for k, v in grading_failures(results).items()},
         "samples": samples,
     }

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -121,6 +122,7 @@ def evaluate_benchmark(engine, tokenizer, benchmark: str, problems: Sequence, pr
         "metric": f"avg_at_{n}",
         **stats,
         "no_answer_frac": sum(r["status"] == "no_answer" for r in records) / len(records),
+        **grading_failures(records),
         "truncated_frac": sum(r["finish_reason"] == "length" for r in records) / len(records),
         "mean_tokens": n_tokens / len(records),
         "generation_seconds": gen_s,
@@ -134,6 +136,16 @@ def evaluate_benchmark(engine, tokenizer, benchmark: str, problems: Sequence, pr
     return BenchmarkResult(benchmark, records, summary)
 
 
+def grading_failures(records: Sequence) -> dict[str, int]:
+    """How many samples the grader could not grade: ``grading_timeouts`` (status ``timeout``) and
+    ``grading_errors`` (status ``error``). Both score 0 in every accuracy metric, and are counted
+    here so that a score lowered by grading failures is never mistaken for wrong answers. Takes
+    records with a ``status`` key or objects with a ``status`` attribute."""
+    statuses = [r["status"] if isinstance(r, dict) else r.status for r in records]
+    return {"grading_timeouts": sum(s == "timeout" for s in statuses),
+            "grading_errors": sum(s == "error" for s in statuses)}
+
+
 def macro(results: Sequence[BenchmarkResult]) -> float | None:
     from prefix_rft.eval.metrics import macro_average
 
@@ -141,7 +153,9 @@ def macro(results: Sequence[BenchmarkResult]) -> float | None:
 
 
 def write_results(out_dir: str | Path, results: Sequence[BenchmarkResult], *, extra: dict | None = None) -> dict:
-    """`samples.parquet` + `summary.json` under `out_dir`; returns the summary dict."""
+    """`samples.parquet` + `summary.json` under `out_dir`; returns the summary dict. Each file is
+    replaced whole (written beside its name, then renamed), so `prefix-rft eval` can rewrite them
+    after every benchmark and a reader never sees a half-written file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -152,10 +166,16 @@ def write_results(out_dir: str | Path, results: Sequence[BenchmarkResult], *, ex
                         ("completion", pa.string()), ("extracted", pa.string()),
                         ("correct", pa.bool_()), ("status", pa.string()),
                         ("finish_reason", pa.string()), ("num_tokens", pa.int32())])
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), out / SAMPLES_FILE)
     summary = {"benchmarks": {r.benchmark: r.summary for r in results},
                "macro_avg": macro(results), **(extra or {})}
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+    samples_tmp, summary_tmp = out / (SAMPLES_FILE + ".tmp"), out / (SUMMARY_FILE + ".tmp")
+    try:  # each file is written beside its name and renamed: never a half-written file
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), samples_tmp)
+        summary_tmp.write_text(json.dumps(summary, indent=1))
+        os.replace(samples_tmp, out / SAMPLES_FILE)
+        os.replace(summary_tmp, out / SUMMARY_FILE)
+    except OSError as e:
+        raise UserError(f"{out}: cannot write the evaluation results ({e.strerror or e})") from None
     return summary
 
 

@@ -15,7 +15,8 @@ One pipeline run is one training lineage and has one MLflow *parent run*, opened
                Metaflow/git tags of `steps.common.RunContext`
     metrics    the trainer's per-step metrics (`reward/mean`, `loss`, ...) at step = training
                step; `data/*` at step 0; per evaluated (epoch, benchmark) cell
-               `eval/<benchmark>/avg_at_<n>`, `.../ci_low`, `.../ci_high`, `.../no_answer_frac`
+               `eval/<benchmark>/avg_at_<n>`, `.../ci_low`, `.../ci_high`, `.../no_answer_frac`,
+               `.../grading_timeouts`, `.../grading_errors`
                at step = epoch (0 = the starting model); `eval/best_macro` at step = best epoch
     artifacts  `config.yaml`, `data/train_sample.json`, `eval/summary.md` (the score table),
                `learning_curves.png`

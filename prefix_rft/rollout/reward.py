@@ -35,12 +35,19 @@ counts them, `reward_metrics` reports them, and the first message of each kind o
 logged as a warning (a swallowed timeout error would otherwise turn every reward into 0 unseen).
 
 Timeouts. Math-Verify's own timeout uses ``signal.alarm`` (whole seconds, main thread only), so it
-is switched off and this module installs its own ``SIGALRM`` interval timer (``setitimer``,
-sub-second) around each item, with an exception class that derives from ``BaseException`` so that
+is switched off and this module installs its own ``SIGPROF`` interval timer (``setitimer`` with
+``ITIMER_PROF``, sub-second) around each item, with an exception class that derives from ``BaseException`` so that
 the ``except Exception`` blocks inside Math-Verify and SymPy cannot swallow it. Signals only work
 in a process's main thread: `grade_one` called from another thread grades without a time limit and
 logs a warning once; use `RewardGrader(num_workers>0)` there. A signal cannot interrupt a single
 long C call (a huge integer power, say); the pool's parent-side deadline covers that case.
+
+Deadlines under load. The in-worker limit ``timeout_s`` counts CPU time of the grading process,
+not wall time: a worker that waits for a CPU because other jobs load the machine does not use up
+its limit, so an answer gets the same grade on an idle and on a loaded machine. The parent's
+wall-clock deadline of a chunk is ``len(chunk) * timeout_s * wall_slack * load_factor() +
+grace_s`` (`RewardGrader.wall_deadline`; ``wall_slack`` 4, ``load_factor`` = the 1-minute load
+average per CPU, at least 1), a backstop for a worker stuck where no signal reaches it.
 
 The pool (`RewardGrader` with ``num_workers > 0``) is a `concurrent.futures.ProcessPoolExecutor`
 with the ``forkserver`` start method (``spawn`` where forkserver is unavailable): workers are forked
@@ -48,7 +55,7 @@ from a small single-threaded server process, never from the trainer itself, whic
 other threads (fork-with-threads can deadlock), and a restart after a timeout costs a fork plus
 one import instead of a fresh interpreter. Each worker grades in its main thread, so the signal
 timer works there. Items go out in chunks (fewer round trips), with exactly ``num_workers``
-chunks in flight so that a chunk's deadline (``len(chunk) * timeout_s + grace_s``, counted from its
+chunks in flight so that a chunk's deadline (`RewardGrader.wall_deadline`, counted from its
 submission) measures its own run time and not queueing. A chunk past its deadline gets the pool
 killed and recreated; its items are retried one per chunk, and an item that again runs past its
 own deadline is a ``timeout``. Chunks that were merely in flight at the time are resubmitted
@@ -258,9 +265,14 @@ def _raise_item_timeout(signum, frame):
 
 
 @contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
-    """Raise `_ItemTimeout` in this thread once ``seconds`` have passed (and then every 0.1 s,
-    in case a bare ``except:`` somewhere swallows the first one)."""
+def _time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise `_ItemTimeout` in this thread once this process has spent ``seconds`` of CPU time
+    (and then every 0.1 s of CPU time, in case a bare ``except:`` somewhere swallows the first
+    one).
+
+    The limit is CPU time (``ITIMER_PROF``: user + system time of the process), not wall time:
+    a grader that is descheduled because other jobs load the machine does not use up its limit,
+    so an answer grades the same on an idle and on a loaded machine."""
     global _warned_not_main_thread
     if seconds is None or seconds <= 0 or not hasattr(signal, "setitimer"):
         yield
@@ -274,17 +286,31 @@ def _time_limit(seconds: float) -> Iterator[None]:
             )
         yield
         return
-    start = time.monotonic()
-    old_handler = signal.signal(signal.SIGALRM, _raise_item_timeout)
-    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, seconds, 0.1)
+    start = time.process_time()
+    old_handler = signal.signal(signal.SIGPROF, _raise_item_timeout)
+    old_delay, old_interval = signal.setitimer(signal.ITIMER_PROF, seconds, 0.1)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old_handler)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, old_handler)
         if old_delay > 0:  # someone else's timer was running: give it back what is left of it
-            left = max(old_delay - (time.monotonic() - start), 1e-3)
-            signal.setitimer(signal.ITIMER_REAL, left, old_interval)
+            left = max(old_delay - (time.process_time() - start), 1e-3)
+            signal.setitimer(signal.ITIMER_PROF, left, old_interval)
+
+
+def load_factor() -> float:
+    """The 1-minute load average per CPU of this machine, at least 1.0 (1.0 where unknown).
+
+    It stretches the pool's wall-clock deadline (`RewardGrader.wall_deadline`): with twice as
+    many runnable jobs as CPUs, a worker gets about half a CPU, so it needs about twice the wall
+    time for the same CPU time."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 1.0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1.0, load / max(1, cpus or 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,7 +358,7 @@ def _grade_impl(
         return GradeResult(0.0, "wrong", extracted)
     except _ItemTimeout:
         return GradeResult(
-            0.0, "timeout", extracted, f"SignalTimeout: grading took longer than {timeout_s} s"
+            0.0, "timeout", extracted, f"SignalTimeout: grading used more than {timeout_s} s of CPU time"
         )
     except Exception as e:  # becomes status "error", counted and logged
         return GradeResult(0.0, "error", extracted, _describe(e))
@@ -409,8 +435,8 @@ class RewardGrader:
     Args:
         num_workers: 0 grades in the calling thread (which must be the main thread for the timeout
             to work); > 0 grades in that many worker processes.
-        timeout_s: time limit per item. In a pool the parent also gives each item
-            ``timeout_s + grace_s`` before killing its worker.
+        timeout_s: CPU-time limit per item (see `_time_limit`). In a pool the parent also
+            kills a worker whose chunk runs past `wall_deadline` (wall time, load-scaled).
         think_tags: grade only the text after the last ``</think>``.
 
     ``counts`` holds cumulative per-status counts since creation (every status present, from 0);
@@ -418,8 +444,10 @@ class RewardGrader:
     `grade` is not meant to be called from several threads at once.
     """
 
-    #: seconds a chunk may run past ``len(chunk) * timeout_s`` before its worker is killed
+    #: seconds a chunk may run past its scaled time budget before its worker is killed
     grace_s: float = 2.0
+    #: wall seconds per CPU second a chunk gets before the parent kills it (times `load_factor`)
+    wall_slack: float = 4.0
     #: seconds allowed for starting the workers (imports sympy) before giving up loudly
     startup_timeout_s: float = 120.0
     #: at most this many items per chunk (a hung chunk's items are retried one by one)
@@ -519,6 +547,13 @@ class RewardGrader:
             _log_first_of_kind(r)
         return results
 
+    def wall_deadline(self, items: int) -> float:
+        """Wall seconds a chunk of ``items`` items may take before its worker is killed:
+        ``items * timeout_s * wall_slack * load_factor() + grace_s``. The in-worker limit is CPU
+        time; this wall-clock backstop is only for a worker stuck where no signal reaches it,
+        so it is generous and grows with the machine's load."""
+        return items * self.timeout_s * self.wall_slack * load_factor() + self.grace_s
+
     def _chunk_size(self, n: int) -> int:
         # about 4 chunks per worker so that the workers finish together, at most max_chunk items
         return max(1, min(self.max_chunk, -(-n // (4 * self.num_workers))))
@@ -551,7 +586,7 @@ class RewardGrader:
                 fut = self._pool.submit(
                     type(self)._chunk_fn, [items[i] for i in idx], self.think_tags, self.timeout_s
                 )
-                inflight[fut] = (idx, time.monotonic() + len(idx) * self.timeout_s + self.grace_s)
+                inflight[fut] = (idx, time.monotonic() + self.wall_deadline(len(idx)))
             wait_s = max(0.0, min(d for _, d in inflight.values()) - time.monotonic())
             done, _ = cf.wait(list(inflight), timeout=wait_s, return_when=cf.FIRST_COMPLETED)
             broken: list[tuple[int, ...]] = []
@@ -574,8 +609,8 @@ class RewardGrader:
                             0.0,
                             "timeout",
                             None,
-                            f"DeadlineKill: worker killed after {self.timeout_s + self.grace_s:.1f}"
-                            " s (stuck where the in-worker timer cannot interrupt)",
+                            f"DeadlineKill: worker killed after {self.wall_deadline(1):.1f}"
+                            " s of wall time (stuck where the in-worker timer cannot interrupt)",
                         )
                     else:  # which item hung is unknown: retry them one by one
                         requeue.extend((i,) for i in idx)

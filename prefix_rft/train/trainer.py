@@ -167,6 +167,7 @@ class Trainer:
         """The training and test problems (given, or read from `data`); every training problem
         has a demonstration when the method trains on them."""
         from prefix_rft.data import sources
+        from prefix_rft.data.lengths import check_training_prompts
 
         cfg = self.cfg
         demos = P.needs_demos(cfg)
@@ -183,6 +184,9 @@ class Trainer:
                         f"data.train: problem '{p.id}' has no demonstration "
                         f"(method '{cfg.method}' trains on demonstrations)"
                     )
+        # a prompt that cannot fit the context is refused here, before any rollout
+        check_training_prompts(cfg, self.tokenizer, getattr(self.model, "config", None),
+                               train_set, test_set)
         return train_set, test_set
 
     def _build_engine(self):

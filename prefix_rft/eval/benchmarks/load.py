@@ -86,4 +86,4 @@ def _load_problems_file(file: Path) -> list[BenchmarkProblem]:
 def _as_benchmark(spec: str | Path, problems) -> list[BenchmarkProblem]:
     """Problems read by the data readers as one benchmark named `benchmark_label` (``spec``)."""
     label = benchmark_label(spec)
-    return [BenchmarkProblem(label, p.id, p.prompt, (p.answer,)) for p in problems]
+    return [BenchmarkProblem(label, p.id, p.prompt, (p.answer,), p.origin) for p in problems]

@@ -8,7 +8,7 @@ name or source into one `UserError` listing what is known.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefix_rft.errors import UserError
@@ -24,6 +24,8 @@ class BenchmarkProblem:
     id: str
     problem: str
     answers: tuple[str, ...]
+    # where it was read ("FILE row N") for a problems file, for error messages; not compared
+    origin: str = field(default="", compare=False, repr=False)
 
 
 BENCHMARKS = ("aime24", "aime25", "amc", "math500", "minerva", "olympiadbench")
