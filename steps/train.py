@@ -45,6 +45,7 @@ from pathlib import Path
 from prefix_rft.errors import UserError
 from prefix_rft.io import run_layout
 from prefix_rft.io.store import CheckpointRef, open_store
+from prefix_rft.io.tracking import TrackingQueue
 from prefix_rft.train import distributed as D
 from steps.common import (
     RunContext,
@@ -181,6 +182,7 @@ def train_epoch(cfg: FlowConfig, *, epoch: int, plan: dict, data_ref: dict, star
     train, test = read_data(data_ref)
     run_id = tracking["run_id"] if tracking else None
     scratch = Path(tempfile.mkdtemp(prefix=f"prefix-rft-epoch{epoch}-"))
+    queue = None
     try:
         weights_from = None
         if start_ref is None and warm_start is not None:
@@ -193,16 +195,19 @@ def train_epoch(cfg: FlowConfig, *, epoch: int, plan: dict, data_ref: dict, star
             if previous is not None:
                 log.info("epoch %d: resuming from %s (step %d)", epoch, previous.uri, previous.step)
         first = trainer.train_steps
-        if tracker is not None:
+        # every tracking call of the epoch goes through a queue: an MLflow outage never stops
+        # training, and nothing is lost (see TrackingQueue)
+        queue = TrackingQueue(tracker, label=f"epoch-{epoch}") if tracker is not None else None
+        if queue is not None:
             trainer.listeners.append(
-                lambda m: tracker.log_metrics(
+                lambda m: queue.log_metrics(
                     run_id, {k: v for k, v in m.items() if k != "step"}, step=trainer.train_steps))
             if previous is not None:
-                tracker.set_tags(run_id, {run_layout.resumed_from_tag(epoch): previous.uri})
+                queue.call("set_tags", run_id, {run_layout.resumed_from_tag(epoch): previous.uri})
 
         committed: list[CheckpointRef] = []
         commit = _commit_hook(cfg, store, trainer, ctx, epoch=epoch, start_id=start_id, main=main,
-                              committed=committed, tracker=tracker, tracking=tracking)
+                              committed=committed, queue=queue, tracking=tracking)
 
         monitor = (tracker.system_metrics(run_id, cfg.tracking.system_metrics) if tracker
                    else contextlib.nullcontext())
@@ -212,23 +217,25 @@ def train_epoch(cfg: FlowConfig, *, epoch: int, plan: dict, data_ref: dict, star
             return {"epoch": epoch, "rank": D.world()[0]}
         ref = committed[-1]
         last = trainer.history[-1] if trainer.history else {}
-        if tracker is not None:
-            tracker.set_tags(run_id, {run_layout.checkpoint_tag(epoch): ref.uri,
-                                      run_layout.CHECKPOINT_LATEST_TAG: ref.uri})
+        if queue is not None:
+            queue.call("set_tags", run_id, {run_layout.checkpoint_tag(epoch): ref.uri,
+                                            run_layout.CHECKPOINT_LATEST_TAG: ref.uri})
         return {"epoch": epoch, "checkpoint": ref.to_dict(),
                 "resumed_from": previous.uri if previous else None,
                 "steps": [first, trainer.train_steps],
                 "last_metrics": {k: v for k, v in last.items() if isinstance(v, (int, float))}}
     finally:
+        if queue is not None:  # flushed at the end of the step; unsent ones are kept on disk
+            queue.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _commit_hook(cfg: FlowConfig, store, trainer, ctx: RunContext, *, epoch: int, start_id: str,
-                 main: bool, committed: list[CheckpointRef], tracker=None,
+                 main: bool, committed: list[CheckpointRef], queue=None,
                  tracking: dict | None = None):
     """The flow's `on_checkpoint`: rank 0 commits each checkpoint the trainer writes to the
     store (appending its ref to `committed`), makes it an MLflow LoggedModel pointing at its
-    URI (with a tracker), removes the local copy and prunes older in-epoch ones; every rank
+    URI (through the epoch's `TrackingQueue`, if any), removes the local copy and prunes older in-epoch ones; every rank
     then passes the test failure-injection point."""
 
     def commit(local: Path, end_of_epoch: bool) -> None:
@@ -241,14 +248,14 @@ def _commit_hook(cfg: FlowConfig, store, trainer, ctx: RunContext, *, epoch: int
                                    "global_step": trainer.state.global_step,
                                    "sft_step": trainer.state.sft_step, "method": cfg.method})
             shutil.rmtree(local, ignore_errors=True)
-            if tracker is not None and tracking:
-                tracker.checkpoint_model(tracking["experiment_id"], tracking["run_id"],
-                                         ref.to_dict())
+            if queue is not None and tracking:
+                queue.call("checkpoint_model", tracking["experiment_id"], tracking["run_id"],
+                             ref.to_dict())
             if cfg.keep_last > 0:
                 pruned = store.prune(cfg.keep_last, prefix=ctx.run_id, where=lambda r: (
                     r.meta.get("kind") == "checkpoint" and not r.meta.get("end_of_epoch")))
-                if pruned and tracker is not None and tracking:
-                    tracker.mark_checkpoints_deleted(tracking["experiment_id"], pruned)
+                if pruned and queue is not None and tracking:
+                    queue.call("mark_checkpoints_deleted", tracking["experiment_id"], pruned)
             log.info("epoch %d: checkpoint %s", epoch, ref.uri)
             committed.append(ref)
         if not end_of_epoch:
