@@ -73,6 +73,9 @@ def setup_logging() -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for noisy in ("mlflow", "urllib3", "botocore", "s3transfer", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from prefix_rft.io.redact import install_log_filter
+
+    install_log_filter()  # no password of a URI, no secret env value in a log line
 
 
 DEFAULT_METAFLOW_USER = "local"
@@ -159,11 +162,33 @@ def injected_failure(epoch: int, step: int) -> None:
         raise RuntimeError(f"injected failure ({FAIL_AT_ENV}={spec}) in epoch {epoch} after step {step}")
 
 
-def tracker_for(tracking: dict):
-    """A `Tracker` for the `tracking` record that `start` produced (uri, run id, timeout)."""
-    from prefix_rft.io.tracking import Tracker
+def tracker_for(tracking: dict, *, wait: bool = True):
+    """A `Tracker` for the `tracking` record that `start` produced (uri, run id, timeout).
+    With `wait`, a server that does not answer is retried with back-off (a step that starts
+    while it restarts waits for it; `RetryPolicy.from_env` bounds the wait)."""
+    from prefix_rft.io.tracking import Tracker, with_retries
 
-    return Tracker(tracking["uri"], timeout_s=tracking.get("timeout_s", 10))
+    uri, timeout_s = live_tracking_uri(tracking["uri"]), tracking.get("timeout_s", 10)
+    if not wait:
+        return Tracker(uri, timeout_s=timeout_s)
+    return with_retries(lambda: Tracker(uri, timeout_s=timeout_s),
+                        f"connecting to MLflow {tracking['uri']}")
+
+
+def live_tracking_uri(recorded: str) -> str:
+    """The URI to connect to for a tracking record. `start` records the URI with its password
+    masked (records are Metaflow artifacts); the password then comes from this task's
+    MLFLOW_TRACKING_URI, which must be the same URI."""
+    from prefix_rft.io.redact import MASK, redact
+
+    if MASK not in recorded:
+        return recorded
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and redact(env) == recorded:
+        return env
+    raise UserError(f"tracking URI {recorded}: its password is not stored with the run; set "
+                    "MLFLOW_TRACKING_URI to the full URI in this task's environment (or use "
+                    "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")
 
 
 def mark_resumed(tracker, tracking: dict, ctx: RunContext) -> None:

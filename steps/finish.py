@@ -1,13 +1,20 @@
 """end and the exit hook: close the lineage's MLflow run as FINISHED or FAILED, and say where
-the results are."""
+the results are.
+
+Both wait for a tracking server that is down (restarting, a network outage): they retry with
+exponential back-off for a bounded time (`prefix_rft.io.tracking.RetryPolicy.from_env`, 15
+minutes by default), so the run's final status is set once the server is back instead of the
+run staying RUNNING."""
 
 from __future__ import annotations
 
+from prefix_rft.io.redact import redact
+from prefix_rft.io.tracking import with_retries
 from steps.common import tracker_for
 
 
 def where_to_look(tracking: dict) -> str:
-    uri = tracking["uri"]
+    uri = redact(tracking["uri"])
     lines = [f"MLflow tracking URI: {uri}",
              f"MLflow run: {tracking['run_id']} (experiment '{tracking['experiment']}', "
              f"id {tracking['experiment_id']})"]
@@ -20,8 +27,7 @@ def where_to_look(tracking: dict) -> str:
 
 
 def end(tracking: dict, summary: dict | None = None) -> str:
-    tracker = tracker_for(tracking)
-    tracker.terminate(tracking["run_id"], "FINISHED")
+    terminate(tracking, "FINISHED")
     text = [where_to_look(tracking)]
     if summary:
         if summary.get("table"):
@@ -56,7 +62,14 @@ def mark_failed(tracking: dict | None) -> None:
     """For the exit hook: a run that did not reach `end` is FAILED in MLflow."""
     if not tracking:
         return
-    tracker_for(tracking).terminate(tracking["run_id"], "FAILED")
+    terminate(tracking, "FAILED")
+
+
+def terminate(tracking: dict, status: str) -> None:
+    """Set the lineage's MLflow run to `status`, retrying while the server is down."""
+    tracker = tracker_for(tracking)  # waits for the server
+    with_retries(lambda: tracker.terminate(tracking["run_id"], status),
+                 f"marking MLflow run {tracking['run_id']} {status}")
 
 
 def exit_hook_mark_failed(run=None) -> None:
@@ -68,5 +81,10 @@ def exit_hook_mark_failed(run=None) -> None:
     except Exception:  # the run failed before `start` created the MLflow run
         print("no MLflow run to mark (the run failed before `start` finished)")
         return
-    mark_failed(tracking)
-    print(f"MLflow run {tracking['run_id']} marked FAILED ({tracking['uri']})")
+    try:
+        mark_failed(tracking)
+    except Exception as e:  # the server stayed down past the retries: say so, by name
+        print(redact(f"MLflow run {tracking['run_id']} could NOT be marked FAILED "
+                     f"({tracking['uri']}): {e}; it stays RUNNING there"))
+        raise
+    print(f"MLflow run {tracking['run_id']} marked FAILED ({redact(tracking['uri'])})")

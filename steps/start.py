@@ -21,6 +21,7 @@ from prefix_rft.core.config import parse_overrides
 from prefix_rft.core.dicts import deep_merge, flatten
 from prefix_rft.errors import UserError
 from prefix_rft.io import run_layout
+from prefix_rft.io.redact import has_password, redact, redact_data
 from prefix_rft.io.store import CheckpointRef, open_checkpoint
 from prefix_rft.io.tracking import Tracker, resolve_uri
 from steps.common import RunContext, lineage_prefix, log
@@ -57,6 +58,12 @@ def start(config_data: dict, ctx: RunContext, *, seed: int | None = None, epochs
         warm = open_checkpoint(warm_start)  # raises naming the URI if absent/incomplete
         if warm.meta.get("kind", "checkpoint") != "checkpoint":
             raise UserError(f"--warm-start {warm_start}: not a training checkpoint")
+    if has_password(cfg.tracking.uri):
+        raise UserError(
+            f"key 'tracking.uri': {redact(cfg.tracking.uri)} holds a password, and the flow's "
+            "config and Parameters are stored in clear by Metaflow; pass credentials through the "
+            "environment instead: MLFLOW_TRACKING_URI=<uri with user:password@>, or "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
     uri = resolve_uri(cfg.tracking.uri)
     check_remote_storage(cfg, uri)
     prefix = lineage_prefix(cfg, ctx.flow_name, ctx.run_id)
@@ -69,15 +76,15 @@ def start(config_data: dict, ctx: RunContext, *, seed: int | None = None, epochs
     run_name = cfg.tracking.run_name or f"{cfg.method}-{ctx.run_id}"
     experiment = experiment_name(cfg, ctx)
     run_id = tracker.create_run(experiment, run_name, tags)
-    tracker.log_params(run_id, flatten(cfg.to_dict()))
-    tracker.log_text(run_id, cfg.to_yaml(), run_layout.CONFIG_ARTIFACT)
+    tracker.log_params(run_id, redact_data(flatten(cfg.to_dict())))
+    tracker.log_text(run_id, redact(cfg.to_yaml()), run_layout.CONFIG_ARTIFACT)
     tracker.set_tags(run_id, {run_layout.CHECKPOINT_PREFIX_TAG: prefix})
     info = tracker.run_info(run_id).info
-    log.info("MLflow run %s (experiment %s) at %s", run_id, experiment, uri)
-    return {
-        "config": cfg.to_dict(),
+    log.info("MLflow run %s (experiment %s) at %s", run_id, experiment, redact(uri))
+    return {  # Metaflow stores this: no secret in it (the password comes from the environment)
+        "config": redact_data(cfg.to_dict()),
         "config_hash": cfg.config_hash(),
-        "tracking": {"uri": uri, "run_id": run_id, "experiment_id": info.experiment_id,
+        "tracking": {"uri": redact(uri), "run_id": run_id, "experiment_id": info.experiment_id,
                      "experiment": experiment, "timeout_s": cfg.tracking.timeout_s,
                      "registered_model": registered_model_name(cfg, ctx)},
         "lineage": ctx.run_id,
@@ -128,7 +135,7 @@ def check_remote_storage(cfg: FlowConfig, tracking_uri: str) -> None:
         return
     if tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
         raise UserError(
-            f"key 'tracking.uri': {tracking_uri} is local to this {where} task; set a tracking "
+            f"key 'tracking.uri': {redact(tracking_uri)} is local to this {where} task; set a tracking "
             "server (tracking.uri or MLFLOW_TRACKING_URI, see infra/mlflow/README.md)")
     if not cfg.pipeline.checkpoint_root.startswith("s3://"):
         raise UserError(

@@ -46,6 +46,7 @@ from prefix_rft.core.dicts import flatten
 from prefix_rft.errors import UserError
 from prefix_rft.io import run_layout
 from prefix_rft.io.store import CheckpointRef, open_store
+from prefix_rft.io.tracking import TrackingQueue
 from prefix_rft.train import distributed as D
 from steps.common import (
     RunContext,
@@ -182,6 +183,7 @@ def train_epoch(cfg: FlowConfig, *, epoch: int, plan: dict, data_ref: dict, star
     train, test = read_data(data_ref)
     run_id = tracking["run_id"] if tracking else None
     scratch = Path(tempfile.mkdtemp(prefix=f"prefix-rft-epoch{epoch}-"))
+    queue = None
     try:
         weights_from = None
         if start_ref is None and warm_start is not None:
@@ -197,14 +199,18 @@ def train_epoch(cfg: FlowConfig, *, epoch: int, plan: dict, data_ref: dict, star
             if previous is not None:
                 log.info("epoch %d: resuming from %s (step %d)", epoch, previous.uri, previous.step)
         first = trainer.train_steps
-        if tracker is not None:
-            trainer.listeners.append(step_logger(tracker, run_id, lambda: trainer.train_steps))
+        # every tracking call of the epoch goes through a queue: an MLflow outage never stops
+        # training, and nothing is lost (see TrackingQueue)
+        queue = TrackingQueue(tracker, label=f"epoch-{epoch}") if tracker is not None else None
+        if queue is not None:
+            trainer.listeners.append(
+                step_logger(tracker, run_id, lambda: trainer.train_steps, sink=queue))
             if previous is not None:
-                tracker.set_tags(run_id, {run_layout.resumed_from_tag(epoch): previous.uri})
+                queue.call("set_tags", run_id, {run_layout.resumed_from_tag(epoch): previous.uri})
 
         committed: list[CheckpointRef] = []
         commit = _commit_hook(cfg, store, trainer, ctx, epoch=epoch, start_id=start_id, main=main,
-                              committed=committed, tracker=tracker, tracking=tracking)
+                              committed=committed, queue=queue, tracking=tracking)
 
         monitor = (tracker.system_metrics(run_id, cfg.tracking.system_metrics) if tracker
                    else contextlib.nullcontext())
@@ -214,14 +220,16 @@ def train_epoch(cfg: FlowConfig, *, epoch: int, plan: dict, data_ref: dict, star
             return {"epoch": epoch, "rank": D.world()[0]}
         ref = committed[-1]
         last = trainer.history[-1] if trainer.history else {}
-        if tracker is not None:
-            tracker.set_tags(run_id, {run_layout.checkpoint_tag(epoch): ref.uri,
-                                      run_layout.CHECKPOINT_LATEST_TAG: ref.uri})
+        if queue is not None:
+            queue.call("set_tags", run_id, {run_layout.checkpoint_tag(epoch): ref.uri,
+                                            run_layout.CHECKPOINT_LATEST_TAG: ref.uri})
         return {"epoch": epoch, "checkpoint": ref.to_dict(),
                 "resumed_from": previous.uri if previous else None,
                 "steps": [first, trainer.train_steps],
                 "last_metrics": {k: v for k, v in last.items() if isinstance(v, (int, float))}}
     finally:
+        if queue is not None:  # flushed at the end of the step; unsent ones are kept on disk
+            queue.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -233,13 +241,15 @@ def _row_kind(metrics: dict) -> str:
     return "eval" if metrics.get("phase") == "eval" else "train"
 
 
-def step_logger(tracker, run_id: str, step_of):
+def step_logger(tracker, run_id: str, step_of, sink=None):
     """The trainer listener that logs each row of metrics to the MLflow run at the pipeline's
     step axis (`step_of()`: the trainer's `train_steps`), once per step: a task that resumes
     (a retry, `resume train_epoch`) trains again the steps after its checkpoint, which an
     earlier attempt may have logged already. MLflow appends every point it gets, so those steps
     are not logged again (they are the same values: a resumed run repeats a straight one). The
-    run's logged steps are read once, when the listener is made."""
+    run's logged steps are read once, when the listener is made. `sink` (default: `tracker`)
+    sends the metrics: the epoch's `TrackingQueue`, so an outage never stops training."""
+    sink = tracker if sink is None else sink
     logged = {kind: set() for kind in _ROW_KEYS}
     try:
         for kind, key in _ROW_KEYS.items():
@@ -254,7 +264,7 @@ def step_logger(tracker, run_id: str, step_of):
             log.info("step %d: %s metrics already in MLflow run %s (logged before the resume); "
                      "not logged again", step, kind, run_id)
             return
-        tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if k != "step"}, step=step)
+        sink.log_metrics(run_id, {k: v for k, v in metrics.items() if k != "step"}, step=step)
 
     return listener
 
@@ -283,11 +293,11 @@ def check_same_config(cfg: FlowConfig, ref: CheckpointRef, local: Path) -> None:
 
 
 def _commit_hook(cfg: FlowConfig, store, trainer, ctx: RunContext, *, epoch: int, start_id: str,
-                 main: bool, committed: list[CheckpointRef], tracker=None,
+                 main: bool, committed: list[CheckpointRef], queue=None,
                  tracking: dict | None = None):
     """The flow's `on_checkpoint`: rank 0 commits each checkpoint the trainer writes to the
     store (appending its ref to `committed`), makes it an MLflow LoggedModel pointing at its
-    URI (with a tracker), removes the local copy and prunes older in-epoch ones; every rank
+    URI (through the epoch's `TrackingQueue`, if any), removes the local copy and prunes older in-epoch ones; every rank
     then passes the test failure-injection point."""
 
     def commit(local: Path, end_of_epoch: bool) -> None:
@@ -300,14 +310,14 @@ def _commit_hook(cfg: FlowConfig, store, trainer, ctx: RunContext, *, epoch: int
                                    "global_step": trainer.state.global_step,
                                    "sft_step": trainer.state.sft_step, "method": cfg.method})
             shutil.rmtree(local, ignore_errors=True)
-            if tracker is not None and tracking:
-                tracker.checkpoint_model(tracking["experiment_id"], tracking["run_id"],
-                                         ref.to_dict())
+            if queue is not None and tracking:
+                queue.call("checkpoint_model", tracking["experiment_id"], tracking["run_id"],
+                             ref.to_dict())
             if cfg.keep_last > 0:
                 pruned = store.prune(cfg.keep_last, prefix=ctx.run_id, where=lambda r: (
                     r.meta.get("kind") == "checkpoint" and not r.meta.get("end_of_epoch")))
-                if pruned and tracker is not None and tracking:
-                    tracker.mark_checkpoints_deleted(tracking["experiment_id"], pruned)
+                if pruned and queue is not None and tracking:
+                    queue.call("mark_checkpoints_deleted", tracking["experiment_id"], pruned)
             log.info("epoch %d: checkpoint %s", epoch, ref.uri)
             committed.append(ref)
         if not end_of_epoch:
