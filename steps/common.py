@@ -179,12 +179,12 @@ def live_tracking_uri(recorded: str) -> str:
     """The URI to connect to for a tracking record. `start` records the URI with its password
     masked (records are Metaflow artifacts); the password then comes from this task's
     MLFLOW_TRACKING_URI, which must be the same URI."""
-    from prefix_rft.io.redact import MASK, redact
+    from prefix_rft.io.redact import MASK, redact_uri
 
     if MASK not in recorded:
         return recorded
     env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env and redact(env) == recorded:
+    if env and redact_uri(env) == recorded:
         return env
     raise UserError(f"tracking URI {recorded}: its password is not stored with the run; set "
                     "MLFLOW_TRACKING_URI to the full URI in this task's environment (or use "

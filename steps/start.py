@@ -21,7 +21,7 @@ from prefix_rft.core.config import parse_overrides
 from prefix_rft.core.dicts import deep_merge, flatten
 from prefix_rft.errors import UserError
 from prefix_rft.io import run_layout
-from prefix_rft.io.redact import has_password, redact, redact_data
+from prefix_rft.io.redact import has_password, redact, redact_data, redact_uri
 from prefix_rft.io.store import CheckpointRef, open_checkpoint
 from prefix_rft.io.tracking import Tracker, resolve_uri
 from steps.common import RunContext, lineage_prefix, log
@@ -82,9 +82,9 @@ def start(config_data: dict, ctx: RunContext, *, seed: int | None = None, epochs
     info = tracker.run_info(run_id).info
     log.info("MLflow run %s (experiment %s) at %s", run_id, experiment, redact(uri))
     return {  # Metaflow stores this: no secret in it (the password comes from the environment)
-        "config": redact_data(cfg.to_dict()),
+        "config": cfg.to_dict(),  # tracking.uri holds no password (refused above)
         "config_hash": cfg.config_hash(),
-        "tracking": {"uri": redact(uri), "run_id": run_id, "experiment_id": info.experiment_id,
+        "tracking": {"uri": redact_uri(uri), "run_id": run_id, "experiment_id": info.experiment_id,
                      "experiment": experiment, "timeout_s": cfg.tracking.timeout_s,
                      "registered_model": registered_model_name(cfg, ctx)},
         "lineage": ctx.run_id,

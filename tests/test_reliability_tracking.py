@@ -20,7 +20,7 @@ import pytest
 
 from prefix_rft.errors import UserError
 from prefix_rft.io import tracking as T
-from prefix_rft.io.redact import MASK, redact, redact_data, split_credentials
+from prefix_rft.io.redact import MASK, redact, redact_data, redact_uri, split_credentials
 from steps import data as sdata
 from steps import finish as sfinish
 from steps import start as sstart
@@ -211,6 +211,17 @@ def test_redact_masks_uri_passwords_and_secret_env(monkeypatch):
     assert redact("http://h:5000/#/runs a@b") == "http://h:5000/#/runs a@b"
     assert redact_data({"a": ["https://u:v@h"], "n": 1}) == {"a": [f"https://u:{MASK}@h"], "n": 1}
     assert split_credentials("https://al%20ice:p%40w@h/x") == ("https://h/x", "al ice", "p@w")
+
+
+def test_short_env_values_and_records_other_code_reads_are_left_alone(monkeypatch):
+    """A local S3 server's secret ("test") is no secret: masking it would rewrite paths such as
+    .pytest_cache in what people read; records read back (configs, tracking records) get only
+    their URI passwords masked, whatever the environment holds."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    assert redact("/work/.pytest_cache/d/model") == "/work/.pytest_cache/d/model"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    assert redact(f"key {SECRET} in /tmp/x") == f"key {MASK} in /tmp/x"
+    assert redact_uri(f"key {SECRET} http://u:pw@h/x") == f"key {SECRET} http://u:{MASK}@h/x"
 
 
 def test_credentials_in_config_uri_are_refused(smollm2_dir, tmp_path, fast_retries):

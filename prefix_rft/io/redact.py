@@ -4,6 +4,11 @@ params/tags/artifacts, Metaflow artifacts).
 Masked: the password of any URI's userinfo (`scheme://user:password@host` becomes
 `scheme://user:***@host`: tracking servers, database URIs such as `postgresql://u:p@h/db`, S3
 endpoints) and the values of the environment variables in `SECRET_ENV` wherever they appear.
+
+Two strengths: `redact` (both) for what people read (messages, log lines, params, artifacts),
+`redact_uri` (URI passwords only) for records other code reads back (a config or a tracking record
+stored as a Metaflow artifact): masking environment values there would rewrite ordinary text, e.g.
+a local S3 server's secret "test" inside a path.
 """
 
 from __future__ import annotations
@@ -17,14 +22,19 @@ MASK = "***"
 # environment variables whose values are secrets wherever they show up
 SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "AWS_SECRET_ACCESS_KEY",
               "AWS_SESSION_TOKEN", "DATABRICKS_TOKEN", "HF_TOKEN")
-_MIN_SECRET_CHARS = 4  # shorter env values would mask ordinary words
+_MIN_SECRET_CHARS = 8  # shorter env values (a local server's "test") would mask ordinary words
 # scheme://user:password@ ; the password runs to the last '@' before the host (no '/' or space)
 _USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@]*):(?P<pw>[^\s/]+)@")
 
 
+def redact_uri(text) -> str:
+    """`text` with only the passwords of URIs masked."""
+    return _USERINFO.sub(lambda m: f"{m['head']}:{MASK}@", str(text))
+
+
 def redact(text) -> str:
     """`text` (anything; str() is taken) with URI passwords and secret env values masked."""
-    s = _USERINFO.sub(lambda m: f"{m['head']}:{MASK}@", str(text))
+    s = redact_uri(text)
     for name in SECRET_ENV:
         value = os.environ.get(name)
         if value and len(value) >= _MIN_SECRET_CHARS:
