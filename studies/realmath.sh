@@ -18,8 +18,9 @@
 # Env knobs: STUDY_DIR (/tmp/realmath), REALMATH_POST ("aime24,aime25,amc,math500"; "" = none),
 # REALMATH_SET (extra flow --set overrides), REALMATH_EVAL_ARGS (extra `prefix-rft eval`
 # arguments; CPU rehearsal: "--engine hf --max-problems 2 --n 1 --max-new-tokens 16"),
-# REALMATH_NO_STAGE=1 (use the current environment: CPU rehearsal), STUDY_DEADLINE_S (540),
-# STUDY_EST_S (480: a run is started only if this fits before the deadline).
+# REALMATH_NO_STAGE=1 (use the current environment: CPU rehearsal), STUDY_DEADLINE_S (600) and
+# STUDY_EST_S (0): study.sh starts a run only if this fits before the deadline; one run a call
+# is the plan (configs/realmath/README.md), so by default every named run starts.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -44,6 +45,8 @@ if [ "${REALMATH_NO_STAGE:-0}" != 1 ]; then
   for d in /tmp/cache/*/; do [ -d "$d" ] && ln -sfn "${d%/}" "$STUDY_DIR/cache/$(basename "$d")"; done
 fi
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 VLLM_NO_USAGE_STATS=1
+# the store study.sh logs to (set there for its own processes; realmath_log.py needs it here)
+export MLFLOW_TRACKING_URI="sqlite:///$STUDY_DIR/mlflow.db" GIT_PYTHON_REFRESH=quiet
 POST=${REALMATH_POST-aime24,aime25,amc,math500}
 
 for arg in "$@"; do
@@ -52,7 +55,7 @@ for arg in "$@"; do
   [ -f "$cfg" ] || { echo "no such config: $cfg" >&2; exit 2; }
   name=$m${seed:+-seed$seed}
   STUDY_NO_INSTALL=1 STUDY_MAX_WORKERS=1 STUDY_KEEP_CHECKPOINTS=1 \
-    STUDY_DEADLINE_S=${STUDY_DEADLINE_S:-540} STUDY_EST_S=${STUDY_EST_S:-480} \
+    STUDY_DEADLINE_S=${STUDY_DEADLINE_S:-600} STUDY_EST_S=${STUDY_EST_S:-0} \
     STUDY_SET="${REALMATH_SET:-}" bash studies/study.sh "$cfg${seed:+:$seed}"
   rc=$?
   row="$STUDY_DIR/rows/$name.json"
