@@ -19,7 +19,7 @@ from prefix_rft.data import save_problems
 from prefix_rft.data.filter import data_fraction, filter_openr1_source
 from prefix_rft.data.problem import Problem
 from prefix_rft.data.readers import detect_schema, iter_rows, load_problems
-from prefix_rft.data.sources import test_problems, training_problems
+from prefix_rft.data.sources import is_builtin_spec, test_problems, training_problems
 from prefix_rft.errors import UserError
 from prefix_rft.io import run_layout
 from prefix_rft.io.store import CheckpointRef, fetch_checkpoint, open_store
@@ -35,7 +35,7 @@ TEST_FILE = "test.parquet"
 def _is_raw_openr1(cfg: FlowConfig) -> bool:
     if cfg.data.schema == "openr1":
         return True
-    if cfg.data.schema != "auto" or cfg.data.train.startswith("synthetic:"):
+    if cfg.data.schema != "auto" or is_builtin_spec(cfg.data.train):
         return False
     for row in iter_rows(cfg.data.train, split="train"):
         return detect_schema(row.fields) == "openr1"

@@ -119,10 +119,19 @@ def _engine(cfg: FlowConfig, ref: dict | None, scratch: Path, check=None):
     if check is not None:
         check(tok, model_dir)
     engine, kind = make_engine(cfg.pipeline.eval_engine, EngineSpec(
-        tok, model_dir=model_dir, dtype=cfg.model.dtype, device=cfg.model.device,
+        tok, model_dir=model_dir, dtype=eval_dtype(cfg), device=cfg.model.device,
         max_batch_size=cfg.rollout.max_batch_size, seed=cfg.seed, decoding=cfg.model.decoding),
         key="pipeline.eval_engine")
     return engine, tok, kind
+
+
+def eval_dtype(cfg: FlowConfig) -> str:
+    """The dtype an eval cell decodes in: `model.dtype`, except that vLLM (pipeline.eval_engine
+    vllm) decodes float32 master weights in bfloat16, as the training rollouts and `prefix-rft
+    eval` do (vLLM in float32 is slow and has no FlashAttention kernel)."""
+    if cfg.pipeline.eval_engine == "vllm" and cfg.model.dtype == "float32":
+        return "bfloat16"
+    return cfg.model.dtype
 
 
 def _prompt_check(cfg: FlowConfig, bench: str, problems, protocol):

@@ -168,7 +168,7 @@ def check_inputs_and_outputs(cfg: FlowConfig, lineage_prefix: str) -> None:
 
 def check_data_spec(spec: str, key: str, split: str) -> None:
     """`spec` (see `prefix_rft.data.sources`) names data that exists and can be read: the levels
-    of 'synthetic:', a local file or directory of data files, an s3:// (fsspec) object or
+    of 'synthetic:', the part of 'realmath:', a local file or directory of data files, an s3:// (fsspec) object or
     prefix. Hub datasets are left to the reader (they need the network)."""
     from prefix_rft.data.loading import HUB_PREFIX, url_protocol
 
@@ -180,6 +180,12 @@ def check_data_spec(spec: str, key: str, split: str) -> None:
                 pool_size(level, split)
             except UserError as e:
                 raise UserError(f"key '{key}': {spec!r}: {e}") from None
+        return
+    if spec.startswith("realmath:"):
+        from prefix_rft.data.realmath import SPLITS
+
+        if spec.split(":", 1)[1] not in SPLITS:
+            raise UserError(f"key '{key}': {spec!r}: expected realmath:train or realmath:heldout")
         return
     if spec.startswith(HUB_PREFIX):
         return

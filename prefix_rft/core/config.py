@@ -157,7 +157,9 @@ class DataConfig:
     train: str = option(
         REQUIRED,
         "Training problems: a .jsonl/.json/.parquet file or directory, 'hub:owner/name[:config]' "
-        "(online only), or 'synthetic:LEVELS' (built-in arithmetic task, LEVELS like 'add,mul').",
+        "(online only), 'synthetic:LEVELS' (built-in arithmetic task, LEVELS like 'add,mul'), or "
+        "'realmath:train' / 'realmath:heldout' (OlympiadBench and Minerva problems with their "
+        "reference solutions, prefix_rft.data.realmath).",
     )
     schema: str = option(
         "auto", "Input schema: auto | openr1 | luffy | messages | plain | problems."

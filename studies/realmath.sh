@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Run one real-math config (configs/realmath/) + seed through the real flow on the lent GPU
+# machine, then score its final checkpoint on AIME24, AIME25, AMC (avg@32) and MATH-500 (avg@1)
+# with the paper protocol in ONE `prefix-rft eval` process and log those scores into the run.
+#
+#   bash studies/realmath.sh stage                 # with .whl-flow/cNN carried (once per chunk)
+#   bash studies/realmath.sh METHOD[:SEED] ...     # e.g. prefix_rft:2 (sft rft sft_then_rft luffy prefix_rft)
+#
+# Needs, on the machine: the vLLM stage (perf/gpu/stage.sh + unstage.sh: /tmp/stage/env.sh, the
+# wheels in /tmp/site, the converted model in /tmp/cache) and the flow wheels
+# (perf/gpu/fetch_flow_wheels.sh: .whl-flow/c01..c03, installed by `stage` into /tmp/site-flow,
+# a folder of its own so the stage's versions stay first on PYTHONPATH).
+# Runs studies/study.sh with STUDY_NO_INSTALL=1 and one Metaflow worker (every eval task takes
+# 0.85 of the GPU for vLLM), MLflow in sqlite:///$STUDY_DIR/mlflow.db; results in $OUT:
+# summary.json (one row per run, the post-flow scores included), mlflow.db, logs.tgz,
+# mlartifacts.tgz, post_eval.tgz (the eval outputs). At most 5 files.
+#
+# Env knobs: STUDY_DIR (/tmp/realmath), REALMATH_POST ("aime24,aime25,amc,math500"; "" = none),
+# REALMATH_SET (extra flow --set overrides), REALMATH_EVAL_ARGS (extra `prefix-rft eval`
+# arguments; CPU rehearsal: "--engine hf --max-problems 2 --n 1 --max-new-tokens 16"),
+# REALMATH_NO_STAGE=1 (use the current environment: CPU rehearsal), STUDY_DEADLINE_S (600) and
+# STUDY_EST_S (0): study.sh starts a run only if this fits before the deadline; one run a call
+# is the plan (configs/realmath/README.md), so by default every named run starts.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export STUDY_DIR=${STUDY_DIR:-/tmp/realmath}
+export OUT=${OUT:-$STUDY_DIR/out}
+PY=${STUDY_PY:-python3}
+mkdir -p "$OUT" "$STUDY_DIR/post"
+
+if [ "${1:-}" = stage ]; then
+  STUDY_SITE=/tmp/site-flow exec bash studies/study.sh
+fi
+[ $# -gt 0 ] || { echo "usage: $0 stage | METHOD[:SEED] ..." >&2; exit 2; }
+
+if [ "${REALMATH_NO_STAGE:-0}" != 1 ]; then
+  [ -f /tmp/stage/env.sh ] || { echo "no /tmp/stage/env.sh: stage vLLM first (perf/gpu/unstage.sh)" >&2; exit 3; }
+  [ -f /tmp/site-flow/.prefix-rft-flow-installed ] || { echo "flow wheels not installed: bash studies/realmath.sh stage with each .whl-flow/cNN" >&2; exit 3; }
+  # shellcheck disable=SC1091
+  source /tmp/stage/env.sh   # PYTHONPATH=/tmp/site:ROOT, PREFIX_RFT_CACHE=/tmp/cache, vLLM env
+  export PYTHONPATH="/tmp/site:/tmp/site-flow:$ROOT"
+  # study.sh points PREFIX_RFT_CACHE at $STUDY_DIR/cache: the converted model goes there too
+  mkdir -p "$STUDY_DIR/cache"
+  for d in /tmp/cache/*/; do [ -d "$d" ] && ln -sfn "${d%/}" "$STUDY_DIR/cache/$(basename "$d")"; done
+fi
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 VLLM_NO_USAGE_STATS=1
+# the store study.sh logs to (set there for its own processes; realmath_log.py needs it here)
+export MLFLOW_TRACKING_URI="sqlite:///$STUDY_DIR/mlflow.db" GIT_PYTHON_REFRESH=quiet
+POST=${REALMATH_POST-aime24,aime25,amc,math500}
+
+for arg in "$@"; do
+  m=${arg%%:*}; seed=""; [ "$m" != "$arg" ] && seed=${arg#*:}
+  cfg=configs/realmath/$m.yaml
+  [ -f "$cfg" ] || { echo "no such config: $cfg" >&2; exit 2; }
+  name=$m${seed:+-seed$seed}
+  STUDY_NO_INSTALL=1 STUDY_MAX_WORKERS=1 STUDY_KEEP_CHECKPOINTS=1 \
+    STUDY_DEADLINE_S=${STUDY_DEADLINE_S:-600} STUDY_EST_S=${STUDY_EST_S:-0} \
+    STUDY_SET="${REALMATH_SET:-}" bash studies/study.sh "$cfg${seed:+:$seed}"
+  rc=$?
+  row="$STUDY_DIR/rows/$name.json"
+  [ -f "$row" ] || { echo "=== $name: no summary row (rc $rc)"; continue; }
+  if [ -n "$POST" ]; then
+    ckpt=$(find "$STUDY_DIR/checkpoints/$name" -name MANIFEST.json -printf '%T@ %h\n' 2>/dev/null \
+           | sort -n | tail -1 | cut -d' ' -f2)
+    run_id=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['mlflow_run_id'] or '')" "$row")
+    if [ -z "$ckpt" ] || [ -z "$run_id" ]; then
+      echo "=== $name: no final checkpoint or MLflow run: post-flow eval skipped"
+    else
+      echo "=== $name: post-flow eval of $ckpt on $POST"
+      # shellcheck disable=SC2086  # REALMATH_EVAL_ARGS is a list of arguments
+      "$PY" -m prefix_rft.cli eval --model "$ckpt" --benchmarks "$POST" --protocol paper \
+        --max-new-tokens 1024 --engine vllm --workers 8 ${REALMATH_EVAL_ARGS:-} \
+        --output "$STUDY_DIR/post/$name" 2>&1 | tee "$STUDY_DIR/logs/$name-post.log" | grep -v WARN
+      "$PY" studies/realmath_log.py "$STUDY_DIR/post/$name/summary.json" "$run_id" "$row"
+    fi
+  fi
+  rm -rf "$STUDY_DIR/checkpoints/$name"
+  "$PY" - "$STUDY_DIR" <<'PY'
+import glob, json, os, sys
+d = sys.argv[1]
+rows = [json.load(open(f)) for f in glob.glob(os.path.join(d, "rows", "*.json"))]
+json.dump(sorted(rows, key=lambda r: r["date"]), open(os.path.join(d, "summary.json"), "w"), indent=1)
+PY
+  cp "$STUDY_DIR/mlflow.db" "$STUDY_DIR/summary.json" "$OUT/" 2>/dev/null
+  tar czf "$OUT/logs.tgz" -C "$STUDY_DIR" logs 2>/dev/null
+  tar czf "$OUT/post_eval.tgz" -C "$STUDY_DIR" post 2>/dev/null
+done
+echo "results in $OUT: $(ls "$OUT" | tr '\n' ' ')"

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The untrained model's baseline table (issue 20 item 1): `prefix-rft eval` with the vLLM engine
+# on the six benchmarks with the `default` protocol (avg@32, T 0.6, top_p 0.95) and the `paper`
+# protocol (avg@32 on AIME24/25 and AMC, avg@1 at T 0.6 elsewhere), both at 4,096 new tokens,
+# plus the real-math training and held-out parts (the policy's own success rate on them) and the
+# paper protocol at 1,024 tokens (the protocol of the per-run evaluations: epoch 0 of the study).
+# One call of at most ~540 s each, on a machine staged as for studies/realmath.sh:
+#
+#   bash studies/realmath_base.sh b1    # default: aime24, aime25, amc (avg@32)
+#                                       # + paper @4096: math500, minerva, olympiadbench, train, heldout (avg@1)
+#   bash studies/realmath_base.sh b2    # default: math500 (avg@32)
+#   bash studies/realmath_base.sh b3    # default: minerva (avg@32) + paper @1024: aime24, aime25, amc, math500
+#   bash studies/realmath_base.sh b4    # default: olympiadbench, first half (338 problems, avg@32)
+#   bash studies/realmath_base.sh b5    # default: olympiadbench, second half (337 problems)
+#
+# AIME24/25 and AMC of the paper protocol at 4,096 are the default protocol's samples (same n,
+# temperature, top_p, seed and limit), so b1 does not repeat them. The two OlympiadBench halves
+# are problems files (ids kept) whose samples.parquet files together are the avg@32 of all 675.
+# Each part writes $OUT/<call>_<part>.tgz (summary.json + samples.parquet) and $OUT/<call>.log.
+# Env knobs: REALMATH_MODEL (qwen2.5-coder-1.5b-instruct), REALMATH_EVAL_ARGS (extra eval
+# arguments; CPU rehearsal: "--engine hf --max-problems 2 --n 1 --max-new-tokens 16"),
+# REALMATH_NO_STAGE=1 (use the current environment).
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY=${STUDY_PY:-python3}
+OUT=${OUT:-/tmp/realmath-base/out}
+WORK=${STUDY_DIR:-/tmp/realmath-base}
+MODEL=${REALMATH_MODEL:-qwen2.5-coder-1.5b-instruct}
+CALL=${1:-}
+mkdir -p "$OUT" "$WORK"
+if [ "${REALMATH_NO_STAGE:-0}" != 1 ]; then
+  [ -f /tmp/stage/env.sh ] || { echo "no /tmp/stage/env.sh: stage vLLM first (perf/gpu/unstage.sh)" >&2; exit 3; }
+  # shellcheck disable=SC1091
+  source /tmp/stage/env.sh
+  [ -d /tmp/site-flow ] && export PYTHONPATH="$PYTHONPATH:/tmp/site-flow"
+fi
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 VLLM_NO_USAGE_STATS=1
+
+# the real-math parts and the OlympiadBench halves as problems files
+"$PY" - "$WORK/files" <<'PY' || exit 1
+import sys
+from pathlib import Path
+from prefix_rft.data.problem import Problem, save_problems
+from prefix_rft.data.realmath import load_realmath
+from prefix_rft.eval.benchmarks import load_benchmark
+d = Path(sys.argv[1])
+if not (d / "olympiadbench_b.jsonl").exists():
+    save_problems(load_realmath("train"), d / "realmath_train.jsonl")
+    save_problems(load_realmath("heldout"), d / "realmath_heldout.jsonl")
+    ob = load_benchmark("olympiadbench")
+    assert all(len(p.answers) == 1 for p in ob)
+    rows = [Problem(p.id, p.problem, p.answers[0], (), "olympiadbench") for p in ob]
+    half = (len(rows) + 1) // 2
+    save_problems(rows[:half], d / "olympiadbench_a.jsonl")
+    save_problems(rows[half:], d / "olympiadbench_b.jsonl")
+print(f"files in {d}")
+PY
+F=$WORK/files
+
+part() {  # part NAME PROTOCOL MAX_NEW_TOKENS BENCHMARKS
+  local name=$1 protocol=$2 tokens=$3 benches=$4 t0 rc
+  t0=$(date +%s)
+  rm -rf "${WORK:?}/$name"
+  echo "=== $name: $protocol protocol, $tokens new tokens: $benches"
+  # shellcheck disable=SC2086  # REALMATH_EVAL_ARGS is a list of arguments
+  "$PY" -m prefix_rft.cli eval --model "$MODEL" --benchmarks "$benches" --protocol "$protocol" \
+    --max-new-tokens "$tokens" --engine vllm --workers 8 ${REALMATH_EVAL_ARGS:-} \
+    --output "$WORK/$name" 2>&1 | grep -v WARN
+  rc=${PIPESTATUS[0]}
+  tar czf "$OUT/$name.tgz" -C "$WORK" "$name" 2>/dev/null
+  echo "=== $name: rc $rc, $(( $(date +%s) - t0 )) s"
+}
+
+case $CALL in
+  b1) part b1_default default 4096 aime24,aime25,amc
+      part b1_paper paper 4096 "math500,minerva,olympiadbench,$F/realmath_train.jsonl,$F/realmath_heldout.jsonl" ;;
+  b2) part b2_default default 4096 math500 ;;
+  b3) part b3_default default 4096 minerva
+      part b3_paper1024 paper 1024 aime24,aime25,amc,math500 ;;
+  b4) part b4_default default 4096 "$F/olympiadbench_a.jsonl" ;;
+  b5) part b5_default default 4096 "$F/olympiadbench_b.jsonl" ;;
+  *) echo "usage: $0 b1|b2|b3|b4|b5" >&2; exit 2 ;;
+esac 2>&1 | tee "$OUT/$CALL.log"

@@ -1,0 +1,110 @@
+"""configs/realmath/: every file loads with the flow's config loader, is what make_configs.py
+writes, and all methods have the same budget (prompts per step, rollouts per step, optimizer
+steps). No model is loaded and the data set is not built (its size is pinned in make_configs.py
+and checked against the built set in tests/test_realmath_data.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from prefix_rft.core.config import NON_TRAINING_SECTIONS, read_yaml
+from prefix_rft.core.dicts import flatten
+from prefix_rft.core.presets import preset_values
+from prefix_rft.train.phases import sft_steps
+from prefix_rft.train.planner import needs_demos
+from steps.data import epoch_plan
+from steps.evaluate import eval_dtype
+from steps.flow_config import load_flow_config
+
+HERE = Path(__file__).resolve().parents[1] / "configs" / "realmath"
+METHODS = ["sft", "rft", "sft_then_rft", "luffy", "prefix_rft"]
+RL_METHODS = ["rft", "luffy", "prefix_rft"]
+P, G, S = 32, 8, 10  # README.md: prompts per step, trajectories per prompt, optimizer steps
+
+
+def _make_configs():
+    spec = importlib.util.spec_from_file_location("realmath_make_configs", HERE / "make_configs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def cfg(name: str):
+    return load_flow_config(HERE / f"{name}.yaml")
+
+
+def test_one_file_per_method_and_the_base():
+    assert sorted(p.stem for p in HERE.glob("*.yaml")) == sorted(METHODS + ["base"])
+    assert sorted(_make_configs().METHODS) == sorted(METHODS)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_method_files_are_generated_from_the_base(name):
+    assert (HERE / f"{name}.yaml").read_text() == _make_configs().method_text(name), (
+        "run: python configs/realmath/make_configs.py")
+
+
+@pytest.mark.parametrize("name", METHODS + ["base"])
+def test_every_file_resolves_for_the_flow(name):
+    c = cfg(name)
+    assert c.method == (name if name != "base" else "prefix_rft")
+    assert c.model.name_or_path == "qwen2.5-coder-1.5b-instruct"
+    assert (c.model.dtype, c.model.autocast) == ("float32", "bfloat16")  # float32 master weights
+    assert c.rollout.engine == "vllm" and c.pipeline.eval_engine == "vllm"
+    assert eval_dtype(c) == "bfloat16"  # the eval cells decode in bf16 like the rollouts
+    assert (c.data.train, c.data.test) == ("realmath:train", "realmath:heldout")
+    assert c.pipeline.eval_protocol == "paper"
+    assert c.pipeline.eval_max_new_tokens == c.rollout.max_response_len == c.eval.max_new_tokens
+    assert c.pipeline.benchmarks == ["heldout"]
+    assert (c.eval.num_problems, c.eval.n_samples, c.eval.temperature) == (0, 1, 0.0)
+    assert needs_demos(c) == (name != "rft")
+
+
+def test_no_file_writes_a_key_a_preset_owns():
+    base = flatten(read_yaml(HERE / "base.yaml"))
+    preset_keys = set().union(*(flatten(preset_values(m)) for m in METHODS)) - {"method"}
+    assert set(base) & preset_keys == {"rl.steps"}
+    for name in METHODS:
+        mine = flatten(read_yaml(HERE / f"{name}.yaml"))
+        changed = {k for k in base.keys() | mine.keys() if base.get(k) != mine.get(k)}
+        assert changed <= {"method", "rl.steps", "sft.epochs", "sft.batch_size"}, (name, changed)
+
+
+def test_budgets_are_equal():
+    """Same prompts per step, same rollouts per step, same optimizer steps for every method."""
+    n_train = _make_configs().NUM_TRAIN
+    for name in METHODS:
+        c = cfg(name)
+        assert (c.rollout.num_prompts, c.rollout.group_size, c.rl.num_minibatches) == (P, G, 1)
+        sft = sft_steps(n_train, c.sft) if c.sft.epochs > 0 else 0
+        plan = epoch_plan(c, n_train)
+        assert plan["total_steps"] == sft + c.rl.steps == S, (name, plan)
+        if sft:
+            assert c.sft.batch_size == P  # an SFT step sees P demonstrations
+        # problems consumed: P per optimizer step, whatever the step
+        assert sft * P + c.rl.steps * P == S * P == 320, name
+        if name in RL_METHODS:
+            assert (sft, c.rl.steps) == (0, S)
+            assert c.rl.steps * P * G == 2560
+            assert c.rollout.prefix_schedule.total_steps == S
+    assert (sft_steps(n_train, cfg("sft").sft), cfg("sft").rl.steps) == (S, 0)
+    c = cfg("sft_then_rft")
+    assert (sft_steps(n_train, c.sft), c.rl.steps) == (S // 2, S // 2)
+
+
+def test_everything_but_the_method_is_shared():
+    base = read_yaml(HERE / "base.yaml")
+    for name in METHODS:
+        mine = read_yaml(HERE / f"{name}.yaml")
+        for section in ("seed", "model", "data", "eval", "reward", "rollout", *NON_TRAINING_SECTIONS):
+            assert mine[section] == base[section], (name, section)
+
+
+def test_readme_states_the_budget_and_every_method():
+    text = (HERE / "README.md").read_text()
+    for name in METHODS:
+        assert f"`{name}.yaml`" in text
+    assert "P = 32" in text and "G = 8" in text and "S = 10" in text
