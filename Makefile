@@ -49,10 +49,10 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
-	$(VENV)/bin/ruff check prefix_rft steps flows infra tests notebooks perf studies configs/study
+	$(VENV)/bin/ruff check prefix_rft steps flows infra tests notebooks perf studies configs/study configs/realmath
 
 format: setup
-	$(VENV)/bin/ruff format prefix_rft steps flows infra tests notebooks perf studies configs/study
+	$(VENV)/bin/ruff format prefix_rft steps flows infra tests notebooks perf studies configs/study configs/realmath
 
 .PHONY: argo-json
 argo-json: setup  # compile the Argo Workflows deployment offline: make argo-json CONFIG=configs/...yaml
