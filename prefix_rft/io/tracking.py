@@ -692,11 +692,19 @@ def run_record(run) -> dict:
 @contextlib.contextmanager
 def _process_tracking_uri(uri: str):
     """Set MLflow's process-wide tracking URI for the block. MLflow's registry resolves a
-    `models:/<model id>` source through it (not through the client's own URI)."""
+    `models:/<model id>` source through it (not through the client's own URI). MLflow's helper
+    deletes $MLFLOW_TRACKING_URI when it puts back an unset URI, so the variable is restored
+    here: later MLflow calls of the process (e.g. `mlflow.pyfunc.load_model` after
+    `load_registered`) must still reach the server it names, not a local sqlite file."""
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    with _use_tracking_uri(uri):
-        yield
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def _schema(columns: dict[str, str]):
