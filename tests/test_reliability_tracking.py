@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import importlib.util
+import logging
 import os
 import pickle
 import sys
@@ -238,8 +239,34 @@ def test_unreachable_message_masks_the_password(fast_retries):
     assert SECRET not in str(e.value) and f"http://alice:{MASK}@127.0.0.1:9" in str(e.value)
 
 
+@pytest.fixture
+def task_logging():
+    """`steps.common.setup_logging()` as a flow task calls it (root handler, INFO level, the
+    redacting filter), undone afterwards: it reconfigures the process's root logger, which later
+    tests in this process would otherwise inherit (a handler on a closed capture stream, INFO
+    records where they expect none)."""
+    from steps.common import setup_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    noisy = {n: logging.getLogger(n).level for n in ("mlflow", "urllib3", "botocore", "s3transfer", "httpx")}
+    setup_logging()
+    try:
+        yield
+    finally:
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
+        for h in handlers:
+            if h not in root.handlers:
+                root.addHandler(h)
+        root.setLevel(level)
+        for n, lv in noisy.items():
+            logging.getLogger(n).setLevel(lv)
+
+
 def test_secret_in_tracking_uri_never_lands_anywhere(server, fast_retries, smollm2_dir, tmp_path,
-                                                     monkeypatch, caplog, capfd):
+                                                     monkeypatch, task_logging, caplog, capfd):
     """A run whose MLFLOW_TRACKING_URI carries user:secret@ works end to end (start, data, one
     epoch, end), and the secret is in none of: the MLflow sqlite store, the artifact store, the
     server's log, the step functions' results (what the flow stores as Metaflow artifacts,
@@ -247,9 +274,6 @@ def test_secret_in_tracking_uri_never_lands_anywhere(server, fast_retries, smoll
     secret_uri = server.uri.replace("http://", f"http://alice:{SECRET}@")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", secret_uri)
     T.check_reachable(secret_uri)  # basic auth on /health and the API check
-    from steps.common import setup_logging
-
-    setup_logging()
     caplog.set_level("INFO")
     ctx, m, cfg, tracker, d = start_and_data(tiny(smollm2_dir, tmp_path, None), "303")
     assert m["tracking"]["uri"] == f"http://alice:{MASK}@127.0.0.1:{server.port}"
