@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from prefix_rft.rollout import reward as reward_mod
 from prefix_rft.rollout.reward import (
     STATUSES,
     GradeResult,
@@ -253,7 +254,9 @@ class _DyingGrader(RewardGrader):
     _chunk_fn = staticmethod(_chunk_that_dies_on_marker)
 
 
-def test_grader_parent_deadline_kills_hung_worker(caplog):
+def test_grader_parent_deadline_kills_hung_worker(caplog, monkeypatch):
+    # the first timeout of each kind is logged once per process: forget earlier tests' ones
+    monkeypatch.setattr(reward_mod, "_logged_kinds", set())
     completions = [rf"\boxed{{{i}}}" for i in range(20)]
     golds = [str(i) for i in range(20)]
     completions[7] = r"HANG \boxed{7}"
