@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from prefix_rft.core.dicts import deep_merge  # the merge the config loader uses
+
 HERE = Path(__file__).resolve().parent
 BASE = HERE / "base.yaml"
 
@@ -36,13 +38,6 @@ METHODS = {
     "luffy": ("luffy", lambda b: {}, "S RL steps of P x G (G-1 samples + the demo in the group)"),
     "prefix_rft": ("prefix_rft", lambda b: {}, "S RL steps of P x G (1 prefixed member)"),
 }
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 # Training problems of `realmath:train` (tests/test_realmath_data.py pins it). The SFT methods'

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from prefix_rft.core.dicts import deep_merge  # the merge the config loader uses
+
 HERE = Path(__file__).resolve().parent
 BASE = HERE / "base.yaml"
 
@@ -45,13 +47,6 @@ METHODS = {
     "update_all_prefix": ("update_all_prefix", lambda b: {},
                           "S RL steps of P x G; Prefix-RFT training every demo token"),
 }
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def budget(base: dict) -> dict:
