@@ -42,8 +42,7 @@ def ranged(kind: type = int, *, ge=None, gt=None, le=None, lt=None):
     """An argparse `type` for a number `kind` (int or float) in a range (bounds as `option`'s
     in the config: `ge`/`gt` lower, `le`/`lt` upper). A value out of range, or not a number,
     makes argparse print `argument --x: ...` with the value and the range, and exit 2."""
-    rng = Range(low=gt if gt is not None else ge, high=lt if lt is not None else le,
-                low_open=gt is not None, high_open=lt is not None)
+    rng = Range.of(ge=ge, gt=gt, le=le, lt=lt) or Range()
     noun = "an integer" if kind is int else "a number"
 
     def parse(text: str):

@@ -50,6 +50,14 @@ class Range:
     low_open: bool = False
     high_open: bool = False
 
+    @classmethod
+    def of(cls, *, ge=None, gt=None, le=None, lt=None) -> Range | None:
+        """The range of `option`'s bounds (`ge`/`gt` lower, `le`/`lt` upper); None if unbounded."""
+        if all(b is None for b in (ge, gt, le, lt)):
+            return None
+        return cls(low=gt if gt is not None else ge, high=lt if lt is not None else le,
+                   low_open=gt is not None, high_open=lt is not None)
+
     def contains(self, value) -> bool:
         if isinstance(value, list):
             return all(self.contains(v) for v in value)
@@ -74,10 +82,8 @@ def option(default, help: str, *, ge=None, gt=None, le=None, lt=None, **kw):
     `gt` the lower bound (>= / >), `le` / `lt` the upper one (<= / <). Every resolved config is
     checked against the ranges (`check_ranges`), and `config keys` shows them."""
     metadata = {"help": help}
-    if any(b is not None for b in (ge, gt, le, lt)):
-        metadata["range"] = Range(low=gt if gt is not None else ge,
-                                  high=lt if lt is not None else le,
-                                  low_open=gt is not None, high_open=lt is not None)
+    if (rng := Range.of(ge=ge, gt=gt, le=le, lt=lt)) is not None:
+        metadata["range"] = rng
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=metadata, **kw)
     return field(default=default, metadata=metadata, **kw)
