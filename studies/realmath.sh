@@ -7,9 +7,10 @@
 #   bash studies/realmath.sh METHOD[:SEED] ...     # e.g. prefix_rft:2 (sft rft sft_then_rft luffy prefix_rft)
 #
 # Needs, on the machine: the vLLM stage (perf/gpu/stage.sh + unstage.sh: /tmp/stage/env.sh, the
-# wheels in /tmp/site, the converted model in /tmp/cache) and the flow wheels
-# (perf/gpu/fetch_flow_wheels.sh: .whl-flow/c01..c03, installed by `stage` into /tmp/site-flow,
-# a folder of its own so the stage's versions stay first on PYTHONPATH).
+# wheels in /tmp/site, the converted model in /tmp/cache) and the flow wheels: either in the same
+# stage (`stage.sh --with-flow`, the usual way: nothing more to do) or
+# perf/gpu/fetch_flow_wheels.sh's .whl-flow/c01..c03, installed by `stage` into /tmp/site-flow,
+# a folder of its own so the stage's versions stay first on PYTHONPATH.
 # Runs studies/study.sh with STUDY_NO_INSTALL=1 and one Metaflow worker (every eval task takes
 # 0.85 of the GPU for vLLM), MLflow in sqlite:///$STUDY_DIR/mlflow.db; results in $OUT:
 # summary.json (one row per run, the post-flow scores included), mlflow.db, logs.tgz,
@@ -36,10 +37,17 @@ fi
 
 if [ "${REALMATH_NO_STAGE:-0}" != 1 ]; then
   [ -f /tmp/stage/env.sh ] || { echo "no /tmp/stage/env.sh: stage vLLM first (perf/gpu/unstage.sh)" >&2; exit 3; }
-  [ -f /tmp/site-flow/.prefix-rft-flow-installed ] || { echo "flow wheels not installed: bash studies/realmath.sh stage with each .whl-flow/cNN" >&2; exit 3; }
   # shellcheck disable=SC1091
   source /tmp/stage/env.sh   # PYTHONPATH=/tmp/site:ROOT, PREFIX_RFT_CACHE=/tmp/cache, vLLM env
-  export PYTHONPATH="/tmp/site:/tmp/site-flow:$ROOT"
+  # the flow's wheels: in /tmp/site already when the stage was made with `stage.sh --with-flow`,
+  # else in /tmp/site-flow from `realmath.sh stage` with each .whl-flow/cNN
+  if PYTHONPATH=/tmp/site "$PY" -c "import metaflow, mlflow, datasets" 2>/dev/null; then
+    export PYTHONPATH="/tmp/site:$ROOT"
+  elif [ -f /tmp/site-flow/.prefix-rft-flow-installed ]; then
+    export PYTHONPATH="/tmp/site:/tmp/site-flow:$ROOT"
+  else
+    echo "flow wheels not installed: stage with perf/gpu/stage.sh --with-flow, or run bash studies/realmath.sh stage with each .whl-flow/cNN" >&2; exit 3
+  fi
   # study.sh points PREFIX_RFT_CACHE at $STUDY_DIR/cache: the converted model goes there too
   mkdir -p "$STUDY_DIR/cache"
   for d in /tmp/cache/*/; do [ -d "$d" ] && ln -sfn "${d%/}" "$STUDY_DIR/cache/$(basename "$d")"; done
