@@ -15,6 +15,9 @@ prefix_rft) minus every other method with at least two seeds: per level and for 
 levels, with Welch's 95% CI over seeds (`eval_metrics.welch_difference`). A run listed twice (the
 same MLflow run id in two files) is counted once; failed runs (rc != 0 or no scores) are listed
 apart.
+
+The levels are a parameter (`--levels a,b,c`, default the three synthetic ones), so other
+studies with other benchmarks (studies/realmath_table.py) print the same tables.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from prefix_rft.errors import UserError  # noqa: E402
 from prefix_rft.eval import metrics as em  # noqa: E402
 
 LEVELS = ("synthetic_add", "synthetic_mul", "synthetic_word")
@@ -38,10 +42,31 @@ def _order(method: str | None) -> int:
     return ORDER.index(method) if method in ORDER else len(ORDER)
 
 
+ROW_KEYS = ("config", "date", "rc", "card")  # what every summary row has (study.sh writes them)
+
+
+def read_rows(path) -> list[dict]:
+    """One summary.json's rows; a file that is not a list of study rows is a UserError naming it."""
+    try:
+        rows = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a readable summary.json ({e})") from None
+    if not isinstance(rows, list):
+        raise UserError(f"{path}: expected a list of run rows, got {type(rows).__name__}")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise UserError(f"{path}: row {i} is a {type(r).__name__}, not a run row")
+        if missing := [k for k in ROW_KEYS if k not in r]:
+            raise UserError(f"{path}: row {i} lacks {', '.join(missing)}")
+        if not isinstance(r.get("scores") or {}, dict):
+            raise UserError(f"{path}: row {i}: scores is not a mapping")
+    return rows
+
+
 def load(paths) -> list[dict]:
     rows, seen = [], set()
     for p in paths:
-        for r in json.loads(Path(p).read_text()):
+        for r in read_rows(p):
             key = r.get("mlflow_run_id") or (r["config"], r.get("seed"), r["date"])
             if key not in seen:
                 seen.add(key)
@@ -72,26 +97,34 @@ def command(row: dict) -> str:
     return f"`{extra}bash studies/study.sh {row['config']}{seed}`"
 
 
-def tables(rows: list[dict], reference: str = "prefix_rft") -> str:
+def succeeded(rows: list[dict]) -> list[dict]:
+    """The runs with results (rc 0 and scores), in method order, then seed, then date."""
     ok = [r for r in rows if r.get("rc") == 0 and r.get("scores")]
+    return sorted(ok, key=lambda r: (_order(r.get("method")), r.get("seed") or 0, r["date"]))
+
+
+def tables(rows: list[dict], reference: str = "prefix_rft", levels=LEVELS, command=command,
+           noun: str = "levels") -> str:
+    """The per-run table (`command(row)` reproduces a row), then `seed_tables`; `levels` are the
+    score columns, `noun` names them in the headers."""
+    ok = succeeded(rows)
     bad = [r for r in rows if r not in ok]
-    ok.sort(key=lambda r: (_order(r.get("method")), r.get("seed") or 0, r["date"]))
-    out = ["| method | seed | " + " | ".join(f"{lv} final" for lv in LEVELS)
+    out = ["| method | seed | " + " | ".join(f"{lv} final" for lv in levels)
            + " | card | date (UTC) | MLflow run id | command |",
-           "|" + "---|" * (len(LEVELS) + 6)]
+           "|" + "---|" * (len(levels) + 6)]
     for r in ok:
         out.append(f"| {r.get('method')} | {r.get('seed')} | "
-                   + " | ".join(_cell(final(r, lv)) for lv in LEVELS)
+                   + " | ".join(_cell(final(r, lv)) for lv in levels)
                    + f" | {r['card']} | {r['date'][:16].replace('T', ' ')} | "
                    f"`{r['mlflow_run_id']}` | {command(r)} |")
-    bases = [r for r in ok if all(base_score(r, lv) for lv in LEVELS)]
+    bases = [r for r in ok if all(base_score(r, lv) for lv in levels)]
     if bases:
         b = bases[0]
         out.append(f"| (untrained, epoch 0 of {b.get('method')} seed {b.get('seed')}) | - | "
-                   + " | ".join(_cell(base_score(b, lv)) for lv in LEVELS)
+                   + " | ".join(_cell(base_score(b, lv)) for lv in levels)
                    + f" | {b['card']} | {b['date'][:16].replace('T', ' ')} | "
                    f"`{b['mlflow_run_id']}` | {command(b)} |")
-    out += ["", *seed_tables(ok, reference)]
+    out += ["", *seed_tables(ok, reference, levels, noun)]
     if bad:
         out += ["", "Runs without results:"]
         out += [f"- {r['config']} seed {r.get('seed')}: rc {r.get('rc')}, "
@@ -100,16 +133,16 @@ def tables(rows: list[dict], reference: str = "prefix_rft") -> str:
     return "\n".join(out) + "\n"
 
 
-def _macro(row: dict) -> float | None:
-    """A run's mean of the three levels' final scores (None when a level is missing)."""
-    vals = [final(row, lv) for lv in LEVELS]
+def _macro(row: dict, levels=LEVELS) -> float | None:
+    """A run's mean of the levels' final scores (None when a level is missing)."""
+    vals = [final(row, lv) for lv in levels]
     return sum(v["value"] for v in vals) / len(vals) if all(vals) else None
 
 
-def _scores(runs: list[dict], level: str | None) -> list[float]:
-    """The runs' final scores on `level` (None: their mean of levels), runs lacking it left out."""
+def _scores(runs: list[dict], level: str | None, levels=LEVELS) -> list[float]:
+    """The runs' final scores on `level` (None: their mean of `levels`), runs lacking it left out."""
     if level is None:
-        return [x for r in runs if (x := _macro(r)) is not None]
+        return [x for r in runs if (x := _macro(r, levels)) is not None]
     return [s["value"] for r in runs if (s := final(r, level))]
 
 
@@ -117,20 +150,26 @@ def _ci(lo: float, hi: float) -> str:
     return f"[{lo:+.3f}, {hi:+.3f}]"
 
 
-def seed_tables(ok: list[dict], reference: str) -> list[str]:
-    """Per method over its seeds; then `reference` minus each other method (Welch, over seeds)."""
+def by_method(ok: list[dict]) -> dict[str, list[dict]]:
+    """method -> its runs in seed order, methods in ORDER."""
     methods = sorted({r.get("method") for r in ok}, key=_order)
-    runs = {m: sorted((r for r in ok if r.get("method") == m), key=lambda r: r.get("seed") or 0)
+    return {m: sorted((r for r in ok if r.get("method") == m), key=lambda r: r.get("seed") or 0)
             for m in methods}
-    out = ["| method | seeds | " + " | ".join(LEVELS) + " | mean of levels, per seed "
-           "| mean of levels [95% CI over seeds] | SD |", "|" + "---|" * (len(LEVELS) + 5)]
+
+
+def seed_tables(ok: list[dict], reference: str, levels=LEVELS, noun: str = "levels") -> list[str]:
+    """Per method over its seeds; then `reference` minus each other method (Welch, over seeds)."""
+    runs = by_method(ok)
+    methods = list(runs)
+    out = ["| method | seeds | " + " | ".join(levels) + f" | mean of {noun}, per seed "
+           f"| mean of {noun} [95% CI over seeds] | SD |", "|" + "---|" * (len(levels) + 5)]
     for m in methods:
         cells = []
-        for lv in LEVELS:
+        for lv in levels:
             vals = _scores(runs[m], lv)
             spread = f" ({min(vals):.3f}-{max(vals):.3f})" if len(vals) > 1 else ""
             cells.append(f"{sum(vals) / len(vals):.3f}{spread}" if vals else "-")
-        macros = _scores(runs[m], None)
+        macros = _scores(runs[m], None, levels)
         if macros:
             s = em.seed_summary(macros)
             per_seed = ", ".join(f"{x:.3f}" for x in macros)
@@ -146,13 +185,13 @@ def seed_tables(ok: list[dict], reference: str) -> list[str]:
         return out
     out += ["", f"{reference} minus each method (difference of the means over seeds, Welch 95% CI; "
             f"> 0: {reference} higher):", "",
-            "| method | seeds | " + " | ".join(LEVELS) + " | mean of levels | CI excludes 0 |",
-            "|" + "---|" * (len(LEVELS) + 4)]
+            "| method | seeds | " + " | ".join(levels) + f" | mean of {noun} | CI excludes 0 |",
+            "|" + "---|" * (len(levels) + 4)]
 
     for m in others:
         cells, verdict = [], "-"
-        for lv in (*LEVELS, None):
-            a, b = _scores(runs[m], lv), _scores(ref, lv)
+        for lv in (*levels, None):
+            a, b = _scores(runs[m], lv, levels), _scores(ref, lv, levels)
             if len(a) < 2 or len(b) < 2:
                 cells.append("-")
                 continue
@@ -165,7 +204,7 @@ def seed_tables(ok: list[dict], reference: str) -> list[str]:
     return out
 
 
-def curves(rows: list[dict], dbs: list[str], out: str) -> None:
+def curves(rows: list[dict], dbs: list[str], out: str, keys=CURVES) -> None:
     """Reward (all members; policy samples only), demo NLL, loss and prefix advantage over training
     steps: per method the mean over its seeds with a min-max band
     (`prefix_rft.eval.report.training_curves_figure` with groups), from the sqlite MLflow files that
@@ -182,7 +221,7 @@ def curves(rows: list[dict], dbs: list[str], out: str) -> None:
                 t.client.get_run(run_id)
             except Exception:  # noqa: BLE001 - not in this file
                 continue
-            return {k: h for k in CURVES if (h := t.metric_history(run_id, k))}
+            return {k: h for k in keys if (h := t.metric_history(run_id, k))}
         raise SystemExit(f"MLflow run {run_id} is in none of {', '.join(dbs)}")
 
     ok.sort(key=lambda r: _order(r.get("method")))
@@ -190,7 +229,7 @@ def curves(rows: list[dict], dbs: list[str], out: str) -> None:
     hist = {label: history(r["mlflow_run_id"]) for label, r in labels.items()}
     groups = {label: r.get("method") for label, r in labels.items()}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    report.training_curves_figure(hist, CURVES, groups=groups, max_columns=3).savefig(out, dpi=100)
+    report.training_curves_figure(hist, keys, groups=groups, max_columns=3).savefig(out, dpi=100)
 
 
 def main(argv=None) -> int:
@@ -201,14 +240,28 @@ def main(argv=None) -> int:
     ap.add_argument("--curves", help="write the training-curves figure (PNG) here")
     ap.add_argument("--reference", default="prefix_rft",
                     help="the method the difference table compares every other method with")
+    ap.add_argument("--levels", type=levels_arg, default=LEVELS,
+                    help=f"comma-separated score columns (default {','.join(LEVELS)})")
     args = ap.parse_args(argv)
-    rows = load(args.summaries)
-    sys.stdout.write(tables(rows, args.reference))
-    if args.curves:
-        if not args.db:
-            ap.error("--curves needs --db")
-        curves(rows, args.db, args.curves)
+    if args.curves and not args.db:
+        ap.error("--curves needs --db")
+    try:
+        rows = load(args.summaries)
+        sys.stdout.write(tables(rows, args.reference, args.levels))
+        if args.curves:
+            curves(rows, args.db, args.curves)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
+
+
+def levels_arg(text: str) -> tuple[str, ...]:
+    """`--levels a,b,c` -> ("a", "b", "c")."""
+    levels = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not levels:
+        raise argparse.ArgumentTypeError("give at least one level")
+    return levels
 
 
 if __name__ == "__main__":

@@ -1,0 +1,318 @@
+"""The real-math study's result tables (Markdown, for docs/RESULTS.md) from what the GPU calls
+return: the summary.json files of studies/realmath.sh (one row per run, as studies/study.sh
+writes them, with the post-flow scores that realmath_log.py adds), the post-flow evaluation
+directories (`--post DIR`: DIR/<config>-seed<N>/ with summary.json and samples.parquet, from
+post_eval.tgz) and the untrained model's evaluation directories of studies/realmath_base.sh
+(`--base DIR`, each an extracted <call>_<part>.tgz).
+
+    python studies/realmath_table.py docs/results/realmath_r*_summary.json \
+        --post docs/results/realmath_post --base docs/results/realmath_base/b1_default ... \
+        [--db mlflow.db --curves docs/figures/realmath_curves.png]
+
+Prints, in order:
+  (a) the untrained model: per benchmark and protocol@max_new_tokens, avg@n with its bootstrap
+      95% CI over problems, n, the number of problems and the directories it came from
+      (`report.eval_table`); the real-math train part's row is the policy's own success rate on
+      the training problems. The two OlympiadBench halves (`olympiadbench_a`, `_b`) are one
+      benchmark. Where two protocols sample a benchmark alike (same n, temperature, top_p, seed,
+      length: `paper` and `default` on AIME24/25 and AMC), a missing cell takes the other's.
+  (b), (c) study_table.py's tables with the real-math benchmarks as levels: one row per run with
+      its final scores and `bash studies/realmath.sh CONFIG:SEED`, per method over seeds, and the
+      reference method (`--reference`, default sft_then_rft) minus every method (Welch).
+  (d) paired per-problem differences on the post-flow benchmarks: each problem's accuracy
+      averaged over a method's seeds, minus the same for the reference, on the problems both
+      have (`report.paired_table`: bootstrap CI of the mean difference, sign-flip p-value).
+Missing inputs (a method with one seed, a run without its post-flow directory, a benchmark a run
+lacks) give "-" cells and a line under "Notes"; a malformed file is one error naming it (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import study_table as st  # noqa: E402
+
+from prefix_rft.errors import UserError  # noqa: E402
+from prefix_rft.eval import metrics as em  # noqa: E402
+from prefix_rft.eval import report  # noqa: E402
+
+LEVELS = ("heldout", "aime24", "aime25", "amc", "math500")  # the per-run score columns
+POST = ("aime24", "aime25", "amc", "math500")  # scored by the post-flow eval (samples kept)
+SIX = ("aime24", "aime25", "amc", "math500", "minerva", "olympiadbench")
+PARTS = ("realmath_train", "realmath_heldout")  # realmath_base.sh's problems files of the source
+# eval labels of realmath_base.sh's problems files -> the benchmark they are part of
+MERGE = {"olympiadbench_a": "olympiadbench", "olympiadbench_b": "olympiadbench"}
+NAMES = {"realmath_train": "real-math train part (the policy's own success rate)",
+         "realmath_heldout": "real-math held-out part"}
+PROTOCOLS = ("default@4096", "paper@4096", "paper@1024")  # the base table's columns, in order
+CURVES = (*st.CURVES, "eval/accuracy")  # + the in-training greedy held-out accuracy
+SAMPLING = ("temperature", "top_p", "max_new_tokens", "seed", "grader")
+
+
+def command(row: dict) -> str:
+    """The call that reproduces a run: realmath.sh takes the config's name and the seed."""
+    seed = f":{row['seed']}" if row.get("seed") is not None else ""
+    extra = f"REALMATH_SET='{row['set']}' " if row.get("set") else ""
+    return f"`{extra}bash studies/realmath.sh {Path(row['config']).stem}{seed}`"
+
+
+def run_name(row: dict) -> str:
+    return f"{row.get('method')} seed {row.get('seed')}"
+
+
+# ------------------------------------------------------------------------------ eval directories
+
+def read_eval_dir(d: Path) -> tuple[dict, dict[str, dict[str, float]]]:
+    """An eval output directory's summary.json and its per-problem accuracies (benchmark ->
+    problem id -> accuracy, `protocol.per_problem`); a missing or unreadable file is a UserError
+    naming it."""
+    from prefix_rft.eval.protocol import SAMPLES_FILE, SUMMARY_FILE, per_problem
+
+    path = d / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text())
+        benches = summary["benchmarks"]
+        assert isinstance(benches, dict) and all(isinstance(s, dict) for s in benches.values())
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AssertionError) as e:
+        raise UserError(f"{path}: not a readable `prefix-rft eval` summary ({type(e).__name__}"
+                        f"{': ' + str(e) if str(e) else ''})") from None
+    try:
+        acc = per_problem(d / SAMPLES_FILE)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types; all mean a bad file
+        raise UserError(f"{d / SAMPLES_FILE}: not a readable samples file ({e})") from None
+    for bench in benches:
+        if bench not in acc:
+            raise UserError(f"{d / SAMPLES_FILE}: no samples of {bench}, which summary.json lists")
+    return summary, acc
+
+
+def protocol_label(summary: dict, bench: str) -> tuple[str, dict]:
+    """"name@max_new_tokens" of the protocol `bench` was scored with, and that protocol."""
+    prot = summary["benchmarks"][bench].get("protocol") or summary.get("protocol") or {}
+    if "name" not in prot or "max_new_tokens" not in prot:
+        raise UserError(f"{bench}: the summary.json records no protocol name and length")
+    return f"{prot['name']}@{prot['max_new_tokens']}", prot
+
+
+def _n_for(prot: dict, bench: str) -> int:
+    return int((prot.get("n_per_benchmark") or {}).get(bench, prot.get("n", 1)))
+
+
+def base_cells(dirs: list[Path]) -> tuple[dict, dict, list[str]]:
+    """(protocol label, benchmark) -> {"acc", "n", "src"}: the base directories merged (the
+    OlympiadBench halves joined); the protocols by label; notes."""
+    cells, protos, notes = {}, {}, []
+    for d in dirs:
+        summary, acc = read_eval_dir(d)
+        for bench in summary["benchmarks"]:
+            try:
+                label, prot = protocol_label(summary, bench)
+            except UserError as e:
+                raise UserError(f"{d / 'summary.json'}: {e}") from None
+            protos.setdefault(label, prot)
+            name = MERGE.get(bench, bench)
+            cell = cells.setdefault((label, name), {"acc": {}, "n": _n_for(prot, bench), "src": []})
+            if cell["n"] != _n_for(prot, bench) or set(cell["acc"]) & set(acc[bench]):
+                raise UserError(f"{d}: {bench} under {label} repeats problems or differs in n "
+                                f"from {', '.join(cell['src'])}")
+            cell["acc"].update(acc[bench])
+            cell["src"].append(d.name)
+    for (label, name), cell in list(cells.items()):  # protocols that sample a benchmark alike
+        for other, prot in protos.items():
+            if (other, name) not in cells and _same_samples(protos[label], prot, name):
+                cells[other, name] = {**cell, "src": [f"{s} (= {label})" for s in cell["src"]]}
+                notes.append(f"base, {name} under {other}: the samples of {label} (same n, "
+                             "temperature, top_p, seed and length)")
+    return cells, protos, notes
+
+
+def _same_samples(p: dict, q: dict, bench: str) -> bool:
+    return _n_for(p, bench) == _n_for(q, bench) and all(p.get(k) == q.get(k) for k in SAMPLING)
+
+
+def _bench_order(name: str) -> tuple:
+    known = (*SIX, *PARTS)
+    return (known.index(name), "") if name in known else (len(known), name)
+
+
+def base_table(dirs: list[Path]) -> tuple[list[str], list[str]]:
+    """Table (a), one row per (benchmark, protocol), and its notes."""
+    if not dirs:
+        return [], ["no --base directories: no table of the untrained model"]
+    cells, protos, notes = base_cells(dirs)
+    labels = sorted(protos, key=lambda x: (PROTOCOLS.index(x) if x in PROTOCOLS else 99, x))
+    runs = [report.RunResults(lb, {b: c["acc"] for (lb2, b), c in cells.items() if lb2 == lb},
+                              {b: c["n"] for (lb2, b), c in cells.items() if lb2 == lb})
+            for lb in labels]
+    stats = {(r["run"], r["benchmark"]): r for r in report.eval_table(runs)
+             if r["benchmark"] != "macro"}
+    out = ["| benchmark | protocol @ max new tokens | avg@n [95% CI] | n | problems | from |",
+           "|---|---|---|---|---|---|"]
+    for name in sorted({b for _, b in cells}, key=_bench_order):
+        for lb in labels:
+            if (s := stats.get((lb, name))) is not None:
+                out.append(f"| {NAMES.get(name, name)} | {lb} | {s['avg']:.3f} "
+                           f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}] | {s['n']} | {s['problems']} "
+                           f"| {', '.join(cells[lb, name]['src'])} |")
+    for lb in labels:
+        if all((lb, b) in stats for b in SIX):
+            macro = em.macro_average({b: stats[lb, b]["avg"] for b in SIX})
+            out.append(f"| mean of the six benchmarks | {lb} | {macro:.3f} | - | - | - |")
+    missing = [lb for lb in PROTOCOLS if lb not in protos]
+    if missing:
+        notes.append(f"base: no results under {', '.join(missing)}")
+    return out, notes
+
+
+# -------------------------------------------------------------------------- post-flow directories
+
+def post_results(ok: list[dict], dirs: list[Path]) -> tuple[dict, list[str]]:
+    """MLflow run id -> its post-flow per-problem accuracies (benchmark -> problem -> accuracy).
+    A run's directory is DIR/<config>-seed<N> (or DIR/<config>) whose summary.json evaluated the
+    checkpoint the run's row names (`post_eval.model`): a name alone may be another session's run
+    of the same config and seed."""
+    index: dict[str, list[Path]] = {}
+    for d in dirs:
+        if not d.is_dir():
+            raise UserError(f"--post {d}: no such directory")
+        for sub in sorted(p for p in d.iterdir() if p.is_dir()):
+            index.setdefault(sub.name, []).append(sub)
+    found, notes = {}, []
+    for r in ok:
+        stem = Path(r["config"]).stem
+        cands = index.get(f"{stem}-seed{r.get('seed')}", []) + index.get(stem, [])
+        want = (r.get("post_eval") or {}).get("model")
+        if not want:
+            notes.append(f"{run_name(r)} (`{r['mlflow_run_id']}`): its row has no post-flow eval")
+            continue
+        match = [(s, acc) for d in cands for s, acc in [read_eval_dir(d)] if s.get("model") == want]
+        if match:
+            found[r["mlflow_run_id"]] = match[0][1]
+        else:
+            looked = f" (looked at {', '.join(map(str, cands))})" if cands else ""
+            notes.append(f"{run_name(r)} (`{r['mlflow_run_id']}`): no --post directory of its "
+                         f"checkpoint {want}{looked}")
+    return found, notes
+
+
+def seed_average(per_run: list[dict[str, float]]) -> dict[str, float]:
+    """Problem id -> its accuracy averaged over runs, on the problems every run has."""
+    common = set.intersection(*(set(a) for a in per_run))
+    return {p: sum(a[p] for a in per_run) / len(per_run) for p in sorted(common)}
+
+
+def paired_tables(ok: list[dict], post: dict, reference: str) -> tuple[list[str], list[str]]:
+    """Table (d): per post-flow benchmark and method, the seed-averaged per-problem accuracies
+    minus the reference's (`report.paired_table`), and notes on what is missing."""
+    runs = st.by_method([r for r in ok if r["mlflow_run_id"] in post])
+    if reference not in runs:
+        return [], [f"paired differences: no post-flow results of {reference}"]
+    notes, out = [], [
+        f"| benchmark | method | seeds vs {reference} | method | {reference} | difference "
+        "[95% CI] | p | problems (dropped) | method better / worse / tied |", "|" + "---|" * 9]
+    for bench in POST:
+        averaged, seeds = [], {}
+        for m, rs in runs.items():
+            per_run = [acc[bench] for r in rs if bench in (acc := post[r["mlflow_run_id"]])]
+            seeds[m] = len(per_run)
+            if per_run:
+                averaged.append(report.RunResults(m, {bench: seed_average(per_run)}))
+        names = [r.name for r in averaged]
+        if reference not in names:
+            notes.append(f"paired differences, {bench}: no post-flow results of {reference}")
+            continue
+        base = averaged[names.index(reference)]
+        rows = {row["run"]: row for row in report.paired_table(averaged, names.index(reference))}
+        for m in runs:
+            if m == reference:
+                continue
+            row = rows.get(m)
+            if row is None:
+                why = f"no problem in common with {reference}" if seeds[m] else "no results"
+                notes.append(f"paired differences, {bench}: {m} has {why}")
+                out.append(f"| {bench} | {m} | {seeds[m]} vs {seeds[reference]} |"
+                           + " - |" * 6)
+                continue
+            mine = next(r for r in averaged if r.name == m).per_problem[bench]
+            dropped = len(set(mine) ^ set(base.per_problem[bench]))
+            out.append(f"| {bench} | {m} | {seeds[m]} vs {seeds[reference]} | {row['run_avg']:.3f} "
+                       f"| {row['baseline_avg']:.3f} | {row['diff']:+.3f} "
+                       f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] | {row['p_value']:.3f} "
+                       f"| {row['problems']} ({dropped}) | {row['run_better']} / "
+                       f"{row['baseline_better']} / {row['ties']} |")
+    return out, notes
+
+
+# ---------------------------------------------------------------------------------------- output
+
+def run_notes(rows: list[dict], reference: str) -> list[str]:
+    """What the per-run and per-method tables leave as "-": missing scores, single seeds."""
+    ok = st.succeeded(rows)
+    notes = [f"{run_name(r)} (`{r['mlflow_run_id']}`): no final score on {', '.join(miss)}"
+             for r in ok if (miss := [lv for lv in LEVELS if st.final(r, lv) is None])]
+    runs = st.by_method(ok)
+    notes += [f"{m}: {len(rs)} seed, so no CI over seeds and no Welch difference"
+              for m, rs in runs.items() if len(rs) < 2]
+    if len(runs.get(reference, [])) < 2 and ok:
+        notes.append(f"no Welch table: the reference {reference} has fewer than 2 seeds")
+    return notes
+
+
+def render(rows: list[dict], post_dirs: list[Path], base_dirs: list[Path],
+           reference: str = "sft_then_rft") -> str:
+    base, notes = base_table(base_dirs)
+    out = []
+    if base:
+        out += ["The untrained model (avg@n, bootstrap 95% CI over problems):", "", *base, ""]
+    if rows:
+        out += ["Runs (final checkpoint: heldout greedy from the flow's eval cell; aime24, aime25, "
+                "amc avg@32 and math500 avg@1 at T 0.6 from the post-flow `paper` eval):", "",
+                st.tables(rows, reference, LEVELS, command, "benchmarks").rstrip("\n"), ""]
+        notes += run_notes(rows, reference)
+        post, post_notes = post_results(st.succeeded(rows), post_dirs)
+        paired, paired_notes = paired_tables(st.succeeded(rows), post, reference)
+        notes += post_notes + paired_notes
+        if paired:
+            out += [f"Each method minus {reference}, problem by problem (accuracy averaged over "
+                    "seeds; bootstrap 95% CI over problems, sign-flip p; > 0: the method higher):",
+                    "", *paired, ""]
+    else:
+        notes.append("no run rows: no per-run, per-method or paired tables")
+    if notes:
+        out += ["Notes:", "", *(f"- {n}" for n in notes), ""]
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("summaries", nargs="*", help="summary.json files from studies/realmath.sh")
+    ap.add_argument("--post", action="append", default=[], type=Path,
+                    help="a folder of post-flow eval dirs (<config>-seed<N>/); repeatable")
+    ap.add_argument("--base", action="append", default=[], type=Path,
+                    help="an eval output dir of studies/realmath_base.sh; repeatable")
+    ap.add_argument("--reference", default="sft_then_rft",
+                    help="the method every other method is compared with")
+    ap.add_argument("--db", action="append", default=[],
+                    help="an mlflow.db holding the runs (for --curves; repeatable)")
+    ap.add_argument("--curves", help="write the training-curves figure (PNG) here")
+    args = ap.parse_args(argv)
+    if args.curves and not args.db:
+        ap.error("--curves needs --db")
+    try:
+        rows = st.load(args.summaries)
+        sys.stdout.write(render(rows, args.post, args.base, args.reference))
+        if args.curves:
+            st.curves(rows, args.db, args.curves, CURVES)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
