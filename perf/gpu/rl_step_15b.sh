@@ -23,7 +23,10 @@
 # mid-way keeps the steps it finished (rl_step.py rewrites its JSON after every step).
 # Results: OUTDIR/<row>.json, OUTDIR/merged.json, OUTDIR/table.md; logs in OUTDIR/logs/.
 # Knobs (environment): MICRO (micro-batch of ours and TRL's, 32), TOTAL_S, the per-row budgets
-# B_CEIL B_OURS_VLLM B_OURS_HF B_TRL (seconds per process), VLLM_SET (extra rl_step.py arguments
+# B_CEIL B_OURS_VLLM B_OURS_HF B_TRL (seconds for EACH row of that kind, one process each; the
+# defaults 150 180 150 260 hold a fresh machine's first vLLM start, whose compile has no cache
+# yet: 60-100 s of the budget; measured 2026-12-06 on an H100: TRL's row 249 s for 1 + 2 steps,
+# a ceiling row with 1 + 2 steps over 100 s), VLLM_SET (extra rl_step.py arguments
 # for our vLLM rows, e.g. "--set rollout.logprob_gap=on --set rollout.vllm.gpu_memory_utilization=0.3
 # --set rollout.vllm.sleep_level=1"), STEPS_VLLM, STEPS_HF, STEPS_TRL, STEPS_CEIL, CEIL_PRESETS,
 # CEIL_MEM (gpu_memory_utilization of the ceiling rows, 0.85), HF_SET (extra arguments of the hf rows).
@@ -74,16 +77,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > 
 ROWS=${ROWS:-vllm_generate rft_vllm prefix_rft_vllm rft_hf prefix_rft_hf trl_grpo_vllm}
 for name in $ROWS; do
   case $name in
-    vllm_generate) row vllm_generate "${B_CEIL:-90}" --vllm-ceiling --presets "${CEIL_PRESETS:-rft,prefix_rft}" --steps "${STEPS_CEIL:-1}" --vllm-mem "${CEIL_MEM:-0.85}" ;;
+    vllm_generate) row vllm_generate "${B_CEIL:-150}" --vllm-ceiling --presets "${CEIL_PRESETS:-rft,prefix_rft}" --steps "${STEPS_CEIL:-1}" --vllm-mem "${CEIL_MEM:-0.85}" ;;
     # the ceiling as the colocated engine runs: log-probs returned, at CEIL_MEM of the card
-    vllm_generate_lp) row vllm_generate_lp "${B_CEIL:-90}" --vllm-ceiling --presets "${CEIL_PRESETS:-rft,prefix_rft}" --steps "${STEPS_CEIL:-1}" --vllm-mem "${CEIL_MEM:-0.85}" --ceiling-logprobs ;;
+    vllm_generate_lp) row vllm_generate_lp "${B_CEIL:-150}" --vllm-ceiling --presets "${CEIL_PRESETS:-rft,prefix_rft}" --steps "${STEPS_CEIL:-1}" --vllm-mem "${CEIL_MEM:-0.85}" --ceiling-logprobs ;;
     # ... and with vLLM's engine core in this process, as colocated (no separate engine process)
-    vllm_generate_inproc) VLLM_ENABLE_V1_MULTIPROCESSING=0 row vllm_generate_inproc "${B_CEIL:-90}" --vllm-ceiling --presets "${CEIL_PRESETS:-rft,prefix_rft}" --steps "${STEPS_CEIL:-1}" --vllm-mem "${CEIL_MEM:-0.85}" --ceiling-logprobs ;;
+    vllm_generate_inproc) VLLM_ENABLE_V1_MULTIPROCESSING=0 row vllm_generate_inproc "${B_CEIL:-150}" --vllm-ceiling --presets "${CEIL_PRESETS:-rft,prefix_rft}" --steps "${STEPS_CEIL:-1}" --vllm-mem "${CEIL_MEM:-0.85}" --ceiling-logprobs ;;
     # shellcheck disable=SC2086  # VLLM_SET is a list of arguments
-    rft_vllm|prefix_rft_vllm) row "$name" "$(( ${B_OURS_VLLM:-150} / 2 ))" --presets "${name%_vllm}" --engine vllm --steps "${STEPS_VLLM:-3}" ${VLLM_SET:-} ;;
+    rft_vllm|prefix_rft_vllm) row "$name" "${B_OURS_VLLM:-180}" --presets "${name%_vllm}" --engine vllm --steps "${STEPS_VLLM:-3}" ${VLLM_SET:-} ;;
     # shellcheck disable=SC2086  # HF_SET is a list of arguments
-    rft_hf|prefix_rft_hf) row "$name" "$(( ${B_OURS_HF:-150} / 2 ))" --presets "${name%_hf}" --engine hf --steps "${STEPS_HF:-1}" ${HF_SET:-} ;;
-    trl_grpo_vllm) row trl_grpo_vllm "${B_TRL:-120}" --trl-vllm --trl-vllm-mem 0.3 --trl-vllm-sleep 1 --steps "${STEPS_TRL:-3}" ;;
+    rft_hf|prefix_rft_hf) row "$name" "${B_OURS_HF:-150}" --presets "${name%_hf}" --engine hf --steps "${STEPS_HF:-1}" ${HF_SET:-} ;;
+    trl_grpo_vllm) row trl_grpo_vllm "${B_TRL:-260}" --trl-vllm --trl-vllm-mem 0.3 --trl-vllm-sleep 1 --steps "${STEPS_TRL:-3}" ;;
     *) echo "unknown row $name" | tee -a "$OUTDIR/rc.txt" ;;
   esac
 done
