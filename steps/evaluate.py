@@ -120,8 +120,8 @@ def _engine(cfg: FlowConfig, ref: dict | None, scratch: Path, check=None):
         check(tok, model_dir)
     engine, kind = make_engine(cfg.pipeline.eval_engine, EngineSpec(
         tok, model_dir=model_dir, dtype=eval_dtype(cfg), device=cfg.model.device,
-        max_batch_size=cfg.rollout.max_batch_size, seed=cfg.seed, decoding=cfg.model.decoding),
-        key="pipeline.eval_engine")
+        max_batch_size=cfg.rollout.max_batch_size, seed=cfg.seed, decoding=cfg.model.decoding,
+        enforce_eager=cfg.pipeline.eval_vllm_eager), key="pipeline.eval_engine")
     return engine, tok, kind
 
 

@@ -122,6 +122,12 @@ class PipelineConfig:
         "Generation engine of eval tasks, by its name in prefix_rft.rollout.engines.factory: hf, "
         "vllm, or auto = vLLM when installed with a GPU, else HF.",
     )
+    eval_vllm_eager: bool = option(
+        False,
+        "vLLM eval tasks without torch.compile and CUDA graphs (vLLM's enforce_eager): every task "
+        "starts its own engine, and eager skips the compile and the graph capture (tens of seconds "
+        "a task, longer on a machine whose compile cache is empty) but decodes slower. For short "
+        "evaluations (smoke runs, small held-out sets); no effect on the HF engine.")
     eval_shards: int = option(
         1,
         "Data parallelism of evaluation: each (epoch, benchmark) is split into this many tasks "

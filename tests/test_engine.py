@@ -213,3 +213,35 @@ def test_auto_is_hf_for_an_in_memory_policy(smol_tokenizer):
 def test_unknown_engine_names_the_key():
     with pytest.raises(UserError, match="pipeline.eval_engine 'tpu': expected auto, hf or vllm"):
         make_engine("tpu", EngineSpec(None), key="pipeline.eval_engine")
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_eval_task_builds_its_engine_from_the_pipeline_keys(fixed_answer_engine, smollm2_dir,
+                                                             tmp_path, eager):
+    """An eval cell builds its engine through the factory from the model directory, with
+    `pipeline.eval_vllm_eager` as the spec's enforce_eager, and scores what the engine returns:
+    the fixed answer 1 is right on 2 of the file's 4 problems (golds 1, 2, 1, 3): 0.5."""
+    from prefix_rft.data.problem import Problem, save_problems
+    from prefix_rft.io.tracking import Tracker
+    from steps.evaluate import eval_task
+    from steps.flow_config import resolve_flow
+
+    bench = tmp_path / "ones.jsonl"
+    save_problems([Problem(f"p{i}", f"What is {g} times 1?", g, (), "test")
+                   for i, g in enumerate(["1", "2", "1", "3"])], bench)
+    cfg = resolve_flow({
+        "method": "rft", "model": {"name_or_path": str(smollm2_dir)},
+        "data": {"train": "synthetic:tiny"}, "reward": {"num_workers": 0},
+        "pipeline": {"benchmarks": [str(bench)], "eval_n": 1, "eval_max_new_tokens": 16,
+                     "eval_engine": DUMMY, "eval_vllm_eager": eager},
+    })
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    parent = tracker.create_run("t", "parent", {})
+    item = {"epoch": 0, "checkpoint": None, "benchmark": "ones", "spec": str(bench)}
+    out = eval_task(cfg, item, data_ref={}, tracker=tracker,
+                    tracking={"run_id": parent, "experiment": "t", "uri": tracker.uri}, n_boot=20)
+    (engine,) = fixed_answer_engine
+    assert engine.spec.enforce_eager is eager
+    assert engine.spec.model is None and engine.spec.model_dir == str(smollm2_dir)
+    assert out["num_problems"] == 4 and out["engine"] == DUMMY
+    assert out["value"] == pytest.approx(0.5)

@@ -57,14 +57,15 @@ STILL_RUNNING=3
 case "$PROFILE" in
   gpu) MODEL=qwen2.5-coder-1.5b-instruct; LOAD_S=${LOAD_S:-90}; WORKERS=${E2E_MAX_WORKERS:-1}
        PYFUNC=${E2E_PYFUNC:-0}
-       # rollouts: vLLM colocated, eager (no compile / graph capture: quicker start, few tokens)
+       # rollouts and the six eval tasks: vLLM eager (no compile / graph capture: each start is
+       # tens of seconds shorter, and these generate few tokens)
        PROFILE_SET="model.dtype=bfloat16 rollout.engine=vllm pipeline.eval_engine=vllm
          rollout.vllm.enforce_eager=true rollout.vllm.max_model_len=1024
          rollout.num_prompts=4 rollout.group_size=4 rollout.max_response_len=256
          rollout.max_batch_size=64 rl.micro_batch_size=4 rl.steps=4 pipeline.steps_per_epoch=2
          rollout.prefix_schedule.total_steps=4 reward.num_workers=4
          pipeline.eval_n=1 pipeline.eval_max_problems=4 pipeline.eval_max_new_tokens=256
-         pipeline.train.gpus=1 pipeline.eval.gpus=1" ;;
+         pipeline.eval_vllm_eager=true pipeline.train.gpus=1 pipeline.eval.gpus=1" ;;
   cpu) MODEL=smollm2-135m-instruct; LOAD_S=${LOAD_S:-120}; WORKERS=${E2E_MAX_WORKERS:-2}
        PYFUNC=${E2E_PYFUNC:-1}
        PROFILE_SET="model.dtype=float32 rollout.engine=hf pipeline.eval_engine=hf
