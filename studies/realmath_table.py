@@ -2,8 +2,9 @@
 return: the summary.json files of studies/realmath.sh (one row per run, as studies/study.sh
 writes them, with the post-flow scores that realmath_log.py adds), the post-flow evaluation
 directories (`--post DIR`: DIR/<config>-seed<N>/ with summary.json and samples.parquet, from
-post_eval.tgz) and the untrained model's evaluation directories of studies/realmath_base.sh
-(`--base DIR`, each an extracted <call>_<part>.tgz).
+post_eval.tgz, and flow_heldout/samples.parquet, the flow's own evaluation of the held-out part
+that realmath_log.py copies there) and the untrained model's evaluation directories of
+studies/realmath_base.sh (`--base DIR`, each an extracted <call>_<part>.tgz).
 
     python studies/realmath_table.py docs/results/realmath_r*_summary.json \
         --post docs/results/realmath_post --base docs/results/realmath_base/b1_default ... \
@@ -19,9 +20,10 @@ Prints, in order:
   (b), (c) study_table.py's tables with the real-math benchmarks as levels: one row per run with
       its final scores and `bash studies/realmath.sh CONFIG:SEED`, per method over seeds, and the
       reference method (`--reference`, default sft_then_rft) minus every method (Welch).
-  (d) paired per-problem differences on the post-flow benchmarks: each problem's accuracy
-      averaged over a method's seeds, minus the same for the reference, on the problems both
-      have (`report.paired_table`: bootstrap CI of the mean difference, sign-flip p-value).
+  (d) paired per-problem differences on the held-out part (the flow's samples) and the
+      post-flow benchmarks: each problem's accuracy averaged over a method's seeds, minus the
+      same for the reference, on the problems both have (`report.paired_table`: bootstrap CI
+      of the mean difference, sign-flip p-value).
 Missing inputs (a method with one seed, a run without its post-flow directory, a benchmark a run
 lacks) give "-" cells and a line under "Notes"; a malformed file is one error naming it (exit 2).
 """
@@ -41,8 +43,9 @@ from prefix_rft.errors import UserError  # noqa: E402
 from prefix_rft.eval import metrics as em  # noqa: E402
 from prefix_rft.eval import report  # noqa: E402
 
-LEVELS = ("heldout", "aime24", "aime25", "amc", "math500")  # the per-run score columns
-POST = ("aime24", "aime25", "amc", "math500")  # scored by the post-flow eval (samples kept)
+# the per-run score columns and the paired table's benchmarks: heldout from the flow's eval
+# cell, the others from the post-flow eval
+LEVELS = ("heldout", "aime24", "aime25", "amc", "math500")
 SIX = ("aime24", "aime25", "amc", "math500", "minerva", "olympiadbench")
 PARTS = ("realmath_train", "realmath_heldout")  # realmath_base.sh's problems files of the source
 # eval labels of realmath_base.sh's problems files -> the benchmark they are part of
@@ -172,7 +175,8 @@ def base_table(dirs: list[Path]) -> tuple[list[str], list[str]]:
 # -------------------------------------------------------------------------- post-flow directories
 
 def post_results(ok: list[dict], dirs: list[Path]) -> tuple[dict, list[str]]:
-    """MLflow run id -> its post-flow per-problem accuracies (benchmark -> problem -> accuracy).
+    """MLflow run id -> its post-flow per-problem accuracies (benchmark -> problem -> accuracy),
+    `heldout` included where the directory has the flow's samples (`flow_samples`).
     A run's directory is DIR/<config>-seed<N> (or DIR/<config>) whose summary.json evaluated the
     checkpoint the run's row names (`post_eval.model`): a name alone may be another session's run
     of the same config and seed."""
@@ -190,14 +194,28 @@ def post_results(ok: list[dict], dirs: list[Path]) -> tuple[dict, list[str]]:
         if not want:
             notes.append(f"{run_name(r)} (`{r['mlflow_run_id']}`): its row has no post-flow eval")
             continue
-        match = [(s, acc) for d in cands for s, acc in [read_eval_dir(d)] if s.get("model") == want]
+        match = [(d, acc) for d in cands for s, acc in [read_eval_dir(d)] if s.get("model") == want]
         if match:
-            found[r["mlflow_run_id"]] = match[0][1]
+            found[r["mlflow_run_id"]] = {**flow_samples(match[0][0]), **match[0][1]}
         else:
             looked = f" (looked at {', '.join(map(str, cands))})" if cands else ""
             notes.append(f"{run_name(r)} (`{r['mlflow_run_id']}`): no --post directory of its "
                          f"checkpoint {want}{looked}")
     return found, notes
+
+
+def flow_samples(d: Path) -> dict[str, dict[str, float]]:
+    """The per-problem accuracies of the flow's own evaluations copied into a post-flow directory
+    (d/flow_*/samples.parquet: `heldout`), under the benchmark names the files hold."""
+    from prefix_rft.eval.protocol import SAMPLES_FILE, per_problem
+
+    out: dict[str, dict[str, float]] = {}
+    for path in sorted(d.glob(f"flow_*/{SAMPLES_FILE}")):
+        try:
+            out.update(per_problem(path))
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types; all mean a bad file
+            raise UserError(f"{path}: not a readable samples file ({e})") from None
+    return out
 
 
 def seed_average(per_run: list[dict[str, float]]) -> dict[str, float]:
@@ -207,15 +225,16 @@ def seed_average(per_run: list[dict[str, float]]) -> dict[str, float]:
 
 
 def paired_tables(ok: list[dict], post: dict, reference: str) -> tuple[list[str], list[str]]:
-    """Table (d): per post-flow benchmark and method, the seed-averaged per-problem accuracies
-    minus the reference's (`report.paired_table`), and notes on what is missing."""
+    """Table (d): per benchmark (the held-out part, then the post-flow ones) and method, the
+    seed-averaged per-problem accuracies minus the reference's (`report.paired_table`), and
+    notes on what is missing."""
     runs = st.by_method([r for r in ok if r["mlflow_run_id"] in post])
     if reference not in runs:
         return [], [f"paired differences: no post-flow results of {reference}"]
     notes, out = [], [
         f"| benchmark | method | seeds vs {reference} | method | {reference} | difference "
         "[95% CI] | p | problems (dropped) | method better / worse / tied |", "|" + "---|" * 9]
-    for bench in POST:
+    for bench in LEVELS:
         averaged, seeds = [], {}
         for m, rs in runs.items():
             per_run = [acc[bench] for r in rs if bench in (acc := post[r["mlflow_run_id"]])]

@@ -4,22 +4,38 @@ row format completed by studies/realmath_log.py itself against a real (sqlite) M
 
 Two methods (sft_then_rft, the reference, and prefix_rft) x 2 seeds x 2 post-flow benchmarks
 (aime24 with 2 samples a problem, math500 with 1) x 3 problems, plus a one-seed luffy run without
-post-flow results and a failed run. Every expected number is worked out in the comments."""
+post-flow results and a failed run. The four runs with post-flow results also have the flow's
+greedy `heldout` evaluation of 10 problems as child runs, logged by the flow's own code
+(`steps.evaluate._log_cell`), which realmath_log.py copies beside the post-flow results. Every
+expected number is worked out in the comments."""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from prefix_rft.eval import metrics as em
 from prefix_rft.eval.metrics import summarize
-from prefix_rft.eval.protocol import PROTOCOLS, BenchmarkResult, grading_failures, write_results
+from prefix_rft.eval.protocol import (
+    PROTOCOLS,
+    SAMPLES_FILE,
+    BenchmarkResult,
+    grading_failures,
+    per_problem,
+    write_results,
+)
+from prefix_rft.io import run_layout
+from prefix_rft.io.tracking import Tracker
+from steps import evaluate as seval
+from steps.flow_config import load_flow_config
 
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = ROOT / "studies"
 
 
 def _module(name: str):
@@ -48,23 +64,53 @@ HELDOUT = {("sft_then_rft", 1): 0.4, ("sft_then_rft", 2): 0.5, ("prefix_rft", 1)
            ("prefix_rft", 2): 0.2, ("luffy", 1): 0.35}
 POST_PROTOCOL = dataclasses.replace(PROTOCOLS["paper"], max_new_tokens=1024,
                                     n_per_benchmark={"aime24": 2})
+# the flow's greedy held-out cell at the last epoch (1): problem h<i> right where digit i is 1;
+# the share of ones is the row's heldout score (HELDOUT). Seed averages on h0..h9:
+#   sft_then_rft 1, 1, .5, .5, .5, .5, .5, 0, 0, 0 (mean .45)
+#   prefix_rft   1, .5, .5, 0, 0, 0, 0, 0, 0, .5  (mean .25)
+FLOW_HELDOUT = {("sft_then_rft", 1): "1111000000", ("sft_then_rft", 2): "1100111000",
+                ("prefix_rft", 1): "1010000001", ("prefix_rft", 2): "1100000000"}
+HELDOUT_PROTOCOL = dataclasses.replace(PROTOCOLS["paper"], temperature=0.0, top_p=1.0,
+                                       max_new_tokens=1024)
+
+
+def bench_result(bench: str, probs: dict, protocol, model: str) -> BenchmarkResult:
+    """One benchmark's records and summary as `protocol.evaluate_benchmark` returns them."""
+    records = [{"benchmark": bench, "problem_id": pid, "sample": k, "completion": "\\boxed{1}",
+                "extracted": "1", "correct": bool(c), "status": "correct" if c else "wrong",
+                "finish_reason": "stop", "num_tokens": 5}
+               for pid, cs in probs.items() for k, c in enumerate(cs)]
+    summary = {"benchmark": bench, "metric": f"avg_at_{protocol.n_for(bench)}",
+               **summarize([[bool(c) for c in cs] for cs in probs.values()]),
+               "no_answer_frac": 0.0, **grading_failures(records), "mean_tokens": 5.0,
+               "protocol": protocol.to_dict(), "model": model}
+    return BenchmarkResult(bench, records, summary)
 
 
 def write_eval(out: Path, tables: dict, protocol, model: str) -> dict:
     """An eval output directory as `prefix-rft eval` writes it (records, summary per benchmark)."""
-    results = []
-    for bench, probs in tables.items():
-        records = [{"benchmark": bench, "problem_id": pid, "sample": k, "completion": "\\boxed{1}",
-                    "extracted": "1", "correct": bool(c), "status": "correct" if c else "wrong",
-                    "finish_reason": "stop", "num_tokens": 5}
-                   for pid, cs in probs.items() for k, c in enumerate(cs)]
-        summary = {"benchmark": bench, "metric": f"avg_at_{protocol.n_for(bench)}",
-                   **summarize([[bool(c) for c in cs] for cs in probs.values()]),
-                   "no_answer_frac": 0.0, **grading_failures(records),
-                   "protocol": protocol.to_dict(), "model": model}
-        results.append(BenchmarkResult(bench, records, summary))
+    results = [bench_result(bench, probs, protocol, model) for bench, probs in tables.items()]
     return write_results(out, results, extra={"model": model, "engine": "vllm",
                                               "protocol": protocol.to_dict(), "source": "default"})
+
+
+def log_flow_heldout(tracker, tracking: dict, epoch: int, digits: str, shards: int = 1) -> None:
+    """The flow's `heldout` cell of one epoch as its eval tasks log it (`_log_cell`: a child run
+    per shard holding samples.parquet), shard k taking problems k, k + shards, ... as
+    `eval_task` does; the summary has the keys `eval_task` gives it."""
+    cfg = load_flow_config(ROOT / "configs" / "realmath" / "prefix_rft.yaml")
+    probs = [(f"h{i}", [d == "1"]) for i, d in enumerate(digits)]
+    for shard in range(shards):
+        res = bench_result("heldout", dict(probs[shard::shards]), HELDOUT_PROTOCOL, "ckpt")
+        s = res.summary
+        summary = {"epoch": epoch, "benchmark": "heldout", "n": 1, "value": s["avg_at_n"],
+                   "metric": run_layout.metric_key("heldout", 1), "ci": [s["ci_low"], s["ci_high"]],
+                   "num_problems": s["num_problems"], "no_answer_frac": 0.0,
+                   "grading_timeouts": 0, "grading_errors": 0, "checkpoint_uri": "ckpt",
+                   "engine": "vllm", "protocol": HELDOUT_PROTOCOL.to_dict(), "shard": shard,
+                   "shards": shards}
+        with tempfile.TemporaryDirectory() as tmp:
+            seval._log_cell(cfg, tracker, tracking, summary, res, Path(tmp))
 
 
 def study_row(method: str, seed: int, run_id: str | None, rc: int = 0) -> dict:
@@ -80,13 +126,14 @@ def study_row(method: str, seed: int, run_id: str | None, rc: int = 0) -> dict:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """Summaries a.json and b.json (one row in both), post dirs, a stale post dir, MLflow file."""
-    from mlflow import MlflowClient
-
+    """Summaries a.json and b.json (one row in both), post dirs, a stale post dir, MLflow file
+    (artifacts beside it). The flow's heldout cell of sft_then_rft seed 2 is in two shards;
+    sft_then_rft seed 1 also has an all-wrong epoch-0 cell, which is not the last epoch."""
     d = tmp_path_factory.mktemp("realmath")
     uri = f"sqlite:///{d / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("realmath")
+    tracker = Tracker(uri)
+    client = tracker.client
+    exp = tracker.experiment_id("realmath")
     rows = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
@@ -98,6 +145,11 @@ def study(tmp_path_factory):
             row_path.parent.mkdir(exist_ok=True)
             row_path.write_text(json.dumps(study_row(method, seed, run_id)))
             if (method, seed) in POST:
+                tracking = {"run_id": run_id, "experiment": "realmath"}
+                if (method, seed) == ("sft_then_rft", 1):
+                    log_flow_heldout(tracker, tracking, 0, "0" * 10)
+                log_flow_heldout(tracker, tracking, 1, FLOW_HELDOUT[method, seed],
+                                 shards=2 if (method, seed) == ("sft_then_rft", 2) else 1)
                 model = f"/tmp/realmath/checkpoints/{method}-seed{seed}/F/l/17{seed}/step-000010"
                 write_eval(d / "post" / f"{method}-seed{seed}", POST[method, seed], POST_PROTOCOL,
                            model)
@@ -126,6 +178,50 @@ def test_realmath_log_rows_carry_the_post_flow_scores(study):
     assert r["scores"]["aime24"]["1"]["value"] == 0.625
     assert r["scores"]["aime24"]["1"]["metric"] == "avg_at_2"
     assert r["post_eval"]["model"].endswith("prefix_rft-seed1/F/l/171/step-000010")
+
+
+def test_realmath_log_copies_the_flow_heldout_samples(study):
+    d, _ = study
+    for (method, seed), digits in FLOW_HELDOUT.items():
+        path = d / "post" / f"{method}-seed{seed}" / "flow_heldout" / SAMPLES_FILE
+        # the last epoch's cell (not sft_then_rft seed 1's all-wrong epoch 0), both shards of
+        # sft_then_rft seed 2 joined: every problem once, as the flow scored it
+        assert per_problem(path) == {"heldout": {f"h{i}": float(c == "1")
+                                                 for i, c in enumerate(digits)}}
+
+
+def test_realmath_log_without_a_flow_heldout_file(study, capsys):
+    """A run with no heldout child run, one whose child run lacks samples.parquet, one with a
+    shard missing: one line each, exit 0, the post-flow scores logged, a stale copy removed."""
+    d, _ = study
+    tracker = Tracker(f"sqlite:///{d / 'mlflow.db'}")
+    post = d / "post_extra" / "luffy-seed1"
+    write_eval(post, {"math500": {"p0": [1], "p1": [0]}}, POST_PROTOCOL, "/tmp/ckpt/luffy")
+    row_path = d / "post_extra" / "row.json"
+    cases = {None: "no evaluation child run of heldout under run {}: no samples copied",
+             "0/1": f"no {SAMPLES_FILE} of heldout epoch 1 in run {{}} (",
+             "0/2": "epoch 1 of heldout lacks a shard in run {}: no samples copied"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", tracker.uri)
+        for shard, line in cases.items():
+            run_id = tracker.create_run("realmath", "luffy", {})
+            if shard:  # a heldout child run that logged no samples (its task died after starting)
+                tracker.create_run("realmath", run_layout.eval_run_name("heldout", 1), {
+                    run_layout.EPOCH: 1, run_layout.BENCHMARK: "heldout",
+                    run_layout.SHARD: shard}, parent_run_id=run_id)
+            row_path.write_text(json.dumps(study_row("luffy", 1, run_id)))
+            stale = post / "flow_heldout" / SAMPLES_FILE  # from an earlier run of this name
+            stale.parent.mkdir(exist_ok=True)
+            stale.write_bytes((d / "post" / "prefix_rft-seed1" / "flow_heldout" /
+                               SAMPLES_FILE).read_bytes())
+            assert LOG.main(str(post / "summary.json"), run_id, str(row_path)) == 0
+            out = capsys.readouterr().out.splitlines()
+            assert out[0].startswith("  math500: eval/math500/avg_at_1 = 0.5000")
+            assert len(out) == 2 and out[1].startswith("  heldout: " + line.format(run_id))
+            assert out[1].endswith(": no samples copied")
+            assert not (post / "flow_heldout").exists()
+            assert json.loads(row_path.read_text())["scores"]["math500"]["1"]["value"] == 0.5
+            assert tracker.metric_history(run_id, "eval/math500/avg_at_1") == [(1, 0.5)]
 
 
 def test_per_run_table(study):
@@ -185,6 +281,18 @@ def test_paired_per_problem_differences(study):
     assert m.ci_low <= m.diff <= m.ci_high and round(m.diff, 3) == -0.333
     assert (f"| math500 | prefix_rft | 2 vs 2 | 0.167 | 0.500 | -0.333 [{m.ci_low:+.3f}, "
             f"{m.ci_high:+.3f}] | {m.p_value:.3f} | 3 (1) | 0 / 2 / 1 |") in text
+    # heldout, from the flow's samples (FLOW_HELDOUT): prefix_rft minus sft_then_rft per problem
+    # 0, -.5, 0, -.5, -.5, -.5, -.5, 0, 0, +.5 -> -0.200 (= the per-run means .25 - .45);
+    # better on h9, worse on h1, h3..h6, tied on h0, h2, h7, h8
+    ref = {f"h{i}": v for i, v in enumerate([1, 1, .5, .5, .5, .5, .5, 0, 0, 0])}
+    mine = {f"h{i}": v for i, v in enumerate([1, .5, .5, 0, 0, 0, 0, 0, 0, .5])}
+    h = em.paired_comparison(ref, mine)
+    assert round(h.diff, 3) == -0.2 and -0.5 < h.ci_low <= h.diff <= h.ci_high <= 0
+    assert 0.15 < h.p_value < 0.3  # 14 of the 64 sign patterns of the six non-zero ones: .219
+    assert (f"| heldout | prefix_rft | 2 vs 2 | 0.250 | 0.450 | -0.200 [{h.ci_low:+.3f}, "
+            f"{h.ci_high:+.3f}] | {h.p_value:.3f} | 10 (0) | 1 / 5 / 4 |") in text
+    lines = [x.split(" | ")[0] for x in text.splitlines() if "| prefix_rft | 2 vs 2 | 0." in x]
+    assert lines == ["| heldout", "| aime24", "| math500"]  # the held-out part first
     # luffy has no post-flow eval in its row; the stale prefix_rft-seed2 dir was not used
     luffy = rows["luffy", 1]["mlflow_run_id"]
     assert f"- luffy seed 1 (`{luffy}`): its row has no post-flow eval" in text
