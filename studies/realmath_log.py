@@ -5,7 +5,9 @@ store), ROW the run's summary row of studies/study.sh. Each benchmark's avg@n an
 go into the run as `eval/<benchmark>/avg_at_<n>`, `ci_low`, `ci_high`, `no_answer_frac` at the
 step of the run's last epoch (the names the flow's eval cells use, so the notebook and
 study_table.py read them alike), the run gets the tag `realmath.post_eval` = the protocol, and
-the row's `scores` get the same numbers.
+the row's `scores` get the same numbers. Each benchmark also becomes an evaluation child run of
+the flow's run in the layout of the flow's eval cells (its samples as samples.parquet), so the
+comparison notebook shows it beside the flow's own `heldout`.
 
 Then the per-sample results of the flow's own `heldout` evaluation at its last epoch (the
 evaluation child runs' samples.parquet, shards joined) are copied beside SUMMARY as
@@ -48,8 +50,53 @@ def main(summary_path: str, run_id: str, row_path: str) -> int:
     client.set_tag(run_id, "realmath.post_eval", json.dumps(protocol, sort_keys=True))
     row["post_eval"] = {"protocol": protocol, "model": summary.get("model")}
     json.dump(row, open(row_path, "w"), indent=1)
+    children = log_post_cells(tracker, run_id, epoch, summary, Path(summary_path).parent)
+    print(f"  evaluation child runs for the notebook: {len(children)}")
     print(f"  {FLOW_BENCH}: {copy_flow_samples(tracker, run_id, Path(summary_path).parent)}")
     return 0
+
+
+def log_post_cells(tracker, run_id: str, epoch: int, summary: dict, post_dir: Path) -> list[str]:
+    """One evaluation child run per post-flow benchmark, laid out as the flow's eval cells are
+    (tags epoch/benchmark/checkpoint/engine/shard, the benchmark's protocol as params, its
+    scores, its rows of samples.parquet and the summary as artifacts), so that
+    notebooks/compare_runs.py and `report.load_pipeline_run` see these benchmarks at the run's
+    last epoch next to the flow's own. Returns the child run ids."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from prefix_rft.eval.protocol import SAMPLES_FILE, SUMMARY_FILE
+
+    experiment = tracker.client.get_experiment(
+        tracker.client.get_run(run_id).info.experiment_id).name
+    protocol = dict(summary.get("protocol", {}))
+    per_bench_n = protocol.pop("n_per_benchmark", {}) or {}
+    samples = pq.read_table(post_dir / SAMPLES_FILE)
+    engine = summary.get("engine", "")
+    children = []
+    with tempfile.TemporaryDirectory(prefix="realmath-log-") as tmp:
+        for bench, s in summary["benchmarks"].items():
+            bench_protocol = protocol | {"n": per_bench_n.get(bench, protocol.get("n", 1))}
+            child = tracker.create_run(experiment, run_layout.eval_run_name(bench, epoch), {
+                run_layout.EPOCH: epoch, run_layout.BENCHMARK: bench,
+                run_layout.CHECKPOINT: summary.get("model"), run_layout.ENGINE: engine,
+                run_layout.SHARD: run_layout.UNSHARDED, "realmath.post_eval": "true",
+            }, parent_run_id=run_id)
+            tracker.log_params(child, run_layout.protocol_params(bench_protocol) | {
+                run_layout.BENCHMARK: bench, run_layout.EPOCH: epoch, run_layout.ENGINE: engine})
+            n = bench_protocol["n"]
+            tracker.log_metrics(child, {"avg_at_n": s["avg_at_n"], f"avg_at_{n}": s["avg_at_n"],
+                                        "ci_low": s["ci_low"], "ci_high": s["ci_high"]}, step=epoch)
+            d = Path(tmp) / bench
+            d.mkdir()
+            pq.write_table(samples.filter(pc.equal(samples["benchmark"], bench)), d / SAMPLES_FILE)
+            (d / SUMMARY_FILE).write_text(json.dumps(
+                {"benchmark": bench, "protocol": bench_protocol, **s}, indent=1))
+            tracker.log_artifact(child, d / SAMPLES_FILE)
+            tracker.log_artifact(child, d / SUMMARY_FILE)
+            tracker.terminate(child, "FINISHED")
+            children.append(child)
+    return children
 
 
 def copy_flow_samples(tracker, run_id: str, post_dir: Path, bench: str = FLOW_BENCH) -> str:

@@ -190,6 +190,24 @@ def test_realmath_log_copies_the_flow_heldout_samples(study):
                                                  for i, c in enumerate(digits)}}
 
 
+def test_post_flow_benchmarks_are_evaluation_child_runs_the_notebook_reads(study):
+    """realmath_log.py logs each post-flow benchmark as an evaluation child run, so the reader
+    behind notebooks/compare_runs.py (`report.load_pipeline_run`) sees it at the last epoch
+    beside the flow's own heldout cell: prefix_rft seed 1's per-problem accuracies are POST's
+    (aime24 1, 1, .5, 0 with n 2; math500 0, 0, 0, 1 with n 1) and FLOW_HELDOUT's digits."""
+    from prefix_rft.eval.report import load_pipeline_run
+
+    d, rows = study
+    tracker = Tracker(f"sqlite:///{d / 'mlflow.db'}")
+    res = load_pipeline_run(tracker, rows["prefix_rft", 1]["mlflow_run_id"])
+    assert res.epoch == 1 and res.incomplete == []
+    assert res.per_problem == {
+        "aime24": {"p0": 1.0, "p1": 1.0, "p2": 0.5, "p3": 0.0},
+        "math500": {"p0": 0.0, "p1": 0.0, "p2": 0.0, "p3": 1.0},
+        "heldout": {f"h{i}": float(c == "1") for i, c in enumerate("1010000001")}}
+    assert res.n == {"aime24": 2, "math500": 1, "heldout": 1}
+
+
 def test_realmath_log_without_a_flow_heldout_file(study, capsys):
     """A run with no heldout child run, one whose child run lacks samples.parquet, one with a
     shard missing: one line each, exit 0, the post-flow scores logged, a stale copy removed."""
@@ -217,8 +235,9 @@ def test_realmath_log_without_a_flow_heldout_file(study, capsys):
             assert LOG.main(str(post / "summary.json"), run_id, str(row_path)) == 0
             out = capsys.readouterr().out.splitlines()
             assert out[0].startswith("  math500: eval/math500/avg_at_1 = 0.5000")
-            assert len(out) == 2 and out[1].startswith("  heldout: " + line.format(run_id))
-            assert out[1].endswith(": no samples copied")
+            assert out[1] == "  evaluation child runs for the notebook: 1"
+            assert len(out) == 3 and out[2].startswith("  heldout: " + line.format(run_id))
+            assert out[2].endswith(": no samples copied")
             assert not (post / "flow_heldout").exists()
             assert json.loads(row_path.read_text())["scores"]["math500"]["1"]["value"] == 0.5
             assert tracker.metric_history(run_id, "eval/math500/avg_at_1") == [(1, 0.5)]
