@@ -200,15 +200,28 @@ def eval_task(cfg: FlowConfig, item: dict, *, data_ref: dict, tracker=None, trac
 def _log_cell(cfg: FlowConfig, tracker, tracking: dict, summary: dict, res, scratch: Path) -> str:
     """Log one evaluated cell (`summary` as eval_task returns it, `res` its BenchmarkResult):
     the parent run's metrics (unless the cell is sharded: join_eval logs it once all shards are
-    in) and a FINISHED child run with the protocol, the scores and the per-sample results.
-    Returns the child run's id."""
+    in) and its child run (`log_eval_child`). Returns the child run's id."""
+    if summary["shards"] == 1:
+        tracker.log_metrics(tracking["run_id"], _cell_metrics(summary), step=summary["epoch"],
+                            model_id=summary.get("model_id"))
+    return log_eval_child(tracker, tracking, summary, res, scratch,
+                          log_samples=cfg.tracking.log_samples)
+
+
+def log_eval_child(tracker, tracking: dict, summary: dict, res, scratch: Path, *,
+                   log_samples: int) -> str:
+    """The FINISHED evaluation child run of one cell under `tracking["run_id"]` (in
+    `tracking["experiment"]`): tags epoch/benchmark/checkpoint/engine/shard, the protocol as
+    params (its `n` = the cell's samples per problem, `summary["n"]`), the scores, a preview of
+    `log_samples` samples and the per-sample results (samples.parquet, summary.json). `summary`
+    needs epoch, benchmark, shard, shards, engine, n, metric, checkpoint_uri, protocol and may name
+    a model_id; `res` is the cell's BenchmarkResult. The layout `report.load_pipeline_run` and
+    notebooks/compare_runs.py read. Returns the child run's id."""
     from prefix_rft.eval.protocol import SAMPLES_FILE, SUMMARY_FILE, write_results
 
     parent, epoch, bench = tracking["run_id"], summary["epoch"], summary["benchmark"]
     shard, shards, kind, n = summary["shard"], summary["shards"], summary["engine"], summary["n"]
     model_id = summary.get("model_id")
-    if shards == 1:
-        tracker.log_metrics(parent, _cell_metrics(summary), step=epoch, model_id=model_id)
     name = run_layout.eval_run_name(bench, epoch, shard, shards)
     child = tracker.create_run(tracking["experiment"], name, {
         run_layout.EPOCH: epoch, run_layout.BENCHMARK: bench,
@@ -217,7 +230,7 @@ def _log_cell(cfg: FlowConfig, tracker, tracking: dict, summary: dict, res, scra
     }, parent_run_id=parent)
     if model_id:
         tracker.link_model_input(child, model_id)
-    tracker.log_params(child, run_layout.protocol_params(summary["protocol"]) | {
+    tracker.log_params(child, run_layout.protocol_params(summary["protocol"] | {"n": n}) | {
         run_layout.BENCHMARK: bench, run_layout.EPOCH: epoch, run_layout.ENGINE: kind})
     s = res.summary
     child_metrics = {"avg_at_n": s["avg_at_n"], summary["metric"]: s["avg_at_n"],
@@ -230,7 +243,7 @@ def _log_cell(cfg: FlowConfig, tracker, tracking: dict, summary: dict, res, scra
         child_metrics[f"maj_at_{n}"] = s["maj_at_n"]
     tracker.log_metrics(child, child_metrics, step=epoch)
     preview = [{k: r[k] for k in ("problem_id", "sample", "completion", "extracted", "correct")}
-               for r in res.records[: cfg.tracking.log_samples]]
+               for r in res.records[:log_samples]]
     tracker.log_table(child, preview, run_layout.SAMPLES_PREVIEW_ARTIFACT)
     out = scratch / "results"
     write_results(out, [res])

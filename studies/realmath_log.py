@@ -57,45 +57,34 @@ def main(summary_path: str, run_id: str, row_path: str) -> int:
 
 
 def log_post_cells(tracker, run_id: str, epoch: int, summary: dict, post_dir: Path) -> list[str]:
-    """One evaluation child run per post-flow benchmark, laid out as the flow's eval cells are
-    (tags epoch/benchmark/checkpoint/engine/shard, the benchmark's protocol as params, its
-    scores, its rows of samples.parquet and the summary as artifacts), so that
+    """One evaluation child run per post-flow benchmark, logged by the flow's own
+    `steps.evaluate.log_eval_child` (the layout of the flow's eval cells: tags, the benchmark's
+    protocol, its scores, a preview and its rows of samples.parquet), so that
     notebooks/compare_runs.py and `report.load_pipeline_run` see these benchmarks at the run's
     last epoch next to the flow's own. Returns the child run ids."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from prefix_rft.eval.protocol import SAMPLES_FILE, SUMMARY_FILE
+    from prefix_rft.eval.protocol import SAMPLES_FILE, BenchmarkResult
+    from steps.evaluate import log_eval_child
+    from steps.flow_config import TrackingConfig
 
     experiment = tracker.client.get_experiment(
         tracker.client.get_run(run_id).info.experiment_id).name
-    protocol = dict(summary.get("protocol", {}))
-    per_bench_n = protocol.pop("n_per_benchmark", {}) or {}
+    tracking = {"run_id": run_id, "experiment": experiment}
     samples = pq.read_table(post_dir / SAMPLES_FILE)
-    engine = summary.get("engine", "")
     children = []
     with tempfile.TemporaryDirectory(prefix="realmath-log-") as tmp:
         for bench, s in summary["benchmarks"].items():
-            bench_protocol = protocol | {"n": per_bench_n.get(bench, protocol.get("n", 1))}
-            child = tracker.create_run(experiment, run_layout.eval_run_name(bench, epoch), {
-                run_layout.EPOCH: epoch, run_layout.BENCHMARK: bench,
-                run_layout.CHECKPOINT: summary.get("model"), run_layout.ENGINE: engine,
-                run_layout.SHARD: run_layout.UNSHARDED, "realmath.post_eval": "true",
-            }, parent_run_id=run_id)
-            tracker.log_params(child, run_layout.protocol_params(bench_protocol) | {
-                run_layout.BENCHMARK: bench, run_layout.EPOCH: epoch, run_layout.ENGINE: engine})
-            n = bench_protocol["n"]
-            tracker.log_metrics(child, {"avg_at_n": s["avg_at_n"], f"avg_at_{n}": s["avg_at_n"],
-                                        "ci_low": s["ci_low"], "ci_high": s["ci_high"]}, step=epoch)
-            d = Path(tmp) / bench
-            d.mkdir()
-            pq.write_table(samples.filter(pc.equal(samples["benchmark"], bench)), d / SAMPLES_FILE)
-            (d / SUMMARY_FILE).write_text(json.dumps(
-                {"benchmark": bench, "protocol": bench_protocol, **s}, indent=1))
-            tracker.log_artifact(child, d / SAMPLES_FILE)
-            tracker.log_artifact(child, d / SUMMARY_FILE)
-            tracker.terminate(child, "FINISHED")
-            children.append(child)
+            records = samples.filter(pc.equal(samples["benchmark"], bench)).to_pylist()
+            cell = {"epoch": epoch, "benchmark": bench, "shard": 0, "shards": 1,
+                    "engine": summary.get("engine", ""), "n": s["n"],
+                    "metric": run_layout.metric_key(bench, s["n"]),
+                    "checkpoint_uri": summary.get("model"),
+                    "protocol": s.get("protocol") or summary.get("protocol", {})}
+            children.append(log_eval_child(tracker, tracking, cell,
+                                           BenchmarkResult(bench, records, s), Path(tmp) / bench,
+                                           log_samples=TrackingConfig().log_samples))
     return children
 
 
