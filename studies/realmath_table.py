@@ -269,9 +269,9 @@ def paired_tables(ok: list[dict], post: dict, reference: str) -> tuple[list[str]
 
 # ---------------------------------------------------------------------------------------- output
 
-def run_notes(rows: list[dict], reference: str) -> list[str]:
-    """What the per-run and per-method tables leave as "-": missing scores, single seeds."""
-    ok = st.succeeded(rows)
+def run_notes(ok: list[dict], reference: str) -> list[str]:
+    """What the per-run and per-method tables leave as "-" for the runs with results (`ok`):
+    missing scores, single seeds."""
     notes = [f"{run_name(r)} (`{r['mlflow_run_id']}`): no final score on {', '.join(miss)}"
              for r in ok if (miss := [lv for lv in LEVELS if st.final(r, lv) is None])]
     runs = st.by_method(ok)
@@ -292,9 +292,10 @@ def render(rows: list[dict], post_dirs: list[Path], base_dirs: list[Path],
         out += ["Runs (final checkpoint: heldout greedy from the flow's eval cell; aime24, aime25, "
                 "amc avg@32 and math500 avg@1 at T 0.6 from the post-flow `paper` eval):", "",
                 st.tables(rows, reference, LEVELS, command, "benchmarks").rstrip("\n"), ""]
-        notes += run_notes(rows, reference)
-        post, post_notes = post_results(st.succeeded(rows), post_dirs)
-        paired, paired_notes = paired_tables(st.succeeded(rows), post, reference)
+        ok = st.succeeded(rows)
+        notes += run_notes(ok, reference)
+        post, post_notes = post_results(ok, post_dirs)
+        paired, paired_notes = paired_tables(ok, post, reference)
         notes += post_notes + paired_notes
         if paired:
             out += [f"Each method minus {reference}, problem by problem (accuracy averaged over "
