@@ -157,6 +157,21 @@ def _time_generate(engine, requests, sampling, args) -> dict:
 
 
 # ---------------------------------------------------------------------------- TRL
+def _trl_dataset(dataset_cls, rows: list[dict]):
+    """`Dataset.from_list(rows)` with its fingerprint taken from the rows' JSON: by default
+    `datasets` fingerprints an in-memory table by pickling it with dill, which raised
+    `PicklingError: Can't pickle <class 'MonthDayNano'>` on the GPU machine (datasets 5.2.0,
+    pyarrow 25.0.1, 2026-12-06) although the same versions pickle fine on the CPU VM."""
+    import hashlib
+    import json
+
+    import pyarrow as pa
+    from datasets.table import InMemoryTable
+
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return dataset_cls(InMemoryTable(pa.Table.from_pylist(rows)), fingerprint=digest)
+
+
 def _trl_config(args, device, dtype, use_vllm: bool, out_dir: str):
     """GRPOConfig of the TRL rows: Dr. GRPO, beta 0, one optimizer step per generation batch
     (micro-batches of `--micro-batch-size` accumulated), prefix-rft's optimizer defaults."""
@@ -305,7 +320,7 @@ def run_trl(args, model_path: str, tok, pool, device, use_vllm: bool = False) ->
     cfg = _trl_config(args, device, dtype, use_vllm, tempfile.mkdtemp(prefix="trl-bench-"))
     try:
         trainer = GRPOTrainer(model=model, reward_funcs=boxed_answer, args=cfg,
-                              train_dataset=Dataset.from_list(rows), processing_class=tok,
+                              train_dataset=_trl_dataset(Dataset, rows), processing_class=tok,
                               callbacks=[timers.callback])
         # the prompts must tokenise exactly as ours
         text = tok.apply_chat_template(rows[0]["prompt"], tokenize=False, add_generation_prompt=True)
