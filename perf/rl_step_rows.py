@@ -157,7 +157,7 @@ def _time_generate(engine, requests, sampling, args) -> dict:
 
 
 # ---------------------------------------------------------------------------- TRL
-def _trl_dataset(dataset_cls, rows: list[dict]):
+def _trl_dataset(rows: list[dict]):
     """`Dataset.from_list(rows)` with its fingerprint taken from the rows' JSON: by default
     `datasets` fingerprints an in-memory table by pickling it with dill, which raised
     `PicklingError: Can't pickle <class 'MonthDayNano'>` on the GPU machine (datasets 5.2.0,
@@ -166,10 +166,11 @@ def _trl_dataset(dataset_cls, rows: list[dict]):
     import json
 
     import pyarrow as pa
+    from datasets import Dataset
     from datasets.table import InMemoryTable
 
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return dataset_cls(InMemoryTable(pa.Table.from_pylist(rows)), fingerprint=digest)
+    return Dataset(InMemoryTable(pa.Table.from_pylist(rows)), fingerprint=digest)
 
 
 def _trl_config(args, device, dtype, use_vllm: bool, out_dir: str):
@@ -301,8 +302,6 @@ def run_trl(args, model_path: str, tok, pool, device, use_vllm: bool = False) ->
         msg = TRL_MISSING.format(err=e)
         print(msg, file=sys.stderr, flush=True)
         return {"error": msg}
-    from datasets import Dataset
-
     from prefix_rft import models
     from prefix_rft.rollout.prompting import build_messages, encode_prompt
 
@@ -320,7 +319,7 @@ def run_trl(args, model_path: str, tok, pool, device, use_vllm: bool = False) ->
     cfg = _trl_config(args, device, dtype, use_vllm, tempfile.mkdtemp(prefix="trl-bench-"))
     try:
         trainer = GRPOTrainer(model=model, reward_funcs=boxed_answer, args=cfg,
-                              train_dataset=_trl_dataset(Dataset, rows), processing_class=tok,
+                              train_dataset=_trl_dataset(rows), processing_class=tok,
                               callbacks=[timers.callback])
         # the prompts must tokenise exactly as ours
         text = tok.apply_chat_template(rows[0]["prompt"], tokenize=False, add_generation_prompt=True)

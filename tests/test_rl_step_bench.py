@@ -80,14 +80,12 @@ def test_trl_dataset_keeps_the_rows_and_fingerprints_them_by_content(bench):
     """TRL's train dataset is built with a fingerprint from the rows' JSON (datasets' default
     pickles the table with dill, which failed on the GPU machine): same rows, same fingerprint;
     one changed answer, another; the rows themselves unchanged."""
-    from datasets import Dataset
-
     rows = [{"prompt": [{"role": "user", "content": "1+1?"}], "answer": "2"},
             {"prompt": [{"role": "user", "content": "2+3?"}], "answer": "5"}]
     make = bench.rows_mod()._trl_dataset
-    ds = make(Dataset, rows)
+    ds = make(rows)
     assert ds.to_list() == rows
-    assert make(Dataset, [dict(r) for r in rows])._fingerprint == ds._fingerprint
+    assert make([dict(r) for r in rows])._fingerprint == ds._fingerprint
     changed = [rows[0], {**rows[1], "answer": "6"}]
-    assert make(Dataset, changed)._fingerprint != ds._fingerprint
+    assert make(changed)._fingerprint != ds._fingerprint
     assert len(ds._fingerprint) == 16
