@@ -157,22 +157,6 @@ def _time_generate(engine, requests, sampling, args) -> dict:
 
 
 # ---------------------------------------------------------------------------- TRL
-def _trl_dataset(rows: list[dict]):
-    """`Dataset.from_list(rows)` with its fingerprint taken from the rows' JSON: by default
-    `datasets` fingerprints an in-memory table by pickling it with dill, which raised
-    `PicklingError: Can't pickle <class 'MonthDayNano'>` on the GPU machine (datasets 5.2.0,
-    pyarrow 25.0.1, 2026-12-06) although the same versions pickle fine on the CPU VM."""
-    import hashlib
-    import json
-
-    import pyarrow as pa
-    from datasets import Dataset
-    from datasets.table import InMemoryTable
-
-    digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Dataset(InMemoryTable(pa.Table.from_pylist(rows)), fingerprint=digest)
-
-
 def _trl_config(args, device, dtype, use_vllm: bool, out_dir: str):
     """GRPOConfig of the TRL rows: Dr. GRPO, beta 0, one optimizer step per generation batch
     (micro-batches of `--micro-batch-size` accumulated), prefix-rft's optimizer defaults."""
@@ -303,6 +287,7 @@ def run_trl(args, model_path: str, tok, pool, device, use_vllm: bool = False) ->
         print(msg, file=sys.stderr, flush=True)
         return {"error": msg}
     from prefix_rft import models
+    from prefix_rft.data.loading import in_memory_dataset
     from prefix_rft.rollout.prompting import build_messages, encode_prompt
 
     rows = [{"prompt": build_messages(p.prompt), "answer": p.answer} for p in pool]
@@ -319,7 +304,7 @@ def run_trl(args, model_path: str, tok, pool, device, use_vllm: bool = False) ->
     cfg = _trl_config(args, device, dtype, use_vllm, tempfile.mkdtemp(prefix="trl-bench-"))
     try:
         trainer = GRPOTrainer(model=model, reward_funcs=boxed_answer, args=cfg,
-                              train_dataset=_trl_dataset(rows), processing_class=tok,
+                              train_dataset=in_memory_dataset(rows), processing_class=tok,
                               callbacks=[timers.callback])
         # the prompts must tokenise exactly as ours
         text = tok.apply_chat_template(rows[0]["prompt"], tokenize=False, add_generation_prompt=True)

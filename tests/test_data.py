@@ -27,7 +27,7 @@ from prefix_rft.data import (
     synthetic_arithmetic,
 )
 from prefix_rft.data.filter import filter_openr1_dataset, filter_openr1_source, openr1_parts
-from prefix_rft.data.loading import open_parts
+from prefix_rft.data.loading import in_memory_dataset, open_parts
 from prefix_rft.data.readers import detect_schema, iter_file, strip_instruction, unwrap_boxed
 from prefix_rft.data.synthetic import LEVELS, pool_size
 from prefix_rft.errors import UserError
@@ -647,6 +647,34 @@ def test_filter_source_with_a_real_tokenizer_equals_the_row_filter(smol_tokenize
                                    num_proc=1)
         assert got == expected
     assert filter_openr1_source(str(RAW), smol_tokenizer, max_trace_tokens=40, limit=2)[1].input_rows == 2
+
+
+def test_in_memory_dataset_keeps_the_rows_and_fingerprints_them_by_content():
+    """In-memory datasets (JSON parts, TRL's benchmark rows) get a fingerprint from the rows'
+    JSON, not from dill-pickling the table (which failed on the GPU machine): same rows, same
+    fingerprint; one changed answer, another; the rows themselves unchanged."""
+    rows = [{"prompt": [{"role": "user", "content": "1+1?"}], "answer": "2"},
+            {"prompt": [{"role": "user", "content": "2+3?"}], "answer": "5"}]
+    ds = in_memory_dataset(rows)
+    assert ds.to_list() == rows
+    assert in_memory_dataset([dict(r) for r in rows])._fingerprint == ds._fingerprint
+    changed = [rows[0], {**rows[1], "answer": "6"}]
+    assert in_memory_dataset(changed)._fingerprint != ds._fingerprint
+    assert len(ds._fingerprint) == 16
+
+
+def test_json_parts_are_fingerprinted_by_content(tmp_path):
+    """The same JSON lines under two file names are one dataset to `datasets`' cache; one
+    changed row makes another."""
+    text = RAW.read_text()
+    (tmp_path / "a.jsonl").write_text(text)
+    (tmp_path / "b.jsonl").write_text(text)
+    lines = text.splitlines()
+    (tmp_path / "c.jsonl").write_text("\n".join([lines[0].replace('"answer": "7"', '"answer": "8"')] + lines[1:]))
+    a, b, c = (openr1_parts(str(tmp_path / f"{n}.jsonl"))[0] for n in "abc")
+    assert '"answer": "8"' in (tmp_path / "c.jsonl").read_text()
+    assert len(a) == len(lines) == len(c)
+    assert a._fingerprint == b._fingerprint != c._fingerprint
 
 
 def test_dedupe_problems_normalises_whitespace_and_case():

@@ -74,18 +74,3 @@ def test_math500_workload_keeps_answers_and_solutions(bench):
     pool = bench.math500_problems(3)
     assert [len(p.demonstrations) for p in pool] == [1, 1, 1]
     assert all(p.answer and "\\boxed" in p.demonstrations[0] for p in pool)
-
-
-def test_trl_dataset_keeps_the_rows_and_fingerprints_them_by_content(bench):
-    """TRL's train dataset is built with a fingerprint from the rows' JSON (datasets' default
-    pickles the table with dill, which failed on the GPU machine): same rows, same fingerprint;
-    one changed answer, another; the rows themselves unchanged."""
-    rows = [{"prompt": [{"role": "user", "content": "1+1?"}], "answer": "2"},
-            {"prompt": [{"role": "user", "content": "2+3?"}], "answer": "5"}]
-    make = bench.rows_mod()._trl_dataset
-    ds = make(rows)
-    assert ds.to_list() == rows
-    assert make([dict(r) for r in rows])._fingerprint == ds._fingerprint
-    changed = [rows[0], {**rows[1], "answer": "6"}]
-    assert make(changed)._fingerprint != ds._fingerprint
-    assert len(ds._fingerprint) == 16

@@ -242,18 +242,16 @@ def openr1_parts(spec: str, *, split: str = "train") -> list:
     """The parts of `spec` as `datasets.Dataset`s the filter can map over. Typed parts (parquet,
     hub) are used as loaded; JSON parts are parsed by the readers (their errors name the file and
     line) and held as one JSON string per row, since rows of one file may differ in shape."""
-    from prefix_rft.data.loading import datasets_module, open_parts
+    from prefix_rft.data.loading import in_memory_dataset, open_parts
     from prefix_rft.data.readers import part_rows
 
-    datasets = datasets_module()
     out = []
     for part in open_parts(spec, split=split):
         ds = part.dataset
         if part.kind != "table":
-            ds = datasets.Dataset.from_dict(
-                {"_json": [json.dumps(r.fields) for r in part_rows(part)]})
+            ds = in_memory_dataset([{"_json": json.dumps(r.fields)} for r in part_rows(part)])
         elif not hasattr(ds, "map"):
-            ds = datasets.Dataset.from_list([dict(r) for r in ds])
+            ds = in_memory_dataset([dict(r) for r in ds])
         if part.file and len(ds) == 0:
             raise UserError(f"{part.where}: file has no rows (expected raw OpenR1 rows)")
         out.append(ds)

@@ -103,6 +103,24 @@ def datasets_module():
     return datasets
 
 
+def in_memory_dataset(rows: list[dict]):
+    """`datasets.Dataset.from_list(rows)` fingerprinted by the rows' JSON. By default
+    `datasets` fingerprints an in-memory table by pickling it with dill, which raised
+    `PicklingError: Can't pickle <class 'MonthDayNano'>` on the GPU machine (datasets 5.2.0,
+    pyarrow 25.0.1, 2026-12-06) where the same versions pickle fine on the CPU VM; a content
+    fingerprint also keeps `map`'s cache keyed by what the rows hold."""
+    import hashlib
+    import json
+
+    datasets = datasets_module()
+    import pyarrow as pa
+    from datasets.table import InMemoryTable
+
+    blob = json.dumps(rows, sort_keys=True, default=str).encode()
+    return datasets.Dataset(InMemoryTable(pa.Table.from_pylist(rows)),
+                            fingerprint=hashlib.sha256(blob).hexdigest()[:16])
+
+
 def split_of(name: str) -> str | None:
     head = re.split(r"[-_.]", name.lower(), maxsplit=1)[0]
     return SPLIT_ALIASES.get(head)
