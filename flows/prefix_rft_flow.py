@@ -1,7 +1,7 @@
 """The Prefix-RFT training pipeline (Metaflow).
 
     start -> filter_data -> train_epoch (loops to itself, one task per epoch) -> plan_eval
-          -> eval_task (foreach epoch x benchmark, @catch) -> join_eval -> end
+          -> eval_task (foreach epoch x benchmark or epoch, @catch) -> join_eval -> end
 
 Only wiring, decorators and resources live here; each step's work is a plain function in
 `steps/` (runnable and testable without Metaflow). Everything a run does is logged to one MLflow
@@ -195,7 +195,7 @@ class PrefixRFTFlow(FlowSpec):
                memory=config_expr("config.pipeline.data.memory_mb"))
     @step
     def plan_eval(self):
-        """One evaluation task per (epoch, benchmark)."""
+        """One evaluation task per (epoch, benchmark), or per epoch (pipeline.eval_task_per)."""
         from steps.evaluate import plan_eval
 
         cfg, _ = self._open()
@@ -211,14 +211,15 @@ class PrefixRFTFlow(FlowSpec):
                shared_memory=config_expr("config.pipeline.shared_memory_mb"))
     @step
     def eval_task(self):
-        """Evaluate one checkpoint on one benchmark (a failure loses only this cell)."""
-        from steps.evaluate import eval_task
+        """Evaluate one checkpoint on one benchmark, or on all of them with one engine (a failure
+        loses only this task's cells)."""
+        from steps.evaluate import eval_item
 
         self.item = self.input
         self.eval_result = None
         with self._user_errors_not_retried():
             cfg, tracker = self._open()
-            self.eval_result = eval_task(cfg, self.item, data_ref=self.data_ref,
+            self.eval_result = eval_item(cfg, self.item, data_ref=self.data_ref,
                                          tracker=tracker, tracking=self.tracking)
         self.next(self.join_eval)
 
@@ -227,17 +228,16 @@ class PrefixRFTFlow(FlowSpec):
     @step
     def join_eval(self, inputs):
         """Score table, best epoch, learning curves, model registry."""
-        from steps.evaluate import join_eval
+        from steps.evaluate import error_line, item_failures, join_eval
 
         results, failures = [], []
         for inp in inputs:
             err = getattr(inp, "eval_error", None)
             if err is None and inp.eval_result is not None:
-                results.append(inp.eval_result)
+                results += inp.eval_result[0]
+                failures += inp.eval_result[1]
             else:
-                shard = f" (shard {inp.item['shard']}/{inp.item['shards']})" if inp.item.get("shards", 1) > 1 else ""
-                failures.append({"epoch": inp.item["epoch"], "benchmark": inp.item["benchmark"],
-                                 "error": (str(err).strip().splitlines()[-1] if err else "no result") + shard})
+                failures += item_failures(inp.item, error_line(err) if err else "no result")
         self.merge_artifacts(inputs, exclude=["item", "eval_result", "eval_error"])
         cfg, tracker = self._open()
         self.eval_summary = join_eval(cfg, results, failures, self.epochs_done,

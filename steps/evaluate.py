@@ -1,7 +1,11 @@
-"""plan_eval -> eval_task (one per epoch x benchmark) -> join_eval.
+"""plan_eval -> eval_task (one per epoch x benchmark, or per epoch) -> join_eval.
 
-Each evaluation runs in its own task (its own process and, on a cluster, its own GPU), so a
-broken benchmark or a crash loses only that cell: the flow catches it and `join_eval` reports it.
+By default each evaluation runs in its own task (its own process and, on a cluster, its own GPU),
+so a broken benchmark or a crash loses only that cell: the flow catches it and `join_eval`
+reports it. `pipeline.eval_task_per: checkpoint` evaluates every benchmark of a checkpoint in one
+task with one engine (`eval_item`): one vLLM start instead of one per benchmark; a benchmark
+whose file or prompts are a user error is a failure row of that task, found before the engine
+starts, and the others are still scored.
 A benchmark is `heldout` (the lineage's held-out set from `data.test`), a synthetic level's
 held-out split (`synthetic:add`, `synthetic:mul`, `synthetic:word`: one cell each, filed as
 `synthetic_add` ...), a named benchmark or a problems file (.jsonl/.json/.parquet with
@@ -42,7 +46,10 @@ def benchmark_name(spec: str) -> str:
 
 
 def plan_eval(cfg: FlowConfig, epochs_done: list[dict], warm_start: dict | None) -> list[dict]:
-    """The (epoch, checkpoint, benchmark) cells to evaluate, one task each."""
+    """The evaluation items, one task each, epoch-major. `pipeline.eval_task_per` benchmark: one
+    item per (epoch, benchmark, shard) with `benchmark` and `spec`; checkpoint: one item per
+    (epoch, shard) whose `benchmarks` lists every [benchmark, spec] (its `benchmark` is their
+    names joined with '+', for logs and the Metaflow UI)."""
     items = []
     cells: list[tuple[int, dict | None]] = []
     if cfg.pipeline.eval_base:
@@ -50,12 +57,32 @@ def plan_eval(cfg: FlowConfig, epochs_done: list[dict], warm_start: dict | None)
     trained = epochs_done if cfg.pipeline.eval_epochs == "all" else epochs_done[-1:]
     cells += [(e["epoch"], e["checkpoint"]) for e in trained]
     shards = cfg.pipeline.eval_shards
+    named = [[benchmark_name(spec), spec] for spec in cfg.pipeline.benchmarks]
     for epoch, ref in cells:
-        for spec in cfg.pipeline.benchmarks:
+        if cfg.pipeline.eval_task_per == "checkpoint":
+            items += [{"epoch": epoch, "checkpoint": ref, "benchmark": "+".join(n for n, _ in named),
+                       "benchmarks": named, "shard": shard, "shards": shards}
+                      for shard in range(shards)]
+            continue
+        for name, spec in named:
             for shard in range(shards):
-                items.append({"epoch": epoch, "checkpoint": ref, "benchmark": benchmark_name(spec),
+                items.append({"epoch": epoch, "checkpoint": ref, "benchmark": name,
                               "spec": spec, "shard": shard, "shards": shards})
     return items
+
+
+def error_line(err: BaseException) -> str:
+    """The line of an exception a failure row shows: its message's last line."""
+    lines = str(err).strip().splitlines()
+    return lines[-1] if lines else type(err).__name__
+
+
+def item_failures(item: dict, error: str) -> list[dict]:
+    """The failure rows of an eval item that produced no result (its task failed after its
+    retries): one per benchmark it held, naming the shard when the item is one of several."""
+    shard = f" (shard {item['shard']}/{item['shards']})" if item.get("shards", 1) > 1 else ""
+    names = [n for n, _ in item["benchmarks"]] if "benchmarks" in item else [item["benchmark"]]
+    return [{"epoch": item["epoch"], "benchmark": n, "error": error + shard} for n in names]
 
 
 def uses_eval_section(spec: str) -> bool:
@@ -151,50 +178,118 @@ def _prompt_check(cfg: FlowConfig, bench: str, problems, protocol):
 
 def eval_task(cfg: FlowConfig, item: dict, *, data_ref: dict, tracker=None, tracking: dict | None = None,
               n_boot: int = 2000) -> dict:
-    from prefix_rft.eval.protocol import evaluate_benchmark, problem_accuracy
+    """One checkpoint on one benchmark (an item of `pipeline.eval_task_per: benchmark`): its
+    summary. A user error (unreadable file, prompts too long) is raised before the engine starts."""
     from prefix_rft.rollout.reward import RewardGrader
 
     use_cpus(cfg.pipeline.eval.cpus)
-    epoch, bench = item["epoch"], item["benchmark"]
-    shard, shards = item.get("shard", 0), item.get("shards", 1)
+    bench, shard, shards = item["benchmark"], item.get("shard", 0), item.get("shards", 1)
     protocol = protocol_for(cfg, item["spec"])
     problems = _problems(cfg, item["spec"], data_ref)[shard::shards]
-    label = item["checkpoint"]["uri"] if item["checkpoint"] else cfg.model.name_or_path
     with tempfile.TemporaryDirectory(prefix="prefix-rft-eval-") as tmp:
         engine, tok, kind = _engine(cfg, item["checkpoint"], Path(tmp),
                                     check=_prompt_check(cfg, bench, problems, protocol))
         try:
             with RewardGrader(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s,
                               think_tags=cfg.model.think_tags) as grader:
-                res = evaluate_benchmark(engine, tok, bench, problems, protocol, grader,
-                                         think_tags=cfg.model.think_tags, model=label,
-                                         chat_template=cfg.model.chat_template, n_boot=n_boot)
+                return _score(cfg, item, bench, problems, protocol, (engine, tok, kind), grader,
+                              tracker=tracker, tracking=tracking, scratch=Path(tmp), n_boot=n_boot)
         finally:
             engine.close()
-        n = protocol.n_for(bench)
-        key = run_layout.metric_key(bench, n)
-        s = res.summary
-        summary = {
-            "epoch": epoch, "benchmark": bench, "metric": key, "value": s["avg_at_n"], "n": n,
-            "num_problems": s["num_problems"], "no_answer_frac": s["no_answer_frac"],
-            "grading_timeouts": s["grading_timeouts"], "grading_errors": s["grading_errors"],
-            "ci": [s["ci_low"], s["ci_high"]], "pass_at_k": s["pass_at_k"],
-            "maj_at_n": s.get("maj_at_n"), "checkpoint_uri": label, "engine": kind,
-            "protocol": protocol.to_dict(), "shard": shard, "shards": shards,
-            "per_problem": problem_accuracy(res.records)[bench],
-        }
-        log.info("epoch %d %s: %s = %.4f [%.4f, %.4f] over %d problems (%s engine)", epoch, bench,
-                 key, s["avg_at_n"], s["ci_low"], s["ci_high"], s["num_problems"], kind)
-        if s["grading_timeouts"] or s["grading_errors"]:
-            log.warning("epoch %d %s: %d grading timeouts and %d grading errors (scored 0, counted "
-                        "in grading_timeouts / grading_errors)", epoch, bench,
-                        s["grading_timeouts"], s["grading_errors"])
-        if tracker is not None and tracking:
-            if item["checkpoint"]:  # the evaluated checkpoint's LoggedModel (made if missing)
-                summary["model_id"] = tracker.checkpoint_model(
-                    tracking["experiment_id"], tracking["run_id"], item["checkpoint"])
-            summary["child_run_id"] = _log_cell(cfg, tracker, tracking, summary, res, Path(tmp))
-        return summary
+
+
+def eval_item(cfg: FlowConfig, item: dict, *, data_ref: dict, tracker=None,
+              tracking: dict | None = None, n_boot: int = 2000) -> tuple[list[dict], list[dict]]:
+    """What the flow's eval_task runs: (summaries, failure rows) of one item. A one-benchmark item
+    is `eval_task` (its user error is raised, so the flow records it without a retry); a
+    checkpoint item evaluates every benchmark with one engine: a benchmark whose problems or
+    prompts are a user error becomes a failure row before the engine starts, the rest go on
+    (all of them failing raises the first error); any other error fails the whole task."""
+    if "benchmarks" not in item:
+        return [eval_task(cfg, item, data_ref=data_ref, tracker=tracker, tracking=tracking,
+                          n_boot=n_boot)], []
+    from prefix_rft.rollout.reward import RewardGrader
+
+    use_cpus(cfg.pipeline.eval.cpus)
+    shard, shards = item.get("shard", 0), item.get("shards", 1)
+    failures: list[dict] = []
+    errors: list[UserError] = []
+    ready = []  # (benchmark, problems, protocol)
+
+    def fail(bench: str, err: UserError) -> None:
+        errors.append(err)
+        failures.extend(item_failures({**item, "benchmarks": [[bench, None]]}, error_line(err)))
+        log.error("epoch %d %s: %s", item["epoch"], bench, error_line(err))
+
+    for bench, spec in item["benchmarks"]:
+        try:
+            ready.append((bench, _problems(cfg, spec, data_ref)[shard::shards], protocol_for(cfg, spec)))
+        except UserError as err:
+            fail(bench, err)
+
+    def check(tok, config_or_dir) -> None:  # every benchmark's prompts, before the engine starts
+        for cell in list(ready):
+            try:
+                _prompt_check(cfg, cell[0], cell[1], cell[2])(tok, config_or_dir)
+            except UserError as err:
+                ready.remove(cell)
+                fail(cell[0], err)
+        if not ready:
+            raise errors[0]
+
+    if not ready:
+        raise errors[0]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="prefix-rft-eval-") as tmp:
+        engine, tok, kind = _engine(cfg, item["checkpoint"], Path(tmp), check=check)
+        try:
+            with RewardGrader(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s,
+                              think_tags=cfg.model.think_tags) as grader:
+                for bench, problems, protocol in ready:
+                    results.append(_score(cfg, item, bench, problems, protocol, (engine, tok, kind),
+                                          grader, tracker=tracker, tracking=tracking,
+                                          scratch=Path(tmp), n_boot=n_boot))
+        finally:
+            engine.close()
+    return results, failures
+
+
+def _score(cfg: FlowConfig, item: dict, bench: str, problems, protocol, made, grader, *,
+           tracker, tracking: dict | None, scratch: Path, n_boot: int) -> dict:
+    """Evaluate `problems` of `bench` with the made (engine, tokenizer, kind), log the cell to
+    MLflow when tracking, and return its summary."""
+    from prefix_rft.eval.protocol import evaluate_benchmark, problem_accuracy
+
+    engine, tok, kind = made
+    epoch, shard, shards = item["epoch"], item.get("shard", 0), item.get("shards", 1)
+    label = item["checkpoint"]["uri"] if item["checkpoint"] else cfg.model.name_or_path
+    res = evaluate_benchmark(engine, tok, bench, problems, protocol, grader,
+                             think_tags=cfg.model.think_tags, model=label,
+                             chat_template=cfg.model.chat_template, n_boot=n_boot)
+    n = protocol.n_for(bench)
+    key = run_layout.metric_key(bench, n)
+    s = res.summary
+    summary = {
+        "epoch": epoch, "benchmark": bench, "metric": key, "value": s["avg_at_n"], "n": n,
+        "num_problems": s["num_problems"], "no_answer_frac": s["no_answer_frac"],
+        "grading_timeouts": s["grading_timeouts"], "grading_errors": s["grading_errors"],
+        "ci": [s["ci_low"], s["ci_high"]], "pass_at_k": s["pass_at_k"],
+        "maj_at_n": s.get("maj_at_n"), "checkpoint_uri": label, "engine": kind,
+        "protocol": protocol.to_dict(), "shard": shard, "shards": shards,
+        "per_problem": problem_accuracy(res.records)[bench],
+    }
+    log.info("epoch %d %s: %s = %.4f [%.4f, %.4f] over %d problems (%s engine)", epoch, bench,
+             key, s["avg_at_n"], s["ci_low"], s["ci_high"], s["num_problems"], kind)
+    if s["grading_timeouts"] or s["grading_errors"]:
+        log.warning("epoch %d %s: %d grading timeouts and %d grading errors (scored 0, counted "
+                    "in grading_timeouts / grading_errors)", epoch, bench,
+                    s["grading_timeouts"], s["grading_errors"])
+    if tracker is not None and tracking:
+        if item["checkpoint"]:  # the evaluated checkpoint's LoggedModel (made if missing)
+            summary["model_id"] = tracker.checkpoint_model(
+                tracking["experiment_id"], tracking["run_id"], item["checkpoint"])
+        summary["child_run_id"] = _log_cell(cfg, tracker, tracking, summary, res, scratch)
+    return summary
 
 
 def _log_cell(cfg: FlowConfig, tracker, tracking: dict, summary: dict, res, scratch: Path) -> str:

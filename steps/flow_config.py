@@ -94,7 +94,8 @@ class PipelineConfig:
     )
     benchmarks: list = option(
         ["heldout"],
-        "Evaluated after training, each checkpoint x benchmark in its own task: 'heldout' "
+        "Evaluated after training, each checkpoint x benchmark in its own task (see "
+        "eval_task_per): 'heldout' "
         "(data.test, with the `eval` section's settings), 'synthetic:LEVEL' (the built-in "
         "task's held-out split of one level: tiny, add, mul, word; filed as synthetic_LEVEL; "
         "also with the `eval` section's settings), a benchmark name (aime24, aime25, amc, "
@@ -133,6 +134,13 @@ class PipelineConfig:
         "Data parallelism of evaluation: each (epoch, benchmark) is split into this many tasks "
         "(every K-th problem each, one GPU each); join_eval merges them per problem.", ge=1)
     eval_epochs: Literal["all", "last"] = option("all", "Which epoch-end checkpoints are evaluated.")
+    eval_task_per: Literal["benchmark", "checkpoint"] = option(
+        "benchmark",
+        "What one eval_task evaluates: benchmark = one checkpoint on one benchmark (each cell its "
+        "own task and GPU: parallel on a cluster, a failure loses one cell); checkpoint = one "
+        "checkpoint on every benchmark with one engine (one vLLM start instead of one per "
+        "benchmark, 30-60 s each: the faster choice on one GPU; a benchmark's user error, e.g. "
+        "prompts too long, fails only that benchmark). eval_shards splits either kind of task.")
     train_retries: int = option(
         1, "@retry of train_epoch: a retried task resumes from its latest in-epoch checkpoint.",
         ge=0, le=MAX_RETRIES

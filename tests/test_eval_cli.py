@@ -272,3 +272,75 @@ def test_sharded_evaluation_plan_and_merge():
     # a shard missing without a reported failure is a failure too
     merged2, fails2, _ = merge_shards(results[:2], [], n_boot=10)
     assert merged2 == [] and fails2 == [{"epoch": 1, "benchmark": "amc", "error": "2 of 3 shards reported"}]
+
+
+def _group_cfg(smollm2_dir, benchmarks, **pipeline):
+    from steps.flow_config import resolve_flow
+
+    return resolve_flow({
+        "method": "rft", "seed": 3,
+        "model": {"name_or_path": str(smollm2_dir),
+                  "random_init": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "seed": 0}},
+        "data": {"train": "synthetic:tiny"},
+        "reward": {"num_workers": 0},
+        "pipeline": {"benchmarks": benchmarks, "eval_protocol": "paper", "eval_n": 2,
+                     "eval_max_new_tokens": 5, "eval_max_problems": 3, "eval_engine": "hf",
+                     "eval_base": True, **pipeline},
+    })
+
+
+def test_one_task_per_checkpoint_scores_every_benchmark_as_separate_tasks_do(smollm2_dir):
+    """pipeline.eval_task_per checkpoint: one item per epoch holding every benchmark, evaluated
+    with one engine; each benchmark's summary equals the one its own task gives (the same seeded
+    sampling per benchmark), in the configured order."""
+    from steps.evaluate import eval_item, plan_eval
+
+    benches = ["amc", "aime24"]
+    per_bench = plan_eval(_group_cfg(smollm2_dir, benches), [], None)
+    grouped_cfg = _group_cfg(smollm2_dir, benches, eval_task_per="checkpoint")
+    grouped = plan_eval(grouped_cfg, [], None)
+    assert [i["benchmark"] for i in per_bench] == ["amc", "aime24"]
+    assert grouped == [{"epoch": 0, "checkpoint": None, "benchmark": "amc+aime24",
+                        "benchmarks": [["amc", "amc"], ["aime24", "aime24"]],
+                        "shard": 0, "shards": 1}]
+    separate = [r for it in per_bench for r in eval_item(grouped_cfg, it, data_ref={}, n_boot=50)[0]]
+    together, failures = eval_item(grouped_cfg, grouped[0], data_ref={}, n_boot=50)
+    assert failures == []
+    assert [r["benchmark"] for r in together] == ["amc", "aime24"]
+    assert [r["num_problems"] for r in together] == [3, 3]
+    for a, b in zip(separate, together):
+        assert (a["metric"], a["value"], a["per_problem"], a["ci"]) == (
+            b["metric"], b["value"], b["per_problem"], b["ci"])
+
+
+def test_one_task_per_checkpoint_fails_only_the_benchmark_with_a_user_error(smollm2_dir, tmp_path):
+    """In a checkpoint item a missing problems file and prompts longer than the context are
+    failure rows naming the benchmark, found before the engine starts; the other benchmark is
+    scored. When every benchmark fails, the first user error is raised (the flow does not retry
+    it)."""
+    from steps.evaluate import eval_item, plan_eval
+
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"problem": "word " * 9000, "answer": "1"}) + "\n")
+    missing = tmp_path / "missing.jsonl"
+    cfg = _group_cfg(smollm2_dir, ["amc", str(missing), str(long)], eval_task_per="checkpoint")
+    item = plan_eval(cfg, [], None)[0]
+    results, failures = eval_item(cfg, item, data_ref={}, n_boot=50)
+    assert [r["benchmark"] for r in results] == ["amc"]
+    assert [(f["epoch"], f["benchmark"]) for f in failures] == [(0, "missing"), (0, "long")]
+    assert "missing.jsonl" in failures[0]["error"]
+    assert "long" in failures[1]["error"] and "max_new_tokens" in failures[1]["error"]
+    bad = _group_cfg(smollm2_dir, [str(missing), str(long)], eval_task_per="checkpoint")
+    with pytest.raises(UserError, match="missing.jsonl"):
+        eval_item(bad, plan_eval(bad, [], None)[0], data_ref={}, n_boot=50)
+
+
+def test_item_failures_name_every_benchmark_of_a_failed_task():
+    from steps.evaluate import item_failures
+
+    one = {"epoch": 2, "benchmark": "amc", "spec": "amc", "shard": 1, "shards": 3}
+    group = {"epoch": 1, "benchmark": "amc+heldout", "benchmarks": [["amc", "amc"], ["heldout", "heldout"]],
+             "shard": 0, "shards": 1}
+    assert item_failures(one, "boom") == [{"epoch": 2, "benchmark": "amc", "error": "boom (shard 1/3)"}]
+    assert item_failures(group, "oom") == [{"epoch": 1, "benchmark": "amc", "error": "oom"},
+                                           {"epoch": 1, "benchmark": "heldout", "error": "oom"}]

@@ -178,13 +178,19 @@ def test_warm_start_from_checkpoint_uri(happy, local_servers, tmp_path):
     assert new[0] == old[2]
 
 
-def test_s3_checkpoints_and_a_failing_eval_task(local_servers, s3_env, smollm2_dir, tmp_path):
+@pytest.mark.parametrize("task_per, tasks", [("benchmark", 8), ("checkpoint", 4)])
+def test_s3_checkpoints_and_a_failing_eval_task(local_servers, s3_env, smollm2_dir, tmp_path,
+                                                task_per, tasks):
+    """A broken benchmark file fails its cells and nothing else, whether each benchmark has its
+    own eval tasks (they fail and are caught) or one task per checkpoint evaluates both (the
+    broken one is a failure row, heldout is scored by the same task)."""
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"problem": "1+1?", "answer": "2"}\nnot json\n')
     prefix = f"s3://{local_servers.bucket}/ckpt-{tmp_path.name}"
     cfg = tiny_config(smollm2_dir, tmp_path, **{
         "pipeline.checkpoint_root": prefix, "pipeline.eval_base": False,
-        "pipeline.benchmarks": ["heldout", str(broken)], "pipeline.eval_shards": 2})
+        "pipeline.benchmarks": ["heldout", str(broken)], "pipeline.eval_shards": 2,
+        "pipeline.eval_task_per": task_per})
     run, status, out = run_flow(cfg["path"], flow_env(local_servers, tmp_path), tmp_path)
     assert status == "successful", out[-3000:]
     namespace(None)
@@ -194,9 +200,10 @@ def test_s3_checkpoints_and_a_failing_eval_task(local_servers, s3_env, smollm2_d
 
     for r in refs:
         assert (fetch_checkpoint(open_checkpoint(r["uri"])) / "trainer_state.pt").exists()
-    # 2 epochs x 2 benchmarks x 2 shards = 8 eval tasks; the broken benchmark's 4 failed and were
-    # caught; heldout's shards (2 + 2 of its 4 problems) were merged per epoch
-    assert len(list(run["eval_task"])) == 8
+    # 2 epochs x 2 benchmarks x 2 shards = 8 eval tasks (per checkpoint: 2 epochs x 2 shards = 4);
+    # the broken benchmark's 4 cells failed; heldout's shards (2 + 2 of its 4 problems) were
+    # merged per epoch
+    assert len(list(run["eval_task"])) == tasks
     summary = run["join_eval"].task.data.eval_summary
     assert sorted((f["epoch"], f["benchmark"]) for f in summary["failures"]) == [
         (1, "broken"), (1, "broken"), (2, "broken"), (2, "broken")]

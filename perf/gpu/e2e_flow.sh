@@ -19,7 +19,7 @@
 # LOAD_S (default 90 gpu / 120 cpu) is reserved for the load.
 # The servers and the flow run in their own process sessions (setsid), which the device machine
 # keeps running between calls while it is held. So when the flow needs longer than one call
-# (six vLLM start-ups of about 50 s each make this likely at 1.5B), the call ends with status 3
+# (a cold machine's imports, model conversion and vLLM starts can do that at 1.5B), the call ends with status 3
 # and "still running"; the next call, `bash perf/gpu/e2e_flow.sh continue`, waits for the same
 # flow (E2E_FLOW_MAX_S, default 1500, is its own hard limit), then loads and summarises. The
 # servers are stopped only once the flow is over (finished, failed or killed).
@@ -57,15 +57,17 @@ STILL_RUNNING=3
 case "$PROFILE" in
   gpu) MODEL=qwen2.5-coder-1.5b-instruct; LOAD_S=${LOAD_S:-90}; WORKERS=${E2E_MAX_WORKERS:-1}
        PYFUNC=${E2E_PYFUNC:-0}
-       # rollouts and the six eval tasks: vLLM eager (no compile / graph capture: each start is
-       # tens of seconds shorter, and these generate few tokens)
+       # rollouts and evaluation: vLLM eager (no compile / graph capture: each start is tens of
+       # seconds shorter, and these generate few tokens); one eval task scores all six benchmarks
+       # with one engine (pipeline.eval_task_per=checkpoint: one vLLM start, not six)
        PROFILE_SET="model.dtype=bfloat16 rollout.engine=vllm pipeline.eval_engine=vllm
          rollout.vllm.enforce_eager=true rollout.vllm.max_model_len=1024
          rollout.num_prompts=4 rollout.group_size=4 rollout.max_response_len=256
          rollout.max_batch_size=64 rl.micro_batch_size=4 rl.steps=4 pipeline.steps_per_epoch=2
          rollout.prefix_schedule.total_steps=4 reward.num_workers=4
          pipeline.eval_n=1 pipeline.eval_max_problems=4 pipeline.eval_max_new_tokens=256
-         pipeline.eval_vllm_eager=true pipeline.train.gpus=1 pipeline.eval.gpus=1" ;;
+         pipeline.eval_vllm_eager=true pipeline.eval_task_per=checkpoint
+         pipeline.train.gpus=1 pipeline.eval.gpus=1" ;;
   cpu) MODEL=smollm2-135m-instruct; LOAD_S=${LOAD_S:-120}; WORKERS=${E2E_MAX_WORKERS:-2}
        PYFUNC=${E2E_PYFUNC:-1}
        PROFILE_SET="model.dtype=float32 rollout.engine=hf pipeline.eval_engine=hf
