@@ -180,38 +180,23 @@ def eval_task(cfg: FlowConfig, item: dict, *, data_ref: dict, tracker=None, trac
               n_boot: int = 2000) -> dict:
     """One checkpoint on one benchmark (an item of `pipeline.eval_task_per: benchmark`): its
     summary. A user error (unreadable file, prompts too long) is raised before the engine starts."""
-    from prefix_rft.rollout.reward import RewardGrader
-
-    use_cpus(cfg.pipeline.eval.cpus)
-    bench, shard, shards = item["benchmark"], item.get("shard", 0), item.get("shards", 1)
-    protocol = protocol_for(cfg, item["spec"])
-    problems = _problems(cfg, item["spec"], data_ref)[shard::shards]
-    with tempfile.TemporaryDirectory(prefix="prefix-rft-eval-") as tmp:
-        engine, tok, kind = _engine(cfg, item["checkpoint"], Path(tmp),
-                                    check=_prompt_check(cfg, bench, problems, protocol))
-        try:
-            with RewardGrader(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s,
-                              think_tags=cfg.model.think_tags) as grader:
-                return _score(cfg, item, bench, problems, protocol, (engine, tok, kind), grader,
-                              tracker=tracker, tracking=tracking, scratch=Path(tmp), n_boot=n_boot)
-        finally:
-            engine.close()
+    return eval_item(cfg, item, data_ref=data_ref, tracker=tracker, tracking=tracking,
+                     n_boot=n_boot)[0][0]
 
 
 def eval_item(cfg: FlowConfig, item: dict, *, data_ref: dict, tracker=None,
               tracking: dict | None = None, n_boot: int = 2000) -> tuple[list[dict], list[dict]]:
-    """What the flow's eval_task runs: (summaries, failure rows) of one item. A one-benchmark item
-    is `eval_task` (its user error is raised, so the flow records it without a retry); a
-    checkpoint item evaluates every benchmark with one engine: a benchmark whose problems or
-    prompts are a user error becomes a failure row before the engine starts, the rest go on
-    (all of them failing raises the first error); any other error fails the whole task."""
-    if "benchmarks" not in item:
-        return [eval_task(cfg, item, data_ref=data_ref, tracker=tracker, tracking=tracking,
-                          n_boot=n_boot)], []
+    """What the flow's eval_task runs: (summaries, failure rows) of one item, every benchmark it
+    holds (one, or all of them for `pipeline.eval_task_per: checkpoint`) evaluated with one
+    engine. A benchmark whose problems or prompts are a user error becomes a failure row before
+    the engine starts and the rest go on; when that leaves none (always so for a one-benchmark
+    item), the first error is raised, so the flow records it without a retry. Any other error
+    fails the whole task."""
     from prefix_rft.rollout.reward import RewardGrader
 
     use_cpus(cfg.pipeline.eval.cpus)
     shard, shards = item.get("shard", 0), item.get("shards", 1)
+    cells = item["benchmarks"] if "benchmarks" in item else [[item["benchmark"], item["spec"]]]
     failures: list[dict] = []
     errors: list[UserError] = []
     ready = []  # (benchmark, problems, protocol)
@@ -221,7 +206,7 @@ def eval_item(cfg: FlowConfig, item: dict, *, data_ref: dict, tracker=None,
         failures.extend(item_failures({**item, "benchmarks": [[bench, None]]}, error_line(err)))
         log.error("epoch %d %s: %s", item["epoch"], bench, error_line(err))
 
-    for bench, spec in item["benchmarks"]:
+    for bench, spec in cells:
         try:
             ready.append((bench, _problems(cfg, spec, data_ref)[shard::shards], protocol_for(cfg, spec)))
         except UserError as err:
@@ -230,7 +215,7 @@ def eval_item(cfg: FlowConfig, item: dict, *, data_ref: dict, tracker=None,
     def check(tok, config_or_dir) -> None:  # every benchmark's prompts, before the engine starts
         for cell in list(ready):
             try:
-                _prompt_check(cfg, cell[0], cell[1], cell[2])(tok, config_or_dir)
+                _prompt_check(cfg, *cell)(tok, config_or_dir)
             except UserError as err:
                 ready.remove(cell)
                 fail(cell[0], err)
