@@ -223,7 +223,8 @@ class TrackingConfig:
     system_metrics: bool = option(True, "Log CPU/GPU/memory as system/* metrics during training.")
     log_samples: int = option(16, "Sample completions per evaluation logged as an MLflow table.",
                               ge=0)
-    timeout_s: int = option(10, "Seconds a tracking-server request may take before it fails.", ge=1)
+    timeout_s: int = option(10, "Seconds a tracking-server request may take before it fails "
+                            "(artifact uploads and downloads get at least 600 s).", ge=1)
 
 
 @dataclass

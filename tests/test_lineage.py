@@ -151,3 +151,76 @@ def test_loading_keeps_the_tracking_uri_of_the_environment(monkeypatch, tmp_path
         assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path}/other.db"
     assert os.environ.get("MLFLOW_TRACKING_URI") == "http://127.0.0.1:9/from-env"
     assert mlflow.get_tracking_uri() == "http://127.0.0.1:9/from-env"
+
+
+def test_transfer_timeout_lengthens_requests_only_while_artifacts_move(monkeypatch):
+    """`_transfer_timeout` raises MLflow's per-request timeout to at least 600 s inside the block
+    (nested blocks share it), puts the previous value back after, and keeps a larger one."""
+    from prefix_rft.io import tracking as T
+
+    key = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+    monkeypatch.setenv(key, "10")
+    with T._transfer_timeout():
+        assert os.environ[key] == "600"
+        with T._transfer_timeout():
+            assert os.environ[key] == "600"
+        assert os.environ[key] == "600"  # the outer block still runs
+    assert os.environ[key] == "10"
+    monkeypatch.setenv(key, "900")
+    with T._transfer_timeout():
+        assert os.environ[key] == "900"
+    monkeypatch.delenv(key)
+    with pytest.raises(RuntimeError), T._transfer_timeout():
+        assert os.environ[key] == "600"
+        raise RuntimeError("a failed upload")
+    assert key not in os.environ
+
+
+def test_copied_weights_go_through_multipart_upload_and_download(s3_env, tiny_checkpoint, tmp_path,
+                                                                 monkeypatch):
+    """Weights copied into a LoggedModel (local checkpoints, MLflow a server) take MLflow's
+    multipart paths once a file passes its size thresholds (lowered here to 1 MB; by default
+    500 MB, so a 1.5B model's 3 GB takes them): presigned part uploads and a "complete" call
+    made under the long transfer timeout (with the default 10 s, a GB-size file's "complete"
+    timed out and its retry failed for good), then a presigned ranged download. The loaded
+    file is byte-identical and lands in `dst` itself (no second copy)."""
+    from mlflow.store.artifact import http_artifact_repo
+
+    monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE", str(1024**2))
+    monkeypatch.setenv("MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE", str(5 * 1024**2))  # S3's least
+    monkeypatch.setenv("MLFLOW_MULTIPART_DOWNLOAD_MINIMUM_FILE_SIZE", str(1024**2))
+    model = tmp_path / "model"
+    model.mkdir()
+    for f in (tiny_checkpoint / "model").iterdir():
+        (model / f.name).write_bytes(f.read_bytes())
+    blob = os.urandom(11 * 1024**2 + 5)  # 3 parts: 5 MB, 5 MB, the rest
+    (model / "extra.bin").write_bytes(blob)
+    seen = []
+    real = http_artifact_repo.HttpArtifactRepository.complete_multipart_upload
+
+    def complete(self, *a, **kw):  # the real call, noting the timeout it runs under
+        seen.append(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT"))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(http_artifact_repo.HttpArtifactRepository, "complete_multipart_upload",
+                        complete)
+    t = Tracker(s3_env.mlflow_uri, timeout_s=10)
+    exp = _unique("lineage-copied")
+    run = t.create_run(exp, "lineage", {})
+    m = t.client.create_logged_model(t.experiment_id(exp), name="copied", source_run_id=run)
+    t.attach_weights(m.model_id, model)
+    big = sorted(f.name for f in model.iterdir() if f.stat().st_size >= 1024**2)
+    assert "extra.bin" in big  # with the weights and tokenizer.json: each completed under
+    assert seen == ["600"] * len(big)  # the transfer timeout
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "10"  # metadata calls: short again
+    arts = {a.path for a in t.client.list_logged_model_artifacts(m.model_id, "model")}
+    assert "model/extra.bin" in arts and "model/config.json" in arts
+    t.client.finalize_logged_model(m.model_id, "READY")
+    name = _unique("copied-model")
+    t.register_model(name, m.model_id, aliases=("best",))
+    got = load_registered(f"models:/{name}@best", tracking_uri=s3_env.mlflow_uri,
+                          dst=tmp_path / "dl")
+    assert got == tmp_path / "dl" / "model"
+    assert (got / "extra.bin").read_bytes() == blob
+    want = _weights(tiny_checkpoint / "model")
+    assert {k: v.equal(want[k]) for k, v in _weights(got).items()} == {k: True for k in want}

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 DEFAULT_ROOT = Path(".infra/local")
+MOTO_DOWNLOAD_CHUNK = 64 * 1024**3  # bytes per ranged GET of MLflow downloads: whole files
 STATE = "servers.json"
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "test",
@@ -52,6 +53,12 @@ class Servers:
             "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
             "METAFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
             "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
+            # moto copies a whole object for every ranged GET (under a lock): MLflow's parallel
+            # 100 MB ranges of a 3 GB weights file queue past its fixed 10 s per-range timeout
+            # and the download never ends. One range per file is one copy (3.3 GB came back in
+            # 33 s on a 2-core VM: perf/mlflow_weights.py).
+            # Real S3 serves ranges natively: do not carry this over to a cluster.
+            "MLFLOW_MULTIPART_DOWNLOAD_CHUNK_SIZE": str(MOTO_DOWNLOAD_CHUNK),
         }
 
 

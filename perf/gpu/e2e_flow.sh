@@ -16,7 +16,7 @@
 # else (servers, S3 data, datastore, MLflow lineage, registered-model load) is the same code.
 # Phases, each with its elapsed time and a timeout: preflight, servers, data, flow, load,
 # summary. TOTAL_S (default 570) bounds the whole script: the flow gets what is left after
-# LOAD_S (default 90 gpu / 120 cpu) is reserved for the load.
+# LOAD_S (default 120) is reserved for the load.
 # The servers and the flow run in their own process sessions (setsid), which the device machine
 # keeps running between calls while it is held. So when the flow needs longer than one call
 # (a cold machine's imports, model conversion and vLLM starts can do that at 1.5B), the call ends with status 3
@@ -55,7 +55,7 @@ RC=0
 STILL_RUNNING=3
 
 case "$PROFILE" in
-  gpu) MODEL=qwen2.5-coder-1.5b-instruct; LOAD_S=${LOAD_S:-90}; WORKERS=${E2E_MAX_WORKERS:-1}
+  gpu) MODEL=qwen2.5-coder-1.5b-instruct; LOAD_S=${LOAD_S:-120}; WORKERS=${E2E_MAX_WORKERS:-1}
        PYFUNC=${E2E_PYFUNC:-0}
        # rollouts and evaluation: vLLM eager (no compile / graph capture: each start is tens of
        # seconds shorter, and these generate few tokens); one eval task scores all six benchmarks

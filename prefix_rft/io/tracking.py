@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 import warnings
@@ -57,6 +58,39 @@ def _limit_http_retries(timeout_s: int) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+
+
+TRANSFER_TIMEOUT_S = 600  # per request while artifacts move (see `_transfer_timeout`)
+_transfer_lock = threading.Lock()
+_transfers = {"depth": 0, "saved": None}
+
+
+@contextlib.contextmanager
+def _transfer_timeout(seconds: int = TRANSFER_TIMEOUT_S):
+    """Allow each MLflow HTTP request `seconds` (at least; a larger $MLFLOW_HTTP_REQUEST_TIMEOUT
+    stays) while artifacts are uploaded or downloaded. The short timeout of `_limit_http_retries`
+    is for metadata calls; a multipart upload's last call ("complete") makes the server
+    assemble the whole object in its store, which for GB-size weights takes longer than 10 s,
+    and a timed-out "complete" that MLflow retries fails for good (the first one already
+    consumed the upload). MLflow reads the variable at each request; the block is re-entrant
+    and thread-safe (other threads' calls meanwhile get the longer timeout, nothing shorter)."""
+    key = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+    with _transfer_lock:
+        if _transfers["depth"] == 0:
+            _transfers["saved"] = os.environ.get(key)
+            current = int(_transfers["saved"] or 0)
+            os.environ[key] = str(max(current, seconds))
+        _transfers["depth"] += 1
+    try:
+        yield
+    finally:
+        with _transfer_lock:
+            _transfers["depth"] -= 1
+            if _transfers["depth"] == 0:
+                if _transfers["saved"] is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = _transfers["saved"]
 
 
 class TrackingUnreachable(UnavailableError):
@@ -243,10 +277,12 @@ class Tracker:
         self.client.log_text(run_id, text, artifact_file)
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
+        with _transfer_timeout():
+            self.client.log_artifact(run_id, str(path), artifact_path)
 
     def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+        with _transfer_timeout():
+            self.client.log_artifacts(run_id, str(local_dir), artifact_path)
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
@@ -294,7 +330,8 @@ class Tracker:
     def download_artifact(self, run_id: str, path: str, dst_dir: str | Path) -> Path:
         """A run's artifact `path`, copied under `dst_dir`; returns its local path."""
         Path(dst_dir).mkdir(parents=True, exist_ok=True)
-        return Path(self.client.download_artifacts(run_id, path, str(dst_dir)))
+        with _transfer_timeout():
+            return Path(self.client.download_artifacts(run_id, path, str(dst_dir)))
 
     # ------------------------------------------------------------------ registry
     def register(self, name: str, source: str, run_id: str, alias: str | None = None,
@@ -393,7 +430,8 @@ class Tracker:
     def attach_weights(self, model_id: str, model_dir: str | Path) -> None:
         """Copy an HF model directory into the LoggedModel's artifacts (`model/`), for
         checkpoints that a tracking server's clients cannot reach (a local disk)."""
-        self.client.log_model_artifacts(model_id, str(model_dir), "model")
+        with _transfer_timeout():
+            self.client.log_model_artifacts(model_id, str(model_dir), "model")
         self.client.set_logged_model_tags(model_id, {run_layout.MODEL_WEIGHTS_TAG: "copied"})
 
     def link_model_input(self, run_id: str, model_id: str) -> None:
@@ -779,19 +817,28 @@ def load_registered(model_uri: str, *, tracking_uri: str | None = None,
     and returned in place (read-only: do not write there); S3 ones, and copies kept in MLflow,
     go to `dst` (default: a new temp dir, left for the caller). Only the `model/` files are
     fetched, never the optimizer state. `tracking_uri`: default as `resolve_uri`."""
+    import shutil
+
     import mlflow
 
     uri = resolve_uri(tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="prefix-rft-mlmodel-") as tmp, \
-            _process_tracking_uri(uri):  # `models:/` URIs resolve through the process-wide one
-        local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp))
-        if (local / "model" / "config.json").is_file():  # copied weights: keep them
-            import shutil
-
-            out = Path(dst or tempfile.mkdtemp(prefix="prefix-rft-model-"))
-            shutil.copytree(local / "model", out / "model", dirs_exist_ok=True)
-            return out / "model"
-        return model_dir_from_pointer(local, dst)
+    made = dst is None
+    out = Path(tempfile.mkdtemp(prefix="prefix-rft-model-")) if made else Path(dst)
+    try:
+        # straight into `out` (weights kept in MLflow are GBs: no second copy); `models:/`
+        # URIs resolve through the process-wide tracking URI
+        with _process_tracking_uri(uri), _transfer_timeout():
+            local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(out)))
+        if (local / "model" / "config.json").is_file():  # weights copied into MLflow
+            return local / "model"
+        got = model_dir_from_pointer(local, out)
+    except BaseException:
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    if made and not got.is_relative_to(out):  # a local store's checkpoint, verified in place
+        shutil.rmtree(out, ignore_errors=True)
+    return got
 
 
 class CheckpointPredictor:
