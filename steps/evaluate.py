@@ -176,6 +176,23 @@ def _prompt_check(cfg: FlowConfig, bench: str, problems, protocol):
     return check
 
 
+def budget_note(summary: dict, max_new_tokens: int) -> str:
+    """How the samples of a benchmark ended, for its log line: no answer / cut by the budget."""
+    return (f"no answer in {100 * summary['no_answer_frac']:.0f}% of samples, "
+            f"{100 * summary['truncated_frac']:.0f}% cut at {max_new_tokens} new tokens")
+
+
+def budget_warning(summary: dict, max_new_tokens: int) -> str | None:
+    """A warning when half or more of the samples ran out of tokens: the score then says more
+    about `pipeline.eval_max_new_tokens` than about the model (e.g. 0.0 on every benchmark
+    with a 256-token budget, where the model's reasoning is longer)."""
+    if summary["truncated_frac"] < 0.5:
+        return None
+    return (f"{100 * summary['truncated_frac']:.0f}% of the samples reached the "
+            f"{max_new_tokens}-token budget before they ended; raise "
+            "pipeline.eval_max_new_tokens for a score of the model, not of the budget")
+
+
 def eval_task(cfg: FlowConfig, item: dict, *, data_ref: dict, tracker=None, tracking: dict | None = None,
               n_boot: int = 2000) -> dict:
     """One checkpoint on one benchmark (an item of `pipeline.eval_task_per: benchmark`): its
@@ -263,8 +280,11 @@ def _score(cfg: FlowConfig, item: dict, bench: str, problems, protocol, made, gr
         "protocol": protocol.to_dict(), "shard": shard, "shards": shards,
         "per_problem": problem_accuracy(res.records)[bench],
     }
-    log.info("epoch %d %s: %s = %.4f [%.4f, %.4f] over %d problems (%s engine)", epoch, bench,
-             key, s["avg_at_n"], s["ci_low"], s["ci_high"], s["num_problems"], kind)
+    log.info("epoch %d %s: %s = %.4f [%.4f, %.4f] over %d problems (%s engine); %s", epoch, bench,
+             key, s["avg_at_n"], s["ci_low"], s["ci_high"], s["num_problems"], kind,
+             budget_note(s, protocol.max_new_tokens))
+    if budget_warning(s, protocol.max_new_tokens):
+        log.warning("epoch %d %s: %s", epoch, bench, budget_warning(s, protocol.max_new_tokens))
     if s["grading_timeouts"] or s["grading_errors"]:
         log.warning("epoch %d %s: %d grading timeouts and %d grading errors (scored 0, counted "
                     "in grading_timeouts / grading_errors)", epoch, bench,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pyarrow.parquet as pq
 import pytest
@@ -289,12 +290,27 @@ def _group_cfg(smollm2_dir, benchmarks, **pipeline):
     })
 
 
-def test_one_task_per_checkpoint_scores_every_benchmark_as_separate_tasks_do(smollm2_dir):
+def test_budget_note_and_warning_say_how_samples_ended():
+    """The eval log line says how many samples had no answer and how many the token budget cut;
+    half or more cut gives a warning naming the option to raise (a 0.0 from a 256-token budget
+    on reasoning benchmarks must not read as a broken model)."""
+    from steps.evaluate import budget_note, budget_warning
+
+    s = {"no_answer_frac": 0.25, "truncated_frac": 0.375}
+    assert budget_note(s, 256) == "no answer in 25% of samples, 38% cut at 256 new tokens"
+    assert budget_warning(s, 256) is None
+    w = budget_warning({"no_answer_frac": 1.0, "truncated_frac": 0.5}, 256)
+    assert w.startswith("50% of the samples reached the 256-token budget")
+    assert "pipeline.eval_max_new_tokens" in w
+
+
+def test_one_task_per_checkpoint_scores_every_benchmark_as_separate_tasks_do(smollm2_dir, caplog):
     """pipeline.eval_task_per checkpoint: one item per epoch holding every benchmark, evaluated
     with one engine; each benchmark's summary equals the one its own task gives (the same seeded
     sampling per benchmark), in the configured order."""
     from steps.evaluate import eval_item, plan_eval
 
+    caplog.set_level(logging.INFO, logger="prefix_rft.pipeline")
     benches = ["amc", "aime24"]
     per_bench = plan_eval(_group_cfg(smollm2_dir, benches), [], None)
     grouped_cfg = _group_cfg(smollm2_dir, benches, eval_task_per="checkpoint")
@@ -311,6 +327,9 @@ def test_one_task_per_checkpoint_scores_every_benchmark_as_separate_tasks_do(smo
     for a, b in zip(separate, together):
         assert (a["metric"], a["value"], a["per_problem"], a["ci"]) == (
             b["metric"], b["value"], b["per_problem"], b["ci"])
+    lines = [r.getMessage() for r in caplog.records if r.name == "prefix_rft.pipeline"]
+    for bench in benches:  # each scored benchmark's line names the 5-token budget
+        assert any(f" {bench}: " in m and "cut at 5 new tokens" in m for m in lines), lines
 
 
 def test_one_task_per_checkpoint_fails_only_the_benchmark_with_a_user_error(smollm2_dir, tmp_path):
