@@ -20,7 +20,6 @@ machine and the date.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -32,14 +31,6 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(64 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _write_random(path: Path, size: int) -> None:
@@ -77,6 +68,7 @@ def main() -> int:
     try:
         import mlflow
 
+        from prefix_rft.io.store import sha256_file
         from prefix_rft.io.tracking import Tracker, load_registered
 
         size = int(a.gb * 1e9)
@@ -84,7 +76,7 @@ def main() -> int:
         model.mkdir(exist_ok=True)
         (model / "config.json").write_text(json.dumps({"model_type": "stand-in"}))
         _write_random(model / "model.safetensors", size)
-        want = _sha256(model / "model.safetensors")
+        want = sha256_file(model / "model.safetensors")
 
         t = Tracker(uri)
         exp = t.experiment_id("perf-mlflow-weights")
@@ -98,7 +90,7 @@ def main() -> int:
         t0 = time.perf_counter()
         got = load_registered(f"models:/{name}@best", tracking_uri=uri, dst=work / "dl")
         down = time.perf_counter() - t0
-        same = _sha256(got / "model.safetensors") == want
+        same = sha256_file(got / "model.safetensors") == want
         row = {
             "bytes": size, "upload_s": round(up, 1), "download_s": round(down, 1),
             "upload_MBps": round(size / up / 1e6, 1), "download_MBps": round(size / down / 1e6, 1),

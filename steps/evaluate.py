@@ -283,8 +283,9 @@ def _score(cfg: FlowConfig, item: dict, bench: str, problems, protocol, made, gr
     log.info("epoch %d %s: %s = %.4f [%.4f, %.4f] over %d problems (%s engine); %s", epoch, bench,
              key, s["avg_at_n"], s["ci_low"], s["ci_high"], s["num_problems"], kind,
              budget_note(s, protocol.max_new_tokens))
-    if budget_warning(s, protocol.max_new_tokens):
-        log.warning("epoch %d %s: %s", epoch, bench, budget_warning(s, protocol.max_new_tokens))
+    warning = budget_warning(s, protocol.max_new_tokens)
+    if warning:
+        log.warning("epoch %d %s: %s", epoch, bench, warning)
     if s["grading_timeouts"] or s["grading_errors"]:
         log.warning("epoch %d %s: %d grading timeouts and %d grading errors (scored 0, counted "
                     "in grading_timeouts / grading_errors)", epoch, bench,
