@@ -4,7 +4,7 @@ with a one-line reason.
 
     python perf/gpu/e2e_flow.py data URL [--rows 48]       raw OpenR1 rows as parquet -> s3://...
     python perf/gpu/e2e_flow.py load URI --out FILE.json   load_registered(URI) + one answer
-    python perf/gpu/e2e_flow.py summary --log FLOW.log --out DIR [--phases FILE]
+    python perf/gpu/e2e_flow.py summary --log FLOW.log --out DIR [--phases FILE] [--profile gpu]
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def cmd_summary(args) -> int:
     log = Path(args.log).read_text(errors="replace") if Path(args.log).exists() else ""
     run = re.search(r"MLflow run ([0-9a-f]{32})", log)
     registered = re.search(r"registered model: (models:/\S+@best)", log)
-    summary = {"profile": os.environ.get("E2E_PROFILE"), "command": args.command,
+    summary = {"profile": args.profile, "command": args.command,
                "flow_ok": "Done!" in log,
                "metaflow_run": (re.findall(r"PrefixRFTFlow/(\d+)", log) or [None])[0]}
     if args.phases and Path(args.phases).exists():
@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--phases")
     s.add_argument("--load")
     s.add_argument("--command", default="")
+    s.add_argument("--profile", default="gpu", help="the E2E_PROFILE the run used (gpu or cpu)")
     args = p.parse_args(argv)
     return {"data": cmd_data, "load": cmd_load, "summary": cmd_summary}[args.cmd](args)
 

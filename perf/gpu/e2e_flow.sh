@@ -223,7 +223,7 @@ WAIT=$(( $(left) - LOAD_S ))
 phase flow $(( WAIT + 15 )) wait_flow "$WAIT"
 phase load $(( $(left) - 10 )) load_model
 "$PY" perf/gpu/e2e_flow.py summary --log "$WORK/logs/flow.log" --out "$OUT" --phases "$PHASES" \
-  --load "$OUT/load.json" --command "python flows/prefix_rft_flow.py --config config \
+  --load "$OUT/load.json" --profile "$PROFILE" --command "python flows/prefix_rft_flow.py --config config \
 configs/paper/qwen2.5-math-1.5b.yaml --datastore s3 run --max-workers $WORKERS --set '$SET'"
 [ "$RC" = "$STILL_RUNNING" ] && echo "e2e: partial summary; the flow goes on in the background"
 cp "$WORK/infra"/*.log "$WORK/logs/" 2>/dev/null
