@@ -108,3 +108,26 @@ def test_readme_states_the_budget_and_every_method():
     for name in METHODS:
         assert f"`{name}.yaml`" in text
     assert "P = 32" in text and "G = 8" in text and "S = 10" in text
+
+
+def test_docs_quote_the_committed_greedy_math500_of_the_base_model():
+    """docs/MODELS.md and configs/realmath/README.md quote the base model's greedy MATH-500 score
+    through `prefix-rft eval` (issue 20: it must agree with the standalone conversion check);
+    the numbers must be those of the summary.json the GPU call returned, and the standalone
+    37.8% must lie inside its CI."""
+    import json
+
+    root = HERE.parents[1]
+    s = json.loads((root / "docs/results/realmath_base/greedy_math500_summary.json").read_text())
+    assert s["complete"] and s["protocol"]["temperature"] == 0.0
+    assert s["protocol"]["max_new_tokens"] == 4096 and s["protocol"]["n"] == 1
+    b = s["benchmarks"]["math500"]
+    assert b["num_problems"] == 500
+    pct = f"**{100 * b['avg_at_n']:.1f}%** greedy, 95% bootstrap CI [{100 * b['ci_low']:.1f}%, " \
+          f"{100 * b['ci_high']:.1f}%], {100 * b['truncated_frac']:.1f}% of"
+    assert pct == "**39.6%** greedy, 95% bootstrap CI [35.4%, 44.0%], 7.8% of"
+    models = " ".join((root / "docs/MODELS.md").read_text().split())
+    assert pct in models
+    assert "**37.8%** greedy" in models and b["ci_low"] <= 0.378 <= b["ci_high"]
+    readme = " ".join((HERE / "README.md").read_text().split())
+    assert f"{b['avg_at_n']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]" in readme
