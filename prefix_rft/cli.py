@@ -124,7 +124,9 @@ def _parser() -> argparse.ArgumentParser:
         "protocols:\n  default  n=32 everywhere, temperature 0.6, top_p 0.95, 8192 new tokens\n"
         "  paper    n=32 on aime24/aime25/amc, n=1 on the others (the paper's Table 1)")
     ev.add_argument("--model", required=True, help="checkpoint dir or s3:// URI (with MANIFEST.json), "
-                    "HF model dir, 'smollm2-135m-instruct', or a hub id (online)")
+                    "HF model dir, a built-in alias (smollm2-135m-instruct, qwen2.5-coder-1.5b-instruct, "
+                    "qwen2.5-coder-0.5b-instruct: converted into $PREFIX_RFT_CACHE on first use), "
+                    "or a hub id (online)")
     ev.add_argument("--benchmarks", default=",".join(("aime24", "aime25", "amc", "math500", "minerva",
                                                       "olympiadbench")),
                     help="comma-separated names (aime24, aime25, amc, math500, minerva, "

@@ -245,3 +245,31 @@ def test_eval_task_builds_its_engine_from_the_pipeline_keys(fixed_answer_engine,
     assert engine.spec.model is None and engine.spec.model_dir == str(smollm2_dir)
     assert out["num_problems"] == 4 and out["engine"] == DUMMY
     assert out["value"] == pytest.approx(0.5)
+
+
+def test_vllm_gets_a_directory_for_a_builtin_alias(smollm2_dir, smol_tokenizer, tmp_path,
+                                                    monkeypatch):
+    """vLLM knows nothing of our aliases: offline it looks a name up in the hub cache and fails.
+    `prefix-rft eval --model qwen2.5-coder-1.5b-instruct --engine vllm` failed so on the GPU
+    machine (2026-12-07) while the hf engine took the same alias. The vllm engine is given the
+    alias's converted directory instead (the cache named by $PREFIX_RFT_CACHE); a directory
+    stays itself and a hub id is passed on."""
+    from prefix_rft.rollout.engines import vllm as vllm_engine
+    from prefix_rft.rollout.engines.factory import vllm_model_path
+
+    monkeypatch.setenv("PREFIX_RFT_CACHE", str(smollm2_dir.parent))
+    assert vllm_model_path("smollm2-135m-instruct") == str(smollm2_dir)
+    assert vllm_model_path(str(tmp_path)) == str(tmp_path)
+    assert vllm_model_path("Qwen/Qwen2.5-Math-7B") == "Qwen/Qwen2.5-Math-7B"
+
+    # and the factory hands the engine that directory (vLLM cannot start on this CPU, so the
+    # engine class is replaced by one that records its first argument)
+    seen = []
+
+    class Recorder:
+        def __init__(self, model_dir, *args, **kwargs):
+            seen.append(model_dir)
+
+    monkeypatch.setattr(vllm_engine, "VLLMEngine", Recorder)
+    make_engine("vllm", EngineSpec(smol_tokenizer, model_dir="smollm2-135m-instruct"))
+    assert seen == [str(smollm2_dir)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 
@@ -363,3 +364,15 @@ def test_item_failures_name_every_benchmark_of_a_failed_task():
     assert item_failures(one, "boom") == [{"epoch": 2, "benchmark": "amc", "error": "boom (shard 1/3)"}]
     assert item_failures(group, "oom") == [{"epoch": 1, "benchmark": "amc", "error": "oom"},
                                            {"epoch": 1, "benchmark": "heldout", "error": "oom"}]
+
+
+def test_eval_help_names_every_builtin_alias():
+    """`prefix-rft eval --help` lists the built-in models `--model` takes (the list is written
+    out there so that --help does not import torch; it must follow the registry)."""
+    from prefix_rft.builtin_models import BUILTIN_MODELS
+    from prefix_rft.cli import _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    help_text = " ".join(sub.choices["eval"].format_help().split())
+    for alias in BUILTIN_MODELS:
+        assert alias in help_text
