@@ -16,13 +16,21 @@
 # AIME24/25 and AMC of the paper protocol at 4,096 are the default protocol's samples (same n,
 # temperature, top_p, seed and limit), so b1 does not repeat them. The two OlympiadBench halves
 # are problems files (ids kept) whose samples.parquet files together are the avg@32 of all 675.
-# Each part writes $OUT/<call>_<part>.tgz (summary.json + samples.parquet) and $OUT/<call>.log.
+# Each part writes $OUT/<call>_<part>.tgz (summary.json + samples.parquet; only when at least
+# one benchmark finished) and $OUT/<call>.log. Exit status: 0 when every part finished, 1 when a
+# part failed, was stopped at the deadline or skipped, 2 for an unknown call.
 # Env knobs: REALMATH_MODEL (qwen2.5-coder-1.5b-instruct), REALMATH_EVAL_ARGS (extra eval
 # arguments; CPU rehearsal: "--engine hf --max-problems 2 --n 1 --max-new-tokens 16"),
-# REALMATH_NO_STAGE=1 (use the current environment).
+# REALMATH_NO_STAGE=1 (use the current environment), REALMATH_DEADLINE_S (570: seconds from the
+# script's start by which every part has ended, so that a part still running is stopped and its
+# output packed before the device call's 600 s limit; the eval rewrites summary.json after every
+# benchmark, so the finished benchmarks of a stopped part are kept, marked "complete": false; a
+# part with less than 30 s left is skipped).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+T_START=$(date +%s)
+DEADLINE=${REALMATH_DEADLINE_S:-570}
 PY=${STUDY_PY:-python3}
 OUT=${OUT:-/tmp/realmath-base/out}
 WORK=${STUDY_DIR:-/tmp/realmath-base}
@@ -60,26 +68,42 @@ PY
 F=$WORK/files
 
 part() {  # part NAME PROTOCOL MAX_NEW_TOKENS BENCHMARKS
-  local name=$1 protocol=$2 tokens=$3 benches=$4 t0 rc
+  local name=$1 protocol=$2 tokens=$3 benches=$4 t0 rc left
   t0=$(date +%s)
+  left=$(( DEADLINE - (t0 - T_START) - 10 ))   # 10 s for packing and the call's return
+  if [ "$left" -lt 30 ]; then
+    echo "=== $name: skipped, $left s left before REALMATH_DEADLINE_S=$DEADLINE"
+    FAILED=1
+    return
+  fi
   rm -rf "${WORK:?}/$name"
-  echo "=== $name: $protocol protocol, $tokens new tokens: $benches"
+  echo "=== $name: $protocol protocol, $tokens new tokens: $benches (at most $left s)"
   # shellcheck disable=SC2086  # REALMATH_EVAL_ARGS is a list of arguments
-  "$PY" -m prefix_rft.cli eval --model "$MODEL" --benchmarks "$benches" --protocol "$protocol" \
-    --max-new-tokens "$tokens" --engine vllm --workers 8 ${REALMATH_EVAL_ARGS:-} \
-    --output "$WORK/$name" 2>&1 | grep -v WARN
+  timeout --kill-after=10 "$left" "$PY" -m prefix_rft.cli eval --model "$MODEL" \
+    --benchmarks "$benches" --protocol "$protocol" --max-new-tokens "$tokens" --engine vllm \
+    --workers 8 ${REALMATH_EVAL_ARGS:-} --output "$WORK/$name" 2>&1 | grep -v WARN
   rc=${PIPESTATUS[0]}
-  tar czf "$OUT/$name.tgz" -C "$WORK" "$name" 2>/dev/null
+  [ "$rc" = 0 ] || FAILED=1
+  [ "$rc" = 124 ] && echo "=== $name: stopped at the deadline; the finished benchmarks are kept"
+  if [ -f "$WORK/$name/summary.json" ]; then
+    tar czf "$OUT/$name.tgz" -C "$WORK" "$name"
+  else
+    echo "=== $name: no benchmark finished, nothing to pack"
+  fi
   echo "=== $name: rc $rc, $(( $(date +%s) - t0 )) s"
 }
 
-case $CALL in
-  b1) part b1_default default 4096 aime24,aime25,amc
-      part b1_paper paper 4096 "math500,minerva,olympiadbench,$F/realmath_train.jsonl,$F/realmath_heldout.jsonl" ;;
-  b2) part b2_default default 4096 math500 ;;
-  b3) part b3_default default 4096 minerva
-      part b3_paper1024 paper 1024 aime24,aime25,amc,math500 ;;
-  b4) part b4_default default 4096 "$F/olympiadbench_a.jsonl" ;;
-  b5) part b5_default default 4096 "$F/olympiadbench_b.jsonl" ;;
-  *) echo "usage: $0 b1|b2|b3|b4|b5" >&2; exit 2 ;;
-esac 2>&1 | tee "$OUT/$CALL.log"
+FAILED=0   # set by part(); the call's exit status is 1 when a part failed or was stopped
+{
+  case $CALL in
+    b1) part b1_default default 4096 aime24,aime25,amc
+        part b1_paper paper 4096 "math500,minerva,olympiadbench,$F/realmath_train.jsonl,$F/realmath_heldout.jsonl" ;;
+    b2) part b2_default default 4096 math500 ;;
+    b3) part b3_default default 4096 minerva
+        part b3_paper1024 paper 1024 aime24,aime25,amc,math500 ;;
+    b4) part b4_default default 4096 "$F/olympiadbench_a.jsonl" ;;
+    b5) part b5_default default 4096 "$F/olympiadbench_b.jsonl" ;;
+    *) echo "usage: $0 b1|b2|b3|b4|b5" >&2; exit 2 ;;
+  esac
+  exit "$FAILED"
+} 2>&1 | tee "$OUT/$CALL.log"

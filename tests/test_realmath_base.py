@@ -1,0 +1,47 @@
+"""studies/realmath_base.sh without a GPU: its problems files, its usage error and its deadline
+(REALMATH_DEADLINE_S), which stops a part before the device call's limit and skips a part with
+under 30 s left, so what finished is packed before the call ends. The eval parts themselves are
+rehearsed by hand on CPU (configs/realmath/README.md); a part stopped mid-way was rehearsed so on
+2026-12-07 (its finished benchmark kept, `complete: false`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(call: str, tmp_path: Path, **env) -> subprocess.CompletedProcess:
+    full = {**os.environ, "REALMATH_NO_STAGE": "1", "STUDY_PY": sys.executable,
+            "STUDY_DIR": str(tmp_path / "work"), "OUT": str(tmp_path / "out"),
+            "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run(["bash", "studies/realmath_base.sh", call], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_every_part_is_skipped_when_the_deadline_leaves_too_little(tmp_path):
+    r = _run("b3", tmp_path, REALMATH_DEADLINE_S="5")
+    assert r.returncode == 1, r.stderr  # a skipped part is not a finished call
+    lines = [x for x in r.stdout.splitlines() if x.startswith("===")]
+    assert len(lines) == 2
+    assert lines[0].startswith("=== b3_default: skipped,")
+    assert lines[1].startswith("=== b3_paper1024: skipped,")
+    assert all(x.endswith("left before REALMATH_DEADLINE_S=5") for x in lines)
+    # nothing evaluated, nothing packed; the log and the problems files are there
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b3.log"]
+    files = sorted(p.name for p in (tmp_path / "work" / "files").iterdir())
+    assert files == ["olympiadbench_a.jsonl", "olympiadbench_b.jsonl", "realmath_heldout.jsonl",
+                     "realmath_train.jsonl"]
+    # the two OlympiadBench halves hold all 675 problems, the first the larger half
+    a, b = ((tmp_path / "work" / "files" / f).read_text().count("\n")
+            for f in ("olympiadbench_a.jsonl", "olympiadbench_b.jsonl"))
+    assert (a, b) == (338, 337)
+
+
+def test_an_unknown_call_is_a_usage_error(tmp_path):
+    r = _run("b9", tmp_path)
+    assert r.returncode == 2
+    assert "usage:" in r.stdout + r.stderr
