@@ -22,9 +22,17 @@
 # REALMATH_NO_STAGE=1 (use the current environment: CPU rehearsal), STUDY_DEADLINE_S (600) and
 # STUDY_EST_S (0): study.sh starts a run only if this fits before the deadline; one run a call
 # is the plan (configs/realmath/README.md), so by default every named run starts.
+# REALMATH_DEADLINE_S (570 s from this script's start): the post-flow eval is stopped by then, so
+# that the device call's 600 s limit never takes its results (the flow's own results are in $OUT
+# as soon as the flow ends: study.sh collects them); the benchmarks it finished are still logged
+# into the run (summary.json "complete": false), and with under 60 s left it is skipped.
+# Exit status: 0 when every flow and post-flow eval finished, else 1 (2: a usage error, 3: the
+# machine is not staged).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+T_START=$(date +%s)
+DEADLINE=${REALMATH_DEADLINE_S:-570}
 export STUDY_DIR=${STUDY_DIR:-/tmp/realmath}
 export OUT=${OUT:-$STUDY_DIR/out}
 PY=${STUDY_PY:-python3}
@@ -56,6 +64,7 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 VLLM_NO_USAGE_STATS
 # the store study.sh logs to (set there for its own processes; realmath_log.py needs it here)
 export MLFLOW_TRACKING_URI="sqlite:///$STUDY_DIR/mlflow.db" GIT_PYTHON_REFRESH=quiet
 POST=${REALMATH_POST-aime24,aime25,amc,math500}
+FAILED=0   # the exit status: 1 when a flow failed or a post-flow eval failed, stopped or was skipped
 
 for arg in "$@"; do
   m=${arg%%:*}; seed=""; [ "$m" != "$arg" ] && seed=${arg#*:}
@@ -66,8 +75,9 @@ for arg in "$@"; do
     STUDY_DEADLINE_S=${STUDY_DEADLINE_S:-600} STUDY_EST_S=${STUDY_EST_S:-0} \
     STUDY_SET="${REALMATH_SET:-}" bash studies/study.sh "$cfg${seed:+:$seed}"
   rc=$?
+  [ "$rc" = 0 ] || FAILED=1
   row="$STUDY_DIR/rows/$name.json"
-  [ -f "$row" ] || { echo "=== $name: no summary row (rc $rc)"; continue; }
+  [ -f "$row" ] || { echo "=== $name: no summary row (rc $rc)"; FAILED=1; continue; }
   if [ -n "$POST" ]; then
     ckpt=$(find "$STUDY_DIR/checkpoints/$name" -name MANIFEST.json -printf '%T@ %h\n' 2>/dev/null \
            | sort -n | tail -1 | cut -d' ' -f2)
@@ -75,12 +85,27 @@ for arg in "$@"; do
     if [ -z "$ckpt" ] || [ -z "$run_id" ]; then
       echo "=== $name: no final checkpoint or MLflow run: post-flow eval skipped"
     else
-      echo "=== $name: post-flow eval of $ckpt on $POST"
-      # shellcheck disable=SC2086  # REALMATH_EVAL_ARGS is a list of arguments
-      "$PY" -m prefix_rft.cli eval --model "$ckpt" --benchmarks "$POST" --protocol paper \
-        --max-new-tokens 1024 --engine vllm --workers 8 ${REALMATH_EVAL_ARGS:-} \
-        --output "$STUDY_DIR/post/$name" 2>&1 | tee "$STUDY_DIR/logs/$name-post.log" | grep -v WARN
-      "$PY" studies/realmath_log.py "$STUDY_DIR/post/$name/summary.json" "$run_id" "$row"
+      left=$(( DEADLINE - ($(date +%s) - T_START) - 30 ))   # 30 s for logging and packing
+      if [ "$left" -lt 60 ]; then
+        echo "=== $name: post-flow eval skipped: $left s left before REALMATH_DEADLINE_S=$DEADLINE"
+        FAILED=1
+      else
+        echo "=== $name: post-flow eval of $ckpt on $POST (at most $left s)"
+        rm -rf "${STUDY_DIR:?}/post/$name"
+        # shellcheck disable=SC2086  # REALMATH_EVAL_ARGS is a list of arguments
+        timeout --kill-after=10 "$left" "$PY" -m prefix_rft.cli eval --model "$ckpt" \
+          --benchmarks "$POST" --protocol paper --max-new-tokens 1024 --engine vllm --workers 8 \
+          ${REALMATH_EVAL_ARGS:-} --output "$STUDY_DIR/post/$name" 2>&1 \
+          | tee "$STUDY_DIR/logs/$name-post.log" | grep -v WARN
+        prc=${PIPESTATUS[0]}
+        [ "$prc" = 0 ] || FAILED=1
+        [ "$prc" = 124 ] && echo "=== $name: post-flow eval stopped at the deadline"
+        if [ -f "$STUDY_DIR/post/$name/summary.json" ]; then
+          "$PY" studies/realmath_log.py "$STUDY_DIR/post/$name/summary.json" "$run_id" "$row"
+        else
+          echo "=== $name: no post-flow benchmark finished: nothing logged"
+        fi
+      fi
     fi
   fi
   rm -rf "$STUDY_DIR/checkpoints/$name"
@@ -95,3 +120,4 @@ PY
   tar czf "$OUT/post_eval.tgz" -C "$STUDY_DIR" post 2>/dev/null
 done
 echo "results in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+exit "$FAILED"
