@@ -254,13 +254,14 @@ def test_vllm_gets_a_directory_for_a_builtin_alias(smollm2_dir, smol_tokenizer, 
     machine (2026-12-07) while the hf engine took the same alias. The vllm engine is given the
     alias's converted directory instead (the cache named by $PREFIX_RFT_CACHE); a directory
     stays itself and a hub id is passed on."""
+    from prefix_rft.models import resolve_model_path
     from prefix_rft.rollout.engines import vllm as vllm_engine
-    from prefix_rft.rollout.engines.factory import vllm_model_path
 
+    # what the vllm builder resolves its model_dir with
     monkeypatch.setenv("PREFIX_RFT_CACHE", str(smollm2_dir.parent))
-    assert vllm_model_path("smollm2-135m-instruct") == str(smollm2_dir)
-    assert vllm_model_path(str(tmp_path)) == str(tmp_path)
-    assert vllm_model_path("Qwen/Qwen2.5-Math-7B") == "Qwen/Qwen2.5-Math-7B"
+    assert resolve_model_path("smollm2-135m-instruct") == str(smollm2_dir)
+    assert resolve_model_path(str(tmp_path)) == str(tmp_path)
+    assert resolve_model_path("Qwen/Qwen2.5-Math-7B") == "Qwen/Qwen2.5-Math-7B"
 
     # and the factory hands the engine that directory (vLLM cannot start on this CPU, so the
     # engine class is replaced by one that records its first argument)

@@ -216,7 +216,7 @@ def resolve_model_dir(uri: str, scratch: str | Path) -> str:
             return str(path)
         raise UserError(f"--model {uri}: neither a checkpoint (MANIFEST.json) nor a model directory "
                         "(config.json)")
-    if uri in BUILTIN_MODELS:  # converted on first use by the engine (load_policy, vllm_model_path)
+    if uri in BUILTIN_MODELS:  # converted on first use by the engine (load_policy; the vllm builder)
         return uri
     if path.exists() or uri.startswith((".", "/", "~")) or uri.count("/") > 1:
         raise UserError(f"--model {uri}: no such checkpoint or model directory")

@@ -171,19 +171,9 @@ def _load_hf_model(spec: EngineSpec):
     return load_policy(spec.model_dir, dtype=dtype).to(dev).eval()
 
 
-def vllm_model_path(model_dir: str) -> str:
-    """What vLLM's `LLM(model=...)` is given for `model_dir`: a built-in alias becomes its
-    converted directory (converted on first use, as the hf engine's `load_policy` does). vLLM
-    knows nothing of our aliases: offline it looks the name up in the hub cache and fails
-    (`prefix-rft eval --model qwen2.5-coder-1.5b-instruct --engine vllm` did, 2026-12-07). A
-    directory stays itself; anything else is passed on as a hub id."""
-    from prefix_rft.models import resolve_model_path
-
-    return resolve_model_path(model_dir)
-
-
 @register_engine("vllm")
 def _vllm(spec: EngineSpec) -> GenerationEngine:
+    from prefix_rft.models import resolve_model_path
     from prefix_rft.rollout.engines.vllm import VLLMEngine
 
     if spec.model_dir is None:
@@ -191,7 +181,9 @@ def _vllm(spec: EngineSpec) -> GenerationEngine:
                         "for evaluation, weights); a randomly initialised policy "
                         "(model.random_init) has none: use the hf engine")
     colocate = spec.model is not None
-    return VLLMEngine(vllm_model_path(spec.model_dir), spec.stop_ids(), dtype=spec.dtype, seed=spec.seed,
+    # a built-in alias becomes its converted directory, as load_policy does for the hf engine:
+    # vLLM knows nothing of our aliases and, offline, looks the name up in the hub cache and fails
+    return VLLMEngine(resolve_model_path(spec.model_dir), spec.stop_ids(), dtype=spec.dtype, seed=spec.seed,
                       gpu_memory_utilization=spec.gpu_memory_utilization,
                       max_model_len=spec.max_model_len, enforce_eager=spec.enforce_eager,
                       colocate=colocate, sleep_level=spec.sleep_level if colocate else 0,
