@@ -121,18 +121,26 @@ t = time.time()
 for m in ("metaflow", "mlflow", "math_verify", "gguf", "torch", "transformers"):
     mod = importlib.import_module(m)
     print(f"{m} {getattr(mod, '__version__', '?')}", end="; ")
-from prefix_rft.builtin_models import SMOLLM2, ensure_builtin
-print(f"\nSmolLM2: {ensure_builtin(SMOLLM2)} ({time.time() - t:.0f} s with the imports)")
-# the MLflow tables and the configs' experiments, before lanes start flows at the same time
-import os, yaml
-from prefix_rft.io.tracking import Tracker
-tracker = Tracker(os.environ["MLFLOW_TRACKING_URI"])
+import os, re, yaml
+from prefix_rft.builtin_models import BUILTIN_MODELS, ensure_builtin
+# the configs, and the built-in models they name (a STUDY_SET model.name_or_path wins), converted
+# once here before lanes start flows at the same time
+configs = []
 for arg in sys.argv[1:]:
     spec = arg.split(":")[0]
     path = spec if os.path.isfile(spec) else f"configs/study/{spec}.yaml"
     if os.path.isfile(path):
-        exp = (yaml.safe_load(open(path)).get("tracking") or {}).get("experiment") or "prefix-rft"
-        tracker.experiment_id(exp)
+        configs.append(yaml.safe_load(open(path)) or {})
+override = re.search(r"(?:^|\s)model\.name_or_path=(\S+)", os.environ.get("STUDY_SET", ""))
+models = {override.group(1)} if override else {(c.get("model") or {}).get("name_or_path") for c in configs}
+for name in sorted(m for m in models if m in BUILTIN_MODELS):
+    print(f"\n{name}: {ensure_builtin(name)} ({time.time() - t:.0f} s with the imports)", end="")
+print()
+# the MLflow tables and the configs' experiments
+from prefix_rft.io.tracking import Tracker
+tracker = Tracker(os.environ["MLFLOW_TRACKING_URI"])
+for c in configs:
+    tracker.experiment_id((c.get("tracking") or {}).get("experiment") or "prefix-rft")
 print(f"MLflow: {tracker.uri}")
 PY
 
