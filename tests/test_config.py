@@ -273,6 +273,16 @@ def test_cross_field_validation_names_key():
         cfg_for("prefix_rft", overrides=["rollout.prefix_schedule.high=1.5"])
 
 
+
+def test_a_curve_over_zero_held_out_problems_is_refused():
+    """eval.num_problems 0 turns the trainer's evaluation off; with eval.every_steps it would
+    log an accuracy of nan over 0 problems every N steps (the GPU probe of 2026-12-07 did)."""
+    with pytest.raises(UserError, match=r"key 'eval.every_steps': 5 .*eval.num_problems is 0"):
+        cfg_for("prefix_rft", overrides=["eval.every_steps=5", "eval.num_problems=0"])
+    c = cfg_for("prefix_rft", overrides=["eval.every_steps=5", "eval.num_problems=3"])
+    assert (c.eval.every_steps, c.eval.num_problems) == (5, 3)
+    assert cfg_for("prefix_rft", overrides=["eval.every_steps=0", "eval.num_problems=0"])
+
 # ============================================================================ overrides / order
 def test_parse_overrides_yaml_values():
     got = parse_overrides(

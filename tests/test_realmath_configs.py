@@ -59,7 +59,7 @@ def test_every_file_resolves_for_the_flow(name):
     assert c.pipeline.eval_protocol == "paper"
     assert c.pipeline.eval_max_new_tokens == c.rollout.max_response_len == c.eval.max_new_tokens
     assert c.pipeline.benchmarks == ["heldout"]
-    assert (c.eval.num_problems, c.eval.n_samples, c.eval.temperature) == (0, 1, 0.0)
+    assert (c.eval.num_problems, c.eval.n_samples, c.eval.temperature) == (123, 1, 0.0)
     assert needs_demos(c) == (name != "rft")
 
 

@@ -403,8 +403,9 @@ class RewardConfig:
 @dataclass
 class EvalConfig:
     num_problems: int = option(
-        64, "Held-out problems evaluated before and after training (0 = off); in the pipeline, "
-        "problems per 'heldout' / 'synthetic:LEVEL' evaluation cell (0 = all).", ge=0)
+        64, "Held-out problems (the first N) the trainer evaluates before and after training "
+        "and every eval.every_steps (0 = off; more than the set has = all of it); in the "
+        "pipeline, problems per 'heldout' / 'synthetic:LEVEL' evaluation cell (0 = all).", ge=0)
     n_samples: int = option(1, "Samples per problem (avg@n).", ge=1)
     temperature: float = option(0.0, "0 = greedy.", ge=0)
     top_p: float = option(1.0, "Nucleus sampling for evaluation.", gt=0, le=1)
@@ -473,6 +474,11 @@ class Config:
         if self.model.autocast == "bfloat16" and self.model.dtype != "float32":
             bad("model.autocast", f"{self.model.autocast} autocast keeps float32 master weights: "
                 f"it needs model.dtype float32, got {self.model.dtype}")
+        if self.eval.every_steps and not self.eval.num_problems:
+            bad("eval.every_steps", f"{self.eval.every_steps} evaluates the first "
+                "eval.num_problems held-out problems every N steps, and eval.num_problems is 0 "
+                "(no problems for the trainer): set eval.num_problems (more than the held-out "
+                "set has takes all of it) or eval.every_steps 0")
         for name, opt in (("rl", self.rl.optim), ("sft", self.sft.optim),
                           ("relift", self.relift.optim)):
             if len(opt.betas) != 2:
