@@ -303,7 +303,7 @@ def _commit_hook(cfg: FlowConfig, store, trainer, ctx: RunContext, *, epoch: int
     def commit(local: Path, end_of_epoch: bool) -> None:
         if main:
             ref = store.commit(local, f"{ctx.run_id}/{local.name}", step=trainer.train_steps,
-                               epoch=epoch, config_hash=cfg.config_hash(), meta={
+                               epoch=epoch, config_hash=cfg.config_hash(), move=True, meta={
                                    "kind": "checkpoint", "end_of_epoch": end_of_epoch,
                                    "start_id": start_id, "run_id": ctx.run_id,
                                    "task_id": ctx.task_id, "phase": trainer.state.phase,

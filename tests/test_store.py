@@ -171,6 +171,43 @@ def test_committed_checkpoints_are_immutable(store, tmp_path):
     assert (out / "state.json").read_bytes() == _ckpt_files(1)["state.json"]
 
 
+def test_commit_with_move_renames_the_files_into_place(tmp_path):
+    """move=True on one filesystem: each file is renamed (same inode, no copy), the manifest
+    hashes what landed, and the caller's directory is left without files."""
+    store = LocalStore(tmp_path / "store")
+    src = _tree(tmp_path / "a", _ckpt_files(3))
+    inode = (src / "model/model.safetensors").stat().st_ino
+    ref = store.commit(src, "run/step-000003", step=3, epoch=1, config_hash="h", move=True)
+    dest = Path(ref.uri)
+    assert (dest / "model/model.safetensors").stat().st_ino == inode
+    assert [p for p in src.rglob("*") if p.is_file()] == []
+    manifest = json.loads((dest / MANIFEST).read_text())
+    weights = _ckpt_files(3)["model/model.safetensors"]
+    assert manifest["files"]["model/model.safetensors"] == {
+        "size": 65536, "sha256": hashlib.sha256(weights).hexdigest()}
+    assert store.open(ref.uri).step == 3
+
+
+def test_a_failed_commit_with_move_gives_the_files_back(tmp_path, monkeypatch):
+    """If the commit fails after the renames (here: writing the manifest), every file is back
+    in the caller's directory, unchanged, and no staging directory is left."""
+    import prefix_rft.io.store as store_mod
+
+    store = LocalStore(tmp_path / "store")
+    files = _ckpt_files(4)
+    src = _tree(tmp_path / "a", files)
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store_mod, "write_manifest", broken)
+    with pytest.raises(OSError, match="disk full"):
+        store.commit(src, "run/step-000004", step=4, epoch=1, config_hash="h", move=True)
+    assert {p.relative_to(src).as_posix(): p.read_bytes()
+            for p in src.rglob("*") if p.is_file()} == files
+    assert list((tmp_path / "store" / "run").iterdir()) == []
+
+
 def test_list_skips_directories_without_manifest(store, tmp_path):
     ref = store.commit(_tree(tmp_path / "a", _ckpt_files(1)), "run/step-000001", step=1,
                        epoch=None, config_hash="h")

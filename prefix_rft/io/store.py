@@ -14,8 +14,8 @@ checkpoint is a "directory" below the root, named by a relative path that may co
 Commit protocol: a checkpoint exists exactly when its MANIFEST.json exists.
   * commit copies/uploads every file first and writes MANIFEST.json LAST, so an interrupted save
     or upload leaves a directory without a manifest, which `list`, `latest`, `open` and `fetch`
-    never treat as a checkpoint. Locally the files are copied into a hidden sibling
-    `.<leaf>.tmp-*` (skipped by `list`; the next commit into the same directory removes those
+    never treat as a checkpoint. Locally the files are copied (or, with `move`, renamed) into a
+    hidden sibling `.<leaf>.tmp-*` (skipped by `list`; the next commit into the same directory removes those
     an interrupted commit left, `remove_stale_staging`) and renamed into place; on S3 the
     manifest PUT is conditional (`If-None-Match: *`), so two writers cannot both commit one
     name, and the objects of an interrupted upload are cleared when that name is committed.
@@ -61,6 +61,15 @@ def sha256_file(path: str | Path) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _rename(src: str | Path, dst: Path) -> bool:
+    """Rename src to dst; False (nothing done) when they are on different filesystems."""
+    try:
+        os.rename(src, dst)
+        return True
+    except OSError:
+        return False
 
 
 def _manifest_files(local_dir: Path) -> Iterator[tuple[str, Path]]:
@@ -346,9 +355,11 @@ class CheckpointStore(ABC):
 
     @abstractmethod
     def commit(self, local_dir: str | Path, name: str, *, step: int, epoch: int | None,
-               config_hash: str, meta: dict | None = None) -> CheckpointRef:
+               config_hash: str, meta: dict | None = None, move: bool = False) -> CheckpointRef:
         """Copy/upload local_dir's files to <root>/<name>, then its manifest (rebuilt from the
-        files): the checkpoint exists from that last write on. Refuses an existing one."""
+        files): the checkpoint exists from that last write on. Refuses an existing one.
+        `move`: the caller gives local_dir up, so a store on the same filesystem may rename its
+        files into place instead of copying them (the caller removes local_dir afterwards)."""
         raise NotImplementedError
 
     @abstractmethod
@@ -475,9 +486,12 @@ class LocalStore(CheckpointStore):
         return out
 
     def commit(self, local_dir: str | Path, name: str, *, step: int, epoch: int | None,
-               config_hash: str, meta: dict | None = None) -> CheckpointRef:
+               config_hash: str, meta: dict | None = None, move: bool = False) -> CheckpointRef:
         """Copy local_dir to <root>/<name> via a hidden staging sibling renamed into place; the
-        manifest is written inside it before the rename, so the final path appears complete."""
+        manifest is written inside it before the rename, so the final path appears complete.
+        With `move`, files on the store's filesystem are renamed into the staging dir instead of
+        copied (a 1.5B float32 checkpoint with its AdamW state is 19 GB: the copy took most of
+        the minute its commit took on the GPU machine); if the commit fails they go back."""
         src = Path(local_dir)
         dest = Path(self.uri_for(_clean_name(name)))
         if not src.is_dir():
@@ -495,15 +509,21 @@ class LocalStore(CheckpointStore):
         dest.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_staging(dest.parent)  # left by this run's interrupted commits
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        moved: list[tuple[Path, Path]] = []  # (source, staged) of the files renamed, not copied
         try:
             for rel, p in _manifest_files(src):
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(p, tmp / rel)
+                if move and not p.is_symlink() and _rename(p, tmp / rel):
+                    moved.append((Path(p), tmp / rel))
+                else:
+                    shutil.copy2(p, tmp / rel)
             write_manifest(tmp, **kw)  # hashes the copies: the manifest describes what landed
             if dest.exists():  # an uncommitted leftover (interrupted delete): not a checkpoint
                 shutil.rmtree(dest)
             os.replace(tmp, dest)
         except BaseException:
+            for source, staged in moved:  # the caller's files back where they were
+                _rename(staged, source)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return self.open(str(dest))
@@ -675,9 +695,10 @@ class S3Store(CheckpointStore):
             return [r for r in pool.map(self._try_open, uris) if r is not None]
 
     def commit(self, local_dir: str | Path, name: str, *, step: int, epoch: int | None,
-               config_hash: str, meta: dict | None = None) -> CheckpointRef:
+               config_hash: str, meta: dict | None = None, move: bool = False) -> CheckpointRef:
         """Upload every file (several at once, each a managed multipart transfer), then PUT the
-        manifest last and conditionally: only then does the checkpoint exist."""
+        manifest last and conditionally: only then does the checkpoint exist. (`move` changes
+        nothing: an upload is a copy; the caller removes local_dir.)"""
         src = Path(local_dir)
         uri = self.uri_for(_clean_name(name))
         bucket, prefix = self._split(uri)
