@@ -5,6 +5,13 @@
 #
 #   bash studies/realmath.sh stage                 # with .whl-flow/cNN carried (once per chunk)
 #   bash studies/realmath.sh METHOD[:SEED] ...     # e.g. prefix_rft:2 (sft rft sft_then_rft luffy prefix_rft)
+#   bash studies/realmath.sh post                  # the next call: the post-flow evals deferred
+#
+# On one H100 a run's flow takes about 470 s (2026-12-07), so its post-flow eval (~175 s) does
+# not fit the same 600 s call: when fewer than REALMATH_POST_MIN_S (200) seconds are left before
+# REALMATH_DEADLINE_S, the final checkpoint is kept in $STUDY_DIR/checkpoints and the run is
+# written to $STUDY_DIR/pending/, and `post`, called next on the same (still warm) machine,
+# scores and logs it. A fresh machine has no pending run: `post` then says so (exit 3).
 #
 # Needs, on the machine: the vLLM stage (perf/gpu/stage.sh + unstage.sh: /tmp/stage/env.sh, the
 # wheels in /tmp/site, the converted model in /tmp/cache) and the flow wheels: either in the same
@@ -22,12 +29,14 @@
 # REALMATH_NO_STAGE=1 (use the current environment: CPU rehearsal), STUDY_DEADLINE_S (600) and
 # STUDY_EST_S (0): study.sh starts a run only if this fits before the deadline; one run a call
 # is the plan (configs/realmath/README.md), so by default every named run starts.
-# REALMATH_DEADLINE_S (570 s from this script's start): the post-flow eval is stopped by then, so
+# REALMATH_DEADLINE_S (570 s from this script's start): a post-flow eval is stopped by then, so
 # that the device call's 600 s limit never takes its results (the flow's own results are in $OUT
 # as soon as the flow ends: study.sh collects them); the benchmarks it finished are still logged
-# into the run (summary.json "complete": false), and with under 60 s left it is skipped.
-# Exit status: 0 when every flow and post-flow eval finished, else 1 (2: a usage error, 3: the
-# machine is not staged).
+# into the run (summary.json "complete": false). REALMATH_POST_MIN_S (200): below this many
+# seconds left, a post-flow eval is deferred (above) rather than started.
+# Exit status: 0 when every flow and post-flow eval finished; 1 when a flow failed or a post-flow
+# eval failed or was stopped; 4 when nothing failed but a post-flow eval waits for `post`;
+# 2: a usage error; 3: the machine is not staged, or `post` found nothing pending.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -41,7 +50,7 @@ mkdir -p "$OUT" "$STUDY_DIR/post"
 if [ "${1:-}" = stage ]; then
   STUDY_SITE=/tmp/site-flow exec bash studies/study.sh
 fi
-[ $# -gt 0 ] || { echo "usage: $0 stage | METHOD[:SEED] ..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: $0 stage | post | METHOD[:SEED] ..." >&2; exit 2; }
 
 if [ "${REALMATH_NO_STAGE:-0}" != 1 ]; then
   [ -f /tmp/stage/env.sh ] || { echo "no /tmp/stage/env.sh: stage vLLM first (perf/gpu/unstage.sh)" >&2; exit 3; }
@@ -64,51 +73,11 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 VLLM_NO_USAGE_STATS
 # the store study.sh logs to (set there for its own processes; realmath_log.py needs it here)
 export MLFLOW_TRACKING_URI="sqlite:///$STUDY_DIR/mlflow.db" GIT_PYTHON_REFRESH=quiet
 POST=${REALMATH_POST-aime24,aime25,amc,math500}
-FAILED=0   # the exit status: 1 when a flow failed or a post-flow eval failed, stopped or was skipped
+POST_MIN=${REALMATH_POST_MIN_S:-200}  # the post-flow eval needs about this long (README, "Sizing")
+FAILED=0    # exit 1: a flow failed, or a post-flow eval failed or was stopped
+PENDING=0   # exit 4 (when nothing failed): a post-flow eval waits for `realmath.sh post`
 
-for arg in "$@"; do
-  m=${arg%%:*}; seed=""; [ "$m" != "$arg" ] && seed=${arg#*:}
-  cfg=configs/realmath/$m.yaml
-  [ -f "$cfg" ] || { echo "no such config: $cfg" >&2; exit 2; }
-  name=$m${seed:+-seed$seed}
-  STUDY_NO_INSTALL=1 STUDY_MAX_WORKERS=1 STUDY_KEEP_CHECKPOINTS=1 \
-    STUDY_DEADLINE_S=${STUDY_DEADLINE_S:-600} STUDY_EST_S=${STUDY_EST_S:-0} \
-    STUDY_SET="${REALMATH_SET:-}" bash studies/study.sh "$cfg${seed:+:$seed}"
-  rc=$?
-  [ "$rc" = 0 ] || FAILED=1
-  row="$STUDY_DIR/rows/$name.json"
-  [ -f "$row" ] || { echo "=== $name: no summary row (rc $rc)"; FAILED=1; continue; }
-  if [ -n "$POST" ]; then
-    ckpt=$(find "$STUDY_DIR/checkpoints/$name" -name MANIFEST.json -printf '%T@ %h\n' 2>/dev/null \
-           | sort -n | tail -1 | cut -d' ' -f2)
-    run_id=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['mlflow_run_id'] or '')" "$row")
-    if [ -z "$ckpt" ] || [ -z "$run_id" ]; then
-      echo "=== $name: no final checkpoint or MLflow run: post-flow eval skipped"
-    else
-      left=$(( DEADLINE - ($(date +%s) - T_START) - 30 ))   # 30 s for logging and packing
-      if [ "$left" -lt 60 ]; then
-        echo "=== $name: post-flow eval skipped: $left s left before REALMATH_DEADLINE_S=$DEADLINE"
-        FAILED=1
-      else
-        echo "=== $name: post-flow eval of $ckpt on $POST (at most $left s)"
-        rm -rf "${STUDY_DIR:?}/post/$name"
-        # shellcheck disable=SC2086  # REALMATH_EVAL_ARGS is a list of arguments
-        timeout --kill-after=10 "$left" "$PY" -m prefix_rft.cli eval --model "$ckpt" \
-          --benchmarks "$POST" --protocol paper --max-new-tokens 1024 --engine vllm --workers 8 \
-          ${REALMATH_EVAL_ARGS:-} --output "$STUDY_DIR/post/$name" 2>&1 \
-          | tee "$STUDY_DIR/logs/$name-post.log" | grep -v WARN
-        prc=${PIPESTATUS[0]}
-        [ "$prc" = 0 ] || FAILED=1
-        [ "$prc" = 124 ] && echo "=== $name: post-flow eval stopped at the deadline"
-        if [ -f "$STUDY_DIR/post/$name/summary.json" ]; then
-          "$PY" studies/realmath_log.py "$STUDY_DIR/post/$name/summary.json" "$run_id" "$row"
-        else
-          echo "=== $name: no post-flow benchmark finished: nothing logged"
-        fi
-      fi
-    fi
-  fi
-  rm -rf "$STUDY_DIR/checkpoints/$name"
+pack() {  # the small results into $OUT after every run
   "$PY" - "$STUDY_DIR" <<'PY'
 import glob, json, os, sys
 d = sys.argv[1]
@@ -118,6 +87,83 @@ PY
   cp "$STUDY_DIR/mlflow.db" "$STUDY_DIR/summary.json" "$OUT/" 2>/dev/null
   tar czf "$OUT/logs.tgz" -C "$STUDY_DIR" logs 2>/dev/null
   tar czf "$OUT/post_eval.tgz" -C "$STUDY_DIR" post 2>/dev/null
-done
+}
+
+left() { echo $(( DEADLINE - ($(date +%s) - T_START) - 30 )); }  # 30 s for logging and packing
+
+post_eval() {  # NAME CKPT RUN_ID ROW: score the final checkpoint, log into the run, drop it
+  local name=$1 ckpt=$2 run_id=$3 row=$4 t prc
+  t=$(left)
+  echo "=== $name: post-flow eval of $ckpt on $POST (at most $t s)"
+  rm -rf "${STUDY_DIR:?}/post/$name"
+  # shellcheck disable=SC2086  # REALMATH_EVAL_ARGS is a list of arguments
+  timeout --kill-after=10 "$t" "$PY" -m prefix_rft.cli eval --model "$ckpt" \
+    --benchmarks "$POST" --protocol paper --max-new-tokens 1024 --engine vllm --workers 8 \
+    ${REALMATH_EVAL_ARGS:-} --output "$STUDY_DIR/post/$name" 2>&1 \
+    | tee "$STUDY_DIR/logs/$name-post.log" | grep -v WARN
+  prc=${PIPESTATUS[0]}
+  [ "$prc" = 0 ] || FAILED=1
+  [ "$prc" = 124 ] && echo "=== $name: post-flow eval stopped at the deadline"
+  if [ -f "$STUDY_DIR/post/$name/summary.json" ]; then
+    "$PY" studies/realmath_log.py "$STUDY_DIR/post/$name/summary.json" "$run_id" "$row"
+  else
+    echo "=== $name: no post-flow benchmark finished: nothing logged"
+  fi
+  rm -rf "${STUDY_DIR:?}/checkpoints/$name" "$STUDY_DIR/pending/$name"
+}
+
+if [ "$1" = post ]; then   # the post-flow evals an earlier call of this machine deferred
+  shopt -s nullglob
+  pending=("$STUDY_DIR"/pending/*)
+  [ ${#pending[@]} -gt 0 ] || { echo "no deferred post-flow eval in $STUDY_DIR/pending: a fresh machine has none (run the flow again)" >&2; exit 3; }
+  for f in "${pending[@]}"; do
+    name=$(basename "$f")
+    # shellcheck disable=SC1090  # CKPT, RUN_ID, ROW, written below
+    source "$f"
+    if [ ! -d "$CKPT" ] || [ ! -f "$ROW" ]; then
+      echo "=== $name: $CKPT or $ROW is gone: post-flow eval not run"; FAILED=1; rm -f "$f"; continue
+    fi
+    if [ "$(left)" -lt "$POST_MIN" ]; then
+      echo "=== $name: post-flow eval still deferred: $(left) s left, it needs REALMATH_POST_MIN_S=$POST_MIN"
+      PENDING=1; continue
+    fi
+    post_eval "$name" "$CKPT" "$RUN_ID" "$ROW"
+    pack
+  done
+else
+  for arg in "$@"; do
+    m=${arg%%:*}; seed=""; [ "$m" != "$arg" ] && seed=${arg#*:}
+    cfg=configs/realmath/$m.yaml
+    [ -f "$cfg" ] || { echo "no such config: $cfg" >&2; exit 2; }
+    name=$m${seed:+-seed$seed}
+    STUDY_NO_INSTALL=1 STUDY_MAX_WORKERS=1 STUDY_KEEP_CHECKPOINTS=1 \
+      STUDY_DEADLINE_S=${STUDY_DEADLINE_S:-600} STUDY_EST_S=${STUDY_EST_S:-0} \
+      STUDY_SET="${REALMATH_SET:-}" bash studies/study.sh "$cfg${seed:+:$seed}"
+    rc=$?
+    [ "$rc" = 0 ] || FAILED=1
+    row="$STUDY_DIR/rows/$name.json"
+    [ -f "$row" ] || { echo "=== $name: no summary row (rc $rc)"; FAILED=1; continue; }
+    ckpt=$(find "$STUDY_DIR/checkpoints/$name" -name MANIFEST.json -printf '%T@ %h\n' 2>/dev/null \
+           | sort -n | tail -1 | cut -d' ' -f2)
+    run_id=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['mlflow_run_id'] or '')" "$row")
+    if [ -z "$POST" ]; then
+      rm -rf "${STUDY_DIR:?}/checkpoints/$name"
+    elif [ -z "$ckpt" ] || [ -z "$run_id" ]; then
+      echo "=== $name: no final checkpoint or MLflow run: post-flow eval skipped"; FAILED=1
+      rm -rf "${STUDY_DIR:?}/checkpoints/$name"
+    elif [ "$(left)" -lt "$POST_MIN" ]; then
+      # too little time before the deadline: keep the checkpoint for the next call on this machine
+      mkdir -p "$STUDY_DIR/pending"
+      printf 'CKPT=%q\nRUN_ID=%q\nROW=%q\n' "$ckpt" "$run_id" "$row" > "$STUDY_DIR/pending/$name"
+      echo "=== $name: post-flow eval deferred ($(left) s left, it needs REALMATH_POST_MIN_S=$POST_MIN): run \`bash studies/realmath.sh post\` as the next call on this machine"
+      PENDING=1
+    else
+      post_eval "$name" "$ckpt" "$run_id" "$row"
+    fi
+    pack
+  done
+fi
 echo "results in $OUT: $(ls "$OUT" | tr '\n' ' ')"
-exit "$FAILED"
+[ "$FAILED" = 1 ] && exit 1
+[ "$PENDING" = 1 ] && exit 4
+exit 0
