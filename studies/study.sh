@@ -18,7 +18,8 @@
 # 2. Each config: `python3 flows/prefix_rft_flow.py --config config FILE run [--seed S]
 #    --set "pipeline.checkpoint_root=$STUDY_DIR/checkpoints/NAME $STUDY_SET"` with
 #    MLFLOW_TRACKING_URI=sqlite:///$STUDY_DIR/mlflow.db (artifacts beside it in mlartifacts/),
-#    Metaflow's local datastore under $STUDY_DIR, SmolLM2 converted once into $STUDY_DIR/cache.
+#    Metaflow's local datastore under $STUDY_DIR, the built-in model each config names (or
+#    STUDY_SET's model.name_or_path) converted once into $STUDY_DIR/cache before any run.
 #    After each run: its row goes into $STUDY_DIR/summary.json (config, method, seed, rc,
 #    wall seconds, MLflow run id, Metaflow run id, card, date, scores per epoch and level with
 #    the CI) and $OUT gets mlflow.db, summary.json, the run logs (logs.tgz) and the MLflow
