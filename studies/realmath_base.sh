@@ -10,6 +10,7 @@
 #                                       # + paper @4096: math500, minerva, olympiadbench, train, heldout (avg@1)
 #   bash studies/realmath_base.sh b2    # default: math500 (avg@32)
 #   bash studies/realmath_base.sh b3    # default: minerva (avg@32) + paper @1024: aime24, aime25, amc, math500
+#                                       # + greedy @1024: heldout (the flow's held-out cell at epoch 0)
 #   bash studies/realmath_base.sh b4    # default: olympiadbench, first half (338 problems, avg@32)
 #   bash studies/realmath_base.sh b5    # default: olympiadbench, second half (337 problems)
 #
@@ -67,8 +68,9 @@ print(f"files in {d}")
 PY
 F=$WORK/files
 
-part() {  # part NAME PROTOCOL MAX_NEW_TOKENS BENCHMARKS
+part() {  # part NAME PROTOCOL MAX_NEW_TOKENS BENCHMARKS [more `prefix-rft eval` arguments]
   local name=$1 protocol=$2 tokens=$3 benches=$4 t0 rc left
+  shift 4
   t0=$(date +%s)
   left=$(( DEADLINE - (t0 - T_START) - 10 ))   # 10 s for packing and the call's return
   if [ "$left" -lt 30 ]; then
@@ -81,7 +83,7 @@ part() {  # part NAME PROTOCOL MAX_NEW_TOKENS BENCHMARKS
   # shellcheck disable=SC2086  # REALMATH_EVAL_ARGS is a list of arguments
   timeout --kill-after=10 "$left" "$PY" -m prefix_rft.cli eval --model "$MODEL" \
     --benchmarks "$benches" --protocol "$protocol" --max-new-tokens "$tokens" --engine vllm \
-    --workers 8 ${REALMATH_EVAL_ARGS:-} --output "$WORK/$name" 2>&1 | grep -v WARN
+    --workers 8 "$@" ${REALMATH_EVAL_ARGS:-} --output "$WORK/$name" 2>&1 | grep -v WARN
   rc=${PIPESTATUS[0]}
   [ "$rc" = 0 ] || FAILED=1
   [ "$rc" = 124 ] && echo "=== $name: stopped at the deadline; the finished benchmarks are kept"
@@ -100,7 +102,8 @@ FAILED=0   # set by part(); the call's exit status is 1 when a part failed or wa
         part b1_paper paper 4096 "math500,minerva,olympiadbench,$F/realmath_train.jsonl,$F/realmath_heldout.jsonl" ;;
     b2) part b2_default default 4096 math500 ;;
     b3) part b3_default default 4096 minerva
-        part b3_paper1024 paper 1024 aime24,aime25,amc,math500 ;;
+        part b3_paper1024 paper 1024 aime24,aime25,amc,math500
+        part b3_greedy1024 default 1024 "$F/realmath_heldout.jsonl" --n 1 --temperature 0 ;;
     b4) part b4_default default 4096 "$F/olympiadbench_a.jsonl" ;;
     b5) part b5_default default 4096 "$F/olympiadbench_b.jsonl" ;;
     *) echo "usage: $0 b1|b2|b3|b4|b5" >&2; exit 2 ;;

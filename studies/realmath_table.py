@@ -52,7 +52,9 @@ PARTS = ("realmath_train", "realmath_heldout")  # realmath_base.sh's problems fi
 MERGE = {"olympiadbench_a": "olympiadbench", "olympiadbench_b": "olympiadbench"}
 NAMES = {"realmath_train": "real-math train part (the policy's own success rate)",
          "realmath_heldout": "real-math held-out part"}
-PROTOCOLS = ("default@4096", "paper@4096", "paper@1024")  # the base table's columns, in order
+# the base table's protocols, in order; "greedy" is any protocol run at temperature 0 (the flow's
+# held-out cell at 1,024 tokens, and greedy MATH-500 at 4,096)
+PROTOCOLS = ("default@4096", "paper@4096", "paper@1024", "greedy@1024")
 CURVES = (*st.CURVES, "eval/accuracy")  # + the in-training greedy held-out accuracy
 SAMPLING = ("temperature", "top_p", "max_new_tokens", "seed", "grader")
 
@@ -95,11 +97,13 @@ def read_eval_dir(d: Path) -> tuple[dict, dict[str, dict[str, float]]]:
 
 
 def protocol_label(summary: dict, bench: str) -> tuple[str, dict]:
-    """"name@max_new_tokens" of the protocol `bench` was scored with, and that protocol."""
+    """"name@max_new_tokens" of the protocol `bench` was scored with, and that protocol; a
+    protocol decoded at temperature 0 is "greedy" whatever it was named (`--temperature 0`)."""
     prot = summary["benchmarks"][bench].get("protocol") or summary.get("protocol") or {}
     if "name" not in prot or "max_new_tokens" not in prot:
         raise UserError(f"{bench}: the summary.json records no protocol name and length")
-    return f"{prot['name']}@{prot['max_new_tokens']}", prot
+    name = "greedy" if float(prot.get("temperature", 1.0)) == 0 else prot["name"]
+    return f"{name}@{prot['max_new_tokens']}", prot
 
 
 def _n_for(prot: dict, bench: str) -> int:

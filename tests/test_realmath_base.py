@@ -26,9 +26,10 @@ def test_every_part_is_skipped_when_the_deadline_leaves_too_little(tmp_path):
     r = _run("b3", tmp_path, REALMATH_DEADLINE_S="5")
     assert r.returncode == 1, r.stderr  # a skipped part is not a finished call
     lines = [x for x in r.stdout.splitlines() if x.startswith("===")]
-    assert len(lines) == 2
+    assert len(lines) == 3
     assert lines[0].startswith("=== b3_default: skipped,")
     assert lines[1].startswith("=== b3_paper1024: skipped,")
+    assert lines[2].startswith("=== b3_greedy1024: skipped,")
     assert all(x.endswith("left before REALMATH_DEADLINE_S=5") for x in lines)
     # nothing evaluated, nothing packed; the log and the problems files are there
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b3.log"]

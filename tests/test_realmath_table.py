@@ -342,10 +342,14 @@ def test_base_table(tmp_path):
                paper, m)                                                        # 1/4
     write_eval(base / "b3_paper1024", {"aime24": {"a0": [0, 0], "a1": [0, 0], "a2": [1, 0]}},
                dataclasses.replace(paper, max_new_tokens=1024), m)              # 1/6
+    # `--protocol default --n 1 --temperature 0`: labelled greedy, not default
+    write_eval(base / "b3_greedy1024", {"realmath_heldout": {"h0": [1], "h1": [0], "h2": [0],
+                                                             "h3": [0], "h4": [1]}},
+               default.replace(n=1, temperature=0.0, max_new_tokens=1024), m)  # 2/5
     write_eval(base / "b4_default", {"olympiadbench_a": {"o0": [1, 1], "o1": [0, 0]}}, default, m)
     write_eval(base / "b5_default", {"olympiadbench_b": {"o2": [1, 0]}}, default, m)
-    dirs = [base / n for n in ("b1_default", "b1_paper", "b3_paper1024", "b4_default",
-                               "b5_default")]
+    dirs = [base / n for n in ("b1_default", "b1_paper", "b3_paper1024", "b3_greedy1024",
+                               "b4_default", "b5_default")]
     text = RT.render([], [], dirs)
     ci = b1["benchmarks"]["aime24"]  # the table's CI is the one `prefix-rft eval` wrote
     assert (f"| aime24 | default@4096 | 0.500 [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}] | 2 | 3 "
@@ -362,12 +366,16 @@ def test_base_table(tmp_path):
     lo, hi = em.bootstrap_ci([0, 1, 0, 0])
     assert (f"| real-math train part (the policy's own success rate) | paper@4096 | 0.250 "
             f"[{lo:.3f}, {hi:.3f}] | 1 | 4 | b1_paper |") in text
+    lo, hi = em.bootstrap_ci([1, 0, 0, 0, 1])
+    assert (f"| real-math held-out part | greedy@1024 | 0.400 [{lo:.3f}, {hi:.3f}] | 1 | 5 "
+            "| b3_greedy1024 |") in text
     # math500 is sampled differently by the two protocols (n 1 vs 2): not copied
     assert "| math500 | default@4096" not in text and "| math500 | paper@4096 | 0.667" in text
     lines = [x for x in text.splitlines() if x.startswith("| ")]
     assert [x.split(" | ")[0] for x in lines[1:]] == [
         "| aime24", "| aime24", "| aime24", "| math500", "| olympiadbench",
-        "| real-math train part (the policy's own success rate)"]
+        "| real-math train part (the policy's own success rate)", "| real-math held-out part"]
+    assert "- base: no results under" not in text  # all four protocols present
     assert "- no run rows: no per-run, per-method or paired tables" in text
 
 
