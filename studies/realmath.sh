@@ -130,6 +130,7 @@ if [ "$1" = post ]; then   # the post-flow evals an earlier call of this machine
     post_eval "$name" "$CKPT" "$RUN_ID" "$ROW"
     pack
   done
+  pack   # also when every pending run stayed deferred: the call returns the MLflow file
 else
   for arg in "$@"; do
     m=${arg%%:*}; seed=""; [ "$m" != "$arg" ] && seed=${arg#*:}
