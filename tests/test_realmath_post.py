@@ -5,6 +5,7 @@ rehearsed end to end on CPU on 2026-12-07 (configs/realmath/README.md): a flow t
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,7 +34,7 @@ def test_post_drops_a_deferred_run_whose_checkpoint_is_gone(tmp_path):
     pending.mkdir(parents=True)
     row = tmp_path / "work" / "rows" / "sft-seed2.json"
     row.parent.mkdir()
-    row.write_text("{}")
+    row.write_text('{"config": "configs/realmath/sft.yaml", "seed": 2, "date": "2026-12-07"}')
     (pending / "sft-seed2").write_text(
         f"CKPT={tmp_path}/work/checkpoints/sft-seed2/step-000010\nRUN_ID=abc\nROW={row}\n")
     r = _run(["post"], tmp_path)
@@ -41,6 +42,9 @@ def test_post_drops_a_deferred_run_whose_checkpoint_is_gone(tmp_path):
     assert f"=== sft-seed2: {tmp_path}/work/checkpoints/sft-seed2/step-000010 or {row} is gone: " \
            "post-flow eval not run" in r.stdout
     assert not (pending / "sft-seed2").exists()  # said once, not again on the next call
+    assert "Traceback" not in r.stderr
+    # the call still returns the study's rows
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())[0]["seed"] == 2
 
 
 def test_usage_names_the_post_call(tmp_path):
