@@ -131,3 +131,56 @@ def test_docs_quote_the_committed_greedy_math500_of_the_base_model():
     assert "**37.8%** greedy" in models and b["ci_low"] <= 0.378 <= b["ci_high"]
     readme = " ".join((HERE / "README.md").read_text().split())
     assert f"{b['avg_at_n']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]" in readme
+
+
+def test_docs_quote_the_committed_sizing_probe():
+    """The sizing probe's numbers in configs/realmath/README.md and docs/PERFORMANCE.md are those
+    of its committed summary row and per-step metrics (docs/results/realmath_probe/)."""
+    import json
+    import statistics
+
+    root = HERE.parents[1]
+    d = root / "docs" / "results" / "realmath_probe"
+    row = json.loads((d / "summary.json").read_text())[0]
+    probe = json.loads((d / "steps.json").read_text())
+    steps, final = probe["steps"], probe["final"]
+    readme = " ".join((HERE / "README.md").read_text().split())
+    perf = " ".join((root / "docs" / "PERFORMANCE.md").read_text().split())
+    assert row["mlflow_run_id"] == probe["mlflow_run_id"] == "59c9d33d56a64f97a542749cb52e2af3"
+    assert (row["rc"], row["wall_s"], row["card"]) == (0, 472, "NVIDIA H100 80GB HBM3")
+    assert row["mlflow_run_id"] in readme
+    t = row["task_s"]
+    rest = t["start"] + t["filter_data"] + t["plan_eval"] + t["join_eval"] + t["end"]
+    for doc in (readme, perf):
+        assert f"| {round(t['train_epoch'])} |" in doc              # 333
+        assert f"| {round(t['eval_task'])} |" in doc                # 90
+        assert f"| {round(rest)} |" in doc                          # 48
+        assert f"median {row['time_step_median']:.1f} s" in doc     # 17.7
+    med = {k: statistics.median(steps[f"time/{k}"]) for k in ("generation", "update", "reward",
+                                                               "weight_sync")}
+    assert (f"generation {med['generation']:.1f}, update {med['update']:.1f}, reward "
+            f"{med['reward']:.1f} ({min(steps['time/reward']):.1f}-{max(steps['time/reward']):.1f}), "
+            f"weight sync {med['weight_sync']:.2f}") in readme
+    assert f"generation {med['generation']:.1f}, update {med['update']:.1f}, weight sync" in perf
+    tps = statistics.median(steps["tokens/trained"]) / med["update"]
+    assert f"about {round(tps, -2):,.0f} trained tokens/s" in perf
+    assert "policy reward " + ", ".join(f"{v:.3f}" for v in steps["reward/policy_mean"]) in readme
+    pm, ratio = steps["reward/prefix_mean"], steps["prefix/ratio_mean"]
+    assert (f"{pm[0]:.2f} at ratio {ratio[0]:.2f} to {pm[-1]:.2f} at {ratio[-1]:.2f}") in readme
+    aw = steps["groups/all_wrong"]
+    assert f"rose from {aw[0]:.0%} to {aw[-1]:.0%}" in readme and max(steps["groups/all_correct"]) == 0
+    assert f"{steps['entropy/kept_fraction'][0]:.1%} of demo tokens kept" in readme
+    ln, cut = steps["completions/mean_length"], steps["completions/clipped_ratio"]
+    assert f"mean response {min(ln):.0f}-{max(ln):.0f} tokens, {min(cut) * 100:.0f}-{max(cut):.0%} cut" \
+        in readme
+    gap = steps["rollout/logprob_gap_mean"]
+    assert (f"gap mean {min(gap):.3f}-{max(gap):.3f}, max "
+            f"{max(steps['rollout/logprob_gap_max']):.2f}") in readme
+    ent, na = steps["entropy/kept_mean"], steps["reward/no_answer_frac"]
+    assert f"rose from {ent[0]:.2f} to {ent[-1]:.2f}" in readme
+    assert f"from {na[0]:.0%} to {na[-1] * 100:.0f}-{max(na):.0%}" in readme
+    assert (f"**{final['eval/heldout/avg_at_1']:.3f}** [{final['eval/heldout/ci_low']:.3f}, "
+            f"{final['eval/heldout/ci_high']:.3f}] ({final['eval/heldout/no_answer_frac']:.0%} "
+            "without an answer)") in readme
+    assert row["scores"]["heldout"]["1"]["value"] == final["eval/heldout/avg_at_1"]
+    assert set(steps["lr"]) == {5e-6}  # the configs' constant RL lr
