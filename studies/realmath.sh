@@ -87,6 +87,9 @@ PY
   cp "$STUDY_DIR/mlflow.db" "$STUDY_DIR/summary.json" "$OUT/" 2>/dev/null
   tar czf "$OUT/logs.tgz" -C "$STUDY_DIR" logs 2>/dev/null
   tar czf "$OUT/post_eval.tgz" -C "$STUDY_DIR" post 2>/dev/null
+  # again after study.sh's: the post-flow evaluation child runs keep their samples there
+  [ -d "$STUDY_DIR/mlartifacts" ] && tar czf "$OUT/mlartifacts.tgz" -C "$STUDY_DIR" mlartifacts 2>/dev/null
+  true
 }
 
 left() { echo $(( DEADLINE - ($(date +%s) - T_START) - 30 )); }  # 30 s for logging and packing
