@@ -122,18 +122,20 @@ t = time.time()
 for m in ("metaflow", "mlflow", "math_verify", "gguf", "torch", "transformers"):
     mod = importlib.import_module(m)
     print(f"{m} {getattr(mod, '__version__', '?')}", end="; ")
-import os, re, yaml
+import os, shlex, yaml
 from prefix_rft.builtin_models import BUILTIN_MODELS, ensure_builtin
-# the configs, and the built-in models they name (a STUDY_SET model.name_or_path wins), converted
-# once here before lanes start flows at the same time
+from prefix_rft.core.config import parse_overrides
+from prefix_rft.core.dicts import deep_merge
+# the configs with STUDY_SET applied as the flow applies --set (steps/start.py), and the built-in
+# models they name, converted once here before lanes start flows at the same time
+over = parse_overrides(shlex.split(os.environ.get("STUDY_SET", "")))
 configs = []
 for arg in sys.argv[1:]:
     spec = arg.split(":")[0]
     path = spec if os.path.isfile(spec) else f"configs/study/{spec}.yaml"
     if os.path.isfile(path):
-        configs.append(yaml.safe_load(open(path)) or {})
-override = re.search(r"(?:^|\s)model\.name_or_path=(\S+)", os.environ.get("STUDY_SET", ""))
-models = {override.group(1)} if override else {(c.get("model") or {}).get("name_or_path") for c in configs}
+        configs.append(deep_merge(yaml.safe_load(open(path)) or {}, over))
+models = {(c.get("model") or {}).get("name_or_path") for c in configs}
 for name in sorted(m for m in models if m in BUILTIN_MODELS):
     print(f"\n{name}: {ensure_builtin(name)} ({time.time() - t:.0f} s with the imports)", end="")
 print()
