@@ -77,18 +77,12 @@ POST_MIN=${REALMATH_POST_MIN_S:-200}  # the post-flow eval needs about this long
 FAILED=0    # exit 1: a flow failed, or a post-flow eval failed or was stopped
 PENDING=0   # exit 4 (when nothing failed): a post-flow eval waits for `realmath.sh post`
 
-pack() {  # the small results into $OUT after every run
-  "$PY" - "$STUDY_DIR" <<'PY'
-import glob, json, os, sys
-d = sys.argv[1]
-rows = [json.load(open(f)) for f in glob.glob(os.path.join(d, "rows", "*.json"))]
-json.dump(sorted(rows, key=lambda r: r["date"]), open(os.path.join(d, "summary.json"), "w"), indent=1)
-PY
-  cp "$STUDY_DIR/mlflow.db" "$STUDY_DIR/summary.json" "$OUT/" 2>/dev/null
-  tar czf "$OUT/logs.tgz" -C "$STUDY_DIR" logs 2>/dev/null
+# shellcheck source=studies/collect.sh
+source "$ROOT/studies/collect.sh"
+pack() {  # collect (study.sh's: rows, mlflow.db, logs, MLflow artifacts with the post-flow
+  # child runs' samples) + the post-flow eval outputs
+  collect
   tar czf "$OUT/post_eval.tgz" -C "$STUDY_DIR" post 2>/dev/null
-  # again after study.sh's: the post-flow evaluation child runs keep their samples there
-  [ -d "$STUDY_DIR/mlartifacts" ] && tar czf "$OUT/mlartifacts.tgz" -C "$STUDY_DIR" mlartifacts 2>/dev/null
   true
 }
 

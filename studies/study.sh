@@ -149,21 +149,10 @@ PY
 
 # ---------------------------------------------------------------- 3. the runs
 mkdir -p "$STUDY_DIR/rows"
-collect() {  # the small results into $OUT (after every run; lanes take turns through a lock)
-  (
-    command -v flock >/dev/null && flock 9
-    "$PY" - "$STUDY_DIR" <<'PY'
-import glob, json, os, sys
-d = sys.argv[1]
-rows = [json.load(open(f)) for f in glob.glob(os.path.join(d, "rows", "*.json"))]
-json.dump(sorted(rows, key=lambda r: r["date"]), open(os.path.join(d, "summary.json"), "w"), indent=1)
-PY
-    cp "$STUDY_DIR/mlflow.db" "$STUDY_DIR/summary.json" "$OUT/" 2>/dev/null
-    tar czf "$OUT/logs.tgz" -C "$STUDY_DIR" logs 2>/dev/null
-    [ -d "$STUDY_DIR/mlartifacts" ] && tar czf "$OUT/mlartifacts.tgz" -C "$STUDY_DIR" mlartifacts 2>/dev/null
-    true
-  ) 9>"$STUDY_DIR/.collect.lock"
-}
+# collect: the small results into $OUT after every run (summary.json, mlflow.db, logs.tgz,
+# mlartifacts.tgz); shared with realmath.sh
+# shellcheck source=studies/collect.sh
+source "$ROOT/studies/collect.sh"
 
 run_one() {  # run_one CONFIG[:SEED] -> the flow, its summary row, collect
   local arg=$1 spec seed cfg name log rc t1 wall ckpt
