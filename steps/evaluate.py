@@ -129,7 +129,7 @@ def _engine(cfg: FlowConfig, ref: dict | None, scratch: Path, check=None):
     from prefix_rft.rollout.engines.factory import EngineSpec, make_engine
 
     if ref is not None:
-        model_dir = str(fetch_into(ref, scratch) / "model")
+        model_dir = str(fetch_into(ref, scratch, only="model/") / "model")
         tok = models.load_tokenizer(model_dir)
     else:
         model_dir = cfg.model.name_or_path
@@ -533,7 +533,7 @@ def _model_with_weights(tracker, tracking: dict, ref: dict) -> tuple[str, str]:
                     "LoggedModel's artifacts to register it (an s3:// "
                     "pipeline.checkpoint_root avoids the copy)", ref["uri"])
         with tempfile.TemporaryDirectory() as tmp:
-            tracker.attach_weights(model_id, fetch_into(ref, Path(tmp)) / "model")
+            tracker.attach_weights(model_id, fetch_into(ref, Path(tmp), only="model/") / "model")
     return model_id, model["artifact_location"].rstrip("/") + "/model"
 
 

@@ -5,13 +5,20 @@
 #
 #   bash studies/realmath.sh stage                 # with .whl-flow/cNN carried (once per chunk)
 #   bash studies/realmath.sh METHOD[:SEED] ...     # e.g. prefix_rft:2 (sft rft sft_then_rft luffy prefix_rft)
-#   bash studies/realmath.sh post                  # the next call: the post-flow evals deferred
+#   bash studies/realmath.sh continue              # the next call, same machine: what was left pending
 #
-# On one H100 a run's flow takes about 470 s (2026-12-07), so its post-flow eval (~175 s) does
-# not fit the same 600 s call: when fewer than REALMATH_POST_MIN_S (200) seconds are left before
-# REALMATH_DEADLINE_S, the final checkpoint is kept in $STUDY_DIR/checkpoints and the run is
-# written to $STUDY_DIR/pending/, and `post`, called next on the same (still warm) machine,
-# scores and logs it. A fresh machine has no pending run: `post` then says so (exit 3).
+# A run does not fit one 600 s call on one H100 (2026-12-07: the flow alone took 472 s on one
+# machine and over 585 s on another; the post-flow eval needs ~360 s), so it is cut where the
+# time runs out and continued by the next call on the same (still warm) machine:
+# - the flow runs until REALMATH_DEADLINE_S minus 30 s; it is stopped earlier when its
+#   eval_task starts with fewer than REALMATH_EVAL_NEEDS_S (180) seconds left, rather than
+#   spending them on a task that cannot finish. Its finished tasks (the trained checkpoint
+#   included) stay, the run goes into $STUDY_DIR/pending/, and `continue` runs Metaflow's
+#   `resume` of it: the finished tasks are cloned, the rest runs, into the same MLflow run;
+# - a finished flow's post-flow eval runs when REALMATH_POST_MIN_S (380) seconds are left;
+#   otherwise its final checkpoint is kept and the eval waits in pending/ for `continue`.
+# A fresh machine has nothing pending (its files are gone): `continue` says so (exit 3), and the
+# run must start again.
 #
 # Needs, on the machine: the vLLM stage (perf/gpu/stage.sh + unstage.sh: /tmp/stage/env.sh, the
 # wheels in /tmp/site, the converted model in /tmp/cache) and the flow wheels: either in the same
@@ -29,14 +36,13 @@
 # REALMATH_NO_STAGE=1 (use the current environment: CPU rehearsal), STUDY_DEADLINE_S (600) and
 # STUDY_EST_S (0): study.sh starts a run only if this fits before the deadline; one run a call
 # is the plan (configs/realmath/README.md), so by default every named run starts.
-# REALMATH_DEADLINE_S (570 s from this script's start): a post-flow eval is stopped by then, so
-# that the device call's 600 s limit never takes its results (the flow's own results are in $OUT
-# as soon as the flow ends: study.sh collects them); the benchmarks it finished are still logged
-# into the run (summary.json "complete": false). REALMATH_POST_MIN_S (200): below this many
-# seconds left, a post-flow eval is deferred (above) rather than started.
+# REALMATH_DEADLINE_S (570 s from this script's start): flows and post-flow evals are stopped
+# by then, so that the device call's 600 s limit never takes their results; what they finished
+# is kept (a post-flow eval's finished benchmarks are logged into the run: summary.json
+# "complete": false). REALMATH_EVAL_NEEDS_S (180) and REALMATH_POST_MIN_S (380): above.
 # Exit status: 0 when every flow and post-flow eval finished; 1 when a flow failed or a post-flow
-# eval failed or was stopped; 4 when nothing failed but a post-flow eval waits for `post`;
-# 2: a usage error; 3: the machine is not staged, or `post` found nothing pending.
+# eval failed or was stopped; 4 when nothing failed but something waits for `continue`;
+# 2: a usage error; 3: the machine is not staged, or `continue` found nothing pending.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -50,7 +56,7 @@ mkdir -p "$OUT" "$STUDY_DIR/post"
 if [ "${1:-}" = stage ]; then
   STUDY_SITE=/tmp/site-flow exec bash studies/study.sh
 fi
-[ $# -gt 0 ] || { echo "usage: $0 stage | post | METHOD[:SEED] ..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: $0 stage | continue | METHOD[:SEED] ..." >&2; exit 2; }
 
 if [ "${REALMATH_NO_STAGE:-0}" != 1 ]; then
   [ -f /tmp/stage/env.sh ] || { echo "no /tmp/stage/env.sh: stage vLLM first (perf/gpu/unstage.sh)" >&2; exit 3; }
@@ -73,9 +79,10 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 VLLM_NO_USAGE_STATS
 # the store study.sh logs to (set there for its own processes; realmath_log.py needs it here)
 export MLFLOW_TRACKING_URI="sqlite:///$STUDY_DIR/mlflow.db" GIT_PYTHON_REFRESH=quiet
 POST=${REALMATH_POST-aime24,aime25,amc,math500}
-POST_MIN=${REALMATH_POST_MIN_S:-200}  # the post-flow eval needs about this long (README, "Sizing")
+POST_MIN=${REALMATH_POST_MIN_S:-380}  # the post-flow eval needs about this long (README, "Sizing")
+EVAL_NEEDS=${REALMATH_EVAL_NEEDS_S:-180}  # the flow's eval_task + join_eval + end (README, "Sizing")
 FAILED=0    # exit 1: a flow failed, or a post-flow eval failed or was stopped
-PENDING=0   # exit 4 (when nothing failed): a post-flow eval waits for `realmath.sh post`
+PENDING=0   # exit 4 (when nothing failed): a resume or a post-flow eval waits for `continue`
 
 # shellcheck source=studies/collect.sh
 source "$ROOT/studies/collect.sh"
@@ -109,14 +116,74 @@ post_eval() {  # NAME CKPT RUN_ID ROW: score the final checkpoint, log into the 
   rm -rf "${STUDY_DIR:?}/checkpoints/$name" "$STUDY_DIR/pending/$name"
 }
 
-if [ "$1" = post ]; then   # the post-flow evals an earlier call of this machine deferred
+# after_flow NAME ARG STATUS: what a flow (or its resume) left, read from its row (STATUS:
+# study.sh's exit status); a flow stopped for time is written to pending/ for `continue`
+# (Metaflow's resume of that run); a finished one gets its post-flow eval now, or in `continue`
+# when too little time is left.
+after_flow() {
+  local name=$1 arg=$2 status=$3 row ckpt run_id mf rc
+  row="$STUDY_DIR/rows/$name.json"
+  [ -f "$row" ] || { echo "=== $name: no summary row (study.sh exit status $status)"; FAILED=1; return; }
+  read -r rc run_id mf < <("$PY" -c "import json,sys; r = json.load(open(sys.argv[1]))
+print(r['rc'], r['mlflow_run_id'] or '-', r['metaflow_run_id'] or '-')" "$row")
+  [ "$run_id" = - ] && run_id=""
+  [ "$mf" = - ] && mf=""
+  if [ "$rc" = 124 ] && [ -n "$mf" ]; then
+    # stopped for time: its finished tasks (and the checkpoints they committed) stay for resume
+    mkdir -p "$STUDY_DIR/pending"
+    printf 'KIND=resume\nARG=%q\nORIGIN=%q\nRUN_ID=%q\nROW=%q\n' "$arg" "$mf" "$run_id" "$row" \
+      > "$STUDY_DIR/pending/$name"
+    echo "=== $name: flow stopped for time (Metaflow run $mf): run \`bash studies/realmath.sh continue\` as the next call on this machine"
+    PENDING=1
+    return
+  fi
+  [ "$rc" = 0 ] || FAILED=1
+  ckpt=$(find "$STUDY_DIR/checkpoints/$name" -name MANIFEST.json -printf '%T@ %h\n' 2>/dev/null \
+         | sort -n | tail -1 | cut -d' ' -f2)
+  if [ -z "$POST" ] || [ "$rc" != 0 ]; then
+    rm -rf "${STUDY_DIR:?}/checkpoints/$name"
+  elif [ -z "$ckpt" ] || [ -z "$run_id" ]; then
+    echo "=== $name: no final checkpoint or MLflow run: post-flow eval skipped"; FAILED=1
+    rm -rf "${STUDY_DIR:?}/checkpoints/$name"
+  elif [ "$(left)" -lt "$POST_MIN" ]; then
+    # too little time before the deadline: keep the checkpoint for the next call on this machine
+    mkdir -p "$STUDY_DIR/pending"
+    printf 'KIND=post\nCKPT=%q\nRUN_ID=%q\nROW=%q\n' "$ckpt" "$run_id" "$row" > "$STUDY_DIR/pending/$name"
+    echo "=== $name: post-flow eval deferred ($(left) s left, it needs REALMATH_POST_MIN_S=$POST_MIN): run \`bash studies/realmath.sh continue\` as the next call on this machine"
+    PENDING=1
+  else
+    post_eval "$name" "$ckpt" "$run_id" "$row"
+  fi
+}
+
+flow() {  # flow ARG [ORIGIN RUN_ID]: study.sh's run of one config (or the resume of ORIGIN), bounded
+  local arg=$1 origin=${2:-} run_id=${3:-}
+  STUDY_NO_INSTALL=1 STUDY_MAX_WORKERS=1 STUDY_KEEP_CHECKPOINTS=1 \
+    STUDY_DEADLINE_S=${STUDY_DEADLINE_S:-600} STUDY_EST_S=${STUDY_EST_S:-0} \
+    STUDY_FLOW_UNTIL=$(( T_START + DEADLINE - 30 )) STUDY_STEP_NEEDS="eval_task=$EVAL_NEEDS" \
+    STUDY_RESUME="$origin" STUDY_MLFLOW_RUN_ID="$run_id" \
+    STUDY_SET="${REALMATH_SET:-}" bash studies/study.sh "$arg"
+}
+
+if [ "$1" = continue ]; then   # what an earlier call of this machine left pending
   shopt -s nullglob
   pending=("$STUDY_DIR"/pending/*)
-  [ ${#pending[@]} -gt 0 ] || { echo "no deferred post-flow eval in $STUDY_DIR/pending: a fresh machine has none (run the flow again)" >&2; exit 3; }
+  [ ${#pending[@]} -gt 0 ] || { echo "nothing pending in $STUDY_DIR/pending: a fresh machine has nothing (run the flow again)" >&2; exit 3; }
   for f in "${pending[@]}"; do
     name=$(basename "$f")
-    # shellcheck disable=SC1090  # CKPT, RUN_ID, ROW, written below
+    KIND=post CKPT="" ARG="" ORIGIN=""
+    # shellcheck disable=SC1090  # KIND, ARG, ORIGIN, CKPT, RUN_ID, ROW, written by after_flow
     source "$f"
+    if [ "$KIND" = resume ]; then
+      if [ "$(left)" -lt "$EVAL_NEEDS" ]; then
+        echo "=== $name: resume still pending: $(left) s left"; PENDING=1; continue
+      fi
+      rm -f "$f"
+      flow "$ARG" "$ORIGIN" "$RUN_ID"
+      after_flow "$name" "$ARG" $?
+      pack
+      continue
+    fi
     if [ ! -d "$CKPT" ] || [ ! -f "$ROW" ]; then
       echo "=== $name: $CKPT or $ROW is gone: post-flow eval not run"; FAILED=1; rm -f "$f"; continue
     fi
@@ -127,37 +194,15 @@ if [ "$1" = post ]; then   # the post-flow evals an earlier call of this machine
     post_eval "$name" "$CKPT" "$RUN_ID" "$ROW"
     pack
   done
-  pack   # also when every pending run stayed deferred: the call returns the MLflow file
+  pack   # also when everything stayed pending: the call returns the MLflow file
 else
   for arg in "$@"; do
     m=${arg%%:*}; seed=""; [ "$m" != "$arg" ] && seed=${arg#*:}
     cfg=configs/realmath/$m.yaml
     [ -f "$cfg" ] || { echo "no such config: $cfg" >&2; exit 2; }
-    name=$m${seed:+-seed$seed}
-    STUDY_NO_INSTALL=1 STUDY_MAX_WORKERS=1 STUDY_KEEP_CHECKPOINTS=1 \
-      STUDY_DEADLINE_S=${STUDY_DEADLINE_S:-600} STUDY_EST_S=${STUDY_EST_S:-0} \
-      STUDY_SET="${REALMATH_SET:-}" bash studies/study.sh "$cfg${seed:+:$seed}"
-    rc=$?
-    [ "$rc" = 0 ] || FAILED=1
-    row="$STUDY_DIR/rows/$name.json"
-    [ -f "$row" ] || { echo "=== $name: no summary row (rc $rc)"; FAILED=1; continue; }
-    ckpt=$(find "$STUDY_DIR/checkpoints/$name" -name MANIFEST.json -printf '%T@ %h\n' 2>/dev/null \
-           | sort -n | tail -1 | cut -d' ' -f2)
-    run_id=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['mlflow_run_id'] or '')" "$row")
-    if [ -z "$POST" ]; then
-      rm -rf "${STUDY_DIR:?}/checkpoints/$name"
-    elif [ -z "$ckpt" ] || [ -z "$run_id" ]; then
-      echo "=== $name: no final checkpoint or MLflow run: post-flow eval skipped"; FAILED=1
-      rm -rf "${STUDY_DIR:?}/checkpoints/$name"
-    elif [ "$(left)" -lt "$POST_MIN" ]; then
-      # too little time before the deadline: keep the checkpoint for the next call on this machine
-      mkdir -p "$STUDY_DIR/pending"
-      printf 'CKPT=%q\nRUN_ID=%q\nROW=%q\n' "$ckpt" "$run_id" "$row" > "$STUDY_DIR/pending/$name"
-      echo "=== $name: post-flow eval deferred ($(left) s left, it needs REALMATH_POST_MIN_S=$POST_MIN): run \`bash studies/realmath.sh post\` as the next call on this machine"
-      PENDING=1
-    else
-      post_eval "$name" "$ckpt" "$run_id" "$row"
-    fi
+    rm -f "$STUDY_DIR/rows/$m${seed:+-seed$seed}.json"   # a row read below is this run's
+    flow "$cfg${seed:+:$seed}"
+    after_flow "$m${seed:+-seed$seed}" "$cfg${seed:+:$seed}" $?
     pack
   done
 fi

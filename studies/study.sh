@@ -45,6 +45,12 @@
 # $STUDY_DIR/mlflow.db if that does not exist yet), STUDY_DEADLINE_S, STUDY_EST_S,
 # STUDY_KEEP_CHECKPOINTS, STUDY_JOBS, STUDY_MAX_WORKERS, STUDY_PY (python3), STUDY_NO_INSTALL=1
 # (use the current environment: CPU checks on a machine that has the packages).
+# Bounded flows and resumes (studies/realmath.sh uses them): STUDY_FLOW_UNTIL (epoch seconds: the
+# flow is stopped then, exit status 124, the row says where: "stopped"), STUDY_STEP_NEEDS
+# ("eval_task=180": a task of that step starting with fewer seconds left stops the flow at once),
+# STUDY_RESUME (a Metaflow run id: `resume --origin-run-id` it instead of a new run; the row of the
+# stopped run goes on, its seconds added) and STUDY_MLFLOW_RUN_ID (the row's MLflow run when the
+# log does not name it: a resume clones `start`, which prints it).
 set -uo pipefail
 
 T0=$(date +%s)
@@ -154,6 +160,11 @@ mkdir -p "$STUDY_DIR/rows"
 # shellcheck source=studies/collect.sh
 source "$ROOT/studies/collect.sh"
 
+# bounded_flow: the flow in a process group of its own, stopped for time (STUDY_FLOW_UNTIL,
+# STUDY_STEP_NEEDS); shared with tests
+# shellcheck source=studies/bounded.sh
+source "$ROOT/studies/bounded.sh"
+
 run_one() {  # run_one CONFIG[:SEED] -> the flow, its summary row, collect
   local arg=$1 spec seed cfg name log rc t1 wall ckpt
   spec=${arg%%:*}
@@ -164,9 +175,16 @@ run_one() {  # run_one CONFIG[:SEED] -> the flow, its summary row, collect
   ckpt="$STUDY_DIR/checkpoints/$name"
   echo "=== $name: $cfg ${seed:+seed $seed} (t=$(( $(date +%s) - T0 ))s, card $CARD)"
   t1=$(date +%s)
-  "$PY" flows/prefix_rft_flow.py --no-pylint --config config "$cfg" run \
-    ${STUDY_MAX_WORKERS:+--max-workers "$STUDY_MAX_WORKERS"} ${seed:+--seed "$seed"} \
-    --set "pipeline.checkpoint_root=$ckpt ${STUDY_SET:-}" > "$log" 2>&1
+  if [ -n "${STUDY_RESUME:-}" ]; then  # Metaflow's resume: the origin's config, its finished tasks cloned
+    echo "=== $name: resuming Metaflow run $STUDY_RESUME" | tee -a "$log"
+    bounded_flow "$log" flows/prefix_rft_flow.py --no-pylint resume --origin-run-id "$STUDY_RESUME" \
+      ${STUDY_MAX_WORKERS:+--max-workers "$STUDY_MAX_WORKERS"}
+  else
+    : > "$log"
+    bounded_flow "$log" flows/prefix_rft_flow.py --no-pylint --config config "$cfg" run \
+      ${STUDY_MAX_WORKERS:+--max-workers "$STUDY_MAX_WORKERS"} ${seed:+--seed "$seed"} \
+      --set "pipeline.checkpoint_root=$ckpt ${STUDY_SET:-}"
+  fi
   rc=$?
   wall=$(( $(date +%s) - t1 ))
   echo "$wall" > "$STUDY_DIR/.wall-$name"
@@ -176,12 +194,23 @@ run_one() {  # run_one CONFIG[:SEED] -> the flow, its summary row, collect
 import datetime, json, os, re, sys
 cfg, seed, rc, wall, card, log, out = sys.argv[1:]
 text = open(log, errors="replace").read()
-m = re.search(r"MLflow run (\w+) at", text)
-mf = re.search(r"Workflow starting \(run-id (\w+)\)", text)
+m = re.search(r"MLflow run:? (\w+)( at|\s+\(experiment)", text)  # start's line, or end's
+mf = re.findall(r"Workflow starting \(run-id (\w+)\)", text)  # a resumed run's log has two
 row = {"config": cfg, "seed": int(seed) if seed else None, "rc": int(rc), "wall_s": int(wall),
        "card": card, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
        "jobs": int(os.environ.get("STUDY_JOBS") or 1), "set": os.environ.get("STUDY_SET", ""),
-       "mlflow_run_id": m.group(1) if m else None, "metaflow_run_id": mf.group(1) if mf else None}
+       "mlflow_run_id": m.group(1) if m else os.environ.get("STUDY_MLFLOW_RUN_ID") or None,
+       "metaflow_run_id": mf[-1] if mf else None}
+stops = re.findall(r"^=== flow stopped at (.*?);", text, re.M)
+if int(rc) == 124 and stops:
+    row["stopped"] = stops[-1]
+if os.environ.get("STUDY_RESUME"):  # the row of the stopped call goes on: its seconds count too
+    row["resumed_from"] = os.environ["STUDY_RESUME"]
+    if os.path.exists(out):
+        before = json.load(open(out))
+        row["wall_s"] += before.get("wall_s", 0)
+        row["calls"] = before.get("calls", 1) + 1
+        row["set"] = before.get("set", row["set"])
 # seconds per Metaflow step (the longest task of each; eval_task: its cells ran in parallel)
 starts, tasks = {}, {}
 for m in re.finditer(r"^(\S+ \S+) \[\d+/(\w+)/(\d+) \(pid \d+\)\] Task (is starting|finished successfully|failed)",

@@ -188,6 +188,37 @@ def test_commit_with_move_renames_the_files_into_place(tmp_path):
     assert store.open(ref.uri).step == 3
 
 
+def test_commit_with_move_reuses_the_callers_hashes_of_unchanged_files(tmp_path, monkeypatch):
+    """save_checkpoint has hashed its files into its own MANIFEST.json; a commit with move
+    renames them and hashes only what changed since: here the config, rewritten with other
+    bytes of the same size after the manifest. The manifest still holds every file's true hash."""
+    import prefix_rft.io.store as store_mod
+
+    files = _ckpt_files(5)
+    src = _tree(tmp_path / "a", files)
+    write_manifest(src, step=5, epoch=None, config_hash="h")
+    later = (src / MANIFEST).stat().st_mtime_ns + 10**9
+    (src / "config.yaml").write_bytes(b"method: rft\n")  # same size, other bytes, newer
+    os.utime(src / "config.yaml", ns=(later, later))
+    hashed = []
+    real = store_mod.sha256_file
+    monkeypatch.setattr(store_mod, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    ref = LocalStore(tmp_path / "store").commit(src, "run/step-000005", step=5, epoch=1,
+                                                config_hash="h", move=True)
+    assert hashed == ["config.yaml"]
+    manifest = json.loads((Path(ref.uri) / MANIFEST).read_text())
+    want = {**files, "config.yaml": b"method: rft\n"}
+    assert manifest["files"] == {rel: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                                 for rel, data in want.items()}
+    assert manifest["epoch"] == 1  # the commit's own fields, not the caller's manifest's
+    # without move (a copy) or without a manifest of the caller's, everything is hashed
+    src2 = _tree(tmp_path / "b", files)
+    write_manifest(src2, step=5, epoch=None, config_hash="h")
+    hashed.clear()
+    LocalStore(tmp_path / "store").commit(src2, "run/step-000006", step=6, epoch=1, config_hash="h")
+    assert sorted(hashed) == sorted(Path(rel).name for rel in files)
+
+
 def test_a_failed_commit_with_move_gives_the_files_back(tmp_path, monkeypatch):
     """If the commit fails after the renames (here: writing the manifest), every file is back
     in the caller's directory, unchanged, and no staging directory is left."""
@@ -268,6 +299,29 @@ def test_corrupted_file_is_refused(store, tmp_path):
         (Path(ref.uri) / "model/model.safetensors").write_bytes(_ckpt_files(1)["model/model.safetensors"])
         (Path(ref.uri) / "notes.txt").write_text("added later")
         assert store.fetch(ref) == Path(ref.uri)
+
+
+def test_an_evaluation_fetches_and_verifies_the_weights_only(store, tmp_path):
+    """steps.common.fetch_into(..., only="model/"), as the eval task calls it: a changed optimizer
+    state does not stop an evaluation, which never reads it (13 of a 1.5B float32 checkpoint's
+    19 GB); a changed weights file does; from S3 only the weights come down."""
+    from steps.common import fetch_into
+
+    ref = store.commit(_tree(tmp_path / "a", _ckpt_files(2)), "run/step-000002", step=2,
+                       epoch=1, config_hash="h")
+    _corrupt(store, ref, "trainer_state.pt")
+    got = fetch_into(ref.to_dict(), tmp_path / "scratch", only="model/")
+    assert (got / "model/model.safetensors").read_bytes() == _ckpt_files(2)["model/model.safetensors"]
+    files = sorted(str(p.relative_to(got)) for p in got.rglob("*") if p.is_file())
+    if isinstance(store, LocalStore):
+        assert got == Path(ref.uri)  # verified in place
+    else:
+        assert files == ["model/config.json", "model/model.safetensors"]
+    with pytest.raises(UserError, match="trainer_state.pt sha256 mismatch"):
+        fetch_into(ref.to_dict(), tmp_path / "scratch2")  # the whole checkpoint: refused
+    _corrupt(store, ref, "model/config.json")
+    with pytest.raises(UserError, match="model/config.json sha256 mismatch"):
+        fetch_into(ref.to_dict(), tmp_path / "scratch3", only="model/")
 
 
 def test_ref_to_replaced_content_is_refused(store, tmp_path):

@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -88,11 +89,14 @@ def _manifest_files(local_dir: Path) -> Iterator[tuple[str, Path]]:
 
 
 def build_manifest(local_dir: str | Path, *, step: int, epoch: int | None, config_hash: str,
-                   meta: dict | None = None) -> dict:
+                   meta: dict | None = None, known: dict[str, str] | None = None) -> dict:
+    """`known`: relpath -> sha256 already computed for exactly that file's bytes (a commit with
+    `move` passes the caller's own manifest's): used instead of hashing the file again."""
     local_dir = Path(local_dir)
     if not local_dir.is_dir():
         raise UserError(f"{local_dir}: not a directory (cannot build a checkpoint manifest)")
-    files = {rel: {"sha256": sha256_file(p), "size": p.stat().st_size}
+    known = known or {}
+    files = {rel: {"sha256": known.get(rel) or sha256_file(p), "size": p.stat().st_size}
              for rel, p in _manifest_files(local_dir)}
     return {"format": FORMAT, "files": files, "step": int(step),
             "epoch": None if epoch is None else int(epoch), "config_hash": str(config_hash),
@@ -105,13 +109,32 @@ def _manifest_bytes(manifest: dict) -> bytes:
 
 
 def write_manifest(local_dir: str | Path, *, step: int, epoch: int | None, config_hash: str,
-                   meta: dict | None = None) -> dict:
+                   meta: dict | None = None, known: dict[str, str] | None = None) -> dict:
     """Write local_dir/MANIFEST.json atomically (temp file + fsync + os.replace): a reader sees
-    either no manifest or a complete one."""
+    either no manifest or a complete one. `known`: as for build_manifest."""
     local_dir = Path(local_dir)
-    manifest = build_manifest(local_dir, step=step, epoch=epoch, config_hash=config_hash, meta=meta)
+    manifest = build_manifest(local_dir, step=step, epoch=epoch, config_hash=config_hash, meta=meta,
+                              known=known)
     _write_bytes_atomic(local_dir / MANIFEST, _manifest_bytes(manifest))
     return manifest
+
+
+def _unchanged_hashes(local_dir: Path) -> dict[str, str]:
+    """relpath -> sha256 from local_dir's own MANIFEST.json (save_checkpoint writes one) for the
+    files it lists that have not changed since: same size, not modified after the manifest was
+    written. Empty when there is no readable manifest; every other file is hashed."""
+    path = local_dir / MANIFEST
+    try:
+        written = path.stat().st_mtime_ns
+        listed = json.loads(path.read_bytes())["files"]
+        out = {}
+        for rel, info in listed.items():
+            st = (local_dir / rel).lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_size == info["size"] and st.st_mtime_ns <= written:
+                out[rel] = str(info["sha256"])
+        return out
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -490,8 +513,9 @@ class LocalStore(CheckpointStore):
         """Copy local_dir to <root>/<name> via a hidden staging sibling renamed into place; the
         manifest is written inside it before the rename, so the final path appears complete.
         With `move`, files on the store's filesystem are renamed into the staging dir instead of
-        copied (a 1.5B float32 checkpoint with its AdamW state is 19 GB: the copy took most of
-        the minute its commit took on the GPU machine); if the commit fails they go back."""
+        copied, and a renamed file that local_dir's own MANIFEST.json lists, unchanged since, is
+        not hashed again (a 1.5B float32 checkpoint with its AdamW state is 19 GB, which
+        save_checkpoint has just hashed); if the commit fails the files go back."""
         src = Path(local_dir)
         dest = Path(self.uri_for(_clean_name(name)))
         if not src.is_dir():
@@ -510,14 +534,19 @@ class LocalStore(CheckpointStore):
         remove_stale_staging(dest.parent)  # left by this run's interrupted commits
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
         moved: list[tuple[Path, Path]] = []  # (source, staged) of the files renamed, not copied
+        # a renamed file keeps its bytes: the hash the caller's own manifest has for it stands
+        unchanged = _unchanged_hashes(src) if move else {}
+        known = {}
         try:
             for rel, p in _manifest_files(src):
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 if move and not p.is_symlink() and _rename(p, tmp / rel):
                     moved.append((Path(p), tmp / rel))
+                    if rel in unchanged:
+                        known[rel] = unchanged[rel]
                 else:
                     shutil.copy2(p, tmp / rel)
-            write_manifest(tmp, **kw)  # hashes the copies: the manifest describes what landed
+            write_manifest(tmp, **kw, known=known)  # hashes the copies: it describes what landed
             if dest.exists():  # an uncommitted leftover (interrupted delete): not a checkpoint
                 shutil.rmtree(dest)
             os.replace(tmp, dest)
