@@ -13,7 +13,11 @@
 #                                       # + greedy @1024: heldout (the flow's held-out cell at epoch 0)
 #   bash studies/realmath_base.sh b4    # default: olympiadbench, first half (338 problems, avg@32)
 #   bash studies/realmath_base.sh b5    # default: olympiadbench, second half (337 problems)
+#   bash studies/realmath_base.sh b6    # paper @1024: amc, math500 (b3's part that did not fit)
 #
+# b3 on a lent H100 (2026-12-07) spent 510 s on Minerva alone (46 grading timeouts), so its two
+# later parts were run by hand the same day: greedy @1024 on heldout in full, paper @1024 only on
+# aime24 and aime25 (docs/results/realmath_base/). b6 scores the rest.
 # AIME24/25 and AMC of the paper protocol at 4,096 are the default protocol's samples (same n,
 # temperature, top_p, seed and limit), so b1 does not repeat them. The two OlympiadBench halves
 # are problems files (ids kept) whose samples.parquet files together are the avg@32 of all 675.
@@ -106,7 +110,8 @@ FAILED=0   # set by part(); the call's exit status is 1 when a part failed or wa
         part b3_greedy1024 default 1024 "$F/realmath_heldout.jsonl" --n 1 --temperature 0 ;;
     b4) part b4_default default 4096 "$F/olympiadbench_a.jsonl" ;;
     b5) part b5_default default 4096 "$F/olympiadbench_b.jsonl" ;;
-    *) echo "usage: $0 b1|b2|b3|b4|b5" >&2; exit 2 ;;
+    b6) part b6_paper1024 paper 1024 amc,math500 ;;
+    *) echo "usage: $0 b1|b2|b3|b4|b5|b6" >&2; exit 2 ;;
   esac
   exit "$FAILED"
 } 2>&1 | tee "$OUT/$CALL.log"

@@ -46,3 +46,14 @@ def test_an_unknown_call_is_a_usage_error(tmp_path):
     r = _run("b9", tmp_path)
     assert r.returncode == 2
     assert "usage:" in r.stdout + r.stderr
+
+
+def test_b6_is_the_rest_of_b3s_paper_part(tmp_path):
+    """b3's paper @1,024 part did not fit its call (2026-12-07): AIME24 and AIME25 were run by
+    hand, b6 scores AMC and MATH-500 with the same protocol and length."""
+    r = _run("b6", tmp_path, REALMATH_DEADLINE_S="5")
+    lines = [x for x in r.stdout.splitlines() if x.startswith("===")]
+    assert len(lines) == 1 and lines[0].startswith("=== b6_paper1024: skipped,")
+    assert r.returncode == 1 and (tmp_path / "out" / "b6.log").is_file()
+    text = (ROOT / "studies/realmath_base.sh").read_text()
+    assert "    b6) part b6_paper1024 paper 1024 amc,math500 ;;" in text

@@ -184,3 +184,62 @@ def test_docs_quote_the_committed_sizing_probe():
             "without an answer)") in readme
     assert row["scores"]["heldout"]["1"]["value"] == final["eval/heldout/avg_at_1"]
     assert set(steps["lr"]) == {5e-6}  # the configs' constant RL lr
+
+
+def test_docs_quote_the_second_run_and_epoch_0():
+    """The second GPU run's numbers (docs/results/realmath_probe2/steps.json, from the MLflow file
+    and flow log a second call fetched) and the untrained model's b3 scores
+    (docs/results/realmath_base/b3_*_summary.json), as configs/realmath/README.md and
+    docs/PERFORMANCE.md quote them, and the reading that keeps the RL lr: the curve's last
+    point is not below epoch 0's greedy held-out score."""
+    import json
+    import statistics
+
+    root = HERE.parents[1]
+    d = json.loads((root / "docs/results/realmath_probe2/steps.json").read_text())
+    steps, ph, tasks = d["steps"], d["phases_s"], d["task_s"]
+    readme = " ".join((HERE / "README.md").read_text().split())
+    perf = " ".join((root / "docs" / "PERFORMANCE.md").read_text().split())
+    assert d["mlflow_run_id"] in readme and d["card"] == "NVIDIA H100 80GB HBM3"
+    assert steps["eval/accuracy"] == [17 / 123, 18 / 123] and d["eval_accuracy_steps"] == [5, 10]
+    assert "0.138 at step 5 and 0.146 at step 10" in readme
+    med_step = statistics.median(steps["time/step"])
+    med_gen = statistics.median(steps["time/generation"])
+    assert f"train_epoch {tasks['train_epoch']:.0f} s (333), median step {med_step:.1f} s (17.7) " \
+           f"with generation {med_gen:.1f} s" in readme
+    vllm = ph["train_epoch: colocated vLLM start (arguments to engine ready)"]
+    ckpt = ph["train_epoch: last held-out eval to the committed checkpoint"]
+    to_args = ph["eval_task: task start to the vLLM engine's arguments"]
+    assert f"vLLM start {vllm:.1f} s (57), the checkpoint {ckpt:.1f} s (67)" in readme
+    assert f"eval task {to_args:.1f} s from its start" in readme
+    assert f"| train_epoch task | 333 | {tasks['train_epoch']:.0f} |" in perf
+    assert f"| - RL step, median (generation) | 17.7 (7.4) | {med_step:.1f} ({med_gen:.1f}) |" in perf
+    assert f"| - last held-out eval to the committed checkpoint | 67 | {ckpt:.1f} |" in perf
+    assert f"| eval_task: vLLM start | ~45 | {ph['eval_task: vLLM start (arguments to engine ready)']:.1f} |" in perf
+    assert "policy reward " + ", ".join(f"{v:.3f}" for v in steps["reward/policy_mean"]) in readme
+    ent, na = steps["entropy/kept_mean"], steps["reward/no_answer_frac"]
+    assert f"entropy {ent[0]:.2f} to {ent[-1]:.2f}; rollouts without an answer {na[0]:.0%} to " \
+           f"{na[-1]:.0%}" in readme
+    assert set(steps["lr"]) == {5e-6}
+
+    base = root / "docs/results/realmath_base"
+    greedy = json.loads((base / "b3_greedy1024_summary.json").read_text())
+    h = greedy["benchmarks"]["realmath_heldout"]
+    assert greedy["protocol"]["temperature"] == 0 and greedy["protocol"]["max_new_tokens"] == 1024
+    assert (h["num_problems"], h["avg_at_n"]) == (123, 17 / 123)
+    assert f"held-out greedy **{h['avg_at_n']:.3f}** [{h['ci_low']:.3f}, {h['ci_high']:.3f}]" in readme
+    assert f"against {h['avg_at_n']:.3f} for the untrained model" in readme
+    assert steps["eval/accuracy"][-1] >= h["avg_at_n"]  # the lr reading
+    paper = json.loads((base / "b3_paper1024_summary.json").read_text())
+    assert paper["complete"] is False and paper["pending"] == ["amc", "math500"]
+    a24, a25 = paper["benchmarks"]["aime24"], paper["benchmarks"]["aime25"]
+    assert (a24["n"], a25["n"], paper["protocol"]["max_new_tokens"]) == (32, 32, 1024)
+    assert f"AIME24 **{a24['avg_at_n']:.3f}** [{a24['ci_low']:.3f}, {a24['ci_high']:.3f}] and " \
+           f"AIME25 **{a25['avg_at_n']:.3f}** [{a25['ci_low']:.3f}, {a25['ci_high']:.3f}] " \
+           f"(avg@32, {a24['truncated_frac']:.0%} of the samples cut" in readme
+    minerva = json.loads((base / "b3_default_summary.json").read_text())["benchmarks"]["minerva"]
+    assert (minerva["n"], minerva["num_problems"], minerva["protocol"]["max_new_tokens"]) == (32, 272, 4096)
+    assert f"avg@32 **{minerva['avg_at_n']:.3f}** [{minerva['ci_low']:.3f}, {minerva['ci_high']:.3f}] " \
+           f"in 510 s, {minerva['generation_seconds']:.0f} s of them generation at " \
+           f"{minerva['tokens_per_second'] / 1000:.0f}k tokens/s" in readme
+    assert f"with {minerva['grading_timeouts']} grading timeouts (scored 0)" in readme
