@@ -1,13 +1,13 @@
 """The real-math study's result tables (Markdown, for docs/RESULTS.md) from what the GPU calls
 return: the summary.json files of studies/realmath.sh (one row per run, as studies/study.sh
-writes them, with the post-flow scores that realmath_log.py adds), the post-flow evaluation
-directories (`--post DIR`: DIR/<config>-seed<N>/ with summary.json and samples.parquet, from
-post_eval.tgz, and flow_heldout/samples.parquet, the flow's own evaluation of the held-out part
-that realmath_log.py copies there) and the untrained model's evaluation directories of
-studies/realmath_base.sh (`--base DIR`, each an extracted <call>_<part>.tgz).
+writes them, with the scores of the flow's eval task), the per-problem sample directories
+(`--samples DIR`: DIR/<config>-seed<N>/ from samples.tgz, as studies/realmath_samples.py writes
+them: run.json naming the MLflow run, flow_<benchmark>/samples.parquet) and the untrained model's
+evaluation directories of studies/realmath_base.sh (`--base DIR`, each an extracted
+<call>_<part>.tgz).
 
     python studies/realmath_table.py docs/results/realmath_r*_summary.json \
-        --post docs/results/realmath_post --base docs/results/realmath_base/b1_default ... \
+        --samples docs/results/realmath_samples --base docs/results/realmath_base/b1_default ... \
         [--db mlflow.db --curves docs/figures/realmath_curves.png]
 
 Prints, in order:
@@ -20,11 +20,11 @@ Prints, in order:
   (b), (c) study_table.py's tables with the real-math benchmarks as levels: one row per run with
       its final scores and `bash studies/realmath.sh CONFIG:SEED`, per method over seeds, and the
       reference method (`--reference`, default sft_then_rft) minus every method (Welch).
-  (d) paired per-problem differences on the held-out part (the flow's samples) and the
-      post-flow benchmarks: each problem's accuracy averaged over a method's seeds, minus the
+  (d) paired per-problem differences on the held-out part and the four benchmarks of the
+      flow's eval task: each problem's accuracy averaged over a method's seeds, minus the
       same for the reference, on the problems both have (`report.paired_table`: bootstrap CI
       of the mean difference, sign-flip p-value).
-Missing inputs (a method with one seed, a run without its post-flow directory, a benchmark a run
+Missing inputs (a method with one seed, a run without its sample directory, a benchmark a run
 lacks) give "-" cells and a line under "Notes"; a malformed file is one error naming it (exit 2).
 """
 
@@ -43,8 +43,8 @@ from prefix_rft.errors import UserError  # noqa: E402
 from prefix_rft.eval import metrics as em  # noqa: E402
 from prefix_rft.eval import report  # noqa: E402
 
-# the per-run score columns and the paired table's benchmarks: heldout from the flow's eval
-# cell, the others from the post-flow eval
+# the per-run score columns and the paired table's benchmarks: the five of the flow's eval task
+# (heldout greedy, the others with the paper protocol)
 LEVELS = ("heldout", "aime24", "aime25", "amc", "math500")
 SIX = ("aime24", "aime25", "amc", "math500", "minerva", "olympiadbench")
 PARTS = ("realmath_train", "realmath_heldout")  # realmath_base.sh's problems files of the source
@@ -176,41 +176,40 @@ def base_table(dirs: list[Path]) -> tuple[list[str], list[str]]:
     return out, notes
 
 
-# -------------------------------------------------------------------------- post-flow directories
+# ------------------------------------------------------------------------- sample directories
 
-def post_results(ok: list[dict], dirs: list[Path]) -> tuple[dict, list[str]]:
-    """MLflow run id -> its post-flow per-problem accuracies (benchmark -> problem -> accuracy),
-    `heldout` included where the directory has the flow's samples (`flow_samples`).
-    A run's directory is DIR/<config>-seed<N> (or DIR/<config>) whose summary.json evaluated the
-    checkpoint the run's row names (`post_eval.model`): a name alone may be another session's run
-    of the same config and seed."""
-    index: dict[str, list[Path]] = {}
+RUN_FILE = "run.json"  # studies/realmath_samples.py: the MLflow run a sample directory belongs to
+
+
+def sample_results(ok: list[dict], dirs: list[Path]) -> tuple[dict, list[str]]:
+    """MLflow run id -> its per-problem accuracies (benchmark -> problem -> accuracy) from the
+    sample directories DIR/<name>/ whose run.json names that run: a name alone may be another
+    session's run of the same config and seed."""
+    index: dict[str, Path] = {}
     for d in dirs:
         if not d.is_dir():
-            raise UserError(f"--post {d}: no such directory")
+            raise UserError(f"--samples {d}: no such directory")
         for sub in sorted(p for p in d.iterdir() if p.is_dir()):
-            index.setdefault(sub.name, []).append(sub)
+            f = sub / RUN_FILE
+            try:
+                run_id = json.loads(f.read_text())["mlflow_run_id"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise UserError(f"{f}: expected the JSON object studies/realmath_samples.py "
+                                f"writes, with mlflow_run_id ({type(e).__name__}: {e})") from None
+            index.setdefault(run_id, sub)
     found, notes = {}, []
     for r in ok:
-        stem = Path(r["config"]).stem
-        cands = index.get(f"{stem}-seed{r.get('seed')}", []) + index.get(stem, [])
-        want = (r.get("post_eval") or {}).get("model")
-        if not want:
-            notes.append(f"{run_name(r)} (`{r['mlflow_run_id']}`): its row has no post-flow eval")
-            continue
-        match = [(d, acc) for d in cands for s, acc in [read_eval_dir(d)] if s.get("model") == want]
-        if match:
-            found[r["mlflow_run_id"]] = {**flow_samples(match[0][0]), **match[0][1]}
+        sub = index.get(r["mlflow_run_id"])
+        if sub is None:
+            notes.append(f"{run_name(r)} (`{r['mlflow_run_id']}`): no --samples directory of this run")
         else:
-            looked = f" (looked at {', '.join(map(str, cands))})" if cands else ""
-            notes.append(f"{run_name(r)} (`{r['mlflow_run_id']}`): no --post directory of its "
-                         f"checkpoint {want}{looked}")
+            found[r["mlflow_run_id"]] = flow_samples(sub)
     return found, notes
 
 
 def flow_samples(d: Path) -> dict[str, dict[str, float]]:
-    """The per-problem accuracies of the flow's own evaluations copied into a post-flow directory
-    (d/flow_*/samples.parquet: `heldout`), under the benchmark names the files hold."""
+    """The per-problem accuracies of the flow's evaluations in a sample directory
+    (d/flow_*/samples.parquet), under the benchmark names the files hold."""
     from prefix_rft.eval.protocol import SAMPLES_FILE, per_problem
 
     out: dict[str, dict[str, float]] = {}
@@ -228,26 +227,26 @@ def seed_average(per_run: list[dict[str, float]]) -> dict[str, float]:
     return {p: sum(a[p] for a in per_run) / len(per_run) for p in sorted(common)}
 
 
-def paired_tables(ok: list[dict], post: dict, reference: str) -> tuple[list[str], list[str]]:
-    """Table (d): per benchmark (the held-out part, then the post-flow ones) and method, the
+def paired_tables(ok: list[dict], samples: dict, reference: str) -> tuple[list[str], list[str]]:
+    """Table (d): per benchmark (the held-out part, then the four others) and method, the
     seed-averaged per-problem accuracies minus the reference's (`report.paired_table`), and
     notes on what is missing."""
-    runs = st.by_method([r for r in ok if r["mlflow_run_id"] in post])
+    runs = st.by_method([r for r in ok if r["mlflow_run_id"] in samples])
     if reference not in runs:
-        return [], [f"paired differences: no post-flow results of {reference}"]
+        return [], [f"paired differences: no samples of {reference}"]
     notes, out = [], [
         f"| benchmark | method | seeds vs {reference} | method | {reference} | difference "
         "[95% CI] | p | problems (dropped) | method better / worse / tied |", "|" + "---|" * 9]
     for bench in LEVELS:
         averaged, seeds = [], {}
         for m, rs in runs.items():
-            per_run = [acc[bench] for r in rs if bench in (acc := post[r["mlflow_run_id"]])]
+            per_run = [acc[bench] for r in rs if bench in (acc := samples[r["mlflow_run_id"]])]
             seeds[m] = len(per_run)
             if per_run:
                 averaged.append(report.RunResults(m, {bench: seed_average(per_run)}))
         names = [r.name for r in averaged]
         if reference not in names:
-            notes.append(f"paired differences, {bench}: no post-flow results of {reference}")
+            notes.append(f"paired differences, {bench}: no samples of {reference}")
             continue
         base = averaged[names.index(reference)]
         rows = {row["run"]: row for row in report.paired_table(averaged, names.index(reference))}
@@ -286,7 +285,7 @@ def run_notes(ok: list[dict], reference: str) -> list[str]:
     return notes
 
 
-def render(rows: list[dict], post_dirs: list[Path], base_dirs: list[Path],
+def render(rows: list[dict], sample_dirs: list[Path], base_dirs: list[Path],
            reference: str = "sft_then_rft") -> str:
     base, notes = base_table(base_dirs)
     out = []
@@ -294,13 +293,14 @@ def render(rows: list[dict], post_dirs: list[Path], base_dirs: list[Path],
         out += ["The untrained model (avg@n, bootstrap 95% CI over problems):", "", *base, ""]
     if rows:
         out += ["Runs (final checkpoint: heldout greedy from the flow's eval cell; aime24, aime25, "
-                "amc avg@32 and math500 avg@1 at T 0.6 from the post-flow `paper` eval):", "",
+                "amc avg@32 and math500 avg@1 at T 0.6 with the `paper` protocol, all from the "
+                "flow's eval task):", "",
                 st.tables(rows, reference, LEVELS, command, "benchmarks").rstrip("\n"), ""]
         ok = st.succeeded(rows)
         notes += run_notes(ok, reference)
-        post, post_notes = post_results(ok, post_dirs)
-        paired, paired_notes = paired_tables(ok, post, reference)
-        notes += post_notes + paired_notes
+        samples, sample_notes = sample_results(ok, sample_dirs)
+        paired, paired_notes = paired_tables(ok, samples, reference)
+        notes += sample_notes + paired_notes
         if paired:
             out += [f"Each method minus {reference}, problem by problem (accuracy averaged over "
                     "seeds; bootstrap 95% CI over problems, sign-flip p; > 0: the method higher):",
@@ -315,8 +315,9 @@ def render(rows: list[dict], post_dirs: list[Path], base_dirs: list[Path],
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("summaries", nargs="*", help="summary.json files from studies/realmath.sh")
-    ap.add_argument("--post", action="append", default=[], type=Path,
-                    help="a folder of post-flow eval dirs (<config>-seed<N>/); repeatable")
+    ap.add_argument("--samples", action="append", default=[], type=Path,
+                    help="a folder of sample directories (<config>-seed<N>/, from samples.tgz); "
+                    "repeatable")
     ap.add_argument("--base", action="append", default=[], type=Path,
                     help="an eval output dir of studies/realmath_base.sh; repeatable")
     ap.add_argument("--reference", default="sft_then_rft",
@@ -329,7 +330,7 @@ def main(argv=None) -> int:
         ap.error("--curves needs --db")
     try:
         rows = st.load(args.summaries)
-        sys.stdout.write(render(rows, args.post, args.base, args.reference))
+        sys.stdout.write(render(rows, args.samples, args.base, args.reference))
         if args.curves:
             st.curves(rows, args.db, args.curves, CURVES)
     except UserError as e:

@@ -58,7 +58,8 @@ def test_every_file_resolves_for_the_flow(name):
     assert (c.data.train, c.data.test) == ("realmath:train", "realmath:heldout")
     assert c.pipeline.eval_protocol == "paper"
     assert c.pipeline.eval_max_new_tokens == c.rollout.max_response_len == c.eval.max_new_tokens
-    assert c.pipeline.benchmarks == ["heldout"]
+    assert c.pipeline.benchmarks == ["heldout", "aime24", "aime25", "amc", "math500"]
+    assert c.pipeline.eval_task_per == "checkpoint"  # one vLLM start for all five
     assert (c.eval.num_problems, c.eval.n_samples, c.eval.temperature) == (123, 1, 0.0)
     assert needs_demos(c) == (name != "rft")
 

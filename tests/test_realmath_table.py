@@ -1,18 +1,19 @@
-"""studies/realmath_table.py on tiny inputs written by the real writers: eval output directories
-by `protocol.write_results` (the files `prefix-rft eval` writes), run rows by studies/study.sh's
-row format completed by studies/realmath_log.py itself against a real (sqlite) MLflow store.
+"""studies/realmath_table.py on tiny inputs written by the real writers: the flow's evaluation
+cells logged by the flow's own code (`steps.evaluate._log_cell`) into a real (sqlite) MLflow
+store, copied out by studies/realmath_samples.py itself, run rows in studies/study.sh's format,
+and base eval directories by `protocol.write_results` (the files `prefix-rft eval` writes).
 
-Two methods (sft_then_rft, the reference, and prefix_rft) x 2 seeds x 2 post-flow benchmarks
-(aime24 with 2 samples a problem, math500 with 1) x 3 problems, plus a one-seed luffy run without
-post-flow results and a failed run. The four runs with post-flow results also have the flow's
-greedy `heldout` evaluation of 10 problems as child runs, logged by the flow's own code
-(`steps.evaluate._log_cell`), which realmath_log.py copies beside the post-flow results. Every
-expected number is worked out in the comments."""
+Two methods (sft_then_rft, the reference, and prefix_rft) x 2 seeds, each with the flow's greedy
+`heldout` cell of 10 problems and its `paper` cells of aime24 (2 samples a problem) and math500
+(1) on 3 problems, plus a one-seed luffy run with no cells and a failed run. Every expected
+number is worked out in the comments."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+import io
 import json
 import tempfile
 from pathlib import Path
@@ -45,9 +46,11 @@ def _module(name: str):
     return mod
 
 
-RT, ST, LOG = _module("realmath_table"), _module("study_table"), _module("realmath_log")
+RT, ST, SAMPLES = (_module("realmath_table"), _module("study_table"),
+                   _module("realmath_samples"))
 
-# post-flow samples: (method, seed) -> benchmark -> problem -> correct per sample
+# the flow's paper cells at the last epoch: (method, seed) -> benchmark -> problem -> correct
+# per sample
 POST = {
     ("sft_then_rft", 1): {"aime24": {"p0": [1, 1], "p1": [1, 0], "p2": [0, 0]},   # 1, .5, 0
                           "math500": {"p0": [1], "p1": [0], "p2": [0]}},            # 1/3
@@ -94,110 +97,122 @@ def write_eval(out: Path, tables: dict, protocol, model: str) -> dict:
                                               "protocol": protocol.to_dict(), "source": "default"})
 
 
-def log_flow_heldout(tracker, tracking: dict, epoch: int, digits: str, shards: int = 1) -> None:
-    """The flow's `heldout` cell of one epoch as its eval tasks log it (`_log_cell`: a child run
-    per shard holding samples.parquet), shard k taking problems k, k + shards, ... as
-    `eval_task` does; the summary has the keys `eval_task` gives it."""
+def log_flow_cell(tracker, tracking: dict, bench: str, epoch: int, probs: dict, protocol,
+                  shards: int = 1) -> None:
+    """One benchmark of one epoch as the flow's eval task logs it (`_log_cell`: the parent's
+    metrics when unsharded, a child run per shard holding samples.parquet), shard k taking
+    problems k, k + shards, ... as `eval_task` does; the summary has the keys it gives it."""
     cfg = load_flow_config(ROOT / "configs" / "realmath" / "prefix_rft.yaml")
-    probs = [(f"h{i}", [d == "1"]) for i, d in enumerate(digits)]
+    items, n = list(probs.items()), protocol.n_for(bench)
     for shard in range(shards):
-        res = bench_result("heldout", dict(probs[shard::shards]), HELDOUT_PROTOCOL, "ckpt")
+        res = bench_result(bench, dict(items[shard::shards]), protocol, "ckpt")
         s = res.summary
-        summary = {"epoch": epoch, "benchmark": "heldout", "n": 1, "value": s["avg_at_n"],
-                   "metric": run_layout.metric_key("heldout", 1), "ci": [s["ci_low"], s["ci_high"]],
+        summary = {"epoch": epoch, "benchmark": bench, "n": n, "value": s["avg_at_n"],
+                   "metric": run_layout.metric_key(bench, n), "ci": [s["ci_low"], s["ci_high"]],
                    "num_problems": s["num_problems"], "no_answer_frac": 0.0,
                    "grading_timeouts": 0, "grading_errors": 0, "checkpoint_uri": "ckpt",
-                   "engine": "vllm", "protocol": HELDOUT_PROTOCOL.to_dict(), "shard": shard,
+                   "engine": "vllm", "protocol": protocol.to_dict(), "shard": shard,
                    "shards": shards}
         with tempfile.TemporaryDirectory() as tmp:
             seval._log_cell(cfg, tracker, tracking, summary, res, Path(tmp))
 
 
+def log_flow_heldout(tracker, tracking: dict, epoch: int, digits: str, shards: int = 1) -> None:
+    """The flow's greedy `heldout` cell: problem h<i> right where digit i is 1."""
+    log_flow_cell(tracker, tracking, "heldout", epoch,
+                  {f"h{i}": [d == "1"] for i, d in enumerate(digits)}, HELDOUT_PROTOCOL, shards)
+
+
 def study_row(method: str, seed: int, run_id: str | None, rc: int = 0) -> dict:
-    """A row as studies/study.sh writes it (the flow's eval cell scored `heldout` at epoch 1)."""
+    """A row as studies/study.sh writes it from the run's metrics: the flow's eval task scored
+    `heldout` (HELDOUT) and, where POST has them, aime24 and math500 at epoch 1."""
     h = HELDOUT.get((method, seed))
+    scores = {} if rc else {"heldout": {"1": {"metric": "avg_at_1", "value": h,
+                                              "ci": [h - 0.1, h + 0.1]}}}
+    for bench, probs in ({} if rc else POST.get((method, seed), {})).items():
+        s = summarize([[bool(c) for c in cs] for cs in probs.values()])
+        scores[bench] = {"1": {"metric": f"avg_at_{POST_PROTOCOL.n_for(bench)}",
+                               "value": s["avg_at_n"], "ci": [s["ci_low"], s["ci_high"]]}}
     return {"config": f"configs/realmath/{method}.yaml", "seed": seed, "rc": rc, "wall_s": 500,
             "card": "NVIDIA H100 80GB HBM3", "date": f"2026-12-0{seed}T10:00:00+00:00", "jobs": 1,
             "set": "", "mlflow_run_id": run_id, "metaflow_run_id": f"17{seed}", "method": method,
-            "status": "FINISHED" if rc == 0 else "FAILED",
-            "scores": {} if rc else {"heldout": {"1": {"metric": "avg_at_1", "value": h,
-                                                       "ci": [h - 0.1, h + 0.1]}}}}
+            "status": "FINISHED" if rc == 0 else "FAILED", "scores": scores}
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """Summaries a.json and b.json (one row in both), post dirs, a stale post dir, MLflow file
-    (artifacts beside it). The flow's heldout cell of sft_then_rft seed 2 is in two shards;
-    sft_then_rft seed 1 also has an all-wrong epoch-0 cell, which is not the last epoch."""
+    """Summaries a.json and b.json (one row in both), sample dirs written by
+    realmath_samples.py, a stale sample dir of another run, MLflow file (artifacts beside it).
+    The heldout cell of sft_then_rft seed 2 is in two shards; sft_then_rft seed 1 also has an
+    all-wrong epoch-0 cell, which is not the last epoch."""
     d = tmp_path_factory.mktemp("realmath")
     uri = f"sqlite:///{d / 'mlflow.db'}"
     tracker = Tracker(uri)
     client = tracker.client
     exp = tracker.experiment_id("realmath")
-    rows = {}
+    rows, lines = {}, {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         for method, seed in HELDOUT:
             run_id = client.create_run(exp).info.run_id
             for step in (1, 2):  # a training curve for --curves
                 client.log_metric(run_id, "reward/mean", 0.1 * step + seed / 100, step=step)
-            row_path = d / "rows" / f"{method}-seed{seed}.json"
-            row_path.parent.mkdir(exist_ok=True)
-            row_path.write_text(json.dumps(study_row(method, seed, run_id)))
+            rows[method, seed] = study_row(method, seed, run_id)
             if (method, seed) in POST:
                 tracking = {"run_id": run_id, "experiment": "realmath"}
                 if (method, seed) == ("sft_then_rft", 1):
                     log_flow_heldout(tracker, tracking, 0, "0" * 10)
                 log_flow_heldout(tracker, tracking, 1, FLOW_HELDOUT[method, seed],
                                  shards=2 if (method, seed) == ("sft_then_rft", 2) else 1)
-                model = f"/tmp/realmath/checkpoints/{method}-seed{seed}/F/l/17{seed}/step-000010"
-                write_eval(d / "post" / f"{method}-seed{seed}", POST[method, seed], POST_PROTOCOL,
-                           model)
-                assert LOG.main(str(d / "post" / f"{method}-seed{seed}" / "summary.json"), run_id,
-                                str(row_path)) == 0
-            rows[method, seed] = json.loads(row_path.read_text())
-    # another session's run of prefix_rft seed 2 (another checkpoint): must not be matched
-    write_eval(d / "post_old" / "prefix_rft-seed2", {"aime24": {"p0": [0, 0]}}, POST_PROTOCOL,
-               "/tmp/realmath/checkpoints/prefix_rft-seed2/F/l/999/step-000010")
+                for bench, probs in POST[method, seed].items():
+                    log_flow_cell(tracker, tracking, bench, 1, probs, POST_PROTOCOL)
+                out = d / "samples" / f"{method}-seed{seed}"
+                with contextlib.redirect_stdout(io.StringIO()) as said:
+                    assert SAMPLES.main(run_id, str(out)) == 0
+                lines[method, seed] = said.getvalue().splitlines()
+        # another session's run of prefix_rft seed 2: same directory name, other run; not matched
+        other = client.create_run(exp).info.run_id
+        log_flow_cell(tracker, {"run_id": other, "experiment": "realmath"}, "aime24", 1,
+                      {"p0": [0, 0]}, POST_PROTOCOL)
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert SAMPLES.main(other, str(d / "samples_old" / "prefix_rft-seed2")) == 0
     failed = study_row("rft", 1, None, rc=1)
     (d / "a.json").write_text(json.dumps([rows["sft_then_rft", 1], rows["prefix_rft", 1], failed]))
     (d / "b.json").write_text(json.dumps([rows["sft_then_rft", 1], rows["sft_then_rft", 2],
                                           rows["prefix_rft", 2], rows["luffy", 1]]))
-    return d, rows
+    return d, rows, lines
 
 
 def _render(d: Path, **kw) -> str:
     rows = ST.load([d / "a.json", d / "b.json"])
-    return RT.render(rows, [d / "post", d / "post_old"], kw.get("base", []))
+    return RT.render(rows, [d / "samples", d / "samples_old"], kw.get("base", []))
 
 
-def test_realmath_log_rows_carry_the_post_flow_scores(study):
-    _, rows = study
-    r = rows["prefix_rft", 1]
-    # aime24 of prefix_rft seed 1: 1, 1, .5, 0 -> 0.625, logged at the run's last epoch (1)
-    assert r["scores"]["aime24"]["1"]["value"] == 0.625
-    assert r["scores"]["aime24"]["1"]["metric"] == "avg_at_2"
-    assert r["post_eval"]["model"].endswith("prefix_rft-seed1/F/l/171/step-000010")
-
-
-def test_realmath_log_copies_the_flow_heldout_samples(study):
-    d, _ = study
+def test_realmath_samples_copies_every_benchmark_of_the_last_epoch(study):
+    d, rows, lines = study
     for (method, seed), digits in FLOW_HELDOUT.items():
-        path = d / "post" / f"{method}-seed{seed}" / "flow_heldout" / SAMPLES_FILE
+        out = d / "samples" / f"{method}-seed{seed}"
+        run_id = rows[method, seed]["mlflow_run_id"]
+        assert json.loads((out / "run.json").read_text()) == {
+            "mlflow_run_id": run_id, "benchmarks": ["aime24", "heldout", "math500"]}
         # the last epoch's cell (not sft_then_rft seed 1's all-wrong epoch 0), both shards of
         # sft_then_rft seed 2 joined: every problem once, as the flow scored it
-        assert per_problem(path) == {"heldout": {f"h{i}": float(c == "1")
-                                                 for i, c in enumerate(digits)}}
+        assert per_problem(out / "flow_heldout" / SAMPLES_FILE) == {
+            "heldout": {f"h{i}": float(c == "1") for i, c in enumerate(digits)}}
+        n = POST_PROTOCOL.n_for("aime24")
+        assert per_problem(out / "flow_aime24" / SAMPLES_FILE) == {"aime24": {
+            p: sum(cs) / n for p, cs in POST[method, seed]["aime24"].items()}}
+        assert [x.split(":")[0] for x in lines[method, seed]] == ["  aime24", "  heldout", "  math500"]
+    assert lines["sft_then_rft", 2][1].startswith("  heldout: 10 samples of epoch 1 (child runs ")
 
 
-def test_post_flow_benchmarks_are_evaluation_child_runs_the_notebook_reads(study):
-    """realmath_log.py logs each post-flow benchmark as an evaluation child run, so the reader
-    behind notebooks/compare_runs.py (`report.load_pipeline_run`) sees it at the last epoch
-    beside the flow's own heldout cell: prefix_rft seed 1's per-problem accuracies are POST's
-    (aime24 1, 1, .5, 0 with n 2; math500 0, 0, 0, 1 with n 1) and FLOW_HELDOUT's digits."""
+def test_the_flows_cells_are_what_the_notebook_reads(study):
+    """The reader behind notebooks/compare_runs.py (`report.load_pipeline_run`) sees the flow's
+    five-benchmark cell layout: prefix_rft seed 1's per-problem accuracies are POST's (aime24
+    1, 1, .5, 0 with n 2; math500 0, 0, 0, 1 with n 1) and FLOW_HELDOUT's digits."""
     from prefix_rft.eval.report import load_pipeline_run
 
-    d, rows = study
+    d, rows, _ = study
     tracker = Tracker(f"sqlite:///{d / 'mlflow.db'}")
     res = load_pipeline_run(tracker, rows["prefix_rft", 1]["mlflow_run_id"])
     assert res.epoch == 1 and res.incomplete == []
@@ -208,43 +223,37 @@ def test_post_flow_benchmarks_are_evaluation_child_runs_the_notebook_reads(study
     assert res.n == {"aime24": 2, "math500": 1, "heldout": 1}
 
 
-def test_realmath_log_without_a_flow_heldout_file(study, capsys):
-    """A run with no heldout child run, one whose child run lacks samples.parquet, one with a
-    shard missing: one line each, exit 0, the post-flow scores logged, a stale copy removed."""
-    d, _ = study
+def test_realmath_samples_without_samples(study, tmp_path, capsys):
+    """A run with no evaluation child run, one whose child run lacks samples.parquet (its task
+    died after starting), one with a shard missing: one line each, and exit 1 when nothing was
+    copied; what an earlier run left in the directory is removed."""
+    d, _, _ = study
     tracker = Tracker(f"sqlite:///{d / 'mlflow.db'}")
-    post = d / "post_extra" / "luffy-seed1"
-    write_eval(post, {"math500": {"p0": [1], "p1": [0]}}, POST_PROTOCOL, "/tmp/ckpt/luffy")
-    row_path = d / "post_extra" / "row.json"
-    cases = {None: "no evaluation child run of heldout under run {}: no samples copied",
-             "0/1": f"no {SAMPLES_FILE} of heldout epoch 1 in run {{}} (",
-             "0/2": "epoch 1 of heldout lacks a shard in run {}: no samples copied"}
+    out = tmp_path / "luffy-seed1"
+    cases = {None: "  no evaluation child run with samples under run {}",
+             "0/1": f"  heldout: no {SAMPLES_FILE} of heldout epoch 1 in run {{}} (",
+             "0/2": "  heldout: epoch 1 of heldout lacks a shard in run {}: no samples copied"}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", tracker.uri)
         for shard, line in cases.items():
             run_id = tracker.create_run("realmath", "luffy", {})
-            if shard:  # a heldout child run that logged no samples (its task died after starting)
+            if shard:
                 tracker.create_run("realmath", run_layout.eval_run_name("heldout", 1), {
                     run_layout.EPOCH: 1, run_layout.BENCHMARK: "heldout",
                     run_layout.SHARD: shard}, parent_run_id=run_id)
-            row_path.write_text(json.dumps(study_row("luffy", 1, run_id)))
-            stale = post / "flow_heldout" / SAMPLES_FILE  # from an earlier run of this name
-            stale.parent.mkdir(exist_ok=True)
-            stale.write_bytes((d / "post" / "prefix_rft-seed1" / "flow_heldout" /
-                               SAMPLES_FILE).read_bytes())
-            assert LOG.main(str(post / "summary.json"), run_id, str(row_path)) == 0
-            out = capsys.readouterr().out.splitlines()
-            assert out[0].startswith("  math500: eval/math500/avg_at_1 = 0.5000")
-            assert out[1] == "  evaluation child runs for the notebook: 1"
-            assert len(out) == 3 and out[2].startswith("  heldout: " + line.format(run_id))
-            assert out[2].endswith(": no samples copied")
-            assert not (post / "flow_heldout").exists()
-            assert json.loads(row_path.read_text())["scores"]["math500"]["1"]["value"] == 0.5
-            assert tracker.metric_history(run_id, "eval/math500/avg_at_1") == [(1, 0.5)]
+            stale = out / "flow_aime24" / SAMPLES_FILE  # from an earlier run of this name
+            stale.parent.mkdir(parents=True, exist_ok=True)
+            stale.write_bytes(b"old")
+            assert SAMPLES.main(run_id, str(out)) == 1
+            said = capsys.readouterr().out.splitlines()
+            assert said[0].startswith(line.format(run_id))
+            assert said[-1] == f"  no evaluation child run with samples under run {run_id}"
+            assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+            assert json.loads((out / "run.json").read_text())["benchmarks"] == []
 
 
 def test_per_run_table(study):
-    d, rows = study
+    d, rows, _ = study
     text = _render(d)
     lo, hi = em.bootstrap_ci([1, 1, 0.5, 0])  # prefix_rft seed 1, aime24 (summarize's CI)
     run = rows["prefix_rft", 1]["mlflow_run_id"]
@@ -261,7 +270,7 @@ def test_per_run_table(study):
 
 
 def test_per_method_and_welch_tables(study):
-    d, _ = study
+    d, _, _ = study
     text = _render(d)
     # sft_then_rft: heldout .4, .5 -> 0.450; aime24 .5, 1/6 -> 0.333; math500 1/3, 2/3 -> 0.500;
     # no mean of benchmarks (aime25 and amc missing)
@@ -284,7 +293,7 @@ def test_per_method_and_welch_tables(study):
 
 
 def test_paired_per_problem_differences(study):
-    d, rows = study
+    d, rows, _ = study
     text = _render(d)
     # aime24, seed averages on p0..p2 (p3 is in one prefix_rft seed only):
     #   sft_then_rft .75, .25, 0 (mean 1/3); prefix_rft 1, .75, .25 (mean 2/3)
@@ -312,20 +321,18 @@ def test_paired_per_problem_differences(study):
             f"{h.ci_high:+.3f}] | {h.p_value:.3f} | 10 (0) | 1 / 5 / 4 |") in text
     lines = [x.split(" | ")[0] for x in text.splitlines() if "| prefix_rft | 2 vs 2 | 0." in x]
     assert lines == ["| heldout", "| aime24", "| math500"]  # the held-out part first
-    # luffy has no post-flow eval in its row; the stale prefix_rft-seed2 dir was not used
+    # luffy has no sample directory; the stale prefix_rft-seed2 dir (another run) was not used
     luffy = rows["luffy", 1]["mlflow_run_id"]
-    assert f"- luffy seed 1 (`{luffy}`): its row has no post-flow eval" in text
-    assert "post_old" not in text
+    assert f"- luffy seed 1 (`{luffy}`): no --samples directory of this run" in text
 
 
-def test_a_run_whose_post_dir_is_missing_is_a_note(study, tmp_path):
-    d, rows = study
+def test_a_run_whose_sample_dir_is_missing_is_a_note(study, tmp_path):
+    d, rows, _ = study
     only = ST.load([d / "a.json", d / "b.json"])
-    text = RT.render(only, [d / "post_old"], [])  # none of the runs' own dirs
+    text = RT.render(only, [d / "samples_old"], [])  # another run's dir under the same name
     run = rows["prefix_rft", 2]["mlflow_run_id"]
-    assert f"- prefix_rft seed 2 (`{run}`): no --post directory of its checkpoint" in text
-    assert "post_old/prefix_rft-seed2)" in text  # the candidate it looked at, rejected
-    assert "- paired differences: no post-flow results of sft_then_rft" in text
+    assert f"- prefix_rft seed 2 (`{run}`): no --samples directory of this run" in text
+    assert "- paired differences: no samples of sft_then_rft" in text
     assert "problem by problem" not in text  # no paired table
 
 
@@ -380,23 +387,26 @@ def test_base_table(tmp_path):
 
 
 def test_main_curves_and_errors(study, tmp_path, capsys):
-    d, _ = study
+    d, rows, _ = study
     fig = tmp_path / "curves.png"
-    assert RT.main([str(d / "a.json"), str(d / "b.json"), "--post", str(d / "post"),
+    assert RT.main([str(d / "a.json"), str(d / "b.json"), "--samples", str(d / "samples"),
                     "--db", str(d / "mlflow.db"), "--curves", str(fig)]) == 0
     assert fig.stat().st_size > 0 and "| prefix_rft | 2 vs 2 |" in capsys.readouterr().out
     bad = tmp_path / "bad.json"
     bad.write_text("[{\"config\": 1}]")
     assert RT.main([str(bad)]) == 2
     assert capsys.readouterr().err == f"error: {bad}: row 0 lacks date, rc, card\n"
-    broken = tmp_path / "post" / "sft_then_rft-seed1"
-    broken.mkdir(parents=True)
-    good = d / "post" / "sft_then_rft-seed1" / "summary.json"
-    (broken / "summary.json").write_text(good.read_text())
-    (broken / "samples.parquet").write_text("not parquet")
-    assert RT.main([str(d / "a.json"), "--post", str(tmp_path / "post")]) == 2
+    broken = tmp_path / "samples" / "sft_then_rft-seed1"
+    (broken / "flow_heldout").mkdir(parents=True)
+    (broken / "run.json").write_text(json.dumps({"mlflow_run_id": rows["sft_then_rft", 1]["mlflow_run_id"]}))
+    (broken / "flow_heldout" / SAMPLES_FILE).write_text("not parquet")
+    assert RT.main([str(d / "a.json"), "--samples", str(tmp_path / "samples")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {broken / 'samples.parquet'}: not a readable")
+    assert err.startswith(f"error: {broken / 'flow_heldout' / SAMPLES_FILE}: not a readable")
+    (broken / "run.json").write_text("{}")
+    assert RT.main([str(d / "a.json"), "--samples", str(tmp_path / "samples")]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"error: {broken / 'run.json'}: expected the JSON object studies/realmath_samples.py writes")
     assert RT.main(["--base", str(tmp_path / "nothing")]) == 2
     assert str(tmp_path / "nothing" / "summary.json") in capsys.readouterr().err
 
