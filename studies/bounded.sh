@@ -6,7 +6,7 @@
 # rather than spending them on a task that cannot finish. Stopping: SIGTERM to the whole group,
 # SIGKILL 15 s later; exit status 124. What the finished tasks wrote is kept for `resume`.
 bounded_flow() {
-  local log=$1 pid pgid stop="" left need step kv n off
+  local log=$1 pid stop="" left need step kv n off
   declare -A seen=()
   shift
   off=$(stat -c %s "$log" 2>/dev/null || echo 0)   # only this flow's lines count
@@ -14,7 +14,6 @@ bounded_flow() {
   "$PY" "$@" >> "$log" 2>&1 &
   pid=$!
   set +m
-  pgid=$pid
   while kill -0 "$pid" 2>/dev/null; do
     sleep 1
     [ -n "${STUDY_FLOW_UNTIL:-}" ] || continue
@@ -30,9 +29,9 @@ bounded_flow() {
     done
     if [ -n "$stop" ]; then
       echo "=== flow stopped at $stop; its finished tasks are kept for Metaflow's resume" | tee -a "$log"
-      kill -TERM -- "-$pgid" 2>/dev/null
-      for _ in $(seq 15); do kill -0 -- "-$pgid" 2>/dev/null || break; sleep 1; done
-      kill -KILL -- "-$pgid" 2>/dev/null
+      kill -TERM -- "-$pid" 2>/dev/null
+      for _ in $(seq 15); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 1; done
+      kill -KILL -- "-$pid" 2>/dev/null
       wait "$pid" 2>/dev/null
       return 124
     fi

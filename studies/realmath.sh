@@ -90,8 +90,7 @@ left() { echo $(( DEADLINE - ($(date +%s) - T_START) - 30 )); }  # 30 s for logg
 
 # after_flow NAME ARG STATUS: what a flow (or its resume) left, read from its row (STATUS:
 # study.sh's exit status). A flow stopped for time is written to pending/ for `continue`
-# (Metaflow's resume of that run); a finished one's samples are copied out of MLflow and its
-# checkpoints removed.
+# (Metaflow's resume of that run); a finished one's samples are copied out of MLflow.
 after_flow() {
   local name=$1 arg=$2 status=$3 row run_id mf rc
   row="$STUDY_DIR/rows/$name.json"
@@ -101,27 +100,27 @@ print(r['rc'], r['mlflow_run_id'] or '-', r['metaflow_run_id'] or '-')" "$row")
   [ "$run_id" = - ] && run_id=""
   [ "$mf" = - ] && mf=""
   if [ "$rc" = 124 ] && [ -n "$mf" ]; then
-    # stopped for time: its finished tasks (and the checkpoints they committed) stay for resume
+    # stopped for time: its finished tasks (and the checkpoints they committed: study.sh keeps
+    # them) stay for resume
     mkdir -p "$STUDY_DIR/pending"
-    printf 'ARG=%q\nORIGIN=%q\nRUN_ID=%q\n' "$arg" "$mf" "$run_id" > "$STUDY_DIR/pending/$name"
+    printf 'ARG=%q\nORIGIN=%q\n' "$arg" "$mf" > "$STUDY_DIR/pending/$name"
     echo "=== $name: flow stopped for time (Metaflow run $mf): run \`bash studies/realmath.sh continue\` as the next call on this machine"
     PENDING=1
     return
   fi
   [ "$rc" = 0 ] || FAILED=1
-  rm -rf "${STUDY_DIR:?}/checkpoints/$name"
   if [ -n "$run_id" ]; then
     echo "=== $name: per-problem samples -> $STUDY_DIR/samples/$name"
     "$PY" studies/realmath_samples.py "$run_id" "$STUDY_DIR/samples/$name" || FAILED=1
   fi
 }
 
-flow() {  # flow ARG [ORIGIN RUN_ID]: study.sh's run of one config (or the resume of ORIGIN), bounded
-  local arg=$1 origin=${2:-} run_id=${3:-}
-  STUDY_NO_INSTALL=1 STUDY_MAX_WORKERS=1 STUDY_KEEP_CHECKPOINTS=1 \
+flow() {  # flow ARG [ORIGIN]: study.sh's run of one config (or the resume of ORIGIN), bounded
+  local arg=$1 origin=${2:-}
+  STUDY_NO_INSTALL=1 STUDY_MAX_WORKERS=1 \
     STUDY_DEADLINE_S=${STUDY_DEADLINE_S:-600} STUDY_EST_S=${STUDY_EST_S:-0} \
     STUDY_FLOW_UNTIL=$(( T_START + DEADLINE - 30 )) STUDY_STEP_NEEDS="eval_task=$EVAL_NEEDS" \
-    STUDY_RESUME="$origin" STUDY_MLFLOW_RUN_ID="$run_id" \
+    STUDY_RESUME="$origin" \
     STUDY_SET="${REALMATH_SET:-}" bash studies/study.sh "$arg"
 }
 
@@ -131,14 +130,14 @@ if [ "$1" = continue ]; then   # the flows an earlier call of this machine stopp
   [ ${#pending[@]} -gt 0 ] || { echo "nothing pending in $STUDY_DIR/pending: a fresh machine has nothing (run the flow again)" >&2; exit 3; }
   for f in "${pending[@]}"; do
     name=$(basename "$f")
-    ARG="" ORIGIN="" RUN_ID=""
-    # shellcheck disable=SC1090  # ARG, ORIGIN, RUN_ID, written by after_flow
+    ARG="" ORIGIN=""
+    # shellcheck disable=SC1090  # ARG and ORIGIN, written by after_flow
     source "$f"
     if [ "$(left)" -lt "$EVAL_NEEDS" ]; then
       echo "=== $name: resume still pending: $(left) s left"; PENDING=1; continue
     fi
     rm -f "$f"
-    flow "$ARG" "$ORIGIN" "$RUN_ID"
+    flow "$ARG" "$ORIGIN"
     after_flow "$name" "$ARG" $?
     pack
   done

@@ -28,10 +28,11 @@ def main(run_id: str, out_dir: str) -> int:
     out = Path(out_dir)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    benches = sorted({e["benchmark"] for e in tracker.eval_runs(run_id)})
+    evals = tracker.eval_runs(run_id)  # one search for every benchmark
     copied = []
-    for bench in benches:
-        line = copy_flow_samples(tracker, run_id, out, bench)
+    for bench in sorted({e["benchmark"] for e in evals}):
+        line = copy_flow_samples(tracker, run_id, [e for e in evals if e["benchmark"] == bench],
+                                 out, bench)
         print(f"  {bench}: {line}")
         if (out / f"flow_{bench}").is_dir():
             copied.append(bench)
@@ -42,10 +43,10 @@ def main(run_id: str, out_dir: str) -> int:
     return 0
 
 
-def copy_flow_samples(tracker, run_id: str, out_dir: Path, bench: str) -> str:
-    """Write the samples of the run's last-epoch evaluation child runs of `bench` (the newest
-    run of each shard, shards joined) to out_dir/flow_<bench>/samples.parquet; returns a line
-    saying what was done or why nothing was."""
+def copy_flow_samples(tracker, run_id: str, evals: list[dict], out_dir: Path, bench: str) -> str:
+    """Write the samples of the run's last-epoch evaluation child runs of `bench` (`evals`: the
+    run's `tracker.eval_runs` of that benchmark; the newest run of each shard, shards joined) to
+    out_dir/flow_<bench>/samples.parquet; returns a line saying what was done or why nothing was."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from mlflow.exceptions import MlflowException
@@ -55,7 +56,7 @@ def copy_flow_samples(tracker, run_id: str, out_dir: Path, bench: str) -> str:
 
     dst = out_dir / f"flow_{bench}"
     shutil.rmtree(dst, ignore_errors=True)
-    cells = latest_cells([e for e in tracker.eval_runs(run_id) if e["benchmark"] == bench])
+    cells = latest_cells(evals)
     if not cells:
         return f"no evaluation child run of {bench} under run {run_id}: no samples copied"
     epoch = max(c["epoch"] for c in cells)

@@ -38,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_table as st  # noqa: E402
+from realmath_samples import RUN_FILE  # noqa: E402  # the MLflow run a sample directory belongs to
 
 from prefix_rft.errors import UserError  # noqa: E402
 from prefix_rft.eval import metrics as em  # noqa: E402
@@ -177,9 +178,6 @@ def base_table(dirs: list[Path]) -> tuple[list[str], list[str]]:
 
 
 # ------------------------------------------------------------------------- sample directories
-
-RUN_FILE = "run.json"  # studies/realmath_samples.py: the MLflow run a sample directory belongs to
-
 
 def sample_results(ok: list[dict], dirs: list[Path]) -> tuple[dict, list[str]]:
     """MLflow run id -> its per-problem accuracies (benchmark -> problem -> accuracy) from the

@@ -24,7 +24,8 @@
 #    wall seconds, MLflow run id, Metaflow run id, card, date, scores per epoch and level with
 #    the CI) and $OUT gets mlflow.db, summary.json, the run logs (logs.tgz) and the MLflow
 #    artifacts (mlartifacts.tgz), so a call that runs out of time still returns what finished.
-#    The run's checkpoints are deleted afterwards (1.6 GB each; STUDY_KEEP_CHECKPOINTS=1 keeps).
+#    The run's checkpoints are deleted afterwards (1.6 GB each; STUDY_KEEP_CHECKPOINTS=1 keeps;
+#    a flow stopped for time keeps them for its resume).
 # 3. Time: a call may run 600 s. A config is started only if the time used so far plus the
 #    longest run of this call (or STUDY_EST_S, default 150) fits in STUDY_DEADLINE_S (default
 #    540 s); the rest are listed as "not started" (run them in the next call; exit 4).
@@ -48,9 +49,8 @@
 # Bounded flows and resumes (studies/realmath.sh uses them): STUDY_FLOW_UNTIL (epoch seconds: the
 # flow is stopped then, exit status 124, the row says where: "stopped"), STUDY_STEP_NEEDS
 # ("eval_task=180": a task of that step starting with fewer seconds left stops the flow at once),
-# STUDY_RESUME (a Metaflow run id: `resume --origin-run-id` it instead of a new run; the row of the
-# stopped run goes on, its seconds added) and STUDY_MLFLOW_RUN_ID (the row's MLflow run when the
-# log does not name it: a resume clones `start`, which prints it).
+# STUDY_RESUME (a Metaflow run id: `resume --origin-run-id` it instead of a new run, its output
+# appended to the stopped run's log; the row of the stopped run goes on, its seconds added).
 set -uo pipefail
 
 T0=$(date +%s)
@@ -199,7 +199,7 @@ mf = re.findall(r"Workflow starting \(run-id (\w+)\)", text)  # a resumed run's 
 row = {"config": cfg, "seed": int(seed) if seed else None, "rc": int(rc), "wall_s": int(wall),
        "card": card, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
        "jobs": int(os.environ.get("STUDY_JOBS") or 1), "set": os.environ.get("STUDY_SET", ""),
-       "mlflow_run_id": m.group(1) if m else os.environ.get("STUDY_MLFLOW_RUN_ID") or None,
+       "mlflow_run_id": m.group(1) if m else None,
        "metaflow_run_id": mf[-1] if mf else None}
 stops = re.findall(r"^=== flow stopped at (.*?);", text, re.M)
 if int(rc) == 124 and stops:
@@ -209,6 +209,7 @@ if os.environ.get("STUDY_RESUME"):  # the row of the stopped call goes on: its s
     if os.path.exists(out):
         before = json.load(open(out))
         row["wall_s"] += before.get("wall_s", 0)
+        row["mlflow_run_id"] = row["mlflow_run_id"] or before.get("mlflow_run_id")
         row["calls"] = before.get("calls", 1) + 1
         row["set"] = before.get("set", row["set"])
 # seconds per Metaflow step (the longest task of each; eval_task: its cells ran in parallel)
@@ -257,7 +258,8 @@ for b, by_epoch in sorted(row.get("scores", {}).items()):
     print(f"  {b}: " + ", ".join(f"epoch {e} {v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
                                    for e, v in sorted(by_epoch.items())))
 PY
-  if [ "${STUDY_KEEP_CHECKPOINTS:-0}" != 1 ]; then rm -rf "$ckpt"; fi
+  # a flow stopped for time (rc 124) keeps them: its resume clones the tasks that wrote them
+  if [ "${STUDY_KEEP_CHECKPOINTS:-0}" != 1 ] && [ "$rc" != 124 ]; then rm -rf "$ckpt"; fi
   collect
 }
 

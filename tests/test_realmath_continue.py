@@ -33,7 +33,7 @@ def test_a_stopped_flow_stays_pending_when_its_resume_cannot_finish(tmp_path):
     resume is not started: the run stays in pending/ for the next call (exit 4), nothing lost."""
     pending = tmp_path / "work" / "pending"
     pending.mkdir(parents=True)
-    text = "ARG=configs/realmath/prefix_rft.yaml:1\nORIGIN=1796638683264247\nRUN_ID=8c98bbf6\n"
+    text = "ARG=configs/realmath/prefix_rft.yaml:1\nORIGIN=1796638683264247\n"
     (pending / "prefix_rft-seed1").write_text(text)
     # 570 s from the start, minus 30 for packing: 540 left, and the resume needs 600
     r = _run(["continue"], tmp_path, REALMATH_EVAL_NEEDS_S="600")
