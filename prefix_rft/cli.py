@@ -93,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-steps", type=ranged(int, ge=1), default=None,
                     help="stop after this many steps (the run can be resumed later)")
     tr.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation")
+    tr.add_argument("--final-model-only", action="store_true",
+                    help="the checkpoint written when training finishes keeps the weights, "
+                    "tokenizer and step counters but not the optimizer and scheduler states "
+                    "(as HF Trainer's save_only_model): a third of a float32 AdamW checkpoint; "
+                    "a larger budget can then not --resume it")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
 
     fd = sub.add_parser("filter-data", help="OpenR1-Math-220k -> LUFFY-style ~46k filter",
@@ -258,7 +263,8 @@ def cmd_train(args) -> int:
                 prune_checkpoints(path.parent, cfg.keep_last, keep=path)
 
         t0 = time.time()
-        trainer.fit(max_steps=args.max_steps, on_checkpoint=keep_last)
+        trainer.fit(max_steps=args.max_steps, on_checkpoint=keep_last,
+                    final_model_only=args.final_model_only)
         summary["train_seconds"] = summary.get("train_seconds", 0) + time.time() - t0
         summary["checkpoint"] = str(written[-1])  # the final one
         summary["state"] = {"phase": trainer.state.phase, "global_step": trainer.state.global_step,

@@ -92,6 +92,13 @@ class PipelineConfig:
     keep_epochs: Literal["all", "best_and_last"] = option(
         "all", "Epoch-end checkpoints kept after evaluation (in-epoch ones follow `keep_last`)."
     )
+    final_checkpoint: Literal["full", "model"] = option(
+        "full",
+        "What the checkpoint that ends training holds. full: the weights and the optimizer, scheduler "
+        "and RNG states, so that a larger budget can continue it. model: the weights, tokenizer "
+        "and step counters only (as HF Trainer's save_only_model): two thirds less to write, "
+        "hash and store for a float32 model trained with AdamW; training goes on from it only "
+        "as a new lineage (--warm-start). Every other checkpoint keeps its full state.")
     benchmarks: list = option(
         ["heldout"],
         "Evaluated after training, each checkpoint x benchmark in its own task (see "

@@ -215,7 +215,8 @@ def train_epoch(cfg: FlowConfig, *, epoch: int, plan: dict, data_ref: dict, star
         monitor = (tracker.system_metrics(run_id, cfg.tracking.system_metrics) if tracker
                    else contextlib.nullcontext())
         with monitor, contextlib.closing(trainer):  # closing: stop the grader processes
-            trainer.fit(max_steps=max(0, target - trainer.train_steps), on_checkpoint=commit)
+            trainer.fit(max_steps=max(0, target - trainer.train_steps), on_checkpoint=commit,
+                        final_model_only=cfg.pipeline.final_checkpoint == "model")
         if not main:
             return {"epoch": epoch, "rank": D.world()[0]}
         ref = committed[-1]

@@ -9,10 +9,12 @@ checkpoint, each in its own checkpoint root. Every expected number is worked out
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from prefix_rft.core.dicts import flatten
@@ -539,6 +541,42 @@ def test_train_epoch_rejects_a_corrupt_start_checkpoint(chain, tmp_path, victim)
     msg = str(e.value)
     assert msg.startswith(f"checkpoint {copy.uri}: {victim} sha256 mismatch")
     assert [r.uri for r in store.list()] == [copy.uri]  # nothing of epoch 2 was committed
+
+
+@pytest.mark.slow
+def test_train_epoch_final_checkpoint_model_only(chain, tmp_path):
+    """`pipeline.final_checkpoint: model`: the checkpoint that ends training (epoch 2, step 4)
+    leaves out the optimizer and scheduler states; the in-epoch one before it (step 3) keeps
+    them, so a retried task could still continue from it."""
+    from dataclasses import replace
+
+    cfg = replace(chain.cfg, pipeline=replace(chain.cfg.pipeline, final_checkpoint="model"))
+    prefix = str((tmp_path / "lineage").resolve())
+    out = strain.train_epoch(
+        cfg, epoch=2, plan=chain.data["plan"], data_ref=chain.data["data"],
+        start_ref=chain.e1["checkpoint"], warm_start=None, lineage_prefix=prefix,
+        ctx=RunContext(flow_name=FLOW, run_id="500"), progress=False)
+    assert out["steps"] == [2, 4]
+    states = {}
+    for r in open_store(prefix).list():
+        d = fetch_checkpoint(r)
+        states[r.step] = (torch.load(d / "trainer_state.pt", weights_only=False),
+                          json.loads((d / "state.json").read_text()), d)
+    assert sorted(states) == [3, 4]
+    full, model_only = states[3][0], states[4][0]
+    assert full["model_only"] is False and full["optimizer"]["state"]
+    assert full["scheduler"] is not None and states[3][1]["model_only"] is False
+    assert model_only["model_only"] is True and states[4][1]["model_only"] is True
+    assert model_only["optimizer"] is None and model_only["scheduler"] is None
+    assert model_only["state"]["phase"] == "done" and model_only["state"]["global_step"] == 4
+    # the same weights file either way; the full state's AdamW moments are 2 float32 values per
+    # trainable parameter more than the model-only state holds
+    from safetensors.torch import load_file
+
+    weights = [load_file(str(f)) for f in (states[4][2] / "model").glob("*.safetensors")]
+    numel = sum(t.numel() for w in weights for t in w.values())
+    size = {k: (v[2] / "trainer_state.pt").stat().st_size for k, v in states.items()}
+    assert size[3] - size[4] >= 2 * 4 * numel > size[4]
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import torch
 from prefix_rft.core import loss as L
 from prefix_rft.core.config import resolve
 from prefix_rft.data import Problem
+from prefix_rft.errors import UserError
 from prefix_rft.rollout.engines.hf import HFEngine
 from prefix_rft.train.grading import assign_advantages
 from prefix_rft.train.planner import Trajectory, rule_for_tokens
@@ -208,6 +209,34 @@ def test_fit_writes_checkpoints_by_one_save_policy(smol_tokenizer, tmp_path):
                         ("run/checkpoints/step-000002", True, "done")]
     with pytest.raises(ValueError, match="output_dir"):
         _trainer(cfg, smol_tokenizer).fit(on_checkpoint=hook)
+
+
+def test_final_model_only_checkpoint(smol_tokenizer, tmp_path):
+    """fit(final_model_only=True): only the checkpoint of the finished run leaves out the
+    optimizer and scheduler; it loads as a finished run, and a larger budget is refused by name
+    instead of continuing with a fresh optimizer."""
+    cfg = _cfg(rl={"steps": 2}, relift={"enabled": False})
+    tr = _trainer(cfg, smol_tokenizer, output_dir=tmp_path / "run")
+    seen = []
+    tr.fit(max_steps=1, on_checkpoint=lambda p, final: seen.append(p), final_model_only=True)
+    tr.fit(on_checkpoint=lambda p, final: seen.append(p), final_model_only=True)
+    first, last = (torch.load(p / "trainer_state.pt", weights_only=False) for p in seen)
+    assert [p.name for p in seen] == ["step-000001", "step-000002"]
+    assert first["model_only"] is False and first["optimizer"] is not None  # phase rl: full
+    assert last["model_only"] is True and last["state"]["phase"] == "done"
+    assert last["optimizer"] is None and last["scheduler"] is None
+    assert json.loads((seen[1] / "state.json").read_text())["model_only"] is True
+
+    back = _trainer(cfg, smol_tokenizer)
+    back.load(seen[1])  # the finished run: nothing to continue, the weights are the run's
+    assert back.state.phase == "done" and back.state.global_step == 2
+    assert torch.equal(_params(back.model), _params(tr.model))
+    more = _trainer(_cfg(rl={"steps": 3}, relift={"enabled": False}), smol_tokenizer)
+    with pytest.raises(UserError, match=rf"^{seen[1]} holds the model only .* cannot continue "
+                       "the rl phase"):
+        more.load(seen[1])
+    more.load(seen[0])  # the full checkpoint of step 1 continues as before
+    assert more.state.global_step == 1 and more.opt.state_dict()["state"]
 
 
 def test_checkpoint_format_imports_nothing_from_the_trainer():

@@ -3,7 +3,10 @@
 Layout of a checkpoint directory:
     model/              HF `save_pretrained` weights + tokenizer (loadable by any HF tool)
     trainer_state.pt    optimizer(s), LR scheduler(s), TrainState (phase, steps, data position,
-                        ReLIFT buffer), RNG states (python, torch CPU/CUDA)
+                        ReLIFT buffer), RNG states (python, torch CPU/CUDA); a finished run's
+                        model-only checkpoint (`Trainer.fit(final_model_only=True)`) has no
+                        optimizer or scheduler state: two thirds less to write for a float32
+                        model trained with AdamW, and nothing to continue training from
     config.yaml         the resolved config
     state.json          human-readable summary (step, phase, config hash)
     MANIFEST.json       sha256 + size of every file (`prefix_rft.io.store`) - written last
@@ -78,6 +81,7 @@ def _write(path: Path, model, tokenizer, trainer_state: dict, config: Config, we
             "phase": st["phase"], "global_step": st["global_step"], "sft_step": st["sft_step"],
             "optimizer_steps": st["optimizer_steps"], "method": config.method,
             "config_hash": config.config_hash(),
+            "model_only": bool(trainer_state.get("model_only")),
         }
         (tmp / STATE_FILE).write_text(json.dumps(summary, indent=1))
         write_manifest(tmp, step=st["global_step"], epoch=None, config_hash=summary["config_hash"],

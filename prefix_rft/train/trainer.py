@@ -291,7 +291,8 @@ class Trainer:
         return self.state.sft_step + self.state.global_step
 
     def fit(self, max_steps: int | None = None,
-            on_checkpoint: Callable[[Path, bool], None] | None = None) -> list[dict]:
+            on_checkpoint: Callable[[Path, bool], None] | None = None,
+            final_model_only: bool = False) -> list[dict]:
         """Run the remaining phases (or at most `max_steps` steps of them); return the metrics.
 
         `on_checkpoint` is the one save policy of every caller. With it, a checkpoint is
@@ -299,7 +300,9 @@ class Trainer:
         (SFT and RL counted together, `train_steps`) while more steps follow in this call, and
         once more when the call ends; `on_checkpoint(path, final)` then runs on every rank and
         decides what becomes of it (the CLI prunes old ones locally, the pipeline commits it to
-        its store). Without it, nothing is written."""
+        its store). Without it, nothing is written. `final_model_only`: the checkpoint written
+        when the whole run has finished (phase "done") leaves out the optimizer and scheduler
+        states (`save(model_only=True)`); every other checkpoint keeps them."""
         if on_checkpoint is not None and self.output_dir is None:
             raise ValueError("Trainer.fit(on_checkpoint=...) needs a trainer with an output_dir")
         done = 0
@@ -308,7 +311,8 @@ class Trainer:
                 left = None if max_steps is None else max_steps - done
                 done += self._run_phase(phase, left, on_checkpoint)
         if on_checkpoint is not None:
-            self._checkpoint(on_checkpoint, final=True)
+            self._checkpoint(on_checkpoint, final=True,
+                             model_only=final_model_only and self.state.phase == "done")
         return self.history
 
     def _run_phase(self, phase: str, limit: int | None, on_checkpoint) -> int:
@@ -359,8 +363,9 @@ class Trainer:
             ev = {k: v for k, v in self.evaluate().items() if k != "samples"}
             self._record({"phase": "eval", "step": self.state.global_step, **ev})
 
-    def _checkpoint(self, on_checkpoint, final: bool) -> None:
-        path = self.save(self.output_dir / "checkpoints" / self.checkpoint_name())
+    def _checkpoint(self, on_checkpoint, final: bool, model_only: bool = False) -> None:
+        path = self.save(self.output_dir / "checkpoints" / self.checkpoint_name(),
+                         model_only=model_only)
         on_checkpoint(path, final)
 
     def _record(self, metrics: dict) -> dict:
@@ -551,26 +556,39 @@ class Trainer:
             )
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict:
+    def state_dict(self, model_only: bool = False) -> dict:
         """Everything besides the weights that continues this run exactly: the `TrainState`
         (as a dict), the optimizer and LR-scheduler states (optimizers keyed by parameter name:
-        collective under torchrun, complete on rank 0) and the python/torch RNG states."""
+        collective under torchrun, complete on rank 0) and the python/torch RNG states.
+        `model_only` (a finished run's last checkpoint, as HF Trainer's `save_only_model`): no
+        optimizer or scheduler state, marked so that nothing continues from it by mistake."""
+        keep = not model_only
         return {
             "state": asdict(self.state),
-            "optimizer": D.full_optimizer_state(self.model, self.opt) if self.opt else None,
-            "scheduler": self.sched.state_dict() if self.sched else None,
+            "model_only": model_only,
+            "optimizer": (D.full_optimizer_state(self.model, self.opt)
+                          if self.opt and keep else None),
+            "scheduler": self.sched.state_dict() if self.sched and keep else None,
             "relift_optimizer": (D.full_optimizer_state(self.model, self.relift_opt)
-                                 if self.relift_opt else None),
-            "relift_scheduler": self.relift_sched.state_dict() if self.relift_sched else None,
+                                 if self.relift_opt and keep else None),
+            "relift_scheduler": (self.relift_sched.state_dict()
+                                 if self.relift_sched and keep else None),
             "rng": rng_states(),
         }
 
-    def load_state_dict(self, sd: dict) -> None:
+    def load_state_dict(self, sd: dict, source: str = "the checkpoint") -> None:
         """Restore what `state_dict` returned: the state, the phase's optimizer and schedule
         (rebuilt, then loaded), ReLIFT's, and the RNG states."""
         self.state = TrainState(**sd["state"])
         self.state.relift_buffer = [tuple(x) for x in self.state.relift_buffer]
         saved_phase = self._reopen_phase()
+        if sd.get("model_only") and self.state.phase != "done":
+            raise UserError(
+                f"{source} holds the model only (written at the end of a finished run with "
+                f"the optimizer and scheduler states left out): it cannot continue the "
+                f"{self.state.phase} phase to the larger budget of this config; start a new run "
+                "from its weights instead (the pipeline's warm start, or model.name_or_path "
+                "pointing at its model/ directory)")
         self._make_phase_optimizer()
         if sd["optimizer"] is not None and saved_phase == self.state.phase:
             load_optimizer_state(self.model, self.opt, sd["optimizer"])
@@ -599,10 +617,11 @@ class Trainer:
                          "%d steps)", s.phase, self.total_steps)
         return ran if s.phase != "done" else "done"
 
-    def save(self, path: str | Path) -> Path:
-        """Write a checkpoint directory (`prefix_rft.train.checkpoint`); every rank must call it."""
+    def save(self, path: str | Path, model_only: bool = False) -> Path:
+        """Write a checkpoint directory (`prefix_rft.train.checkpoint`); every rank must call it.
+        `model_only`: without the optimizer and scheduler states (see `state_dict`)."""
         return save_checkpoint(path, model=self.model, tokenizer=self.tokenizer,
-                               trainer_state=self.state_dict(), config=self.cfg)
+                               trainer_state=self.state_dict(model_only), config=self.cfg)
 
     def checkpoint_name(self) -> str:
         """`step-000012` in the RL phase, `step-000000-sft000034` during SFT: sorts in order."""
@@ -613,4 +632,4 @@ class Trainer:
 
     def load(self, path: str | Path) -> None:
         """Continue from a checkpoint: its weights, then its trainer state."""
-        self.load_state_dict(load_checkpoint(path, self.model))
+        self.load_state_dict(load_checkpoint(path, self.model), source=str(path))
