@@ -183,7 +183,7 @@ def test_train_stops_and_resumes_from_latest(tmp_path, smol_env, smollm2_dir):
     assert json.loads((out / "summary.json").read_text())["state"]["global_step"] == 2
     weights.write_bytes(original)
     second = run_cli("train", "--config", str(cfg), "--output", str(out), "--resume", "latest",
-                     "--quiet", env_extra=smol_env)
+                     "--final-model-only", "--quiet", env_extra=smol_env)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "resumed from" in second.stderr and "step 2" in second.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -193,3 +193,12 @@ def test_train_stops_and_resumes_from_latest(tmp_path, smol_env, smollm2_dir):
     assert steps == [1, 2, 3]
     # keep_last: 2 -> the oldest checkpoint was pruned
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+    # --final-model-only: the run's last checkpoint has no optimizer state, the one before has;
+    # a larger budget cannot continue it (refused by name, nothing trained)
+    ck = out / "checkpoints"
+    assert [json.loads((ck / n / "state.json").read_text())["model_only"]
+            for n in ("step-000002", "step-000003")] == [False, True]
+    more = run_cli("train", "--config", str(cfg), "--output", str(out), "--resume", "latest",
+                   "--set", "rl.steps=4", "--quiet", env_extra=smol_env)
+    assert_user_error(more, f"{ck / 'step-000003'} holds the model only", "cannot continue the rl phase")
+    assert json.loads((out / "summary.json").read_text())["state"]["global_step"] == 3
