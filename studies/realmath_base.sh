@@ -14,10 +14,13 @@
 #   bash studies/realmath_base.sh b4    # default: olympiadbench, first half (338 problems, avg@32)
 #   bash studies/realmath_base.sh b5    # default: olympiadbench, second half (337 problems)
 #   bash studies/realmath_base.sh b6    # paper @1024: amc, math500 (b3's part that did not fit)
+#   bash studies/realmath_base.sh b7    # default: amc + paper @4096: math500, minerva, olympiadbench,
+#                                       # train, heldout (b1's rest: its call had 250 s, 2026-12-07)
 #
 # b3 on a lent H100 (2026-12-07) spent 510 s on Minerva alone (46 grading timeouts), so its two
 # later parts were run by hand the same day: greedy @1024 on heldout in full, paper @1024 only on
-# aime24 and aime25 (docs/results/realmath_base/). b6 scores the rest.
+# aime24 and aime25 (docs/results/realmath_base/). b6 scores the rest. b1 ran in a session's last
+# 250 s (2026-12-07): its default AIME24 and AIME25 finished; b7 is the rest of it.
 # AIME24/25 and AMC of the paper protocol at 4,096 are the default protocol's samples (same n,
 # temperature, top_p, seed and limit), so b1 does not repeat them. The two OlympiadBench halves
 # are problems files (ids kept) whose samples.parquet files together are the avg@32 of all 675.
@@ -111,7 +114,9 @@ FAILED=0   # set by part(); the call's exit status is 1 when a part failed or wa
     b4) part b4_default default 4096 "$F/olympiadbench_a.jsonl" ;;
     b5) part b5_default default 4096 "$F/olympiadbench_b.jsonl" ;;
     b6) part b6_paper1024 paper 1024 amc,math500 ;;
-    *) echo "usage: $0 b1|b2|b3|b4|b5|b6" >&2; exit 2 ;;
+    b7) part b7_default default 4096 amc
+        part b7_paper paper 4096 "math500,minerva,olympiadbench,$F/realmath_train.jsonl,$F/realmath_heldout.jsonl" ;;
+    *) echo "usage: $0 b1|b2|b3|b4|b5|b6|b7" >&2; exit 2 ;;
   esac
   exit "$FAILED"
 } 2>&1 | tee "$OUT/$CALL.log"

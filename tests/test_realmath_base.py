@@ -57,3 +57,25 @@ def test_b6_is_the_rest_of_b3s_paper_part(tmp_path):
     assert r.returncode == 1 and (tmp_path / "out" / "b6.log").is_file()
     text = (ROOT / "studies/realmath_base.sh").read_text()
     assert "    b6) part b6_paper1024 paper 1024 amc,math500 ;;" in text
+
+
+def test_b7_is_the_rest_of_b1(tmp_path):
+    """b1 ran in a session's last 250 s (2026-12-07): the default protocol's AIME24 and AIME25
+    finished (docs/results/realmath_base/b1_default_summary.json, `pending: [amc]`); b7 is the
+    rest, AMC by default and b1's paper part, each its own part so that a finished one is kept."""
+    import json
+
+    done = json.loads((ROOT / "docs/results/realmath_base/b1_default_summary.json").read_text())
+    assert done["complete"] is False and done["pending"] == ["amc"]
+    assert sorted(done["benchmarks"]) == ["aime24", "aime25"]
+    r = _run("b7", tmp_path, REALMATH_DEADLINE_S="5")
+    lines = [x for x in r.stdout.splitlines() if x.startswith("===")]
+    assert [x.split(":")[0] for x in lines] == ["=== b7_default", "=== b7_paper"]
+    assert all(": skipped," in x for x in lines)
+    assert r.returncode == 1 and (tmp_path / "out" / "b7.log").is_file()
+    text = (ROOT / "studies/realmath_base.sh").read_text()
+    b1 = text.split("    b1) ")[1].split(";;")[0]
+    b7 = text.split("    b7) ")[1].split(";;")[0]
+    assert "part b7_default default 4096 amc\n" in b7
+    # the paper part is b1's, benchmark for benchmark
+    assert b1.split("part b1_paper")[1] == b7.split("part b7_paper")[1]

@@ -244,3 +244,36 @@ def test_docs_quote_the_second_run_and_epoch_0():
            f"in 510 s, {minerva['generation_seconds']:.0f} s of them generation at " \
            f"{minerva['tokens_per_second'] / 1000:.0f}k tokens/s" in readme
     assert f"with {minerva['grading_timeouts']} grading timeouts (scored 0)" in readme
+
+
+def test_docs_quote_b6_and_the_part_of_b1():
+    """Epoch 0's AMC and MATH-500 at paper @1,024 (b6) and the default protocol's AIME24/25 at
+    4,096 (the finished part of b1), as configs/realmath/README.md quotes them, from the
+    summary.json files the GPU calls returned."""
+    import json
+
+    base = HERE.parents[1] / "docs/results/realmath_base"
+    readme = " ".join((HERE / "README.md").read_text().split())
+    b6 = json.loads((base / "b6_paper1024_summary.json").read_text())
+    assert b6["complete"] and b6["protocol"]["name"] == "paper"
+    assert b6["protocol"]["max_new_tokens"] == 1024
+    amc, m500 = b6["benchmarks"]["amc"], b6["benchmarks"]["math500"]
+    assert (amc["n"], amc["num_problems"], m500["n"], m500["num_problems"]) == (32, 83, 1, 500)
+    assert m500["avg_at_n"] == 174 / 500
+
+    def ci(b):
+        return f"**{b['avg_at_n']:.3f}** [{b['ci_low']:.3f}, {b['ci_high']:.3f}]"
+
+    assert f"AMC {ci(amc)} (avg@32, {amc['truncated_frac']:.0%} cut) and MATH-500 {ci(m500)} " \
+           f"(avg@1, {m500['truncated_frac']:.0%} cut)" in readme
+    assert f"AMC paper @1,024 avg@32 {ci(amc)} ({amc['generation_seconds']:.0f} s of generation " \
+           f"at {amc['tokens_per_second'] / 1000:.0f}k tokens/s) and MATH-500 avg@1 {ci(m500)} " \
+           f"({m500['generation_seconds']:.0f} s at {m500['tokens_per_second'] / 1000:.0f}k" in readme
+    b1 = json.loads((base / "b1_default_summary.json").read_text())
+    assert b1["protocol"]["name"] == "default" and b1["protocol"]["max_new_tokens"] == 4096
+    a24, a25 = b1["benchmarks"]["aime24"], b1["benchmarks"]["aime25"]
+    assert (a24["n"], a25["n"], a24["num_problems"], a25["num_problems"]) == (32, 32, 30, 30)
+    assert a24["avg_at_n"] == 12 / 960 and a24["grading_timeouts"] == 1
+    assert f"AIME24 avg@32 **{a24['avg_at_n']:.3f}** [{a24['ci_low']:.3f}, " \
+           f"{a24['ci_high']:.3f}] (one grading timeout, scored 0) and AIME25 " \
+           f"**{a25['avg_at_n']:.3f}** [{a25['ci_low']:.3f}, {a25['ci_high']:.3f}]" in readme
