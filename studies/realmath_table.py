@@ -6,7 +6,7 @@ them: run.json naming the MLflow run, flow_<benchmark>/samples.parquet) and the 
 evaluation directories of studies/realmath_base.sh (`--base DIR`, each an extracted
 <call>_<part>.tgz).
 
-    python studies/realmath_table.py docs/results/realmath_r*_summary.json \
+    python studies/realmath_table.py docs/results/realmath_s*_summary.json \
         --samples docs/results/realmath_samples --base docs/results/realmath_base/b1_default ... \
         [--db mlflow.db --curves docs/figures/realmath_curves.png]
 
@@ -24,6 +24,8 @@ Prints, in order:
       flow's eval task: each problem's accuracy averaged over a method's seeds, minus the
       same for the reference, on the problems both have (`report.paired_table`: bootstrap CI
       of the mean difference, sign-flip p-value).
+  (e) the same with the untrained model (epoch 0: the --base directories scored with the
+      flow's protocols, greedy@1024 held-out and paper@1024) in the reference's place.
 Missing inputs (a method with one seed, a run without its sample directory, a benchmark a run
 lacks) give "-" cells and a line under "Notes"; a malformed file is one error naming it (exit 2).
 """
@@ -146,6 +148,26 @@ def _same_samples(p: dict, q: dict, bench: str) -> bool:
 def _bench_order(name: str) -> tuple:
     known = (*SIX, *PARTS)
     return (known.index(name), "") if name in known else (len(known), name)
+
+
+# the untrained model's protocol for each of the flow's cells (configs/realmath/README.md,
+# "Evaluation": studies/realmath_base.sh b3 and b6 score epoch 0 exactly so)
+EPOCH0 = "epoch 0"
+EPOCH0_CELLS = {"heldout": ("greedy@1024", "realmath_heldout"), "aime24": ("paper@1024", "aime24"),
+                "aime25": ("paper@1024", "aime25"), "amc": ("paper@1024", "amc"),
+                "math500": ("paper@1024", "math500")}
+
+
+def epoch0_results(dirs: list[Path]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """The untrained model's per-problem accuracies under the flow's cell names (LEVELS), from
+    the base directories scored with the flow's protocols; notes on the cells without them."""
+    if not dirs:
+        return {}, []
+    cells = base_cells(dirs)[0]
+    out = {lv: cells[key]["acc"] for lv, key in EPOCH0_CELLS.items() if key in cells}
+    notes = [f"paired differences against {EPOCH0}, {lv}: no base results under "
+             f"{EPOCH0_CELLS[lv][0]}" for lv in LEVELS if lv not in out]
+    return out, notes
 
 
 def base_table(dirs: list[Path]) -> tuple[list[str], list[str]]:
@@ -303,6 +325,14 @@ def render(rows: list[dict], sample_dirs: list[Path], base_dirs: list[Path],
             out += [f"Each method minus {reference}, problem by problem (accuracy averaged over "
                     "seeds; bootstrap 95% CI over problems, sign-flip p; > 0: the method higher):",
                     "", *paired, ""]
+        epoch0, e0_notes = epoch0_results(base_dirs)
+        if epoch0:  # the untrained model as one more "method" with one seed
+            pseudo = {"method": EPOCH0, "mlflow_run_id": EPOCH0, "seed": 0}
+            moved, moved_notes = paired_tables([*ok, pseudo], {**samples, EPOCH0: epoch0}, EPOCH0)
+            notes += e0_notes + [n for n in moved_notes if "no samples of" not in n]
+            if len(moved) > 2:
+                out += [f"Each method minus the untrained model ({EPOCH0}, the same protocols: "
+                        "did training move it?), problem by problem as above:", "", *moved, ""]
     else:
         notes.append("no run rows: no per-run, per-method or paired tables")
     if notes:

@@ -386,6 +386,57 @@ def test_base_table(tmp_path):
     assert "- no run rows: no per-run, per-method or paired tables" in text
 
 
+def test_paired_differences_against_the_untrained_model(study, tmp_path):
+    """Table (e): every method minus epoch 0, which the base directories scored with the flow's
+    protocols (paper@1024 on aime24, greedy@1024 on the held-out part); the cells the base lacks
+    (aime25, amc, math500 here) are notes, and a base run at another length is not used."""
+    d, _, _ = study
+    paper = dataclasses.replace(PROTOCOLS["paper"], max_new_tokens=1024,
+                                n_per_benchmark={"aime24": 2})
+    m, base = "qwen2.5-coder-1.5b-instruct", tmp_path / "base"
+    write_eval(base / "b3_paper1024", {"aime24": {"p0": [1, 0], "p1": [0, 0], "p2": [0, 0]}},
+               paper, m)                                                         # .5, 0, 0
+    write_eval(base / "b3_greedy1024", {"realmath_heldout": {f"h{i}": [i == 0] for i in range(10)}},
+               HELDOUT_PROTOCOL, m)                                              # h0 only: .1
+    # math500 at 4,096 tokens: not the flow's protocol (paper@1024), so no epoch-0 math500
+    write_eval(base / "b1_paper", {"math500": {"p0": [1], "p1": [1], "p2": [1]}},
+               dataclasses.replace(paper, max_new_tokens=4096), m)
+    text = _render(d, base=[base / "b3_paper1024", base / "b3_greedy1024", base / "b1_paper"])
+    assert "Each method minus the untrained model (epoch 0" in text
+    table = text.split("Each method minus the untrained model")[1]
+
+    def line(bench, method, base_acc, mine, better_worse_tied):
+        c = em.paired_comparison(base_acc, mine)
+        return (f"| {bench} | {method} | 2 vs 1 | {sum(mine.values()) / len(mine):.3f} | "
+                f"{sum(base_acc.values()) / len(base_acc):.3f} | {c.diff:+.3f} [{c.ci_low:+.3f}, "
+                f"{c.ci_high:+.3f}] | {c.p_value:.3f} | {len(mine)} (0) | {better_worse_tied} |")
+
+    # heldout: epoch 0 right on h0 only; seed averages as in the reference table's test
+    #   prefix_rft 1, .5, .5, 0 x 6, .5: differences 0, .5, .5, 0 x 6, .5 -> +0.15, 3 / 0 / 7
+    #   sft_then_rft 1, 1, .5 x 5, 0 x 3: differences 0, 1, .5 x 5, 0 x 3 -> +0.35, 6 / 0 / 4
+    h0 = {f"h{i}": float(i == 0) for i in range(10)}
+    pr = dict(zip(h0, [1, .5, .5, 0, 0, 0, 0, 0, 0, .5]))
+    sr = dict(zip(h0, [1, 1, .5, .5, .5, .5, .5, 0, 0, 0]))
+    assert round(em.paired_comparison(h0, pr).diff, 3) == 0.15
+    assert round(em.paired_comparison(h0, sr).diff, 3) == 0.35
+    assert line("heldout", "prefix_rft", h0, pr, "3 / 0 / 7") in table
+    assert line("heldout", "sft_then_rft", h0, sr, "6 / 0 / 4") in table
+    # aime24: epoch 0 .5, 0, 0; prefix_rft 1, .75, .25 -> +0.5 (p3, in one seed only, is out of
+    # the seed average); sft_then_rft .75, .25, 0 -> +0.167, tied on p2
+    a0 = {"p0": .5, "p1": 0, "p2": 0}
+    assert round(em.paired_comparison(a0, {"p0": 1, "p1": .75, "p2": .25}).diff, 3) == 0.5
+    assert line("aime24", "prefix_rft", a0, {"p0": 1, "p1": .75, "p2": .25}, "3 / 0 / 0") in table
+    assert line("aime24", "sft_then_rft", a0, {"p0": .75, "p1": .25, "p2": 0}, "2 / 0 / 1") in table
+    rows = [x.split(" | ")[:2] for x in table.splitlines() if x.startswith("| ") and "vs 1" in x]
+    assert rows == [["| heldout", "sft_then_rft"], ["| heldout", "prefix_rft"],
+                    ["| aime24", "sft_then_rft"], ["| aime24", "prefix_rft"]]
+    for lv in ("aime25", "amc"):
+        assert f"- paired differences against epoch 0, {lv}: no base results under paper@1024" in text
+    assert "- paired differences against epoch 0, math500: no base results under paper@1024" in text
+    assert "| math500 |" not in table  # b1_paper's 4,096-token math500 is not epoch 0's cell
+    assert "- paired differences against epoch 0, heldout" not in text
+
+
 def test_main_curves_and_errors(study, tmp_path, capsys):
     d, rows, _ = study
     fig = tmp_path / "curves.png"
