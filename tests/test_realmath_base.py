@@ -61,11 +61,11 @@ def test_b6_is_the_rest_of_b3s_paper_part(tmp_path):
 
 def test_b7_is_the_rest_of_b1(tmp_path):
     """b1 ran in a session's last 250 s (2026-12-07): the default protocol's AIME24 and AIME25
-    finished (docs/results/realmath_base/b1_default_summary.json, `pending: [amc]`); b7 is the
+    finished (docs/results/realmath_base/b1_default/summary.json, `pending: [amc]`); b7 is the
     rest, AMC by default and b1's paper part, each its own part so that a finished one is kept."""
     import json
 
-    done = json.loads((ROOT / "docs/results/realmath_base/b1_default_summary.json").read_text())
+    done = json.loads((ROOT / "docs/results/realmath_base/b1_default/summary.json").read_text())
     assert done["complete"] is False and done["pending"] == ["amc"]
     assert sorted(done["benchmarks"]) == ["aime24", "aime25"]
     r = _run("b7", tmp_path, REALMATH_DEADLINE_S="5")

@@ -119,7 +119,7 @@ def test_docs_quote_the_committed_greedy_math500_of_the_base_model():
     import json
 
     root = HERE.parents[1]
-    s = json.loads((root / "docs/results/realmath_base/greedy_math500_summary.json").read_text())
+    s = json.loads((root / "docs/results/realmath_base/greedy_math500/summary.json").read_text())
     assert s["complete"] and s["protocol"]["temperature"] == 0.0
     assert s["protocol"]["max_new_tokens"] == 4096 and s["protocol"]["n"] == 1
     b = s["benchmarks"]["math500"]
@@ -190,7 +190,7 @@ def test_docs_quote_the_committed_sizing_probe():
 def test_docs_quote_the_second_run_and_epoch_0():
     """The second GPU run's numbers (docs/results/realmath_probe2/steps.json, from the MLflow file
     and flow log a second call fetched) and the untrained model's b3 scores
-    (docs/results/realmath_base/b3_*_summary.json), as configs/realmath/README.md and
+    (docs/results/realmath_base/b3_*/summary.json), as configs/realmath/README.md and
     docs/PERFORMANCE.md quote them, and the reading that keeps the RL lr: the curve's last
     point is not below epoch 0's greedy held-out score."""
     import json
@@ -224,21 +224,21 @@ def test_docs_quote_the_second_run_and_epoch_0():
     assert set(steps["lr"]) == {5e-6}
 
     base = root / "docs/results/realmath_base"
-    greedy = json.loads((base / "b3_greedy1024_summary.json").read_text())
+    greedy = json.loads((base / "b3_greedy1024/summary.json").read_text())
     h = greedy["benchmarks"]["realmath_heldout"]
     assert greedy["protocol"]["temperature"] == 0 and greedy["protocol"]["max_new_tokens"] == 1024
     assert (h["num_problems"], h["avg_at_n"]) == (123, 17 / 123)
     assert f"held-out greedy **{h['avg_at_n']:.3f}** [{h['ci_low']:.3f}, {h['ci_high']:.3f}]" in readme
     assert f"against {h['avg_at_n']:.3f} for the untrained model" in readme
     assert steps["eval/accuracy"][-1] >= h["avg_at_n"]  # the lr reading
-    paper = json.loads((base / "b3_paper1024_summary.json").read_text())
+    paper = json.loads((base / "b3_paper1024/summary.json").read_text())
     assert paper["complete"] is False and paper["pending"] == ["amc", "math500"]
     a24, a25 = paper["benchmarks"]["aime24"], paper["benchmarks"]["aime25"]
     assert (a24["n"], a25["n"], paper["protocol"]["max_new_tokens"]) == (32, 32, 1024)
     assert f"AIME24 **{a24['avg_at_n']:.3f}** [{a24['ci_low']:.3f}, {a24['ci_high']:.3f}] and " \
            f"AIME25 **{a25['avg_at_n']:.3f}** [{a25['ci_low']:.3f}, {a25['ci_high']:.3f}] " \
            f"(avg@32, {a24['truncated_frac']:.0%} of the samples cut" in readme
-    minerva = json.loads((base / "b3_default_summary.json").read_text())["benchmarks"]["minerva"]
+    minerva = json.loads((base / "b3_default/summary.json").read_text())["benchmarks"]["minerva"]
     assert (minerva["n"], minerva["num_problems"], minerva["protocol"]["max_new_tokens"]) == (32, 272, 4096)
     assert f"avg@32 **{minerva['avg_at_n']:.3f}** [{minerva['ci_low']:.3f}, {minerva['ci_high']:.3f}] " \
            f"in 510 s, {minerva['generation_seconds']:.0f} s of them generation at " \
@@ -254,7 +254,7 @@ def test_docs_quote_b6_and_the_part_of_b1():
 
     base = HERE.parents[1] / "docs/results/realmath_base"
     readme = " ".join((HERE / "README.md").read_text().split())
-    b6 = json.loads((base / "b6_paper1024_summary.json").read_text())
+    b6 = json.loads((base / "b6_paper1024/summary.json").read_text())
     assert b6["complete"] and b6["protocol"]["name"] == "paper"
     assert b6["protocol"]["max_new_tokens"] == 1024
     amc, m500 = b6["benchmarks"]["amc"], b6["benchmarks"]["math500"]
@@ -269,7 +269,7 @@ def test_docs_quote_b6_and_the_part_of_b1():
     assert f"AMC paper @1,024 avg@32 {ci(amc)} ({amc['generation_seconds']:.0f} s of generation " \
            f"at {amc['tokens_per_second'] / 1000:.0f}k tokens/s) and MATH-500 avg@1 {ci(m500)} " \
            f"({m500['generation_seconds']:.0f} s at {m500['tokens_per_second'] / 1000:.0f}k" in readme
-    b1 = json.loads((base / "b1_default_summary.json").read_text())
+    b1 = json.loads((base / "b1_default/summary.json").read_text())
     assert b1["protocol"]["name"] == "default" and b1["protocol"]["max_new_tokens"] == 4096
     a24, a25 = b1["benchmarks"]["aime24"], b1["benchmarks"]["aime25"]
     assert (a24["n"], a25["n"], a24["num_problems"], a25["num_problems"]) == (32, 32, 30, 30)
@@ -277,3 +277,95 @@ def test_docs_quote_b6_and_the_part_of_b1():
     assert f"AIME24 avg@32 **{a24['avg_at_n']:.3f}** [{a24['ci_low']:.3f}, " \
            f"{a24['ci_high']:.3f}] (one grading timeout, scored 0) and AIME25 " \
            f"**{a25['avg_at_n']:.3f}** [{a25['ci_low']:.3f}, {a25['ci_high']:.3f}]" in readme
+
+
+def test_results_md_real_math_tables_are_the_committed_files():
+    """docs/RESULTS.md's real-math tables are studies/realmath_table.py's output for the files
+    the GPU calls returned (docs/results/realmath_s*_summary.json, the slim sample directories,
+    the base directories): a number edited by hand, or a run committed without its table, fails
+    here. Also the reading's counts, from the committed samples."""
+    import json
+    import subprocess
+    import sys
+
+    root = HERE.parents[1]
+    res = root / "docs" / "results"
+    summaries = sorted(res.glob("realmath_s*_summary.json"))
+    rows = [r for f in summaries for r in json.loads(f.read_text())]
+    assert {(r["method"], r["seed"], r["rc"]) for r in rows} == {("prefix_rft", 1, 0)}
+    args = [str(f) for f in summaries]
+    for d in sorted(res.glob("realmath_samples*")):
+        args += ["--samples", str(d)]
+    for d in sorted(p for p in (res / "realmath_base").iterdir() if p.is_dir()):
+        args += ["--base", str(d)]
+    out = subprocess.run([sys.executable, str(root / "studies" / "realmath_table.py"), *args],
+                         capture_output=True, text=True, check=True).stdout
+    results = (root / "docs" / "RESULTS.md").read_text()
+    missing = [line for line in out.splitlines() if line and line not in results]
+    assert not missing, "docs/RESULTS.md lacks realmath_table.py output lines:\n" + "\n".join(missing[:5])
+    run = rows[0]["mlflow_run_id"]
+    assert "| prefix_rft | 1 | 0.163 [0.106, 0.228] |" in out and run in out
+    # the reading's counts: 20 of 123 held-out problems against the untrained model's 17
+    assert rows[0]["scores"]["heldout"]["1"]["value"] == 20 / 123
+    base = json.loads((res / "realmath_base/b3_greedy1024/summary.json").read_text())
+    assert base["benchmarks"]["realmath_heldout"]["avg_at_n"] == 17 / 123
+    text = " ".join(results.split())
+    assert "held-out 0.163 against 0.138 (20 against 17 of 123 problems; 10 better, 7 worse)" in text
+    assert "| heldout | prefix_rft | 1 vs 1 | 0.163 | 0.138 | +0.024 " in out and "| 10 / 7 / 106 |" in out
+    assert "| math500 | prefix_rft | 1 vs 1 | 0.350 | 0.348 | +0.002 " in out and "| 55 / 54 / 391 |" in out
+    assert "MATH-500 +0.002 (55 problems better, 54 worse)" in text and "AMC +0.005" in text
+    assert rows[0]["scores"]["aime25"]["1"]["value"] == 1 / 960
+
+
+def test_docs_quote_the_first_study_run():
+    """The first study run's phases and curves (docs/results/realmath_s1_steps.json, from the
+    returned MLflow file and flow log), as configs/realmath/README.md, docs/PERFORMANCE.md and
+    docs/RESULTS.md quote them; and the reading that the reward's fall follows the batches: the
+    three runs of prefix_rft seed 1 drew the same problems (demo NLL alike at every step), start
+    and end at the same policy reward, and differ by at most 0.031 in mean reward at any step."""
+    import json
+    import statistics
+
+    root = HERE.parents[1]
+    res = root / "docs" / "results"
+    d = json.loads((res / "realmath_s1_steps.json").read_text())
+    row = json.loads((res / "realmath_s1_summary.json").read_text())[0]
+    steps, ph = d["steps"], d["phases_s"]
+    assert d["mlflow_run_id"] == row["mlflow_run_id"] and d["task_s"] == row["task_s"]
+    readme = " ".join((HERE / "README.md").read_text().split())
+    perf = " ".join((root / "docs" / "PERFORMANCE.md").read_text().split())
+    results = " ".join((root / "docs" / "RESULTS.md").read_text().split())
+    t = row["task_s"]
+    assert (f"flow 479 s: start {t['start']}, filter_data {t['filter_data']}, train_epoch "
+            f"{t['train_epoch']}, plan_eval {t['plan_eval']}") in readme
+    assert f"eval_task {t['eval_task']} (the five benchmarks), join_eval {t['join_eval']}, end {t['end']}" in readme
+    assert row["wall_s"] == 878 and "956 s of call time** (878 s of flow)" in readme
+    for key, before in (("train_epoch: task start to the vLLM engine's arguments", 27.3),
+                        ("train_epoch: last held-out eval to the committed checkpoint", 71.8),
+                        ("eval_task: task start to the vLLM engine's arguments", 51.3)):
+        assert f"| {key} | {ph[key]} | {before} |" in readme
+    ckpt = ph["train_epoch: last held-out eval to the committed checkpoint"]
+    assert f"the commit took {ckpt} s instead of 71.8 s ({71.8 - ckpt:.0f} s less" in readme
+    assert f"| - last held-out eval to the committed checkpoint | 71.8 | {ckpt} |" in perf
+    step, gen = statistics.median(steps["time/step"]), statistics.median(steps["time/generation"])
+    assert f"| - RL step, median (generation) | 21.6 (9.4) | {step:.1f} ({gen:.1f}) |" in perf
+    assert f"| eval_task (the five benchmarks) | - | {t['eval_task']} |" in perf
+    evals = " / ".join(str(ph[f"eval_task: {b}"]) for b in (
+        "heldout (greedy, 123)", "aime24 (avg@32)", "aime25 (avg@32)", "amc (avg@32)",
+        "math500 (avg@1)"))
+    assert f"| eval_task: heldout / AIME24 / AIME25 / AMC / MATH-500 | {evals} | - |" in readme
+    # RESULTS.md's reading
+    assert d["eval_accuracy_steps"] == [5, 10]
+    assert steps["eval/accuracy"] == [15 / 123, 20 / 123]
+    assert "held-out accuracy was 0.122 at step 5 and 0.163 at step 10" in results
+    pol = steps["reward/policy_mean"]
+    assert f"fell from {pol[0]:.3f} at step 1 to {pol[-1]:.3f} at step 10" in results
+    others = [json.loads((res / f"realmath_probe{s}/steps.json").read_text())["steps"]
+              for s in ("", "2")]
+    for o in others:
+        assert (round(o["reward/policy_mean"][0], 4), round(o["reward/policy_mean"][-1], 4)) == \
+            (round(pol[0], 4), round(pol[-1], 4))
+        assert max(abs(a - b) for a, b in zip(o["demo/nll"], steps["demo/nll"])) < 0.01
+    spread = max(max(v) - min(v) for v in zip(steps["reward/mean"],
+                                              *(o["reward/mean"] for o in others)))
+    assert f"differ by at most {spread:.3f} at any step" in results
