@@ -158,23 +158,20 @@ EPOCH0_CELLS = {"heldout": ("greedy@1024", "realmath_heldout"), "aime24": ("pape
                 "math500": ("paper@1024", "math500")}
 
 
-def epoch0_results(dirs: list[Path]) -> tuple[dict[str, dict[str, float]], list[str]]:
+def epoch0_results(cells: dict) -> tuple[dict[str, dict[str, float]], list[str]]:
     """The untrained model's per-problem accuracies under the flow's cell names (LEVELS), from
-    the base directories scored with the flow's protocols; notes on the cells without them."""
-    if not dirs:
-        return {}, []
-    cells = base_cells(dirs)[0]
+    the base cells (`base_cells`) scored with the flow's protocols; notes on the cells without
+    them."""
     out = {lv: cells[key]["acc"] for lv, key in EPOCH0_CELLS.items() if key in cells}
     notes = [f"paired differences against {EPOCH0}, {lv}: no base results under "
              f"{EPOCH0_CELLS[lv][0]}" for lv in LEVELS if lv not in out]
     return out, notes
 
 
-def base_table(dirs: list[Path]) -> tuple[list[str], list[str]]:
-    """Table (a), one row per (benchmark, protocol), and its notes."""
-    if not dirs:
-        return [], ["no --base directories: no table of the untrained model"]
-    cells, protos, notes = base_cells(dirs)
+def base_table(cells: dict, protos: dict) -> tuple[list[str], list[str]]:
+    """Table (a) from `base_cells`' cells and protocols, one row per (benchmark, protocol), and
+    its notes."""
+    notes = []
     labels = sorted(protos, key=lambda x: (PROTOCOLS.index(x) if x in PROTOCOLS else 99, x))
     runs = [report.RunResults(lb, {b: c["acc"] for (lb2, b), c in cells.items() if lb2 == lb},
                               {b: c["n"] for (lb2, b), c in cells.items() if lb2 == lb})
@@ -247,9 +244,10 @@ def seed_average(per_run: list[dict[str, float]]) -> dict[str, float]:
     return {p: sum(a[p] for a in per_run) / len(per_run) for p in sorted(common)}
 
 
-def paired_tables(ok: list[dict], samples: dict, reference: str) -> tuple[list[str], list[str]]:
-    """Table (d): per benchmark (the held-out part, then the four others) and method, the
-    seed-averaged per-problem accuracies minus the reference's (`report.paired_table`), and
+def paired_tables(ok: list[dict], samples: dict, reference: str,
+                  levels: tuple[str, ...] = LEVELS) -> tuple[list[str], list[str]]:
+    """Table (d): per benchmark (`levels`: the held-out part, then the four others) and method,
+    the seed-averaged per-problem accuracies minus the reference's (`report.paired_table`), and
     notes on what is missing."""
     runs = st.by_method([r for r in ok if r["mlflow_run_id"] in samples])
     if reference not in runs:
@@ -257,7 +255,7 @@ def paired_tables(ok: list[dict], samples: dict, reference: str) -> tuple[list[s
     notes, out = [], [
         f"| benchmark | method | seeds vs {reference} | method | {reference} | difference "
         "[95% CI] | p | problems (dropped) | method better / worse / tied |", "|" + "---|" * 9]
-    for bench in LEVELS:
+    for bench in levels:
         averaged, seeds = [], {}
         for m, rs in runs.items():
             per_run = [acc[bench] for r in rs if bench in (acc := samples[r["mlflow_run_id"]])]
@@ -307,7 +305,10 @@ def run_notes(ok: list[dict], reference: str) -> list[str]:
 
 def render(rows: list[dict], sample_dirs: list[Path], base_dirs: list[Path],
            reference: str = "sft_then_rft") -> str:
-    base, notes = base_table(base_dirs)
+    cells, protos, notes = base_cells(base_dirs)  # every base directory read once
+    base, table_notes = base_table(cells, protos) if base_dirs else ([], [
+        "no --base directories: no table of the untrained model"])
+    notes += table_notes
     out = []
     if base:
         out += ["The untrained model (avg@n, bootstrap 95% CI over problems):", "", *base, ""]
@@ -325,12 +326,13 @@ def render(rows: list[dict], sample_dirs: list[Path], base_dirs: list[Path],
             out += [f"Each method minus {reference}, problem by problem (accuracy averaged over "
                     "seeds; bootstrap 95% CI over problems, sign-flip p; > 0: the method higher):",
                     "", *paired, ""]
-        epoch0, e0_notes = epoch0_results(base_dirs)
+        epoch0, e0_notes = epoch0_results(cells)
         if epoch0:  # the untrained model as one more "method" with one seed
             pseudo = {"method": EPOCH0, "mlflow_run_id": EPOCH0, "seed": 0}
-            moved, moved_notes = paired_tables([*ok, pseudo], {**samples, EPOCH0: epoch0}, EPOCH0)
-            notes += e0_notes + [n for n in moved_notes if "no samples of" not in n]
-            if len(moved) > 2:
+            moved, moved_notes = paired_tables([*ok, pseudo], {**samples, EPOCH0: epoch0}, EPOCH0,
+                                               tuple(lv for lv in LEVELS if lv in epoch0))
+            notes += e0_notes + moved_notes
+            if len(moved) > 2:  # header and rule, then at least one row
                 out += [f"Each method minus the untrained model ({EPOCH0}, the same protocols: "
                         "did training move it?), problem by problem as above:", "", *moved, ""]
     else:
