@@ -44,6 +44,10 @@ OUT=${OUT:-/tmp/realmath-base/out}
 WORK=${STUDY_DIR:-/tmp/realmath-base}
 MODEL=${REALMATH_MODEL:-qwen2.5-coder-1.5b-instruct}
 CALL=${1:-}
+case $CALL in
+  b[1-7]) ;;
+  *) echo "usage: $0 b1|b2|b3|b4|b5|b6|b7" >&2; exit 2 ;;
+esac
 mkdir -p "$OUT" "$WORK"
 if [ "${REALMATH_NO_STAGE:-0}" != 1 ]; then
   [ -f /tmp/stage/env.sh ] || { echo "no /tmp/stage/env.sh: stage vLLM first (perf/gpu/unstage.sh)" >&2; exit 3; }
@@ -116,7 +120,6 @@ FAILED=0   # set by part(); the call's exit status is 1 when a part failed or wa
     b6) part b6_paper1024 paper 1024 amc,math500 ;;
     b7) part b7_default default 4096 amc
         part b7_paper paper 4096 "math500,minerva,olympiadbench,$F/realmath_train.jsonl,$F/realmath_heldout.jsonl" ;;
-    *) echo "usage: $0 b1|b2|b3|b4|b5|b6|b7" >&2; exit 2 ;;
   esac
   exit "$FAILED"
 } 2>&1 | tee "$OUT/$CALL.log"

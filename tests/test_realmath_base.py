@@ -11,19 +11,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(call: str, tmp_path: Path, **env) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """One work directory for the module: the first call writes the problems files (~20 s),
+    the later ones find them there, as a second call on the same machine does."""
+    return tmp_path_factory.mktemp("realmath_base_work")
+
+
+def _run(call: str, tmp_path: Path, work: Path, **env) -> subprocess.CompletedProcess:
     full = {**os.environ, "REALMATH_NO_STAGE": "1", "STUDY_PY": sys.executable,
-            "STUDY_DIR": str(tmp_path / "work"), "OUT": str(tmp_path / "out"),
-            "PYTHONPATH": str(ROOT), **env}
+            "STUDY_DIR": str(work), "OUT": str(tmp_path / "out"), "PYTHONPATH": str(ROOT), **env}
     return subprocess.run(["bash", "studies/realmath_base.sh", call], cwd=ROOT, env=full,
                           capture_output=True, text=True, timeout=600)
 
 
-def test_every_part_is_skipped_when_the_deadline_leaves_too_little(tmp_path):
-    r = _run("b3", tmp_path, REALMATH_DEADLINE_S="5")
+def test_every_part_is_skipped_when_the_deadline_leaves_too_little(tmp_path, work):
+    r = _run("b3", tmp_path, work, REALMATH_DEADLINE_S="5")
     assert r.returncode == 1, r.stderr  # a skipped part is not a finished call
     lines = [x for x in r.stdout.splitlines() if x.startswith("===")]
     assert len(lines) == 3
@@ -33,25 +41,26 @@ def test_every_part_is_skipped_when_the_deadline_leaves_too_little(tmp_path):
     assert all(x.endswith("left before REALMATH_DEADLINE_S=5") for x in lines)
     # nothing evaluated, nothing packed; the log and the problems files are there
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b3.log"]
-    files = sorted(p.name for p in (tmp_path / "work" / "files").iterdir())
+    files = sorted(p.name for p in (work / "files").iterdir())
     assert files == ["olympiadbench_a.jsonl", "olympiadbench_b.jsonl", "realmath_heldout.jsonl",
                      "realmath_train.jsonl"]
     # the two OlympiadBench halves hold all 675 problems, the first the larger half
-    a, b = ((tmp_path / "work" / "files" / f).read_text().count("\n")
+    a, b = ((work / "files" / f).read_text().count("\n")
             for f in ("olympiadbench_a.jsonl", "olympiadbench_b.jsonl"))
     assert (a, b) == (338, 337)
 
 
-def test_an_unknown_call_is_a_usage_error(tmp_path):
-    r = _run("b9", tmp_path)
+def test_an_unknown_call_is_a_usage_error_before_any_work(tmp_path):
+    r = _run("b9", tmp_path, tmp_path / "work")
     assert r.returncode == 2
-    assert "usage:" in r.stdout + r.stderr
+    assert "usage: " in r.stderr and "b1|b2|b3|b4|b5|b6|b7" in r.stderr
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
 
 
-def test_b6_is_the_rest_of_b3s_paper_part(tmp_path):
+def test_b6_is_the_rest_of_b3s_paper_part(tmp_path, work):
     """b3's paper @1,024 part did not fit its call (2026-12-07): AIME24 and AIME25 were run by
     hand, b6 scores AMC and MATH-500 with the same protocol and length."""
-    r = _run("b6", tmp_path, REALMATH_DEADLINE_S="5")
+    r = _run("b6", tmp_path, work, REALMATH_DEADLINE_S="5")
     lines = [x for x in r.stdout.splitlines() if x.startswith("===")]
     assert len(lines) == 1 and lines[0].startswith("=== b6_paper1024: skipped,")
     assert r.returncode == 1 and (tmp_path / "out" / "b6.log").is_file()
@@ -59,7 +68,7 @@ def test_b6_is_the_rest_of_b3s_paper_part(tmp_path):
     assert "    b6) part b6_paper1024 paper 1024 amc,math500 ;;" in text
 
 
-def test_b7_is_the_rest_of_b1(tmp_path):
+def test_b7_is_the_rest_of_b1(tmp_path, work):
     """b1 ran in a session's last 250 s (2026-12-07): the default protocol's AIME24 and AIME25
     finished (docs/results/realmath_base/b1_default/summary.json, `pending: [amc]`); b7 is the
     rest, AMC by default and b1's paper part, each its own part so that a finished one is kept."""
@@ -68,7 +77,7 @@ def test_b7_is_the_rest_of_b1(tmp_path):
     done = json.loads((ROOT / "docs/results/realmath_base/b1_default/summary.json").read_text())
     assert done["complete"] is False and done["pending"] == ["amc"]
     assert sorted(done["benchmarks"]) == ["aime24", "aime25"]
-    r = _run("b7", tmp_path, REALMATH_DEADLINE_S="5")
+    r = _run("b7", tmp_path, work, REALMATH_DEADLINE_S="5")
     lines = [x for x in r.stdout.splitlines() if x.startswith("===")]
     assert [x.split(":")[0] for x in lines] == ["=== b7_default", "=== b7_paper"]
     assert all(": skipped," in x for x in lines)
