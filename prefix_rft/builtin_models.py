@@ -34,8 +34,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from prefix_rft.errors import UserError
 
 CACHE_ENV = "PREFIX_RFT_CACHE"
@@ -254,6 +252,7 @@ def _convert_gguf_to_hf(gguf: Path, out: Path) -> None:
     A model loaded from a GGUF carries a ``quantization_config`` that blocks ``save_pretrained``;
     the model is therefore rebuilt from its config without it and the state dict copied over.
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf.parent), gguf.name

@@ -23,8 +23,6 @@ from prefix_rft.data.sources import is_builtin_spec, test_problems, training_pro
 from prefix_rft.errors import UserError
 from prefix_rft.io import run_layout
 from prefix_rft.io.store import CheckpointRef, fetch_checkpoint, open_store
-from prefix_rft.train.phases import sft_steps
-from prefix_rft.train.planner import needs_demos
 from steps.common import log
 from steps.flow_config import FlowConfig
 
@@ -45,7 +43,7 @@ def _is_raw_openr1(cfg: FlowConfig) -> bool:
 def load_training_set(cfg: FlowConfig) -> tuple[list[Problem], dict]:
     """The training problems after filtering, fraction and max_problems; plus stats."""
     if not _is_raw_openr1(cfg):
-        problems = training_problems(cfg.data, seed=cfg.seed, require_demos=needs_demos(cfg))
+        problems = training_problems(cfg.data, seed=cfg.seed, require_demos=cfg.needs_demos())
         return problems, {"input_rows": len(problems), "kept": len(problems)}
     from prefix_rft.models import load_tokenizer
 
@@ -61,7 +59,7 @@ def load_training_set(cfg: FlowConfig) -> tuple[list[Problem], dict]:
 
 def epoch_plan(cfg: FlowConfig, num_train: int) -> dict:
     """How the method's training steps split into pipeline epochs."""
-    sft = sft_steps(num_train, cfg.sft)
+    sft = cfg.sft.steps(num_train)
     total = sft + cfg.rl.steps
     epochs = cfg.pipeline.epochs
     per = cfg.pipeline.steps_per_epoch or int(math.ceil(total / epochs))

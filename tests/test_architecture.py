@@ -12,6 +12,9 @@ The checker is tried on a small planted tree first, so a broken checker cannot p
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import networkx as nx
@@ -186,3 +189,27 @@ def test_every_imported_name_exists():
                 is_package and importlib.util.find_spec(f"{module}.{name}") is not None):
             missing.append(f"{rel}:{line}: from {module} import {name}")
     assert missing == []
+
+
+CPU_ONLY_STEPS = ("steps.start", "steps.data", "steps.evaluate", "steps.finish")
+
+
+def _imports_without_torch(module: str) -> subprocess.CompletedProcess:
+    code = ("import sys\nsys.modules['torch'] = sys.modules['transformers'] = None\n"
+            f"import {module}\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+
+
+@pytest.mark.parametrize("module", CPU_ONLY_STEPS)
+def test_cpu_only_steps_import_neither_torch_nor_transformers(module):
+    """The flow's CPU-only steps (start, filter_data, plan_eval, join_eval, end) import these
+    modules; torch alone costs each such task ~2.5 s of a ~5 s start on 2 cores, on every run.
+    (Their work at run time is kept torch-free too: docs/PERFORMANCE.md, "Flow task start".)"""
+    r = _imports_without_torch(module)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_the_torch_block_is_felt():
+    r = _imports_without_torch("steps.train")
+    assert r.returncode != 0 and "import of torch halted" in r.stderr

@@ -13,8 +13,6 @@ import pytest
 from prefix_rft.core.config import NON_TRAINING_SECTIONS, read_yaml
 from prefix_rft.core.dicts import flatten
 from prefix_rft.core.presets import preset_values
-from prefix_rft.train.phases import sft_steps
-from prefix_rft.train.planner import needs_demos
 from steps.data import epoch_plan
 from steps.evaluate import eval_dtype
 from steps.flow_config import load_flow_config
@@ -61,7 +59,7 @@ def test_every_file_resolves_for_the_flow(name):
     assert c.pipeline.benchmarks == ["heldout", "aime24", "aime25", "amc", "math500"]
     assert c.pipeline.eval_task_per == "checkpoint"  # one vLLM start for all five
     assert (c.eval.num_problems, c.eval.n_samples, c.eval.temperature) == (123, 1, 0.0)
-    assert needs_demos(c) == (name != "rft")
+    assert c.needs_demos() == (name != "rft")
 
 
 def test_no_file_writes_a_key_a_preset_owns():
@@ -80,7 +78,7 @@ def test_budgets_are_equal():
     for name in METHODS:
         c = cfg(name)
         assert (c.rollout.num_prompts, c.rollout.group_size, c.rl.num_minibatches) == (P, G, 1)
-        sft = sft_steps(n_train, c.sft) if c.sft.epochs > 0 else 0
+        sft = c.sft.steps(n_train) if c.sft.epochs > 0 else 0
         plan = epoch_plan(c, n_train)
         assert plan["total_steps"] == sft + c.rl.steps == S, (name, plan)
         if sft:
@@ -91,9 +89,9 @@ def test_budgets_are_equal():
             assert (sft, c.rl.steps) == (0, S)
             assert c.rl.steps * P * G == 2560
             assert c.rollout.prefix_schedule.total_steps == S
-    assert (sft_steps(n_train, cfg("sft").sft), cfg("sft").rl.steps) == (S, 0)
+    assert (cfg("sft").sft.steps(n_train), cfg("sft").rl.steps) == (S, 0)
     c = cfg("sft_then_rft")
-    assert (sft_steps(n_train, c.sft), c.rl.steps) == (S // 2, S // 2)
+    assert (c.sft.steps(n_train), c.rl.steps) == (S // 2, S // 2)
 
 
 def test_everything_but_the_method_is_shared():

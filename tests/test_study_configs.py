@@ -13,8 +13,6 @@ import yaml
 from prefix_rft.core.config import NON_TRAINING_SECTIONS, read_yaml
 from prefix_rft.core.dicts import flatten
 from prefix_rft.core.presets import PRESETS, preset_values
-from prefix_rft.train.phases import sft_steps
-from prefix_rft.train.planner import needs_demos
 from steps.data import epoch_plan
 from steps.flow_config import load_flow_config
 
@@ -58,7 +56,7 @@ def test_every_file_resolves_and_names_its_method(name):
     assert c.pipeline.benchmarks == LEVELS
     assert c.eval.n_samples >= 4 and c.eval.temperature > 0  # avg@4 with a CI
     assert c.eval.max_new_tokens <= 128
-    assert needs_demos(c) == (name != "rft")
+    assert c.needs_demos() == (name != "rft")
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -100,7 +98,7 @@ def test_budgets_are_equal():
         c = cfg(name)
         assert (c.rollout.num_prompts, c.rollout.group_size, c.rl.num_minibatches) == (P, G, 1)
         assert c.data.synthetic_train_size == n_train == 768
-        sft = sft_steps(n_train, c.sft)
+        sft = c.sft.steps(n_train)
         plan = epoch_plan(c, n_train)
         assert plan["total_steps"] == S, name
         demos_sft = sft * c.sft.batch_size if sft else 0
@@ -111,9 +109,9 @@ def test_budgets_are_equal():
             assert (sft, c.rl.steps, c.rl.steps * P * G) == (0, S, 6144)
             assert c.rollout.prefix_schedule.total_steps == S
     # sft: S SFT steps of P demos (one epoch); sft_then_rft: S/2 + S/2
-    assert (sft_steps(n_train, cfg("sft").sft), cfg("sft").rl.steps) == (S, 0)
+    assert (cfg("sft").sft.steps(n_train), cfg("sft").rl.steps) == (S, 0)
     c = cfg("sft_then_rft")
-    assert (sft_steps(n_train, c.sft), c.rl.steps) == (S // 2, S // 2)
+    assert (c.sft.steps(n_train), c.rl.steps) == (S // 2, S // 2)
     assert math.ceil(n_train / P) == S  # sft.batch_size P -> one epoch is S steps
 
 

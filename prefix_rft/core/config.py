@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -368,6 +369,10 @@ class SFTConfig:
         metadata={"help": "SFT optimizer (paper: lr 5e-5, warm-up 0.1, cosine)."},
     )
 
+    def steps(self, num_problems: int) -> int:
+        """Optimizer steps of the SFT phase: `epochs` passes of `batch_size` demos."""
+        return int(math.ceil(self.epochs * math.ceil(num_problems / self.batch_size)))
+
 
 @dataclass
 class ReliftConfig:
@@ -432,6 +437,11 @@ class Config:
                              ge=0)
     keep_last: int = option(2, "Checkpoints kept in the output directory (the final one always; "
                             "0 = all).", ge=0)
+
+    def needs_demos(self) -> bool:
+        """Whether the method trains on demonstrations (every training problem must have one)."""
+        return (self.sft.epochs > 0 or self.rollout.n_prefixed > 0 or self.rollout.n_full_demo > 0
+                or self.relift.enabled)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

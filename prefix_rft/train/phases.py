@@ -5,18 +5,12 @@ trainer runs their updates."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 
 from prefix_rft.core import loss as L
 from prefix_rft.train.planner import Trajectory, seeded_rng
-
-
-def sft_steps(num_problems: int, sft_cfg) -> int:
-    """Optimizer steps of the SFT phase: `sft.epochs` passes of `sft.batch_size` demos."""
-    return int(math.ceil(sft_cfg.epochs * math.ceil(num_problems / sft_cfg.batch_size)))
 
 
 def sft_pairs(indices: Sequence[int], problems: Sequence, seed: int,

@@ -82,14 +82,6 @@ def rule_for_tokens(traj: Trajectory, loss_cfg) -> torch.Tensor:
     return rule
 
 
-def needs_demos(cfg: Config) -> bool:
-    """Whether the method trains on demonstrations (every training problem must have one)."""
-    return (
-        cfg.sft.epochs > 0 or cfg.rollout.n_prefixed > 0 or cfg.rollout.n_full_demo > 0
-        or cfg.relift.enabled
-    )
-
-
 def seeded_rng(seed: int, *parts) -> random.Random:
     """The random stream of one purpose, e.g. `seeded_rng(seed, "plan", step)`."""
     return random.Random("-".join(str(p) for p in (seed, *parts)))

@@ -170,7 +170,7 @@ class Trainer:
         from prefix_rft.data.lengths import check_training_prompts
 
         cfg = self.cfg
-        demos = P.needs_demos(cfg)
+        demos = cfg.needs_demos()
         train_set = list(train) if train is not None else sources.training_problems(
             cfg.data, seed=cfg.seed, require_demos=demos
         )
@@ -260,7 +260,7 @@ class Trainer:
             self._grader.close()
 
     def sft_total_steps(self) -> int:
-        return phases.sft_steps(len(self.train_set), self.cfg.sft)
+        return self.cfg.sft.steps(len(self.train_set))
 
     def _make_phase_optimizer(self) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
