@@ -123,7 +123,8 @@ def test_resume_plan_eval_reruns_only_evaluation(happy, local_servers):
 
 def test_failure_in_epoch_two_then_resume(local_servers, smollm2_dir, tmp_path):
     cfg = tiny_config(smollm2_dir, tmp_path, **{"pipeline.train_retries": 0,
-                                                "pipeline.eval_base": False})
+                                                "pipeline.eval_base": False,
+                                                "pipeline.eval_epochs": "last"})
     env = flow_env(local_servers, tmp_path)
     run, status, out = run_flow(cfg["path"], {**env, "PREFIX_RFT_FAIL_AT": "epoch=2,step=3"}, tmp_path)
     assert status == "failed"
@@ -178,43 +179,50 @@ def test_warm_start_from_checkpoint_uri(happy, local_servers, tmp_path):
     assert new[0] == old[2]
 
 
-@pytest.mark.parametrize("task_per, tasks", [("benchmark", 8), ("checkpoint", 4)])
+@pytest.mark.parametrize("task_per, epochs, tasks", [("benchmark", 2, 4), ("checkpoint", 1, 2)])
 def test_s3_checkpoints_and_a_failing_eval_task(local_servers, s3_env, smollm2_dir, tmp_path,
-                                                task_per, tasks):
+                                                task_per, epochs, tasks):
     """A broken benchmark file fails its cells and nothing else, whether each benchmark has its
     own eval tasks (they fail and are caught) or one task per checkpoint evaluates both (the
-    broken one is a failure row, heldout is scored by the same task)."""
+    broken one is a failure row, heldout is scored by the same task). Only the last epoch is
+    evaluated; with two epochs, the second starts from the first's checkpoint on S3."""
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"problem": "1+1?", "answer": "2"}\nnot json\n')
     prefix = f"s3://{local_servers.bucket}/ckpt-{tmp_path.name}"
+    steps = 2 * epochs
     cfg = tiny_config(smollm2_dir, tmp_path, **{
         "pipeline.checkpoint_root": prefix, "pipeline.eval_base": False,
+        "pipeline.epochs": epochs, "rl.steps": steps, "rollout.prefix_schedule.total_steps": steps,
+        "pipeline.eval_epochs": "last",
         "pipeline.benchmarks": ["heldout", str(broken)], "pipeline.eval_shards": 2,
         "pipeline.eval_task_per": task_per})
     run, status, out = run_flow(cfg["path"], flow_env(local_servers, tmp_path), tmp_path)
     assert status == "successful", out[-3000:]
     namespace(None)
     refs = sorted((t.data.checkpoint for t in run["train_epoch"]), key=lambda r: r["step"])
+    assert [r["step"] for r in refs] == list(range(2, steps + 1, 2))
     assert all(r["uri"].startswith(prefix + "/") for r in refs)
     from prefix_rft.io.store import fetch_checkpoint, open_checkpoint
 
     for r in refs:
         assert (fetch_checkpoint(open_checkpoint(r["uri"])) / "trainer_state.pt").exists()
-    # 2 epochs x 2 benchmarks x 2 shards = 8 eval tasks (per checkpoint: 2 epochs x 2 shards = 4);
-    # the broken benchmark's 4 cells failed; heldout's shards (2 + 2 of its 4 problems) were
-    # merged per epoch
+    if epochs == 2:
+        second = next(t for t in run["train_epoch"] if t.data.trained_epoch == 2)
+        assert second.data.epoch_result["steps"] == [2, 4]  # went on from epoch 1's S3 checkpoint
+    # the last epoch x 2 benchmarks x 2 shards = 4 eval tasks (per checkpoint: 2 shards); the
+    # broken benchmark's 2 cells failed; heldout's shards (2 + 2 of its 4 problems) were merged
     assert len(list(run["eval_task"])) == tasks
     summary = run["join_eval"].task.data.eval_summary
     assert sorted((f["epoch"], f["benchmark"]) for f in summary["failures"]) == [
-        (1, "broken"), (1, "broken"), (2, "broken"), (2, "broken")]
+        (epochs, "broken"), (epochs, "broken")]
     assert "broken.jsonl" in summary["failures"][0]["error"]
-    assert sorted(r["epoch"] for r in summary["results"]) == [1, 2]
+    assert [r["epoch"] for r in summary["results"]] == [epochs]
     assert all(r["num_problems"] == 4 for r in summary["results"])
     client = mlflow_client(local_servers)
     p = parent_run(client, run)
     assert p.info.status == "FINISHED"
-    assert p.data.tags["eval.failed_tasks"] == "4"
-    assert "4 evaluation task(s) failed" in out
+    assert p.data.tags["eval.failed_tasks"] == "2"
+    assert "2 evaluation task(s) failed" in out
     merged = {m.step: m.value for m in client.get_metric_history(p.info.run_id, "eval/heldout/avg_at_1")}
     assert merged == {r["epoch"]: r["value"] for r in summary["results"]}
     reg = summary["registered"]
