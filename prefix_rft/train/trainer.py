@@ -101,6 +101,7 @@ class Trainer:
         grader=None,
     ):
         from prefix_rft import models
+        from prefix_rft.data.lengths import check_training_prompts
         from prefix_rft.rollout import prompting
 
         self.cfg = cfg
@@ -121,8 +122,12 @@ class Trainer:
         if tokenizer is None:
             tokenizer = models.load_tokenizer(cfg.model.name_or_path, chat_template=cfg.model.chat_template)
         self.tokenizer = tokenizer
-        self.model = self._build_model(model)
+        # the data before the model: a bad file or row fails in seconds, before weights load
         self.train_set, self.test_set = self._load_problems(train, test)
+        self.model = self._build_model(model)
+        # a prompt that cannot fit the context is refused here, before any rollout
+        check_training_prompts(cfg, tokenizer, getattr(self.model, "config", None),
+                               self.train_set, self.test_set)
         self.stop_ids = prompting.stop_token_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.ids = P.TokenIds(tokenizer, self.train_set, cfg.model.think_tags)
@@ -167,7 +172,6 @@ class Trainer:
         """The training and test problems (given, or read from `data`); every training problem
         has a demonstration when the method trains on them."""
         from prefix_rft.data import sources
-        from prefix_rft.data.lengths import check_training_prompts
 
         cfg = self.cfg
         demos = cfg.needs_demos()
@@ -184,9 +188,6 @@ class Trainer:
                         f"data.train: problem '{p.id}' has no demonstration "
                         f"(method '{cfg.method}' trains on demonstrations)"
                     )
-        # a prompt that cannot fit the context is refused here, before any rollout
-        check_training_prompts(cfg, self.tokenizer, getattr(self.model, "config", None),
-                               train_set, test_set)
         return train_set, test_set
 
     def _build_engine(self):
