@@ -262,12 +262,12 @@ def realmath_stats() -> dict:
 
 
 def _cmd_build(out: str) -> int:
-    train, heldout, stats = build_realmath()
+    train, heldout, stats = _built()
     d = Path(out)
     save_problems(train, d / "train.jsonl")
     save_problems(heldout, d / "heldout.jsonl")
-    (d / "stats.json").write_text(json.dumps(stats.as_dict(), indent=1) + "\n")
-    print(json.dumps(stats.as_dict()))
+    (d / "stats.json").write_text(json.dumps(stats, indent=1) + "\n")
+    print(json.dumps(stats))
     print(f"wrote {d / 'train.jsonl'} ({len(train)}), {d / 'heldout.jsonl'} ({len(heldout)}), "
           f"{d / 'stats.json'}")
     return 0
