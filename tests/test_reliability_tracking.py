@@ -15,6 +15,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -185,15 +186,31 @@ def test_server_down_at_close_keeps_metrics_and_replay_sends_them_once(server, f
 @pytest.mark.slow
 def test_end_and_exit_hook_wait_for_the_server(server, fast_retries):
     """`mark_failed` (the exit hook) and `end` started while the server is down set the run's
-    status once it is back, instead of failing and leaving it RUNNING."""
+    status once it is back, instead of failing and leaving it RUNNING (both in one outage)."""
     tracker = T.Tracker(server.uri)
-    for status, call in (("FAILED", sfinish.mark_failed), ("FINISHED", sfinish.end)):
-        run_id = tracker.create_run(EXPERIMENT, f"exit-{status}", {})
-        tracking = {"uri": server.uri, "run_id": run_id, "experiment_id": "0",
+    calls = {"FAILED": sfinish.mark_failed, "FINISHED": sfinish.end}
+    runs = {status: tracker.create_run(EXPERIMENT, f"exit-{status}", {}) for status in calls}
+    errors = []
+
+    def call(status):
+        tracking = {"uri": server.uri, "run_id": runs[status], "experiment_id": "0",
                     "experiment": EXPERIMENT, "timeout_s": 5}
-        server.stop()
-        threading.Timer(3.0, server.start).start()  # back while `call` retries
-        call(tracking)
+        try:
+            calls[status](tracking)
+        except BaseException as e:  # noqa: BLE001  (reported by the assertion below)
+            errors.append(f"{status}: {e!r}")
+
+    server.stop()
+    threads = [threading.Thread(target=call, args=(status,)) for status in calls]
+    for t in threads:
+        t.start()
+    time.sleep(3.0)
+    assert all(t.is_alive() for t in threads)  # still retrying: the server is down
+    server.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == [] and not any(t.is_alive() for t in threads)
+    for status, run_id in runs.items():
         assert tracker.client.get_run(run_id).info.status == status
 
 
