@@ -6,22 +6,19 @@ never asserted (docs/PERFORMANCE.md)."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("cpu_regression",
-                                                  ROOT / "perf" / "cpu_regression.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("perf/cpu_regression.py")
 
 
 BASE = {"benchmark": "cpu_demo_flow", "env": {"git_commit": "a", "cpu": "AMD EPYC"},

@@ -4,12 +4,9 @@ and one clear error for a log without durations."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import load_script
 
 BEFORE = """\
 ....                                                                     [100%]
@@ -28,11 +25,7 @@ AFTER = BEFORE.replace("12.50s call     tests/test_a.py::test_one",
 
 @pytest.fixture(scope="module")
 def mod():
-    spec = importlib.util.spec_from_file_location("suite_durations",
-                                                  ROOT / "perf" / "suite_durations.py")
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
-    return m
+    return load_script("perf/suite_durations.py")
 
 
 def test_one_log(mod, tmp_path, capsys):
