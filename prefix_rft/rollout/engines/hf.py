@@ -118,16 +118,21 @@ def gumbel_noise(keys: torch.Tensor, position: torch.Tensor | int, vocab_size: i
     if keys.device.type == "cpu" and not torch.compiler.is_compiling():
         k = _bits_cpu(row.numpy().astype(np.uint32), _vocab_hash_cpu(vocab_size))
     else:
-        vocab = _fmix32(_mul32(torch.arange(vocab_size, device=keys.device), 0x9E3779B9))
+        vocab = _vocab_hash(vocab_size, keys.device)
         k = (_fmix32(row[:, None] ^ vocab[None, :]) >> 8) | 1
     u = k.to(torch.float32) * 2.0**-24
     return u.log_().neg_().log_().neg_()
 
 
+def _vocab_hash(vocab_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[V] int64 in [0, 2^32): every vocabulary id's hash."""
+    return _fmix32(_mul32(torch.arange(vocab_size, device=device), 0x9E3779B9))
+
+
 @functools.lru_cache(maxsize=4)
 def _vocab_hash_cpu(vocab_size: int) -> np.ndarray:
-    """[V] uint32: every vocabulary id's hash, as `gumbel_noise` computes it."""
-    return _fmix32(_mul32(torch.arange(vocab_size), 0x9E3779B9)).numpy().astype(np.uint32)
+    """`_vocab_hash` as uint32, computed once per vocabulary size."""
+    return _vocab_hash(vocab_size).numpy().astype(np.uint32)
 
 
 def _bits_cpu(row: np.ndarray, vocab: np.ndarray) -> torch.Tensor:
