@@ -205,7 +205,9 @@ def _imports_without_torch(module: str) -> subprocess.CompletedProcess:
 def test_cpu_only_steps_import_neither_torch_nor_transformers(module):
     """The flow's CPU-only steps (start, filter_data, plan_eval, join_eval, end) import these
     modules; torch alone costs each such task ~2.5 s of a ~5 s start on 2 cores, on every run.
-    (Their work at run time is kept torch-free too: docs/PERFORMANCE.md, "Flow task start".)"""
+    (That their work at run time imports no torch either was measured once, with
+    PYTHONPROFILEIMPORTTIME, not tested: docs/PERFORMANCE.md, "The test suite and the flow's
+    task start".)"""
     r = _imports_without_torch(module)
     assert r.returncode == 0, r.stderr[-2000:]
 
