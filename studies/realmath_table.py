@@ -8,7 +8,11 @@ evaluation directories of studies/realmath_base.sh (`--base DIR`, each an extrac
 
     python studies/realmath_table.py docs/results/realmath_s*_summary.json \
         --samples docs/results/realmath_samples --base docs/results/realmath_base/b1_default ... \
-        [--db mlflow.db --curves docs/figures/realmath_curves.png]
+        [--steps 'docs/results/realmath_s*_steps.json' --curves docs/figures/realmath_curves.png]
+
+The training-curves figure (`--curves`) reads each run's per-step metrics from the committed
+steps files of studies/realmath_steps.py (`--steps FILE`, repeatable; a quoted glob is expanded
+here) and, for runs no steps file has, from MLflow files (`--db FILE`, repeatable).
 
 Prints, in order:
   (a) the untrained model: per benchmark and protocol@max_new_tokens, avg@n with its bootstrap
@@ -41,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_table as st  # noqa: E402
 from realmath_samples import RUN_FILE  # noqa: E402  # the MLflow run a sample directory belongs to
+from realmath_steps import histories as steps_histories  # noqa: E402
+from realmath_steps import read_steps  # noqa: E402
 
 from prefix_rft.errors import UserError  # noqa: E402
 from prefix_rft.eval import metrics as em  # noqa: E402
@@ -288,6 +294,48 @@ def paired_tables(ok: list[dict], samples: dict, reference: str,
     return out, notes
 
 
+# ------------------------------------------------------------------------- training curves
+
+class StepsCurves(st.CurveSource):
+    """The curves of the runs in steps files (studies/realmath_steps.py's JSON, one run each):
+    the files are read when made; two files of one run must agree."""
+
+    def __init__(self, paths):
+        self.paths = [Path(p) for p in paths]
+        self.name = ", ".join(map(str, self.paths))
+        self.runs: dict[str, tuple[Path, dict]] = {}
+        for path in self.paths:
+            data = read_steps(path)
+            run_id, hist = data["mlflow_run_id"], steps_histories(data, str(path))
+            if run_id in self.runs and self.runs[run_id][1] != hist:
+                raise UserError(f"{path} and {self.runs[run_id][0]}: two different step records "
+                                f"of MLflow run {run_id}")
+            self.runs.setdefault(run_id, (path, hist))
+
+    def histories(self, run_id: str, keys) -> dict[str, list[tuple[int, float]]] | None:
+        if run_id not in self.runs:
+            return None
+        hist = self.runs[run_id][1]
+        return {k: hist[k] for k in keys if hist.get(k)}
+
+
+def steps_paths(args: list[str]) -> list[Path]:
+    """--steps arguments: a file, or a glob (quoted, so the shell left it) of files; a glob that
+    matches nothing is an error."""
+    import glob
+
+    out = []
+    for a in args:
+        if Path(a).is_file() or not glob.has_magic(a):
+            out.append(Path(a))
+            continue
+        matched = sorted(glob.glob(a))
+        if not matched:
+            raise UserError(f"--steps {a}: no file matches")
+        out += [Path(m) for m in matched]
+    return out
+
+
 # ---------------------------------------------------------------------------------------- output
 
 def run_notes(ok: list[dict], reference: str) -> list[str]:
@@ -352,17 +400,25 @@ def main(argv=None) -> int:
                     help="an eval output dir of studies/realmath_base.sh; repeatable")
     ap.add_argument("--reference", default="sft_then_rft",
                     help="the method every other method is compared with")
+    ap.add_argument("--steps", action="append", default=[],
+                    help="a steps file of studies/realmath_steps.py (or a quoted glob of them), "
+                    "for --curves; repeatable")
     ap.add_argument("--db", action="append", default=[],
-                    help="an mlflow.db holding the runs (for --curves; repeatable)")
+                    help="an mlflow.db holding runs that no --steps file has (for --curves; "
+                    "repeatable)")
     ap.add_argument("--curves", help="write the training-curves figure (PNG) here")
     args = ap.parse_args(argv)
-    if args.curves and not args.db:
-        ap.error("--curves needs --db")
+    if args.curves and not (args.steps or args.db):
+        ap.error("--curves needs --steps or --db")
     try:
         rows = st.load(args.summaries)
+        sources = []  # read before the tables are printed: a bad steps file stops it all
+        if args.curves:
+            sources = ([StepsCurves(steps_paths(args.steps))] if args.steps else []) + \
+                ([st.MlflowCurves(args.db)] if args.db else [])
         sys.stdout.write(render(rows, args.samples, args.base, args.reference))
         if args.curves:
-            st.curves(rows, args.db, args.curves, CURVES)
+            st.curves(rows, sources, args.curves, CURVES)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -204,25 +204,61 @@ def seed_tables(ok: list[dict], reference: str, levels=LEVELS, noun: str = "leve
     return out
 
 
-def curves(rows: list[dict], dbs: list[str], out: str, keys=CURVES) -> None:
-    """Reward (all members; policy samples only), demo NLL, loss and prefix advantage over training
-    steps: per method the mean over its seeds with a min-max band
-    (`prefix_rft.eval.report.training_curves_figure` with groups), from the sqlite MLflow files that
-    study.sh returns (one per round: a run is read from the file that has it)."""
-    from prefix_rft.eval import report
-    from prefix_rft.io.tracking import Tracker
+class CurveSource:
+    """Where `curves` reads a run's training metrics. `histories(run_id, keys)`: metric ->
+    [(step, value)] for those of `keys` the run logged, or None when the run is not in this
+    source; `name` says where that is, for messages."""
 
-    ok = [r for r in rows if r.get("rc") == 0 and r.get("mlflow_run_id")]
-    trackers = [Tracker(f"sqlite:///{Path(db).resolve()}", check=False) for db in dbs]
+    name = "?"
 
-    def history(run_id: str) -> dict:
-        for t in trackers:
+    def histories(self, run_id: str, keys) -> dict[str, list[tuple[int, float]]] | None:
+        raise NotImplementedError
+
+
+class MlflowCurves(CurveSource):
+    """The sqlite MLflow files that study.sh returns (one per round: a run is read from the
+    first file that has it)."""
+
+    def __init__(self, dbs: list[str]):
+        self.dbs = list(dbs)
+        self.name = ", ".join(map(str, self.dbs))
+        self._trackers = None
+
+    def histories(self, run_id: str, keys) -> dict[str, list[tuple[int, float]]] | None:
+        from prefix_rft.io.tracking import Tracker
+
+        if self._trackers is None:
+            for db in self.dbs:
+                if not Path(db).is_file():
+                    raise UserError(f"--db {db}: no such file")
+            self._trackers = [Tracker(f"sqlite:///{Path(db).resolve()}", check=False)
+                              for db in self.dbs]
+        for t in self._trackers:
             try:
                 t.client.get_run(run_id)
             except Exception:  # noqa: BLE001 - not in this file
                 continue
             return {k: h for k in keys if (h := t.metric_history(run_id, k))}
-        raise SystemExit(f"MLflow run {run_id} is in none of {', '.join(dbs)}")
+        return None
+
+
+def curves(rows: list[dict], sources: list[CurveSource], out: str, keys=CURVES) -> None:
+    """Reward (all members; policy samples only), demo NLL, loss and prefix advantage over training
+    steps: per method the mean over its seeds with a min-max band
+    (`prefix_rft.eval.report.training_curves_figure` with groups), for the runs of `rows` with
+    results; each run's metrics from the first of `sources` that has it (`MlflowCurves`: the
+    MLflow files; studies/realmath_table.py adds committed steps files). A run in none of them
+    is a UserError."""
+    from prefix_rft.eval import report
+
+    ok = [r for r in rows if r.get("rc") == 0 and r.get("mlflow_run_id")]
+
+    def history(run_id: str) -> dict:
+        for source in sources:
+            if (h := source.histories(run_id, keys)) is not None:
+                return h
+        raise UserError(f"MLflow run {run_id} is in none of "
+                        f"{'; '.join(s.name for s in sources) or 'no curve source'}")
 
     ok.sort(key=lambda r: _order(r.get("method")))
     labels = {f"{r.get('method')} s{r.get('seed')}": r for r in ok}
@@ -249,7 +285,7 @@ def main(argv=None) -> int:
         rows = load(args.summaries)
         sys.stdout.write(tables(rows, args.reference, args.levels))
         if args.curves:
-            curves(rows, args.db, args.curves)
+            curves(rows, [MlflowCurves(args.db)], args.curves)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

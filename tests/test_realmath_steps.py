@@ -1,5 +1,6 @@
-"""studies/realmath_steps.py: a run's per-step record as committed text, from the returned MLflow
-file and flow log.
+"""studies/realmath_steps.py (a run's per-step record as committed text, from the returned MLflow
+file and flow log) and the training-curves figure drawn from those files by
+studies/realmath_table.py.
 
 The MLflow file is written by the flow's own writers: the parent run's tags by
 `steps.common.RunContext` and `mark_resumed` (a run stopped before its eval task and resumed),
@@ -19,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from prefix_rft.errors import UserError
+from prefix_rft.eval import report
 from prefix_rft.eval.protocol import PROTOCOLS
 from prefix_rft.io.tracking import Tracker
 from prefix_rft.train.trainer import Trainer
@@ -28,6 +30,7 @@ from tests.scripts import ROOT, load_script
 from tests.test_realmath_table import log_flow_cell, log_flow_heldout, study_row
 
 RS = load_script("studies/realmath_steps.py")
+RT = load_script("studies/realmath_table.py")
 
 EXP = "prefix-rft-realmath"
 S1 = ROOT / "docs" / "results" / "realmath_s1_steps.json"
@@ -265,19 +268,72 @@ def test_without_logs_and_every_finished_run(study, tmp_path, capsys):
     assert "expected NAME=SECONDS" in capsys.readouterr().err
 
 
-def test_steps_reader_errors(tmp_path):
+def test_curves_from_steps_files_match_the_mlflow_ones(study, tmp_path, monkeypatch, capsys):
+    """realmath_table.py --steps draws the figure from the committed files: the figure function
+    gets each run's curves from them, the same as --db reads from MLflow."""
+    d, runs = study
+    steps_dir = tmp_path / "results"
+    assert RS.main(["--db", str(d / "mlflow.db"), "--out",
+                    str(steps_dir / "realmath_{method}_steps.json")]) == 0
+    got = []
+    real = report.training_curves_figure
+
+    def spy(hist, keys, **kw):
+        got.append((hist, tuple(keys), kw))
+        return real(hist, keys, **kw)
+
+    monkeypatch.setattr(report, "training_curves_figure", spy)
+    fig = tmp_path / "fig" / "curves.png"
+    summary = str(d / "summary.json")
+    assert RT.main([summary, "--steps", str(steps_dir / "realmath_*_steps.json"),
+                    "--curves", str(fig)]) == 0
+    assert fig.stat().st_size > 0
+    hist, keys, kw = got[0]
+    assert keys == RT.CURVES and kw["groups"] == {"sft_then_rft s1": "sft_then_rft",
+                                                  "prefix_rft s1": "prefix_rft"}
+    assert list(hist) == ["sft_then_rft s1", "prefix_rft s1"]  # study_table's method order
+    assert hist["prefix_rft s1"] == {
+        "reward/mean": [(1, 0.25), (2, 0.375), (3, 0.5)],
+        "reward/policy_mean": [(2, 0.125), (3, 0.25)],
+        "loss": [(1, 0.5), (2, 0.25), (3, 0.125)],
+        "eval/accuracy": [(2, 0.5), (3, 0.75)]}  # demo/nll and prefix/advantage not logged
+    assert hist["sft_then_rft s1"]["loss"] == [(1, 1.0), (2, 0.75)]
+    # --db still draws it, from the same values
+    assert RT.main([summary, "--db", str(d / "mlflow.db"), "--curves", str(fig)]) == 0
+    assert got[1][0] == hist
+    # a run that no steps file (and no --db) has: an error naming it
+    (steps_dir / "realmath_sft_then_rft_steps.json").unlink()
+    capsys.readouterr()
+    assert RT.main([summary, "--steps", str(steps_dir / "realmath_*_steps.json"),
+                    "--curves", str(fig)]) == 2
+    assert capsys.readouterr().err == (f"error: MLflow run {runs['B']} is in none of "
+                                       f"{steps_dir / 'realmath_prefix_rft_steps.json'}\n")
+    # ... which --db fills in
+    assert RT.main([summary, "--steps", str(steps_dir / "realmath_*_steps.json"),
+                    "--db", str(d / "mlflow.db"), "--curves", str(fig)]) == 0
+    assert got[-1][0] == hist
+
+
+def test_steps_reader_errors(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"mlflow_run_id": "r", "eval_accuracy_steps": [5],
                                "steps": {"eval/accuracy": [0.1, 0.2]}}))
     with pytest.raises(UserError, match="eval/accuracy has 2 values for 1 steps"):
         RS.read_steps(bad)
+    (tmp_path / "s.json").write_text("[]")
+    assert RT.main([str(tmp_path / "s.json"), "--steps", str(bad), "--curves",
+                    str(tmp_path / "f.png")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {bad}: not a steps file")
+    assert RT.main([str(tmp_path / "s.json"), "--steps", str(tmp_path / "none_*.json"),
+                    "--curves", str(tmp_path / "f.png")]) == 2
     with pytest.raises(UserError, match="two values at step 1"):
         RS.steps_block({"loss": [(1, 0.5), (1, 0.25)]})
 
 
 def test_first_study_run_round_trips_through_the_table_reader():
     """docs/results/realmath_s1_steps.json (assembled by hand before this tool) reads back as
-    curves and writes back to the same lists, under the writer's keys."""
+    curves and writes back to the same lists, under the writer's keys; realmath_table.py's
+    steps source gives the figure those curves."""
     data = RS.read_steps(S1)
     hist = RS.histories(data, str(S1))
     assert RS.steps_block(hist) == {"eval_accuracy_steps": data["eval_accuracy_steps"],
@@ -285,3 +341,6 @@ def test_first_study_run_round_trips_through_the_table_reader():
     assert list(data) == list(RS.KEYS)  # the writer's keys are s1's, in s1's order
     assert hist["eval/accuracy"] == [(5, 15 / 123), (10, 20 / 123)]
     assert [s for s, _ in hist["reward/mean"]] == list(range(1, 11))
+    curves = RT.StepsCurves([S1]).histories(data["mlflow_run_id"], RT.CURVES)
+    assert curves == {k: hist[k] for k in RT.CURVES}  # s1 logged every plotted key
+    assert RT.StepsCurves([S1]).histories("another run", RT.CURVES) is None
