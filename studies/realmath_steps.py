@@ -48,8 +48,8 @@ What a file holds (the keys of docs/results/realmath_s1_steps.json):
                       benchmark's "epoch E BENCH: avg_at_N = ..." line to its own
                     A phase whose lines are missing (an HF engine, an SFT-only run) is left out.
                     --phase NAME=SECONDS adds or replaces one.
-  vllm_compile_s    from the flow log: vLLM's "torch.compile takes S s in total" (or "graph
-                    compilation takes") per step
+  vllm_compile_s    from the flow log: vLLM's "torch.compile took S s in total" (vLLM 0.25.1;
+                    older: "takes", or "graph compilation") per step
 Without --logs (or no log naming the run) task_s, phases_s and vllm_compile_s are {}.
 `read_steps` and `histories` read a file back (realmath_table.py's curves use them).
 """
@@ -147,7 +147,7 @@ TASK_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) \[(\w+)/(\w
                        r"\(pid \d+\)\] ?(.*)$")
 VLLM_ARGS = re.compile(r"non-default args:")
 VLLM_READY = re.compile(r"init engine \(profile, create kv cache, warmup model\) took")
-VLLM_COMPILE = re.compile(r"(?:torch\.compile|graph compilation) takes ([\d.]+) s in total")
+VLLM_COMPILE = re.compile(r"(?:torch\.compile|graph compilation) t(?:ook|akes) ([\d.]+) s in total")
 TRAIN_STEP = re.compile(r"\bstep (\d+)/(\d+) (?:sft|rl)\b")
 TRAIN_EVAL = re.compile(r"\bstep (\d+)/(\d+) eval \| held-out accuracy")
 CHECKPOINT = re.compile(r"\bepoch \d+: checkpoint \S")

@@ -80,10 +80,11 @@ def flow_log(run_id: str) -> str:
         _flow_line("10:00:30.000", f"{a}/train_epoch/3",   # 30.0 to the engine's arguments
                    "INFO 12-07 10:00:30 [utils.py:253] non-default args: {'seed': 1}"),
         _flow_line("10:00:55.000", f"{a}/train_epoch/3",
-                   "INFO 12-07 10:00:55 [monitor.py:34] torch.compile takes 23.32 s in total"),
+                   "(EngineCore pid=4314) INFO 12-07 10:00:55 [monitor.py:53] "
+                   "torch.compile took 23.32 s in total"),
         _flow_line("10:01:20.500", f"{a}/train_epoch/3",   # 50.5 to the engine ready
-                   "INFO 12-07 10:01:20 [core.py:250] init engine (profile, create kv cache, "
-                   "warmup model) took 48.11 seconds"),
+                   "(EngineCore pid=4314) INFO 12-07 10:01:20 [core.py:337] init engine (profile, "
+                   "create kv cache, warmup model) took 48.11 s (compilation: 23.32 s)"),
         _flow_line("10:01:40.000", f"{a}/train_epoch/3", "INFO prefix_rft.train.trainer: "
                    "step 1/3 rl | reward 0.250 | loss 0.5 | 20.0 s/step, ETA 40s"),
         _flow_line("10:02:00.000", f"{a}/train_epoch/3", "INFO prefix_rft.train.trainer: "
@@ -109,10 +110,11 @@ def flow_log(run_id: str) -> str:
         _flow_line("11:00:40.000", f"{b}/eval_task/7",   # 40.0
                    "INFO 12-07 11:00:40 [utils.py:253] non-default args: {'seed': 1}"),
         _flow_line("11:01:20.000", f"{b}/eval_task/7",
-                   "INFO 12-07 11:01:20 [monitor.py:34] torch.compile takes 28.08 s in total"),
+                   "(EngineCore pid=4816) INFO 12-07 11:01:20 [monitor.py:53] "
+                   "torch.compile took 28.08 s in total"),
         _flow_line("11:01:50.000", f"{b}/eval_task/7",   # 70.0
-                   "INFO 12-07 11:01:50 [core.py:250] init engine (profile, create kv cache, "
-                   "warmup model) took 60.00 seconds"),
+                   "(EngineCore pid=4816) INFO 12-07 11:01:50 [core.py:337] init engine (profile, "
+                   "create kv cache, warmup model) took 60.00 s (compilation: 28.08 s)"),
         _flow_line("11:02:02.700", f"{b}/eval_task/7",   # 12.7 after the engine ready
                    "INFO steps.evaluate: epoch 1 heldout: avg_at_1 = 0.7500 [0.2500, 1.0000] "
                    "over 4 problems (vllm engine); 0% cut at 1024 tokens"),
