@@ -313,6 +313,21 @@ def test_results_md_real_math_tables_are_the_committed_files():
     assert "| math500 | prefix_rft | 1 vs 1 | 0.350 | 0.348 | +0.002 " in out and "| 55 / 54 / 391 |" in out
     assert "MATH-500 +0.002 (55 problems better, 54 worse)" in text and "AMC +0.005" in text
     assert rows[0]["scores"]["aime25"]["1"]["value"] == 1 / 960
+    # b7: the untrained policy's own success rate on the training problems (81 of 697) and the
+    # held-out part (13 of 123), one sample each under the paper protocol at 4,096 tokens
+    import pandas as pd
+
+    b7 = pd.read_parquet(res / "realmath_base/b7_paper/samples.parquet")
+    solved = b7.groupby("benchmark")["correct"].agg(["sum", "count"])
+    assert solved.loc["realmath_train"].tolist() == [81, 697]
+    assert solved.loc["realmath_heldout"].tolist() == [13, 123]
+    assert "| real-math train part (the policy's own success rate) | paper@4096 | 0.116 " in out
+    assert "solves 81 of the 697 training problems (0.116 [0.093, 0.141]" in text
+    assert "13 of the 123 held-out ones under the same protocol (0.106)" in text
+    # the 1,024-token cost quoted in the reading: AMC 0.108 vs 0.122, MATH-500 0.348 vs 0.362
+    assert "| amc | default@4096 | 0.122 [0.082, 0.165] | 32 | 83 | b7_default |" in out
+    assert "| math500 | paper@4096 | 0.362 [0.320, 0.404] | 1 | 500 | b7_paper |" in out
+    assert "about 0.014 on AMC (0.108 against 0.122) and MATH-500 (0.348 against 0.362)" in text
 
 
 def test_docs_quote_the_first_study_run():
