@@ -204,10 +204,10 @@ def base_table(cells: dict, protos: dict) -> tuple[list[str], list[str]]:
 
 # ------------------------------------------------------------------------- sample directories
 
-def sample_results(ok: list[dict], dirs: list[Path]) -> tuple[dict, list[str]]:
-    """MLflow run id -> its per-problem accuracies (benchmark -> problem -> accuracy) from the
-    sample directories DIR/<name>/ whose run.json names that run: a name alone may be another
-    session's run of the same config and seed."""
+def sample_dirs(dirs: list[Path]) -> dict[str, Path]:
+    """MLflow run id -> its sample directory DIR/<name>/ (the first whose run.json names the
+    run), over the folders `dirs`: a name alone may be another session's run of the same config
+    and seed."""
     index: dict[str, Path] = {}
     for d in dirs:
         if not d.is_dir():
@@ -220,6 +220,13 @@ def sample_results(ok: list[dict], dirs: list[Path]) -> tuple[dict, list[str]]:
                 raise UserError(f"{f}: expected the JSON object studies/realmath_samples.py "
                                 f"writes, with mlflow_run_id ({type(e).__name__}: {e})") from None
             index.setdefault(run_id, sub)
+    return index
+
+
+def sample_results(ok: list[dict], dirs: list[Path]) -> tuple[dict, list[str]]:
+    """MLflow run id -> its per-problem accuracies (benchmark -> problem -> accuracy) from its
+    sample directory (`sample_dirs`)."""
+    index = sample_dirs(dirs)
     found, notes = {}, []
     for r in ok:
         sub = index.get(r["mlflow_run_id"])
