@@ -174,12 +174,14 @@ by_method = show_table(report.method_table(compared), "methods over runs")
 # Each run minus the baseline on the problems both evaluated
 # (`prefix_rft.eval.metrics.paired_comparison`): the mean per-problem difference, its bootstrap
 # 95% CI, a two-sided sign-flip permutation p-value, and on how many problems each did better.
+# A `baseline` that names none of the compared runs (e.g. a method with no run yet) is an error
+# listing the runs there are.
 
 # %% tags=["table"]
+base = report.find_run(records, baseline) if baseline else 0  # no such run: says so first
 if len(compared) < 2:
     raise UserError(f"paired differences need two runs with evaluations; experiment "
                     f"{experiment!r} has {len(compared)}")
-base = report.find_run(records, baseline) if baseline else 0
 display(Markdown(f"Baseline: **{compared[base].name}** ({compared[base].method})"))
 paired = show_table(report.paired_table(compared, base, n_boot=n_boot, seed=seed),
                     f"paired differences to {compared[base].name} (no benchmark in common?)")

@@ -78,6 +78,15 @@ def test_runs_overview_shows_method_status_best_and_the_params_some_run_has():
     assert rows[0]["sft.epochs"] is None and rows[1]["rl.steps"] is None
 
 
+def test_runs_overview_shows_the_original_run_id_of_rebuilt_runs():
+    # a run rebuilt from a committed record (studies/realmath_mlflow.py) has a new run id
+    runs = [rec("new2", "sft-2", tags={"original_run_id": "old2"}), rec("r1", "sft-1")]
+    rows = report.runs_overview(runs)
+    assert list(rows[0])[:4] == ["run", "run_id", "original_run_id", "method"]
+    assert [r["original_run_id"] for r in rows] == ["old2", None]
+    assert "original_run_id" not in report.runs_overview(runs[1:])[0]  # no rebuilt run: no column
+
+
 def test_find_run_by_id_then_name_then_method():
     runs = [rec("r1", "sft-1"), rec("r2", "prefix_rft-2", method="prefix_rft"),
             rec("r3", "sft-3")]
@@ -243,6 +252,20 @@ def test_sample_rows_show_disagreements_first_and_cut_long_completions():
     p1a = rows[2]
     assert p1a["sample"] == 0 and p1a["completion"] == "x" * 10 + " [...]"  # the lowest sample
     assert rows[3]["completion"] == "b1" and rows[3]["extracted"] == "1"
+
+
+def test_sample_rows_name_the_runs_whose_samples_carry_no_completions():
+    slim = [{"benchmark": "h", "problem_id": "p1", "correct": True}]  # docs/results' copies
+    full = [{"benchmark": "h", "problem_id": "p1", "sample": 0, "correct": True,
+             "extracted": "1", "completion": "c"}]
+    a, b, c = RunResults("a", {}, samples=slim), RunResults("b", {}, samples=slim), \
+        RunResults("c", {}, samples=full)
+    with pytest.raises(UserError, match=r"the samples of a, b carry no completion text .*"
+                       r"only benchmark, problem_id and correct.*\)$"):
+        report.sample_rows([a, b])
+    with pytest.raises(UserError, match=r"the samples of a carry .*leave them out \(`run_ids`\)"):
+        report.sample_rows([a, c])
+    assert len(report.sample_rows([c])) == 1
 
 
 

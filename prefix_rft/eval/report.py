@@ -213,17 +213,21 @@ def _iso(ms: int | None) -> str | None:
 
 
 def runs_overview(runs: list[dict], params=KEY_PARAMS) -> list[dict]:
-    """One row per run (records of `Tracker.pipeline_runs`): label, id, method, status, start,
-    best epoch and its macro score, and the `params` that at least one run has."""
+    """One row per run (records of `Tracker.pipeline_runs`): label, id (and the original id of
+    a run rebuilt from a committed record, when some run is one), method, status, start, best
+    epoch and its macro score, and the `params` that at least one run has."""
     present = [p for p in params
                if p != run_layout.METHOD_PARAM and any(p in r["params"] for r in runs)]
+    original = run_layout.ORIGINAL_RUN_ID_TAG
+    rebuilt = any(original in r["tags"] for r in runs)
     rows = []
     for label, r in zip(run_labels(runs), runs):
-        rows.append({"run": label, "run_id": r["run_id"],
-                     "method": r["params"].get(run_layout.METHOD_PARAM),
-                     "status": r["status"], "started": _iso(r.get("start_time")),
-                     "best_epoch": _best_epoch(r),
-                     "best_macro": r["metrics"].get(run_layout.BEST_MACRO_METRIC)}
+        rows.append({"run": label, "run_id": r["run_id"]}
+                    | ({original: r["tags"].get(original)} if rebuilt else {})
+                    | {"method": r["params"].get(run_layout.METHOD_PARAM),
+                       "status": r["status"], "started": _iso(r.get("start_time")),
+                       "best_epoch": _best_epoch(r),
+                       "best_macro": r["metrics"].get(run_layout.BEST_MACRO_METRIC)}
                     | {p: r["params"].get(p) for p in present})
     return rows
 
@@ -399,7 +403,16 @@ def paired_table(runs: list[RunResults], baseline: int = 0, *, n_boot: int = 100
 def sample_rows(runs: list[RunResults], *, problems: int = 3, chars: int = 500) -> list[dict]:
     """Completions side by side: per benchmark, up to `problems` problem ids that every run has
     (those the runs disagree on first, then by id), each run's first sample of it (completion
-    cut to `chars` characters, extracted answer, correct)."""
+    cut to `chars` characters, extracted answer, correct). Runs whose samples carry no
+    completion text (slim copies: benchmark, problem_id and correct only) are an error naming
+    them."""
+    bare = [r.name for r in runs if r.samples and "completion" not in r.samples[0]]
+    if bare:
+        others = ("; leave them out (`run_ids`) to see the other runs' completions"
+                  if len(bare) < len(runs) else "")
+        raise UserError(f"no completions to show: the samples of {', '.join(bare)} carry no "
+                        "completion text (slim copies with only benchmark, problem_id and "
+                        f"correct, as in runs rebuilt from docs/results){others}")
     out = []
     benches = sorted(set().union(*({s["benchmark"] for s in r.samples} for r in runs)))
     for bench in benches:

@@ -12,7 +12,8 @@ One pipeline run is one training lineage and has one MLflow *parent run*, opened
                (`checkpoint.prefix`, `checkpoint.epoch_<e>`, `checkpoint.latest`,
                `epoch_<e>.resumed_from`); the data commit (`data.uri`); after evaluation
                `best_epoch`, `best_checkpoint`, `eval.tasks`, `eval.failed_tasks`; plus the
-               Metaflow/git tags of `steps.common.RunContext`
+               Metaflow/git tags of `steps.common.RunContext`; a run rebuilt from a committed
+               record instead of logged by the flow: `original_run_id`, `rebuilt_from`
     metrics    the trainer's per-step metrics (`reward/mean`, `loss`, ...) at step = training
                step; `data/*` at step 0; per evaluated (epoch, benchmark) cell
                `eval/<benchmark>/avg_at_<n>`, `.../ci_low`, `.../ci_high`, `.../no_answer_frac`,
@@ -74,6 +75,12 @@ def resumed_from_tag(epoch: int) -> str:
     """The tag holding the checkpoint a retried or resumed epoch continued from."""
     return f"epoch_{epoch}.resumed_from"
 
+
+# A run written again from a committed record rather than logged by the flow (the real-math
+# study's runs from docs/results/: studies/realmath_mlflow.py), in this same layout. MLflow gives
+# the copy a new run id; these tags say which run it is and where it came from.
+ORIGINAL_RUN_ID_TAG = "original_run_id"  # the MLflow run id the flow gave the run
+REBUILT_FROM_TAG = "rebuilt_from"  # the record it was rebuilt from (files, commit)
 
 # ----------------------------------------------------------------------------- parent run: params
 METHOD_PARAM = "method"  # the flattened config's top-level key
