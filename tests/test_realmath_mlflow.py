@@ -8,12 +8,15 @@ ba92dd7324864b2b8a0ec369b3566471): its row of realmath_s1_summary.json (held-out
 10) and its slim samples realmath_samples/prefix_rft-seed1/flow_<benchmark>/samples.parquet,
 whose correct samples are, by benchmark (problems x samples each): aime24 9 of 30 x 32 (the
 row's 0.009375 = 9/960), aime25 1 of 30 x 32 (1/960), amc 300 of 83 x 32 (300/2656 = 0.11295),
-heldout 20 of 123 x 1, math500 175 of 500 x 1 (0.35). Later sessions add runs to the same
-files; the tests look the first run up by its original id.
+heldout 20 of 123 x 1, math500 175 of 500 x 1 (0.35). Later sessions add runs beside these:
+`test_every_committed_run_rebuilds` checks all of them, the other tests rebuild the first
+session's files only. The notebook test executes notebooks/compare_runs.py on the rebuilt file
+(about 7 s).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 
@@ -41,18 +44,27 @@ def committed():
             RM.expand([], RM.SAMPLES, "--samples", dirs=True))
 
 
+def test_every_committed_run_rebuilds():
+    """Every run committed so far is read and checked (its samples against its row), as
+    `rebuild` does before writing; later sessions' runs included."""
+    summaries, steps, samples = committed()
+    assert S1_SUMMARY in summaries and S1_STEPS in steps
+    runs, _ = RM.plan(summaries, steps, samples)
+    assert ORIGINAL in [r["row"]["mlflow_run_id"] for r in runs]
+
+
 @pytest.fixture(scope="module")
 def rebuilt(tmp_path_factory):
-    """(tracker, the first run's record) of an experiment rebuilt from the committed files."""
+    """(tracker, the first run's record, the folder) of an experiment rebuilt from the first
+    session's committed files (so it holds that one run whatever later sessions add)."""
     from prefix_rft.io.tracking import Tracker
 
     out = tmp_path_factory.mktemp("realmath-mlflow")
-    done, _ = RM.rebuild(out, *committed())
-    assert ORIGINAL in [d["original_run_id"] for d in done]
+    done, notes = RM.rebuild(out, [S1_SUMMARY], [S1_STEPS], [RESULTS / "realmath_samples"])
+    assert [d["original_run_id"] for d in done] == [ORIGINAL] and notes == []
     tracker = Tracker(f"sqlite:///{out / 'mlflow.db'}")
-    runs = tracker.pipeline_runs(RM.EXPERIMENT, max_runs=1000)
-    assert len(runs) == len(done)
-    (run,) = [r for r in runs if r["tags"].get(run_layout.ORIGINAL_RUN_ID_TAG) == ORIGINAL]
+    (run,) = tracker.pipeline_runs(RM.EXPERIMENT)
+    assert run["tags"][run_layout.ORIGINAL_RUN_ID_TAG] == ORIGINAL
     return tracker, run, out
 
 
@@ -161,3 +173,39 @@ def test_a_run_in_two_summaries_counts_once_and_samples_must_match_the_row(tmp_p
     assert runs[0]["hist"] is None and runs[0]["cells"] == []
     assert notes == [f"run {ORIGINAL}: no steps file, so no training metrics",
                      f"run {ORIGINAL}: no samples folder, so no evaluation child runs"]
+
+
+def test_the_notebook_renders_the_rebuilt_run(rebuilt):
+    """notebooks/compare_runs.py executed (as tests/test_notebook.py does) on the rebuilt file
+    with the study's parameters: every table and figure of the one run renders; the paired
+    differences say that the baseline sft_then_rft has no run, the sample completions that
+    the slim samples carry none. About 7 s on 2 cores."""
+    from nbclient import NotebookClient
+
+    from tests.test_notebook import NOTEBOOK, body_rows, inject_parameters, read_notebook, tagged
+
+    _, run, out = rebuilt
+    nb = inject_parameters(read_notebook(), tracking_uri=f"sqlite:///{out / 'mlflow.db'}",
+                           experiment="prefix-rft-realmath", baseline="sft_then_rft", n_boot=500)
+    NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code), "a cell did not run"
+    errors = {c.source.splitlines()[0]: o["evalue"] for c in code for o in c.outputs
+              if o.output_type == "error"}
+    assert list(errors.values()) == [
+        f"no run 'sft_then_rft' among {run['name']} (give a run id, run name or method)",
+        f"no completions to show: the samples of {run['name']} carry no completion text (slim "
+        "copies with only benchmark, problem_id and correct, as in runs rebuilt from "
+        "docs/results)"]
+    rows = [body_rows(o["data"]["text/html"]) for c in tagged(nb, "table")
+            if c.source.splitlines()[0] not in errors
+            for o in c.outputs if "text/html" in o.get("data", {})]
+    # runs, runs compared, evaluation (5 benchmarks + macro), methods over runs (the same)
+    assert rows == [1, 1, 6, 6]
+    listing = next(o["data"]["text/html"] for o in tagged(nb, "table")[0].outputs
+                   if "text/html" in o.get("data", {}))
+    assert ORIGINAL in listing and run["run_id"] in listing
+    for c in tagged(nb, "figure"):  # the training curves and the evaluation bars
+        png = [o["data"]["image/png"] for o in c.outputs if "image/png" in o.get("data", {})]
+        assert png and len(base64.b64decode(png[-1])) > 5000, f"no figure in cell:\n{c.source}"
