@@ -43,10 +43,12 @@ is the row's avg_at_<n>, and their mean per-problem accuracy is the row's score.
 Not rebuilt (lost with the MLflow file): system metrics, data/* metrics, the checkpoint tags,
 LoggedModels, dataset inputs, the parent run's artifacts, the full evaluation protocol and the
 completions. A run of the summaries without a steps file or a samples folder is rebuilt
-without what is missing, with a note.
+without what is missing, with a note. Every input is read and checked before anything is
+written (a wrong one: exit 2, nothing written); DIR must not hold mlflow.db or mlartifacts/
+yet (--replace deletes them first).
 
-Deterministic except for what MLflow randomises (run and experiment ids, its own timestamps of
-tags). Uses the MLflow client (log_batch with explicit steps and timestamps), never SQL.
+Deterministic except for what MLflow randomises (the run ids, and the artifact folders named by
+them). Uses the MLflow client (log_batch with explicit steps and timestamps), never SQL.
 """
 
 from __future__ import annotations
