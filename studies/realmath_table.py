@@ -18,8 +18,9 @@ Prints, in order:
   (a) the untrained model: per benchmark and protocol@max_new_tokens, avg@n with its bootstrap
       95% CI over problems, n, the number of problems and the directories it came from
       (`report.eval_table`); the real-math train part's row is the policy's own success rate on
-      the training problems. The two OlympiadBench halves (`olympiadbench_a`, `_b`) are one
-      benchmark. Where two protocols sample a benchmark alike (same n, temperature, top_p, seed,
+      the training problems. realmath_base.sh's parts of a benchmark (`math500_a`, `_b`;
+      `olympiadbench_a` to `_d`) are that benchmark; while some part is missing its row says
+      how many problems it covers and a note names the missing parts. Where two protocols sample a benchmark alike (same n, temperature, top_p, seed,
       length: `paper` and `default` on AIME24/25 and AMC), a missing cell takes the other's.
   (b), (c) study_table.py's tables with the real-math benchmarks as levels: one row per run with
       its final scores and `bash studies/realmath.sh CONFIG:SEED`, per method over seeds, and the
@@ -57,8 +58,12 @@ from prefix_rft.eval import report  # noqa: E402
 LEVELS = ("heldout", "aime24", "aime25", "amc", "math500")
 SIX = ("aime24", "aime25", "amc", "math500", "minerva", "olympiadbench")
 PARTS = ("realmath_train", "realmath_heldout")  # realmath_base.sh's problems files of the source
-# eval labels of realmath_base.sh's problems files -> the benchmark they are part of
-MERGE = {"olympiadbench_a": "olympiadbench", "olympiadbench_b": "olympiadbench"}
+# eval labels of realmath_base.sh's problems files -> the benchmark they are parts of (the
+# default protocol's MATH-500 in halves, OlympiadBench in quarters: one device call each)
+PARTS_OF = {"math500": ("math500_a", "math500_b"),
+            "olympiadbench": ("olympiadbench_a", "olympiadbench_b", "olympiadbench_c",
+                              "olympiadbench_d")}
+MERGE = {part: bench for bench, parts in PARTS_OF.items() for part in parts}
 NAMES = {"realmath_train": "real-math train part (the policy's own success rate)",
          "realmath_heldout": "real-math held-out part"}
 # the base table's protocols, in order; "greedy" is any protocol run at temperature 0 (the flow's
@@ -120,8 +125,10 @@ def _n_for(prot: dict, bench: str) -> int:
 
 
 def base_cells(dirs: list[Path]) -> tuple[dict, dict, list[str]]:
-    """(protocol label, benchmark) -> {"acc", "n", "src"}: the base directories merged (the
-    OlympiadBench halves joined); the protocols by label; notes."""
+    """(protocol label, benchmark) -> {"acc", "n", "src", "parts", "missing"}: the base
+    directories merged (a benchmark's parts joined: "parts" the part labels seen, "missing" those
+    not seen, both empty for a whole benchmark); the protocols by label; notes (one per benchmark
+    that lacks some of its parts)."""
     cells, protos, notes = {}, {}, []
     for d in dirs:
         summary, acc = read_eval_dir(d)
@@ -132,12 +139,21 @@ def base_cells(dirs: list[Path]) -> tuple[dict, dict, list[str]]:
                 raise UserError(f"{d / 'summary.json'}: {e}") from None
             protos.setdefault(label, prot)
             name = MERGE.get(bench, bench)
-            cell = cells.setdefault((label, name), {"acc": {}, "n": _n_for(prot, bench), "src": []})
+            cell = cells.setdefault((label, name), {"acc": {}, "n": _n_for(prot, bench), "src": [],
+                                                    "parts": set()})
             if cell["n"] != _n_for(prot, bench) or set(cell["acc"]) & set(acc[bench]):
                 raise UserError(f"{d}: {bench} under {label} repeats problems or differs in n "
                                 f"from {', '.join(cell['src'])}")
             cell["acc"].update(acc[bench])
             cell["src"].append(d.name)
+            if bench != name:
+                cell["parts"].add(bench)
+    for (label, name), cell in cells.items():
+        cell["missing"] = [q for q in PARTS_OF[name] if q not in cell["parts"]] if cell["parts"] else []
+        if cell["missing"]:
+            notes.append(f"base, {name} under {label}: {len(cell['acc'])} problems, from "
+                         f"{', '.join(sorted(cell['parts']))}; {', '.join(cell['missing'])} not "
+                         "yet run (left out of the mean of the six)")
     for (label, name), cell in list(cells.items()):  # protocols that sample a benchmark alike
         for other, prot in protos.items():
             if (other, name) not in cells and _same_samples(protos[label], prot, name):
@@ -193,7 +209,7 @@ def base_table(cells: dict, protos: dict) -> tuple[list[str], list[str]]:
                            f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}] | {s['n']} | {s['problems']} "
                            f"| {', '.join(cells[lb, name]['src'])} |")
     for lb in labels:
-        if all((lb, b) in stats for b in SIX):
+        if all((lb, b) in stats and not cells[lb, b]["missing"] for b in SIX):
             macro = em.macro_average({b: stats[lb, b]["avg"] for b in SIX})
             out.append(f"| mean of the six benchmarks | {lb} | {macro:.3f} | - | - | - |")
     missing = [lb for lb in PROTOCOLS if lb not in protos]

@@ -42,18 +42,25 @@ def test_every_part_is_skipped_when_the_deadline_leaves_too_little(tmp_path, wor
     # nothing evaluated, nothing packed; the log and the problems files are there
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b3.log"]
     files = sorted(p.name for p in (work / "files").iterdir())
-    assert files == ["olympiadbench_a.jsonl", "olympiadbench_b.jsonl", "realmath_heldout.jsonl",
-                     "realmath_train.jsonl"]
-    # the two OlympiadBench halves hold all 675 problems, the first the larger half
-    a, b = ((work / "files" / f).read_text().count("\n")
-            for f in ("olympiadbench_a.jsonl", "olympiadbench_b.jsonl"))
-    assert (a, b) == (338, 337)
+    assert files == ["math500_a.jsonl", "math500_b.jsonl", "olympiadbench_a.jsonl",
+                     "olympiadbench_b.jsonl", "olympiadbench_c.jsonl", "olympiadbench_d.jsonl",
+                     "realmath_heldout.jsonl", "realmath_train.jsonl"]
+    # MATH-500's two halves and OlympiadBench's four quarters, read as the eval reads them,
+    # hold every problem once with its text and gold, in the loader's order, the first parts
+    # the larger ones
+    from prefix_rft.eval.benchmarks import load_benchmark
+
+    for name, sizes in (("math500", [250, 250]), ("olympiadbench", [169, 169, 169, 168])):
+        parts = [load_benchmark(work / "files" / f"{name}_{x}.jsonl") for x in "abcd"[:len(sizes)]]
+        assert [len(q) for q in parts] == sizes
+        key = [(q.id, q.problem, q.answers) for part in parts for q in part]
+        assert key == [(q.id, q.problem, q.answers) for q in load_benchmark(name)]
 
 
 def test_an_unknown_call_is_a_usage_error_before_any_work(tmp_path):
-    r = _run("b9", tmp_path, tmp_path / "work")
+    r = _run("b11", tmp_path, tmp_path / "work")
     assert r.returncode == 2
-    assert "usage: " in r.stderr and "b1|b2|b3|b4|b5|b6|b7" in r.stderr
+    assert "usage: " in r.stderr and "b1|b2|b3|b4|b5|b6|b7|b8|b9|b10" in r.stderr
     assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
 
 

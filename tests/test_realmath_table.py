@@ -366,10 +366,14 @@ def test_base_table(tmp_path):
             "| b1_default (= default@4096) |") in text
     lo, hi = em.bootstrap_ci([0, 0, 0.5])
     assert f"| aime24 | paper@1024 | 0.167 [{lo:.3f}, {hi:.3f}] | 2 | 3 | b3_paper1024 |" in text
-    # the two OlympiadBench halves are one benchmark: 1, 0, .5 -> 0.5 over 3 problems
+    # two of OlympiadBench's four parts are one benchmark: 1, 0, .5 -> 0.5 over 3 problems, and
+    # a note names the parts not yet run
     lo, hi = em.bootstrap_ci([1, 0, 0.5])
     assert (f"| olympiadbench | default@4096 | 0.500 [{lo:.3f}, {hi:.3f}] | 2 | 3 "
             "| b4_default, b5_default |") in text
+    assert ("- base, olympiadbench under default@4096: 3 problems, from olympiadbench_a, "
+            "olympiadbench_b; olympiadbench_c, olympiadbench_d not yet run (left out of the "
+            "mean of the six)") in text
     lo, hi = em.bootstrap_ci([0, 1, 0, 0])
     assert (f"| real-math train part (the policy's own success rate) | paper@4096 | 0.250 "
             f"[{lo:.3f}, {hi:.3f}] | 1 | 4 | b1_paper |") in text
@@ -384,6 +388,39 @@ def test_base_table(tmp_path):
         "| real-math train part (the policy's own success rate)", "| real-math held-out part"]
     assert "- base: no results under" not in text  # all four protocols present
     assert "- no run rows: no per-run, per-method or paired tables" in text
+
+
+def test_the_mean_of_the_six_waits_for_every_part_of_a_split_benchmark(tmp_path):
+    """realmath_base.sh scores the default protocol's MATH-500 in two parts and OlympiadBench in
+    four (one device call each): the six-benchmark mean appears only once every part is in, and
+    a benchmark given whole and in parts at once is refused (its problems repeat)."""
+    default = PROTOCOLS["default"].replace(n=1, max_new_tokens=4096)
+    m, base = "qwen2.5-coder-1.5b-instruct", tmp_path / "base"
+    write_eval(base / "b1_default", {"aime24": {"a0": [1], "a1": [0]},      # .5
+                                     "aime25": {"e0": [0], "e1": [0]},      # 0
+                                     "amc": {"c0": [1], "c1": [1]},         # 1
+                                     "minerva": {"v0": [0], "v1": [1]}},    # .5
+               default, m)
+    write_eval(base / "b2_default", {"math500_a": {"m0": [1], "m1": [1]}}, default, m)
+    write_eval(base / "b8_default", {"math500_b": {"m2": [0], "m3": [1]}}, default, m)  # 3/4
+    for call, part, pid, ok in (("b4", "a", "o0", 1), ("b5", "b", "o1", 0), ("b9", "c", "o2", 0)):
+        write_eval(base / f"{call}_default", {f"olympiadbench_{part}": {pid: [ok]}}, default, m)
+    dirs = [base / n for n in ("b1_default", "b2_default", "b8_default", "b4_default",
+                               "b5_default", "b9_default")]
+    text = RT.render([], [], dirs)
+    assert "| math500 | default@4096 | 0.750 " in text and "| 1 | 4 | b2_default, b8_default |" in text
+    assert "| olympiadbench | default@4096 | 0.333 " in text
+    assert "olympiadbench_d not yet run (left out of the mean of the six)" in text
+    assert "math500 under default@4096: " not in text  # both halves are in
+    assert "| mean of the six benchmarks | default@4096 |" not in text
+    write_eval(base / "b10_default", {"olympiadbench_d": {"o3": [1]}}, default, m)  # 2/4
+    text = RT.render([], [], [*dirs, base / "b10_default"])
+    # (.5 + 0 + 1 + .75 + .5 + .5) / 6 = 3.25 / 6
+    assert "| mean of the six benchmarks | default@4096 | 0.542 | - | - | - |" in text
+    assert "not yet run" not in text
+    write_eval(base / "whole", {"math500": {"m0": [1]}}, default, m)
+    with pytest.raises(RT.UserError, match="math500 under default@4096 repeats problems"):
+        RT.render([], [], [*dirs, base / "whole"])
 
 
 def test_paired_differences_against_the_untrained_model(study, tmp_path):
