@@ -45,7 +45,7 @@ What a file holds (the keys of docs/results/realmath_s1_steps.json):
                     - eval_task: one phase per benchmark, "BENCH (greedy, PROBLEMS)" for a
                       temperature-0 protocol (the run's evaluation child runs say), else
                       "BENCH (avg@N)": from the engine ready (the first) or the previous
-                      benchmark's "epoch E BENCH: avg_at_N = ..." line to its own
+                      benchmark's "epoch E BENCH: eval/BENCH/avg_at_N = ..." line to its own
                     A phase whose lines are missing (an HF engine, an SFT-only run) is left out.
                     --phase NAME=SECONDS adds or replaces one.
   vllm_compile_s    from the flow log: vLLM's "torch.compile took S s in total" (vLLM 0.25.1;
@@ -151,7 +151,9 @@ VLLM_COMPILE = re.compile(r"(?:torch\.compile|graph compilation) t(?:ook|akes) (
 TRAIN_STEP = re.compile(r"\bstep (\d+)/(\d+) (?:sft|rl)\b")
 TRAIN_EVAL = re.compile(r"\bstep (\d+)/(\d+) eval \| held-out accuracy")
 CHECKPOINT = re.compile(r"\bepoch \d+: checkpoint \S")
-EVAL_CELL = re.compile(r"\bepoch (\d+) (\S+): avg_at_(\d+) = \S+ \[[^\]]*\] over (\d+) problems")
+# steps/evaluate.py: "epoch 1 aime24: eval/aime24/avg_at_32 = 0.0094 [0.0010, 0.0208] over 30 problems"
+EVAL_CELL = re.compile(r"\bepoch (\d+) (\S+): (?:eval/\S+/)?avg_at_(\d+) = \S+ \[[^\]]*\] "
+                       r"over (\d+) problems")
 
 
 def parse_tasks(text: str) -> list[dict]:

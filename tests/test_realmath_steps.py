@@ -22,6 +22,7 @@ import pytest
 from prefix_rft.errors import UserError
 from prefix_rft.eval import report
 from prefix_rft.eval.protocol import PROTOCOLS
+from prefix_rft.io import run_layout
 from prefix_rft.io.tracking import Tracker
 from prefix_rft.train.trainer import Trainer
 from steps.common import RunContext, mark_resumed
@@ -116,11 +117,11 @@ def flow_log(run_id: str) -> str:
                    "(EngineCore pid=4816) INFO 12-07 11:01:50 [core.py:337] init engine (profile, "
                    "create kv cache, warmup model) took 60.00 s (compilation: 28.08 s)"),
         _flow_line("11:02:02.700", f"{b}/eval_task/7",   # 12.7 after the engine ready
-                   "INFO steps.evaluate: epoch 1 heldout: avg_at_1 = 0.7500 [0.2500, 1.0000] "
-                   "over 4 problems (vllm engine); 0% cut at 1024 tokens"),
+                   "INFO prefix_rft.pipeline: epoch 1 heldout: eval/heldout/avg_at_1 = 0.7500 "
+                   "[0.2500, 1.0000] over 4 problems (vllm engine); 0% cut at 1024 tokens"),
         _flow_line("11:02:54.200", f"{b}/eval_task/7",   # 51.5 after heldout
-                   "INFO steps.evaluate: epoch 1 aime24: avg_at_2 = 0.5000 [0.0000, 1.0000] "
-                   "over 3 problems (vllm engine); 10% cut at 1024 tokens"),
+                   "INFO prefix_rft.pipeline: epoch 1 aime24: eval/aime24/avg_at_2 = 0.5000 "
+                   "[0.0000, 1.0000] over 3 problems (vllm engine); 10% cut at 1024 tokens"),
         _flow_line("11:03:10.000", f"{b}/eval_task/7", "Task finished successfully."),  # 190.0
         _flow_line("11:03:11.000", f"{b}/join_eval/8", "Task is starting."),
         _flow_line("11:03:20.000", f"{b}/join_eval/8", "Task finished successfully."),  # 9.0
@@ -182,6 +183,20 @@ def test_progress_lines_match_what_the_phases_look_for():
     line = Trainer.progress_line(fake, {"phase": "rl", "reward/mean": 0.5, "loss": 0.125})
     assert line.startswith("step 3/3 rl | reward 0.500")
     assert RS.TRAIN_STEP.search(line).groups() == ("3", "3")
+
+
+def test_eval_cell_lines_match_what_the_phases_look_for():
+    """The flow's eval task logs each cell with steps/evaluate.py's format (the metric key, not
+    a bare avg_at_N); realmath_steps.py reads the per-benchmark phases from those lines. The
+    format is taken from the source, so a change there fails here."""
+    import re
+
+    src = (ROOT / "steps" / "evaluate.py").read_text()
+    fmt = re.search(r'log\.info\("(epoch %d %s: %s = [^"]+)"', src).group(1)
+    line = fmt % (1, "aime24", run_layout.metric_key("aime24", 32), 0.0094, 0.001, 0.0208, 30,
+                  "vllm", "35% cut at 1024 tokens")
+    assert line.startswith("epoch 1 aime24: eval/aime24/avg_at_32 = 0.0094 [0.0010, 0.0208] over 30")
+    assert RS.EVAL_CELL.search(line).groups() == ("1", "aime24", "32", "30")
 
 
 def test_steps_file_from_mlflow_and_the_flow_log(study, tmp_path, capsys):
