@@ -260,15 +260,16 @@ def log_facts(tasks: list[dict], greedy: set[str] = frozenset()) -> dict:
     return {"task_s": task_seconds(tasks), "phases_s": phases, "vllm_compile_s": compiled}
 
 
-def find_logs(paths: list[Path], run_id: str) -> list[Path]:
-    """The flow logs (files given, or *.log under directories given) that name the MLflow run."""
-    found = []
+def find_logs(paths: list[Path], run_id: str) -> dict[Path, str]:
+    """The flow logs (files given, or *.log under directories given) that name the MLflow run,
+    with their text (read once)."""
+    found = {}
     for p in paths:
         if not p.exists():
             raise UserError(f"--logs {p}: no such file or directory")
         for f in ([p] if p.is_file() else sorted(p.rglob("*.log"))):
-            if run_id in f.read_text(errors="replace"):
-                found.append(f)
+            if run_id in (text := f.read_text(errors="replace")):
+                found[f] = text
     return found
 
 
@@ -329,8 +330,7 @@ def run_steps(tracker, run_id: str, *, logs: list[Path] = (), card: str | None =
     if found:
         greedy = {e["benchmark"] for e in tracker.eval_runs(run_id)
                   if _is_zero(e["params"].get("protocol.temperature"))}
-        facts = log_facts([t for f in found for t in parse_tasks(f.read_text(errors="replace"))],
-                          greedy)
+        facts = log_facts([t for text in found.values() for t in parse_tasks(text)], greedy)
     elif logs:
         print(f"note: no flow log under {', '.join(map(str, logs))} names run {run_id}: "
               "task_s, phases_s and vllm_compile_s stay empty", file=sys.stderr)

@@ -20,8 +20,9 @@ Prints, in order:
       (`report.eval_table`); the real-math train part's row is the policy's own success rate on
       the training problems. realmath_base.sh's parts of a benchmark (`math500_a`, `_b`;
       `olympiadbench_a` to `_d`) are that benchmark; while some part is missing its row says
-      how many problems it covers and a note names the missing parts. Where two protocols sample a benchmark alike (same n, temperature, top_p, seed,
-      length: `paper` and `default` on AIME24/25 and AMC), a missing cell takes the other's.
+      how many problems it covers and a note names the missing parts. Where two protocols
+      sample a benchmark alike (same n, temperature, top_p, seed, length: `paper` and
+      `default` on AIME24/25 and AMC), a missing cell takes the other's.
   (b), (c) study_table.py's tables with the real-math benchmarks as levels: one row per run with
       its final scores and `bash studies/realmath.sh CONFIG:SEED`, per method over seeds, and the
       reference method (`--reference`, default sft_then_rft) minus every method (Welch).
@@ -58,12 +59,13 @@ from prefix_rft.eval import report  # noqa: E402
 LEVELS = ("heldout", "aime24", "aime25", "amc", "math500")
 SIX = ("aime24", "aime25", "amc", "math500", "minerva", "olympiadbench")
 PARTS = ("realmath_train", "realmath_heldout")  # realmath_base.sh's problems files of the source
-# eval labels of realmath_base.sh's problems files -> the benchmark they are parts of (the
-# default protocol's MATH-500 in halves, OlympiadBench in quarters: one device call each)
-PARTS_OF = {"math500": ("math500_a", "math500_b"),
+# benchmark -> the eval labels of the problems files realmath_base.sh splits it into (the
+# default protocol's MATH-500 in halves, OlympiadBench in quarters: one device call each), and
+# back (not the real-math source's PARTS above)
+SPLITS = {"math500": ("math500_a", "math500_b"),
             "olympiadbench": ("olympiadbench_a", "olympiadbench_b", "olympiadbench_c",
                               "olympiadbench_d")}
-MERGE = {part: bench for bench, parts in PARTS_OF.items() for part in parts}
+MERGE = {part: bench for bench, parts in SPLITS.items() for part in parts}
 NAMES = {"realmath_train": "real-math train part (the policy's own success rate)",
          "realmath_heldout": "real-math held-out part"}
 # the base table's protocols, in order; "greedy" is any protocol run at temperature 0 (the flow's
@@ -149,7 +151,7 @@ def base_cells(dirs: list[Path]) -> tuple[dict, dict, list[str]]:
             if bench != name:
                 cell["parts"].add(bench)
     for (label, name), cell in cells.items():
-        cell["missing"] = [q for q in PARTS_OF[name] if q not in cell["parts"]] if cell["parts"] else []
+        cell["missing"] = [q for q in SPLITS[name] if q not in cell["parts"]] if cell["parts"] else []
         if cell["missing"]:
             notes.append(f"base, {name} under {label}: {len(cell['acc'])} problems, from "
                          f"{', '.join(sorted(cell['parts']))}; {', '.join(cell['missing'])} not "
