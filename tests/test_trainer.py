@@ -14,6 +14,7 @@ from prefix_rft.core.config import resolve
 from prefix_rft.data import Problem
 from prefix_rft.errors import UserError
 from prefix_rft.rollout.engines.hf import HFEngine
+from prefix_rft.train import planner as P
 from prefix_rft.train.grading import assign_advantages
 from prefix_rft.train.planner import Trajectory, rule_for_tokens
 from prefix_rft.train.trainer import Trainer
@@ -209,6 +210,44 @@ def test_fit_writes_checkpoints_by_one_save_policy(smol_tokenizer, tmp_path):
                         ("run/checkpoints/step-000002", True, "done")]
     with pytest.raises(ValueError, match="output_dir"):
         _trainer(cfg, smol_tokenizer).fit(on_checkpoint=hook)
+
+
+def _demo_nll_by_hand(tr, problems) -> float:
+    """Token-mean NLL of each problem's first demonstration after its prompt: one plain forward
+    pass per problem, summed over all their demo tokens (independent of the trainer's scorer)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in problems:
+            prompt, demo = tr.ids.prompt(i), tr.ids.demo(i, 0)
+            logits = tr.model(torch.tensor([prompt + demo])).logits[0].float()
+            logp = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)
+            total -= float(logp.gather(1, torch.tensor(demo)[:, None]).sum())
+            count += len(demo)
+    return total / count
+
+
+def test_sft_and_rl_steps_both_log_demo_nll_after_their_update(smol_tokenizer):
+    """`demo/nll` means one thing in every phase (the SFT and RL curves share it): the NLL of the
+    first `rl.demo_nll_prompts` problems' first demonstration, under the policy after the step."""
+    cfg = _cfg("sft_then_rft", sft={"epochs": 1, "batch_size": 4, "micro_batch_size": 4,
+                                    "optim": {"lr": 1e-2}}, rl={"steps": 1})
+    tr = _trainer(cfg, smol_tokenizer)
+    batch = P.next_indices(cfg.seed, "sft", 0, 0, 4, 6)[0]  # the first SFT step's problems
+    before = _demo_nll_by_hand(tr, batch[:2])
+    m = tr.sft_step()
+    after = _demo_nll_by_hand(tr, batch[:2])
+    assert m["phase"] == "sft" and after < before - 0.1  # the step moved the policy
+    assert m["demo/nll"] == pytest.approx(after, rel=1e-4)
+    tr.sft_step()  # the rest of the data (6 problems), then the RL step
+    tr._end_phase()
+    rl = tr.rl_step()
+    assert rl["phase"] == "rl"
+    assert rl["demo/nll"] == pytest.approx(_demo_nll_by_hand(tr, P.next_indices(
+        cfg.seed, "rl", 0, 0, 4, 6)[0][:2]), rel=1e-4)
+    off = _trainer(_cfg("sft", sft={"epochs": 1, "batch_size": 4}, rl={"steps": 0,
+                                                                       "demo_nll_prompts": 0}),
+                   smol_tokenizer)
+    assert "demo/nll" not in off.sft_step()
 
 
 def test_final_model_only_checkpoint(smol_tokenizer, tmp_path):

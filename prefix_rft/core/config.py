@@ -353,7 +353,8 @@ class RLConfig:
                                    ge=1)
     optim: OptimConfig = section(OptimConfig, "RL optimizer.")
     demo_nll_prompts: int = option(
-        16, "Prompts per step whose full-demo NLL is logged (metric demo/nll; 0 disables).", ge=0
+        16, "Prompts per step, SFT steps included, whose full-demo NLL after the update is "
+        "logged (metric demo/nll; 0 disables).", ge=0
     )
 
 

@@ -449,6 +449,15 @@ class Trainer:
         self.state.optimizer_steps += steps
         return metrics
 
+    def _demo_nll_metric(self, indices: Sequence[int]) -> dict:
+        """`demo/nll` of a step, after its update, in every phase alike (so that SFT and RL runs
+        share the curve): the first `rl.demo_nll_prompts` problems of the step's batch; nothing
+        when that is 0 or none of them has a demonstration."""
+        n = self.cfg.rl.demo_nll_prompts
+        if not n or not any(self.train_set[i].demonstrations for i in indices[:n]):
+            return {}
+        return {"demo/nll": self.demo_nll(indices[:n])}
+
     @torch.no_grad()
     def demo_nll(self, indices: Sequence[int]) -> float:
         """Token-mean NLL of the first demonstration of each problem (the SFT loss)."""
@@ -480,6 +489,7 @@ class Trainer:
         pairs = phases.sft_pairs(idx, self.train_set, c.seed, self.state.sft_step)
         trajs, m = self._nll_update(pairs, c.sft.micro_batch_size, self.opt, self.sched,
                                     c.sft.optim, ("sft", self.state.sft_step))
+        m.update(self._demo_nll_metric(idx))
         self.state.sft_step += 1
         m.update({"phase": "sft", "step": self.state.sft_step, "time/step": time.perf_counter() - t0,
                   "tokens/per_second": sum(len(t.response_ids) for t in trajs) / (time.perf_counter() - t0)})
@@ -515,8 +525,7 @@ class Trainer:
         metrics.update(upd)
         if c.relift.enabled:
             metrics.update(self._relift_maybe_step())
-        if c.rl.demo_nll_prompts and any(self.train_set[i].demonstrations for i in idx):
-            metrics["demo/nll"] = self.demo_nll(idx[: c.rl.demo_nll_prompts])
+        metrics.update(self._demo_nll_metric(idx))
         self.state.global_step += 1
         t5 = time.perf_counter()
         n_tokens = sum(len(t.response_ids) for t in trajs)
