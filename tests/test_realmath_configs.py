@@ -330,6 +330,40 @@ def test_results_md_real_math_tables_are_the_committed_files():
     assert "about 0.014 on AMC (0.108 against 0.122) and MATH-500 (0.348 against 0.362)" in text
 
 
+def test_results_md_papers_frame_quotes_the_papers_and_the_first_run():
+    """The real-math part's frame for the reading: every paper number in its table is the one
+    docs/PAPER_SETTINGS.md records, the gaps it states are those numbers' differences, and the
+    resolution it states is half the width of the first run's paired 95% CIs against the
+    untrained model (realmath_table.py's difference table, already checked above)."""
+    import re
+
+    root = HERE.parents[1]
+    results = (root / "docs" / "RESULTS.md").read_text()
+    part = results.split("### What the papers predict")[1].split("### Training curves")[0]
+    settings = (root / "docs" / "PAPER_SETTINGS.md").read_text()
+    table = [line for line in part.splitlines() if line.startswith("| ") and "---" not in line]
+    header, rows = table[0], table[1:]
+    assert header == "| source | model | SFT | RFT | SFT->RFT | LUFFY | Prefix-RFT |"
+    quoted = {float(x) for line in rows for x in re.findall(r"\b\d\d\.\d\b", line)}
+    assert quoted == {19.0, 44.1, 45.5, 48.2, 50.1, 51.8, 31.9, 30.0, 41.1, 52.2, 57.0}
+    for x in quoted:
+        assert f"{x:.1f}" in settings, x
+    text = " ".join(part.split())
+    assert f"{51.8 - 48.2:.1f} points above SFT->RFT and {51.8 - 44.1:.1f} above SFT" in text
+    assert f"SFT->RFT first, {57.0 - 51.8:.1f} points above Prefix-RFT" in text
+    assert f"SFT level with it (+{52.2 - 51.8:.1f})" in text
+    diffs = results.split("Each method minus the untrained model")[1].split("Notes:")[0]
+    half = {}
+    for bench in ("heldout", "aime24", "amc", "math500"):
+        line = next(x for x in diffs.splitlines() if x.startswith(f"| {bench} | prefix_rft |"))
+        lo, hi = map(float, re.search(r"\[([-+]\d\.\d+), ([-+]\d\.\d+)\]", line).groups())
+        half[bench] = (hi - lo) / 2
+    assert (round(half["math500"], 2), round(half["amc"], 2), round(half["aime24"], 2),
+            round(half["heldout"], 3)) == (0.04, 0.02, 0.01, 0.065)
+    assert ("about +-0.04 on MATH-500, +-0.02 on AMC, +-0.01 on AIME24 and +-0.065 on the "
+            "held-out part") in text
+
+
 def test_docs_quote_the_first_study_run():
     """The first study run's phases and curves (docs/results/realmath_s1_steps.json, from the
     returned MLflow file and flow log), as configs/realmath/README.md, docs/PERFORMANCE.md and
