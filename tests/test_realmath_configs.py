@@ -362,6 +362,10 @@ def test_results_md_papers_frame_quotes_the_papers_and_the_first_run():
             round(half["heldout"], 3)) == (0.04, 0.02, 0.01, 0.065)
     assert ("about +-0.04 on MATH-500, +-0.02 on AMC, +-0.01 on AIME24 and +-0.065 on the "
             "held-out part") in text
+    import json
+
+    row = json.loads((root / "docs/results/realmath_s1_summary.json").read_text())[0]
+    assert f"at the measured ~{row['time_step_median']:.0f} s a step" in text
 
 
 def test_docs_quote_the_first_study_run():
