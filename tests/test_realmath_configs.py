@@ -335,6 +335,7 @@ def test_results_md_papers_frame_quotes_the_papers_and_the_first_run():
     docs/PAPER_SETTINGS.md records, the gaps it states are those numbers' differences, and the
     resolution it states is half the width of the first run's paired 95% CIs against the
     untrained model (realmath_table.py's difference table, already checked above)."""
+    import json
     import re
 
     root = HERE.parents[1]
@@ -362,8 +363,6 @@ def test_results_md_papers_frame_quotes_the_papers_and_the_first_run():
             round(half["heldout"], 3)) == (0.04, 0.02, 0.01, 0.065)
     assert ("about +-0.04 on MATH-500, +-0.02 on AMC, +-0.01 on AIME24 and +-0.065 on the "
             "held-out part") in text
-    import json
-
     row = json.loads((root / "docs/results/realmath_s1_summary.json").read_text())[0]
     assert f"at the measured ~{row['time_step_median']:.0f} s a step" in text
 

@@ -238,10 +238,9 @@ def test_sft_and_rl_steps_both_log_demo_nll_after_their_update(smol_tokenizer):
     after = _demo_nll_by_hand(tr, batch[:2])
     assert m["phase"] == "sft" and after < before - 0.1  # the step moved the policy
     assert m["demo/nll"] == pytest.approx(after, rel=1e-4)
-    tr.sft_step()  # the rest of the data (6 problems), then the RL step
-    tr._end_phase()
-    rl = tr.rl_step()
-    assert rl["phase"] == "rl"
+    tr.fit()  # the rest of the data (6 problems in batches of 4), then the RL step
+    rl = tr.history[-1]
+    assert [h["phase"] for h in tr.history] == ["sft", "sft", "rl"]
     assert rl["demo/nll"] == pytest.approx(_demo_nll_by_hand(tr, P.next_indices(
         cfg.seed, "rl", 0, 0, 4, 6)[0][:2]), rel=1e-4)
     off = _trainer(_cfg("sft", sft={"epochs": 1, "batch_size": 4}, rl={"steps": 0,
