@@ -317,22 +317,6 @@ def write_run(tracker, exp_id: str, run: dict, commit: str) -> dict:
             "benchmarks": [c["benchmark"] for c in cells]}
 
 
-def expand(paths: list[str], default: str, what: str, dirs: bool = False) -> list[Path]:
-    """The files (folders with `dirs`) named: each a path or a glob (quoted, so the shell left
-    it); none named: `default`, a glob under the repository. A glob matching nothing, or a path
-    that does not exist, is an error."""
-    import glob
-
-    out = []
-    for a in paths or [str(ROOT / default)]:
-        matched = sorted(glob.glob(a)) if glob.has_magic(a) else [a]
-        matched = [m for m in matched if Path(m).is_dir() == dirs and Path(m).exists()]
-        if not matched:
-            raise UserError(f"{what} {a}: no such {'folder' if dirs else 'file'}")
-        out += [Path(m) for m in matched]
-    return out
-
-
 def rebuild(out: Path, summaries: list[Path], steps: list[Path], samples: list[Path], *,
             experiment: str = EXPERIMENT, replace: bool = False) -> tuple[list[dict], list[str]]:
     """Write out/mlflow.db and out/mlartifacts from the committed files (all read and checked
@@ -384,9 +368,9 @@ def main(argv=None) -> int:
                    help="delete DIR/mlflow.db and DIR/mlartifacts first")
     args = ap.parse_args(argv)
     try:
-        done, notes = rebuild(args.out, expand(args.summary, SUMMARIES, "--summary"),
-                       expand(args.steps, STEPS, "--steps"),
-                       expand(args.samples, SAMPLES, "--samples", dirs=True),
+        done, notes = rebuild(args.out, rt.expand(args.summary, "--summary", default=SUMMARIES),
+                       rt.expand(args.steps, "--steps", default=STEPS),
+                       rt.expand(args.samples, "--samples", default=SAMPLES, dirs=True),
                        experiment=args.experiment, replace=args.replace)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

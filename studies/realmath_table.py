@@ -43,8 +43,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "studies"))
 import study_table as st  # noqa: E402
 from realmath_samples import RUN_FILE  # noqa: E402  # the MLflow run a sample directory belongs to
 from realmath_steps import histories as steps_histories  # noqa: E402
@@ -63,8 +64,8 @@ PARTS = ("realmath_train", "realmath_heldout")  # realmath_base.sh's problems fi
 # default protocol's MATH-500 in halves, OlympiadBench in quarters: one device call each), and
 # back (not the real-math source's PARTS above)
 SPLITS = {"math500": ("math500_a", "math500_b"),
-            "olympiadbench": ("olympiadbench_a", "olympiadbench_b", "olympiadbench_c",
-                              "olympiadbench_d")}
+          "olympiadbench": ("olympiadbench_a", "olympiadbench_b", "olympiadbench_c",
+                            "olympiadbench_d")}
 MERGE = {part: bench for bench, parts in SPLITS.items() for part in parts}
 NAMES = {"realmath_train": "real-math train part (the policy's own success rate)",
          "realmath_heldout": "real-math held-out part"}
@@ -344,19 +345,19 @@ class StepsCurves(st.CurveSource):
         return {k: hist[k] for k in keys if hist.get(k)}
 
 
-def steps_paths(args: list[str]) -> list[Path]:
-    """--steps arguments: a file, or a glob (quoted, so the shell left it) of files; a glob that
-    matches nothing is an error."""
+def expand(paths: list[str], what: str, *, default: str | None = None,
+           dirs: bool = False) -> list[Path]:
+    """The files (folders with `dirs`) an option names: each a path or a glob (quoted, so the
+    shell left it); none named: `default`, a glob under the repository (or nothing). A glob
+    matching nothing, or a path that does not exist, is a UserError naming the option."""
     import glob
 
     out = []
-    for a in args:
-        if Path(a).is_file() or not glob.has_magic(a):
-            out.append(Path(a))
-            continue
-        matched = sorted(glob.glob(a))
+    for a in paths or ([str(ROOT / default)] if default else []):
+        matched = [a] if Path(a).exists() or not glob.has_magic(a) else sorted(glob.glob(a))
+        matched = [m for m in matched if Path(m).is_dir() == dirs and Path(m).exists()]
         if not matched:
-            raise UserError(f"--steps {a}: no file matches")
+            raise UserError(f"{what} {a}: no such {'folder' if dirs else 'file'}")
         out += [Path(m) for m in matched]
     return out
 
@@ -439,7 +440,7 @@ def main(argv=None) -> int:
         rows = st.load(args.summaries)
         sources = []  # read before the tables are printed: a bad steps file stops it all
         if args.curves:
-            sources = ([StepsCurves(steps_paths(args.steps))] if args.steps else []) + \
+            sources = ([StepsCurves(expand(args.steps, "--steps"))] if args.steps else []) + \
                 ([st.MlflowCurves(args.db)] if args.db else [])
         sys.stdout.write(render(rows, args.samples, args.base, args.reference))
         if args.curves:

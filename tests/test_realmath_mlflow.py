@@ -40,8 +40,9 @@ CORRECT = {"aime24": (9, 30, 32), "aime25": (1, 30, 32), "amc": (300, 83, 32),
 
 def committed():
     """The default inputs: every committed summary, steps file and samples folder."""
-    return (RM.expand([], RM.SUMMARIES, "--summary"), RM.expand([], RM.STEPS, "--steps"),
-            RM.expand([], RM.SAMPLES, "--samples", dirs=True))
+    return (RM.rt.expand([], "--summary", default=RM.SUMMARIES),
+            RM.rt.expand([], "--steps", default=RM.STEPS),
+            RM.rt.expand([], "--samples", default=RM.SAMPLES, dirs=True))
 
 
 def test_every_committed_run_rebuilds():

@@ -512,3 +512,25 @@ def test_study_table_levels_are_a_parameter(tmp_path):
     assert "mean of benchmarks [95% CI over seeds]" in text
     assert ST.tables(ST.load([tmp_path / "s.json"])).splitlines()[0].startswith(
         "| method | seed | synthetic_add final | synthetic_mul final | synthetic_word final |")
+
+
+def test_expand_takes_paths_and_quoted_globs_and_names_what_is_missing(tmp_path):
+    """The one glob expansion of the real-math scripts' file options (realmath_table.py --steps,
+    realmath_mlflow.py rebuild --summary/--steps/--samples): a path, or a glob the shell left;
+    folders only with dirs; nothing matching is an error naming the option and the argument."""
+    for name in ("a_steps.json", "b_steps.json", "odd[1]_steps.json"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "c_steps.json").mkdir()  # a folder: not a file
+    got = RT.expand([str(tmp_path / "*_steps.json")], "--steps")
+    assert [p.name for p in got] == ["a_steps.json", "b_steps.json", "odd[1]_steps.json"]
+    odd = tmp_path / "odd[1]_steps.json"
+    assert RT.expand([str(odd)], "--steps") == [odd]  # as a glob, [1] would match "odd1_..."
+    assert RT.expand([str(tmp_path / "c_*")], "--samples", dirs=True) == [tmp_path / "c_steps.json"]
+    assert RT.expand([], "--steps") == []
+    for args, what, dirs, message in (
+            ([str(tmp_path / "none.json")], "--steps", False, "--steps {}/none.json: no such file"),
+            ([str(tmp_path / "z*")], "--summary", False, "--summary {}/z*: no such file"),
+            ([str(tmp_path / "a_*")], "--samples", True, "--samples {}/a_*: no such folder")):
+        with pytest.raises(RT.UserError) as e:
+            RT.expand(args, what, dirs=dirs)
+        assert str(e.value) == message.format(tmp_path)
